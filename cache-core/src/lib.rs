@@ -1,0 +1,1 @@
+//! cache-core: see README.

@@ -1,0 +1,1 @@
+//! Deterministic simulations of the cache (skeleton until the sim issue).
