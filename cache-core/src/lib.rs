@@ -1,1 +1,9 @@
-//! cache-core: see README.
+//! cache-core: a shared, refcounted result cache whose decisions come from a
+//! pure, deterministic state machine.
+pub mod error;
+pub mod id;
+pub mod machine;
+pub mod trace;
+pub mod ttl;
+
+pub use error::CallError;

@@ -1,0 +1,164 @@
+//! A generational arena: slots are reused, and every reuse bumps the slot's
+//! generation, so a stale id (a handle released twice, a call id that already
+//! settled) is detected instead of silently aliasing a newer value.
+//!
+//! Allocation order is a pure function of the operation sequence (a LIFO free
+//! list), which keeps ids — and so traces — deterministic.
+
+use std::fmt;
+
+/// A slot index plus the generation it was allocated in.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    index: u32,
+    generation: u32,
+}
+
+impl Key {
+    /// The slot index (stable for the value's lifetime, reused afterwards).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+    /// The generation the slot had when this key was issued.
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}v{}", self.index, self.generation)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+struct Slot<T> {
+    generation: u32,
+    value: Option<T>,
+}
+
+/// Generation-checked storage for values of type `T`.
+pub struct Arena<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Arena<T> {
+    /// Stores `value` and returns its key.
+    pub fn insert(&mut self, value: T) -> Key {
+        self.len += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.generation = slot.generation.wrapping_add(1);
+            slot.value = Some(value);
+            return Key {
+                index,
+                generation: slot.generation,
+            };
+        }
+        let index = u32::try_from(self.slots.len()).expect("arena holds at most u32::MAX values");
+        self.slots.push(Slot {
+            generation: 0,
+            value: Some(value),
+        });
+        Key {
+            index,
+            generation: 0,
+        }
+    }
+
+    /// The value under `key`, if the key is current.
+    pub fn get(&self, key: Key) -> Option<&T> {
+        let slot = self.slots.get(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.value.as_ref()
+    }
+
+    /// Mutable access to the value under `key`, if the key is current.
+    pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.value.as_mut()
+    }
+
+    /// Removes and returns the value under `key`, if the key is current.
+    pub fn remove(&mut self, key: Key) -> Option<T> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let value = slot.value.take()?;
+        self.free.push(key.index);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Whether `key` names a live value.
+    pub fn contains(&self, key: Key) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Number of live values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the arena holds no live value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Live values in slot order (deterministic).
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, slot)| {
+            slot.value.as_ref().map(|v| {
+                (
+                    Key {
+                        index: i as u32,
+                        generation: slot.generation,
+                    },
+                    v,
+                )
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_key_is_rejected_after_reuse() {
+        let mut arena = Arena::default();
+        let a = arena.insert("a");
+        assert_eq!(arena.remove(a), Some("a"));
+        let b = arena.insert("b");
+        assert_eq!(a.index(), b.index(), "slot is reused");
+        assert_ne!(a, b);
+        assert_eq!(arena.get(a), None);
+        assert_eq!(arena.remove(a), None, "double removal is detected");
+        assert_eq!(arena.get(b), Some(&"b"));
+        assert_eq!(arena.len(), 1);
+    }
+}

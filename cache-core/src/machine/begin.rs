@@ -1,0 +1,280 @@
+//! `begin`: the lookup order of C-3, taken as one atomic step.
+
+use super::entry::{Entry, Phase, Slot, Waiter};
+use super::types::*;
+use super::CallCache;
+use crate::error::CallError;
+use crate::trace::{Path, TraceLine};
+
+impl<V: Clone> CallCache<V> {
+    /// `get_or_init_call`'s decision for one caller (C-1 … C-4b, C-2, S-2, S-4, S-5).
+    pub fn begin_call(&mut self, caller: &Caller, req: CallRequest) -> Begin<V> {
+        // C-1: reject before anything else happens.
+        let Some(id) = req.id.clone() else {
+            return rejected(CallError::InvalidKey("the key has no call ID".into()));
+        };
+        let call_key = id.call_key();
+        if call_key.is_empty() {
+            return rejected(CallError::InvalidKey("the call key is empty".into()));
+        }
+        let storage_key = req.storage_key.clone().unwrap_or_else(|| call_key.clone());
+        if storage_key.is_empty() {
+            return rejected(CallError::InvalidKey("the storage key is empty".into()));
+        }
+        if let Err(e) = self.check_session(caller) {
+            return rejected(e);
+        }
+        let content_key = id.content_key();
+        let mut trace = TraceLine {
+            call: call_key.clone(),
+            content: content_key.clone(),
+            storage: storage_key.clone(),
+            path: Path::Miss,
+            overridden: false,
+            session: caller.session,
+            rule: "C-3.4",
+        };
+
+        // C-4 / C-4a: revisiting a storage key of this instance, on any path.
+        if self.in_chain(caller, Namespace::Call, &storage_key) {
+            trace.path = Path::Recursive;
+            trace.rule = "C-4";
+            return Begin {
+                outcome: Err(CallError::Recursive { key: storage_key }),
+                trace: Some(trace),
+                telemetry: false,
+            };
+        }
+
+        let forced = caller
+            .session
+            .and_then(|s| self.sessions.get(&s))
+            .is_some_and(|s| s.retry_uncached.contains(&call_key));
+        let telemetry = self.telemetry(caller, &call_key, req.do_not_cache || req.repeat_telemetry);
+
+        if req.do_not_cache || forced {
+            let mode = if req.do_not_cache { RunMode::DoNotCache } else { RunMode::ForcedRetry };
+            trace.path = Path::DoNotCache;
+            trace.rule = if req.do_not_cache { "C-2" } else { "S-4" };
+            let fresh = format!("do-not-cache:{}:{}", self.instance, self.next_detached);
+            self.next_detached += 1;
+            let mut entry = Entry::in_flight(mode, Some(id), call_key, storage_key.clone());
+            entry.starter = caller.session;
+            entry.ttl_write = req.ttl_write;
+            let order = self.start(caller, entry, fresh, Namespace::Call, storage_key);
+            return Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry };
+        }
+
+        // C-3.1: storage hit.
+        if let Some(hit) = self.idx.storage(&storage_key) {
+            trace.path = Path::Storage;
+            trace.rule = "C-3.1";
+            let served = self.serve_hit(caller, hit, None);
+            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+        }
+        // C-3.2: content hit, reporting the requested ID (C-8).
+        if let Some(hit) = content_key.as_deref().and_then(|k| self.idx.content(k)) {
+            trace.path = Path::Content;
+            trace.rule = "C-3.2";
+            trace.overridden = true;
+            let served = self.serve_hit(caller, hit, Some(id));
+            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+        }
+        // C-3.3: join an in-flight call with the same (storage key, concurrency key).
+        if !req.concurrency_key.is_empty() {
+            let ongoing = self.idx.ongoing.get(&(storage_key.clone(), req.concurrency_key.clone())).copied();
+            if let Some(entry) = ongoing {
+                trace.path = Path::Ongoing;
+                trace.rule = "C-3.3";
+                let outcome = self.join(caller, entry).map_err(|e| {
+                    trace.path = Path::Recursive;
+                    trace.rule = "C-4b";
+                    e
+                });
+                return Begin { outcome, trace: Some(trace), telemetry };
+            }
+        }
+        // C-3.4: miss.
+        let mut entry = Entry::in_flight(RunMode::Cached, Some(id), call_key, storage_key.clone());
+        entry.starter = caller.session;
+        entry.ttl_write = req.ttl_write;
+        entry.concurrency_key = req.concurrency_key.clone();
+        if !req.concurrency_key.is_empty() {
+            entry.slots.push(Slot::Ongoing(storage_key.clone(), req.concurrency_key));
+        }
+        let order = self.start(caller, entry, storage_key.clone(), Namespace::Call, storage_key);
+        Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry }
+    }
+
+    /// Keyed singleflight for arbitrary entries and the change cache (K-1 … K-5).
+    pub fn begin_arbitrary(&mut self, caller: &Caller, key: &str) -> Begin<V> {
+        if key.is_empty() {
+            return rejected(CallError::InvalidKey("the arbitrary key is empty (K-1)".into()));
+        }
+        if let Err(e) = self.check_session(caller) {
+            return rejected(e);
+        }
+        let mut trace = TraceLine {
+            call: key.to_string(),
+            content: None,
+            storage: key.to_string(),
+            path: Path::Miss,
+            overridden: false,
+            session: caller.session,
+            rule: "K-2",
+        };
+        if self.in_chain(caller, Namespace::Arbitrary, key) {
+            trace.path = Path::Recursive;
+            trace.rule = "K-3";
+            return Begin {
+                outcome: Err(CallError::Recursive { key: key.to_string() }),
+                trace: Some(trace),
+                telemetry: false,
+            };
+        }
+        let telemetry = self.telemetry(caller, key, false);
+        if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
+            trace.path = Path::Storage;
+            let served = self.serve_hit(caller, hit, None);
+            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+        }
+        if let Some(&entry) = self.idx.arbitrary_ongoing.get(key) {
+            let abandoned = self.entries.get(entry.0).is_some_and(|e| e.phase == Phase::Abandoned);
+            if abandoned {
+                // K-5: never overlap two inits of one key.
+                trace.path = Path::Blocked;
+                trace.rule = "K-5";
+                return Begin { outcome: Ok(Decision::Blocked { entry }), trace: Some(trace), telemetry };
+            }
+            trace.path = Path::Ongoing;
+            let outcome = self.join(caller, entry).map_err(|e| {
+                trace.path = Path::Recursive;
+                trace.rule = "C-4b";
+                e
+            });
+            return Begin { outcome, trace: Some(trace), telemetry };
+        }
+        let mut entry = Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
+        entry.starter = caller.session;
+        entry.slots.push(Slot::ArbitraryOngoing(key.to_string()));
+        let order = self.start(caller, entry, key.to_string(), Namespace::Arbitrary, key.to_string());
+        Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry }
+    }
+
+    /// S-2: a call on a closed (or never opened) session fails at once.
+    fn check_session(&self, caller: &Caller) -> Result<(), CallError> {
+        match caller.session {
+            Some(s) if !self.sessions.contains_key(&s) => Err(CallError::SessionClosed),
+            _ => Ok(()),
+        }
+    }
+
+    fn in_chain(&self, caller: &Caller, namespace: Namespace, key: &str) -> bool {
+        caller
+            .chain
+            .iter()
+            .any(|l| l.instance == self.instance && l.namespace == namespace && l.key == key)
+    }
+
+    /// S-5: once per key per session, unless asked to repeat; always without a session.
+    fn telemetry(&mut self, caller: &Caller, key: &str, always: bool) -> bool {
+        match caller.session.and_then(|s| self.sessions.get_mut(&s)) {
+            Some(state) => state.telemetry_seen.insert(key.to_string()) || always,
+            None => true,
+        }
+    }
+
+    /// Hands `caller` a new ref on the completed entry `hit`.
+    fn serve_hit(&mut self, caller: &Caller, hit: EntryId, requested: Option<crate::id::CallId>) -> Served<V> {
+        let owner = caller.session.map_or(Owner::Caller, Owner::Session);
+        let handle = self.add_ref(hit, owner);
+        let entry = self.entries.get(hit.0).expect("indexed entries are alive (INV-3)");
+        let content_hit = requested.is_some();
+        Served {
+            handle,
+            value: entry.value.clone(),
+            id: requested.or_else(|| entry.result_id.clone()),
+            hit: true,
+            content_hit,
+            detached: false,
+            session_owned: owner != Owner::Caller,
+        }
+    }
+
+    /// Registers a new in-flight entry with `caller` as its first waiter.
+    fn start(
+        &mut self,
+        caller: &Caller,
+        entry: Entry<V>,
+        resolver_key: String,
+        namespace: Namespace,
+        chain_key: String,
+    ) -> RunOrder {
+        let mode = entry.mode;
+        let slots = entry.slots.clone();
+        let id = EntryId(self.entries.insert(entry));
+        for slot in &slots {
+            self.idx.insert(slot, id);
+        }
+        let waiter = self.add_waiter(caller, id, false);
+        let mut chain = caller.chain.clone();
+        chain.push(ChainLink { instance: self.instance, namespace, key: chain_key });
+        RunOrder { entry: id, waiter, storage_key: resolver_key, chain, mode }
+    }
+
+    /// C-3.3 / K-2: joins an in-flight entry unless that closes a wait cycle (C-4b).
+    fn join(&mut self, caller: &Caller, entry: EntryId) -> Result<Decision<V>, CallError> {
+        if let Some(from) = self.inside(caller) {
+            if self.reaches(entry, from) {
+                let key = self.entries.get(entry.0).map(|e| e.storage_key.clone()).unwrap_or_default();
+                return Err(CallError::Recursive { key });
+            }
+        }
+        let waiter = self.add_waiter(caller, entry, true);
+        Ok(Decision::Wait { entry, waiter })
+    }
+
+    /// The in-flight entry of this instance whose resolver is the caller.
+    fn inside(&self, caller: &Caller) -> Option<EntryId> {
+        caller
+            .inside
+            .filter(|(instance, e)| *instance == self.instance && self.entries.contains(e.0))
+            .map(|(_, e)| e)
+    }
+
+    /// Whether `from`'s resolver, transitively, waits on `to` (C-4b). `from == to` counts.
+    fn reaches(&self, from: EntryId, to: EntryId) -> bool {
+        let mut stack = vec![from];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(e) = stack.pop() {
+            if e == to {
+                return true;
+            }
+            if !seen.insert(e) {
+                continue;
+            }
+            if let Some(entry) = self.entries.get(e.0) {
+                stack.extend(entry.waits_on.iter().copied());
+            }
+        }
+        false
+    }
+
+    fn add_waiter(&mut self, caller: &Caller, entry: EntryId, joined: bool) -> WaiterId {
+        let id = self.new_waiter_id();
+        let from = self.inside(caller);
+        if let Some(from) = from {
+            if let Some(parent) = self.entries.get_mut(from.0) {
+                parent.waits_on.push(entry);
+            }
+        }
+        if let Some(e) = self.entries.get_mut(entry.0) {
+            e.waiters.push(Waiter { id, session: caller.session, from, joined });
+        }
+        id
+    }
+}
+
+fn rejected<V>(error: CallError) -> Begin<V> {
+    Begin { outcome: Err(error), trace: None, telemetry: false }
+}

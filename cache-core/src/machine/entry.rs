@@ -1,0 +1,120 @@
+//! One entry's state: what it is, where it is indexed, who waits, who holds it.
+
+use super::types::{EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
+use crate::id::CallId;
+use crate::ttl::PreparedWrite;
+
+/// Where an entry is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// The resolver is running and someone is waiting.
+    InFlight,
+    /// Every waiter left while the resolver still runs (C-5, C-5a, K-5).
+    Abandoned,
+    /// The result is held (indexed, or detached).
+    Completed,
+}
+
+/// One caller waiting for an in-flight entry.
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    pub id: WaiterId,
+    pub session: Option<SessionId>,
+    /// The in-flight entry (same instance) whose resolver is this caller (C-4b).
+    pub from: Option<EntryId>,
+    /// Whether the waiter joined an existing call rather than starting it.
+    pub joined: bool,
+}
+
+/// One index slot an entry occupies; the single unindexing routine walks these (C-9).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Slot {
+    /// Completed, under a storage key or a result call key.
+    Storage(String),
+    /// Completed, under a content key.
+    Content(String),
+    /// In flight, under (storage key, concurrency key).
+    Ongoing(String, String),
+    /// Arbitrary entry in flight.
+    ArbitraryOngoing(String),
+    /// Arbitrary entry completed.
+    ArbitraryCompleted(String),
+}
+
+/// An entry in the arena.
+pub struct Entry<V> {
+    pub mode: RunMode,
+    pub phase: Phase,
+    /// The requested ID (None for arbitrary entries).
+    pub requested: Option<CallId>,
+    /// The call key (or the arbitrary key).
+    pub call_key: String,
+    /// The storage key the entry is (or will be) stored under.
+    pub storage_key: String,
+    pub concurrency_key: String,
+    pub waiters: Vec<Waiter>,
+    pub refcount: u32,
+    /// Every index slot this entry is in.
+    pub slots: Vec<Slot>,
+    /// In-flight entries this entry's resolver waits on, once per waiting call (C-4b).
+    pub waits_on: Vec<EntryId>,
+    /// The session that started the call (for S-4 flag bookkeeping).
+    pub starter: Option<SessionId>,
+    /// T-3: the write prepared by the first caller.
+    pub ttl_write: Option<PreparedWrite>,
+    // Filled on completion.
+    pub result_id: Option<CallId>,
+    pub value: Option<V>,
+    pub hook: Option<ReleaseHook>,
+    pub safe_to_persist: bool,
+    pub result_call_key: Option<String>,
+    pub content_key: Option<String>,
+    /// Refs this entry owns (C-11).
+    pub owned_refs: Vec<RefId>,
+}
+
+impl<V> Entry<V> {
+    /// A fresh in-flight entry.
+    pub fn in_flight(mode: RunMode, requested: Option<CallId>, call_key: String, storage_key: String) -> Self {
+        Self {
+            mode,
+            phase: Phase::InFlight,
+            requested,
+            call_key,
+            storage_key,
+            concurrency_key: String::new(),
+            waiters: Vec::new(),
+            refcount: 0,
+            slots: Vec::new(),
+            waits_on: Vec::new(),
+            starter: None,
+            ttl_write: None,
+            result_id: None,
+            value: None,
+            hook: None,
+            safe_to_persist: false,
+            result_call_key: None,
+            content_key: None,
+            owned_refs: Vec::new(),
+        }
+    }
+
+    /// Short label for logs and reports.
+    pub fn label(&self) -> String {
+        let kind = match self.mode {
+            RunMode::Cached => "call",
+            RunMode::DoNotCache => "detached",
+            RunMode::ForcedRetry => "retry",
+            RunMode::Arbitrary => "arbitrary",
+        };
+        format!("{kind} {}", short(&self.storage_key))
+    }
+}
+
+/// The first 12 characters of a digest's hex (or the whole key when shorter),
+/// enough to tell keys apart in a trace.
+pub fn short(key: &str) -> &str {
+    let hex = key.strip_prefix("sha256:").unwrap_or(key);
+    let end = hex.char_indices().nth(12).map_or(hex.len(), |(i, _)| i);
+    &hex[..end]
+}

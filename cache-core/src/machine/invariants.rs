@@ -1,0 +1,203 @@
+//! `check_invariants`: INV-3 (index consistency), INV-10 (no dangling or
+//! negative counter), C-11a (one owner per ref), and INV-2 given the handle
+//! counts a shadow model passes in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::entry::{Phase, Slot};
+use super::types::*;
+use super::CallCache;
+
+/// A broken invariant, naming the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule id (`INV-3`, `C-11a`, …).
+    pub rule: &'static str,
+    /// What exactly is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated: {}", self.rule, self.detail)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+fn fail<T>(rule: &'static str, detail: String) -> Result<T, Violation> {
+    Err(Violation { rule, detail })
+}
+
+impl<V: Clone> CallCache<V> {
+    /// Checks every internal invariant; the first violation found is returned.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
+        self.check_lists()?;
+        self.check_maps()?;
+        self.check_entries()?;
+        self.check_refs()
+    }
+
+    /// INV-2: each entry's refcount equals the handles a shadow model counts
+    /// for it (entries missing from `expected` must have no refs).
+    pub fn check_refcounts(&self, expected: &BTreeMap<EntryId, u32>) -> Result<(), Violation> {
+        for (key, e) in self.entries.iter() {
+            let id = EntryId(key);
+            let want = expected.get(&id).copied().unwrap_or(0);
+            if e.refcount != want {
+                return fail("INV-2", format!("entry {id} ({}) has refcount {} but {want} handles are outstanding", e.label(), e.refcount));
+            }
+        }
+        for (id, n) in expected {
+            if *n > 0 && !self.entries.contains(id.0) {
+                return fail("INV-2", format!("{n} handles outstanding on entry {id}, which is gone"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_lists(&self) -> Result<(), Violation> {
+        let lists = [("storage", &self.idx.by_storage), ("content", &self.idx.by_content)];
+        for (name, map) in lists {
+            for (key, list) in map {
+                if list.is_empty() {
+                    return fail("INV-3", format!("empty {name} list under {key}"));
+                }
+                for (i, id) in list.iter().enumerate() {
+                    if list[..i].contains(id) {
+                        return fail("INV-3", format!("entry {id} twice in the {name} list under {key}"));
+                    }
+                    let Some(e) = self.entries.get(id.0) else {
+                        return fail("INV-3", format!("{name} index under {key} points at dead entry {id}"));
+                    };
+                    if e.phase != Phase::Completed || matches!(e.mode, RunMode::Arbitrary | RunMode::DoNotCache) {
+                        return fail("INV-3", format!("{name} index under {key} holds {id} ({}), which is not a completed call", e.label()));
+                    }
+                    let matches = if name == "storage" {
+                        e.storage_key == *key || e.result_call_key.as_deref() == Some(key)
+                    } else {
+                        e.content_key.as_deref() == Some(key)
+                    };
+                    let slot = if name == "storage" { Slot::Storage(key.clone()) } else { Slot::Content(key.clone()) };
+                    if !matches || !e.slots.contains(&slot) {
+                        return fail("INV-3", format!("{name} index under {key} holds {id} whose own keys do not match"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_maps(&self) -> Result<(), Violation> {
+        for ((key, conc), id) in &self.idx.ongoing {
+            let Some(e) = self.entries.get(id.0) else {
+                return fail("INV-3", format!("ongoing index ({key}, {conc}) points at dead entry {id}"));
+            };
+            if e.phase != Phase::InFlight {
+                return fail("INV-3", format!("entry {id} is {:?} but still in the ongoing index", e.phase));
+            }
+            if e.storage_key != *key || e.concurrency_key != *conc || !e.slots.contains(&Slot::Ongoing(key.clone(), conc.clone())) {
+                return fail("INV-3", format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"));
+            }
+        }
+        let arb = [("ongoing", &self.idx.arbitrary_ongoing), ("completed", &self.idx.arbitrary_completed)];
+        for (name, map) in arb {
+            for (key, id) in map {
+                let Some(e) = self.entries.get(id.0) else {
+                    return fail("INV-3", format!("arbitrary {name} index under {key} points at dead entry {id}"));
+                };
+                let phase_ok = match name {
+                    "ongoing" => e.phase == Phase::InFlight || (self.change_mode && e.phase == Phase::Abandoned),
+                    _ => e.phase == Phase::Completed,
+                };
+                let slot = if name == "ongoing" { Slot::ArbitraryOngoing(key.clone()) } else { Slot::ArbitraryCompleted(key.clone()) };
+                if !phase_ok || e.mode != RunMode::Arbitrary || e.storage_key != *key || !e.slots.contains(&slot) {
+                    return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_entries(&self) -> Result<(), Violation> {
+        let mut counted: BTreeMap<EntryId, u32> = BTreeMap::new();
+        for (_, r) in self.refs.iter() {
+            *counted.entry(r.entry).or_default() += 1;
+        }
+        for (key, e) in self.entries.iter() {
+            let id = EntryId(key);
+            for slot in &e.slots {
+                let present = match slot {
+                    Slot::Storage(k) => self.idx.by_storage.get(k).is_some_and(|l| l.contains(&id)),
+                    Slot::Content(k) => self.idx.by_content.get(k).is_some_and(|l| l.contains(&id)),
+                    Slot::Ongoing(k, c) => self.idx.ongoing.get(&(k.clone(), c.clone())) == Some(&id),
+                    Slot::ArbitraryOngoing(k) => self.idx.arbitrary_ongoing.get(k) == Some(&id),
+                    Slot::ArbitraryCompleted(k) => self.idx.arbitrary_completed.get(k) == Some(&id),
+                };
+                if !present {
+                    return fail("INV-3", format!("entry {id} records slot {slot:?} but is not in that index"));
+                }
+            }
+            let refs = counted.get(&id).copied().unwrap_or(0);
+            if e.refcount != refs {
+                return fail("INV-10", format!("entry {id} ({}) counts {} refs but {refs} are live", e.label(), e.refcount));
+            }
+            match e.phase {
+                Phase::InFlight if e.waiters.is_empty() => {
+                    return fail("C-5", format!("entry {id} ({}) is in flight with no waiter; it should be abandoned", e.label()));
+                }
+                Phase::Completed if !e.waiters.is_empty() => {
+                    return fail("INV-3", format!("completed entry {id} still has waiters"));
+                }
+                Phase::Completed if e.refcount == 0 => {
+                    return fail("C-12", format!("completed entry {id} ({}) has no ref and no waiter but was not removed", e.label()));
+                }
+                Phase::Abandoned if !e.waiters.is_empty() || e.refcount != 0 => {
+                    return fail("C-5", format!("abandoned entry {id} still has waiters or refs"));
+                }
+                Phase::Abandoned if !e.slots.is_empty() && !(self.change_mode && e.mode == RunMode::Arbitrary) => {
+                    return fail("C-9", format!("abandoned entry {id} ({}) is still indexed", e.label()));
+                }
+                _ => {}
+            }
+        }
+        for (r, _) in counted.iter().filter(|(r, _)| !self.entries.contains(r.0)) {
+            return fail("INV-10", format!("refs remain on dead entry {r}"));
+        }
+        Ok(())
+    }
+
+    /// C-11a: each ref is recorded with exactly the owner it names.
+    fn check_refs(&self) -> Result<(), Violation> {
+        for (key, r) in self.refs.iter() {
+            let id = RefId(key);
+            let recorded = match r.owner {
+                Owner::Session(s) => self.sessions.get(&s).is_some_and(|st| st.refs.contains(&id)),
+                Owner::Entry(p) => self.entries.get(p.0).is_some_and(|e| e.owned_refs.iter().filter(|x| **x == id).count() == 1),
+                Owner::Caller => true,
+            };
+            if !recorded {
+                return fail("C-11a", format!("ref {id} names owner {} which does not record it", r.owner));
+            }
+            if r.owner == Owner::Entry(r.entry) {
+                return fail("C-11a", format!("entry {} owns a ref on itself and can never be released", r.entry));
+            }
+        }
+        for (s, st) in &self.sessions {
+            for id in &st.refs {
+                if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(*s)) {
+                    return fail("C-11a", format!("session {s} records ref {id} it does not own"));
+                }
+            }
+        }
+        for (key, e) in self.entries.iter() {
+            for id in &e.owned_refs {
+                if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Entry(EntryId(key))) {
+                    return fail("C-11a", format!("entry {} records ref {id} it does not own", EntryId(key)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The pure state machine at the heart of the cache (DESIGN principle 1).
+//!
+//! Calls go in as events — [`CallCache::begin_call`], [`CallCache::leave`],
+//! [`CallCache::complete`], [`CallCache::release`], [`CallCache::close_session`] —
+//! and decisions come out as values: a hit, a join, an order to run a resolver,
+//! release hooks to run. The machine owns no clock, no randomness, no task, no
+//! lock and no socket, so one sequence of events always gives the same
+//! decisions, byte for byte.
+//!
+//! ```
+//! use cache_core::id::CallId;
+//! use cache_core::machine::{CallCache, Caller, CallRequest, Decision, Resolved};
+//!
+//! let mut cache: CallCache<u32> = CallCache::new(1);
+//! let id = CallId::new("answer");
+//! let caller = Caller::default();
+//!
+//! // First call: a miss, so we are told to run the resolver.
+//! let Ok(Decision::Run(order)) = cache.begin_call(&caller, CallRequest::new(id.clone())).outcome else { panic!() };
+//! let done = cache.complete(order.entry, Ok(Resolved::value(42))).unwrap();
+//! let (_, served) = done.served.into_iter().next().unwrap();
+//! let first = served.unwrap();
+//! assert!(!first.hit);
+//!
+//! // Second call: a storage hit on the same entry.
+//! let Ok(Decision::Hit(second)) = cache.begin_call(&caller, CallRequest::new(id)).outcome else { panic!() };
+//! assert!(second.hit);
+//! assert_eq!(second.value, Some(42));
+//!
+//! // Release both refs: the entry leaves every index (C-12, INV-1).
+//! cache.release(first.handle).unwrap();
+//! cache.release(second.handle).unwrap();
+//! assert_eq!(cache.entries(), 0);
+//! cache.check_invariants().unwrap();
+//! ```
+
+mod arena;
+mod begin;
+mod complete;
+pub(crate) mod entry;
+mod index;
+mod invariants;
+mod release;
+mod report;
+mod session;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use index::Buckets;
+pub use invariants::Violation;
+pub use report::{LeakClass, LeakReport, SurvivingEntry};
+pub use session::SessionClose;
+pub use types::*;
+
+use arena::Arena;
+use entry::Entry;
+use index::Indexes;
+
+/// One ref and its owner (C-11a).
+#[derive(Clone, Copy, Debug)]
+struct RefRecord {
+    entry: EntryId,
+    owner: Owner,
+}
+
+/// What the machine remembers about an open session.
+#[derive(Default)]
+struct SessionState {
+    /// Refs owned by the session (S-1).
+    refs: BTreeSet<RefId>,
+    /// Call keys whose last call failed: the next one runs uncached (S-4).
+    retry_uncached: BTreeSet<String>,
+    /// Call keys that already emitted telemetry (S-5).
+    telemetry_seen: BTreeSet<String>,
+}
+
+/// The call cache's state machine, generic over the cached value type.
+pub struct CallCache<V> {
+    instance: u64,
+    /// K-5: abandoned arbitrary inits keep their key busy until they finish.
+    change_mode: bool,
+    entries: Arena<Entry<V>>,
+    refs: Arena<RefRecord>,
+    idx: Indexes,
+    sessions: BTreeMap<SessionId, SessionState>,
+    next_session: u64,
+    next_waiter: u64,
+    next_detached: u64,
+}
+
+impl<V: Clone> CallCache<V> {
+    /// A call cache. `instance` tells cache instances apart in recursion
+    /// chains (C-4: the same key on another instance is not recursion).
+    pub fn new(instance: u64) -> Self {
+        Self {
+            instance,
+            change_mode: false,
+            entries: Arena::default(),
+            refs: Arena::default(),
+            idx: Indexes::default(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            next_waiter: 1,
+            next_detached: 1,
+        }
+    }
+
+    /// A change cache: arbitrary entries whose abandoned inits still block
+    /// their key until they finish (K-5).
+    pub fn new_change_cache(instance: u64) -> Self {
+        Self {
+            change_mode: true,
+            ..Self::new(instance)
+        }
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// C-15: index entries (the same entry may count once per index).
+    pub fn entries(&self) -> usize {
+        self.idx.buckets().total()
+    }
+
+    /// The C-15 buckets.
+    pub fn buckets(&self) -> Buckets {
+        self.idx.buckets()
+    }
+
+    /// Entries alive in any state, indexed or not (in flight without a
+    /// concurrency key, abandoned, detached). Zero at quiescence (INV-1).
+    pub fn live_entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Refs outstanding, whoever holds them.
+    pub fn live_refs(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// The refcount of an entry, if it is alive.
+    pub fn refcount(&self, entry: EntryId) -> Option<u32> {
+        self.entries.get(entry.0).map(|e| e.refcount)
+    }
+
+    /// Whether an entry is still alive (in flight, abandoned, or held).
+    pub fn contains(&self, entry: EntryId) -> bool {
+        self.entries.contains(entry.0)
+    }
+
+    /// The owner of a ref, if it is live.
+    pub fn owner(&self, ref_id: RefId) -> Option<Owner> {
+        self.refs.get(ref_id.0).map(|r| r.owner)
+    }
+
+    /// The waiters of an in-flight entry, in arrival order.
+    pub fn waiters(&self, entry: EntryId) -> Vec<WaiterId> {
+        self.entries
+            .get(entry.0)
+            .map(|e| e.waiters.iter().map(|w| w.id).collect())
+            .unwrap_or_default()
+    }
+
+    fn new_waiter_id(&mut self) -> WaiterId {
+        let id = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        id
+    }
+
+    /// Adds a ref on `entry` owned by `owner`, recording it with the owner.
+    fn add_ref(&mut self, entry: EntryId, owner: Owner) -> Handle {
+        let ref_id = RefId(self.refs.insert(RefRecord { entry, owner }));
+        if let Some(e) = self.entries.get_mut(entry.0) {
+            e.refcount += 1;
+        }
+        self.record_owner(ref_id, owner);
+        Handle { ref_id, entry }
+    }
+
+    fn record_owner(&mut self, ref_id: RefId, owner: Owner) {
+        match owner {
+            Owner::Session(s) => {
+                if let Some(state) = self.sessions.get_mut(&s) {
+                    state.refs.insert(ref_id);
+                }
+            }
+            Owner::Entry(parent) => {
+                if let Some(p) = self.entries.get_mut(parent.0) {
+                    p.owned_refs.push(ref_id);
+                }
+            }
+            Owner::Caller => {}
+        }
+    }
+
+    fn forget_owner(&mut self, ref_id: RefId, owner: Owner) {
+        match owner {
+            Owner::Session(s) => {
+                if let Some(state) = self.sessions.get_mut(&s) {
+                    state.refs.remove(&ref_id);
+                }
+            }
+            Owner::Entry(parent) => {
+                if let Some(p) = self.entries.get_mut(parent.0) {
+                    p.owned_refs.retain(|r| *r != ref_id);
+                }
+            }
+            Owner::Caller => {}
+        }
+    }
+
+    /// C-11a: hands a ref to a new owner, removing it from the old one.
+    fn transfer(&mut self, ref_id: RefId, new_owner: Owner) {
+        let Some(old) = self.refs.get(ref_id.0).map(|r| r.owner) else {
+            return;
+        };
+        self.forget_owner(ref_id, old);
+        if let Some(r) = self.refs.get_mut(ref_id.0) {
+            r.owner = new_owner;
+        }
+        self.record_owner(ref_id, new_owner);
+    }
+}

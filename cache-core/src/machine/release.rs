@@ -1,0 +1,84 @@
+//! Releasing refs and removing entries (C-9, C-11, C-12, C-13).
+
+use super::entry::Phase;
+use super::types::*;
+use super::CallCache;
+use crate::error::CallError;
+
+impl<V: Clone> CallCache<V> {
+    /// C-12: gives back one ref. When the entry has neither refs nor waiters
+    /// left, it leaves every index and its hook (plus those of any entries it
+    /// owned refs on, C-11) is returned to run outside the lock.
+    ///
+    /// A stale or foreign handle is an error, never a second decrement.
+    pub fn release(&mut self, handle: Handle) -> Result<Vec<PendingRelease>, CallError> {
+        match self.refs.get(handle.ref_id.0) {
+            Some(r) if r.entry == handle.entry => {}
+            _ => return Err(CallError::UnknownHandle(handle.ref_id.to_string())),
+        }
+        let mut releases = Vec::new();
+        self.release_ref(handle.ref_id, &mut releases);
+        Ok(releases)
+    }
+
+    /// Drops one ref and everything that becomes unheld because of it. Iterative,
+    /// so a deep chain of nested results cannot overflow the stack.
+    pub(super) fn release_ref(&mut self, ref_id: RefId, releases: &mut Vec<PendingRelease>) {
+        let mut work = vec![ref_id];
+        while let Some(r) = work.pop() {
+            let Some(record) = self.refs.remove(r.0) else { continue };
+            self.forget_owner(r, record.owner);
+            let Some(e) = self.entries.get_mut(record.entry.0) else { continue };
+            e.refcount -= 1;
+            if e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed {
+                work.extend(self.take_entry(record.entry, releases));
+            }
+        }
+    }
+
+    /// Removes an entry from the arena and every index; queues its hook and
+    /// releases the refs it owned (C-11).
+    pub(super) fn remove_entry(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) {
+        let owned = self.take_entry(entry, releases);
+        for r in owned {
+            self.release_ref(r, releases);
+        }
+    }
+
+    /// Removes a completed entry nobody holds (S-3 releases, all waiters gone).
+    pub(super) fn collect_if_unheld(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) {
+        let unheld = self
+            .entries
+            .get(entry.0)
+            .is_some_and(|e| e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed);
+        if unheld {
+            self.remove_entry(entry, releases);
+        }
+    }
+
+    fn take_entry(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) -> Vec<RefId> {
+        self.unindex(entry);
+        let Some(mut e) = self.entries.remove(entry.0) else { return Vec::new() };
+        if let Some(hook) = e.hook.take() {
+            releases.push(PendingRelease { entry, label: e.label(), hook });
+        }
+        // Refs this entry held on others now have no owner but us: release them.
+        let owned = std::mem::take(&mut e.owned_refs);
+        for r in &owned {
+            if let Some(rec) = self.refs.get_mut(r.0) {
+                rec.owner = Owner::Caller;
+            }
+        }
+        owned
+    }
+
+    /// The one unindexing routine (C-9): removes `entry` from every index slot
+    /// it occupies, and only `entry` (C-13).
+    pub(super) fn unindex(&mut self, entry: EntryId) {
+        let Some(e) = self.entries.get_mut(entry.0) else { return };
+        let slots = std::mem::take(&mut e.slots);
+        for slot in &slots {
+            self.idx.remove(slot, entry);
+        }
+    }
+}

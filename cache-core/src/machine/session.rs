@@ -1,0 +1,76 @@
+//! Sessions inside the state machine (S-1 … S-7): refs owned per session,
+//! the forced-retry flags of S-4, and the telemetry-once set of S-5.
+
+use super::types::*;
+use super::{CallCache, SessionState};
+use crate::error::CallError;
+
+/// What closing a session did (S-1, S-1a, S-7).
+#[derive(Debug)]
+pub struct SessionClose {
+    /// The session that closed.
+    pub session: SessionId,
+    /// Refs the session released.
+    pub released: usize,
+    /// `entries()` before the releases (S-7).
+    pub entries_before: usize,
+    /// `entries()` after the releases (S-7).
+    pub entries_after: usize,
+    /// Calls still in flight with a waiter from this session: each releases
+    /// what it gets when it finishes (S-3), with no further step.
+    pub in_flight: usize,
+    /// Hooks to run outside the lock.
+    pub releases: Vec<PendingRelease>,
+}
+
+impl<V: Clone> CallCache<V> {
+    /// Opens a session (S-6 counts it).
+    pub fn open_session(&mut self) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions.insert(id, SessionState::default());
+        id
+    }
+
+    /// Whether the session is open.
+    pub fn session_is_open(&self, session: SessionId) -> bool {
+        self.sessions.contains_key(&session)
+    }
+
+    /// S-6: open sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Refs a session holds now.
+    pub fn session_refs(&self, session: SessionId) -> usize {
+        self.sessions.get(&session).map_or(0, |s| s.refs.len())
+    }
+
+    /// S-1: releases every ref the session holds, exactly once, and marks it
+    /// closed. Calls still in flight for it release on completion (S-3).
+    pub fn close_session(&mut self, session: SessionId) -> Result<SessionClose, CallError> {
+        let Some(state) = self.sessions.remove(&session) else {
+            return Err(CallError::SessionClosed);
+        };
+        let entries_before = self.entries();
+        let mut releases = Vec::new();
+        let released = state.refs.len();
+        for r in state.refs {
+            self.release_ref(r, &mut releases);
+        }
+        let in_flight = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.waiters.iter().any(|w| w.session == Some(session)))
+            .count();
+        Ok(SessionClose {
+            session,
+            released,
+            entries_before,
+            entries_after: self.entries(),
+            in_flight,
+            releases,
+        })
+    }
+}

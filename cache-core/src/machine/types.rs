@@ -1,0 +1,371 @@
+//! The values that go into and come out of the state machine.
+
+use std::fmt;
+
+use super::arena::Key;
+use crate::error::CallError;
+use crate::id::CallId;
+use crate::trace::TraceLine;
+use crate::ttl::PreparedWrite;
+
+/// An entry: one cached (or in-flight, or detached) result. Generation-checked.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct EntryId(pub(crate) Key);
+
+/// One ref on an entry. Generation-checked, so a stale ref is an error, never a
+/// second decrement (C-12).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RefId(pub(crate) Key);
+
+/// A caller waiting for an in-flight call. Never reused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct WaiterId(pub u64);
+
+/// A client session. Never reused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+impl fmt::Display for RefId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+impl fmt::Display for WaiterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Who holds a ref (C-11a: exactly one owner at a time).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Owner {
+    /// A session; released when it closes (S-1).
+    Session(SessionId),
+    /// A parent entry that returned this ref as its result (C-11).
+    Entry(EntryId),
+    /// Whoever holds the [`Handle`]: a caller without a session, a resolver
+    /// that has not yet returned it, or a detached result (C-2).
+    Caller,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Session(s) => write!(f, "session {s}"),
+            Owner::Entry(e) => write!(f, "entry {e}"),
+            Owner::Caller => write!(f, "caller"),
+        }
+    }
+}
+
+/// Proof of one ref on an entry. Not `Clone`: releasing consumes it (C-12).
+#[derive(PartialEq, Eq, Debug)]
+pub struct Handle {
+    pub(crate) ref_id: RefId,
+    pub(crate) entry: EntryId,
+}
+
+impl Handle {
+    /// The ref this handle stands for.
+    pub fn ref_id(&self) -> RefId {
+        self.ref_id
+    }
+    /// The entry the ref is on.
+    pub fn entry(&self) -> EntryId {
+        self.entry
+    }
+}
+
+/// Code that must run exactly once when a result leaves the cache.
+pub type ReleaseHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// What a resolver produced.
+pub struct Resolved<V> {
+    /// The ID the resolver actually returned; `None` means "the requested ID".
+    /// Its recipe digest is the result call key; its content digest the content key (C-6).
+    pub id: Option<CallId>,
+    /// `None` is a successful "no value" result, cached like any other (C-10).
+    pub value: Option<V>,
+    /// Runs once when the result leaves the cache (or is discarded, C-5a / C-7).
+    pub release: Option<ReleaseHook>,
+    /// T-3: only results marked safe are persisted to the TTL store.
+    pub safe_to_persist: bool,
+    /// Refs from nested cached calls that this result takes over (C-11).
+    pub nested: Vec<Handle>,
+}
+
+impl<V> Resolved<V> {
+    /// A plain value result, reporting the requested ID, not safe to persist.
+    pub fn value(value: V) -> Self {
+        Self {
+            id: None,
+            value: Some(value),
+            release: None,
+            safe_to_persist: false,
+            nested: Vec::new(),
+        }
+    }
+    /// A successful result with no value (C-10).
+    pub fn no_value() -> Self {
+        Self {
+            id: None,
+            value: None,
+            release: None,
+            safe_to_persist: false,
+            nested: Vec::new(),
+        }
+    }
+    /// Sets the ID the resolver returned.
+    pub fn with_id(mut self, id: CallId) -> Self {
+        self.id = Some(id);
+        self
+    }
+    /// Sets the release hook.
+    pub fn with_release(mut self, hook: impl FnOnce() -> Result<(), String> + Send + 'static) -> Self {
+        self.release = Some(Box::new(hook));
+        self
+    }
+    /// Marks the result safe (or not) to persist through the TTL store (T-3).
+    pub fn safe_to_persist(mut self, safe: bool) -> Self {
+        self.safe_to_persist = safe;
+        self
+    }
+    /// Hands a nested call's ref to this result (C-11).
+    pub fn with_nested(mut self, handle: Handle) -> Self {
+        self.nested.push(handle);
+        self
+    }
+}
+
+impl<V> fmt::Debug for Resolved<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("id", &self.id.as_ref().map(|i| i.call_key()))
+            .field("has_value", &self.value.is_some())
+            .field("has_release", &self.release.is_some())
+            .field("safe_to_persist", &self.safe_to_persist)
+            .field("nested", &self.nested)
+            .finish()
+    }
+}
+
+/// Which index namespace a recursion-chain link belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Namespace {
+    /// Call storage keys.
+    Call,
+    /// Arbitrary (keyed singleflight) keys.
+    Arbitrary,
+}
+
+/// One resolver the caller is running inside (C-4).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChainLink {
+    /// The cache instance.
+    pub instance: u64,
+    /// Which index the key belongs to.
+    pub namespace: Namespace,
+    /// The storage key (or arbitrary key) being resolved.
+    pub key: String,
+}
+
+/// Who is calling: the context part the state machine needs.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The caller's session, if any (refs it gets are owned by the session).
+    pub session: Option<SessionId>,
+    /// The resolvers this call is nested in, outermost first (C-4).
+    pub chain: Vec<ChainLink>,
+    /// The in-flight entry whose resolver is making this call, with its cache
+    /// instance (C-4b wait-for edges).
+    pub inside: Option<(u64, EntryId)>,
+}
+
+/// A call request (`key` in `get_or_init_call`).
+#[derive(Clone, Debug, Default)]
+pub struct CallRequest {
+    /// The requested ID; `None` is rejected (C-1).
+    pub id: Option<CallId>,
+    /// The storage key chosen by the TTL rules (T-2); `None` means the call key.
+    pub storage_key: Option<String>,
+    /// Calls with the same (storage key, non-empty concurrency key) are deduplicated.
+    pub concurrency_key: String,
+    /// C-2: run directly, store nothing.
+    pub do_not_cache: bool,
+    /// T-3: the write to make if the call succeeds, is stored and is safe to persist.
+    pub ttl_write: Option<PreparedWrite>,
+    /// S-5: emit telemetry on every call, not once per key per session.
+    pub repeat_telemetry: bool,
+}
+
+impl CallRequest {
+    /// A request for `id` with no concurrency key, no TTL.
+    pub fn new(id: CallId) -> Self {
+        Self {
+            id: Some(id),
+            ..Self::default()
+        }
+    }
+    /// Sets the concurrency key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = key.into();
+        self
+    }
+    /// Sets `do_not_cache`.
+    pub fn do_not_cache(mut self, yes: bool) -> Self {
+        self.do_not_cache = yes;
+        self
+    }
+}
+
+/// How a resolver run was started; decides what happens when it completes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RunMode {
+    /// A normal cached call.
+    Cached,
+    /// C-2: result is detached, never indexed.
+    DoNotCache,
+    /// S-4: runs as do-not-cache, then is inserted under the normal key.
+    ForcedRetry,
+    /// An arbitrary entry or change-cache init (section 4).
+    Arbitrary,
+}
+
+/// The decision for one caller, taken atomically (C-3).
+#[derive(Debug)]
+pub enum Decision<V> {
+    /// A completed entry was found (storage or content hit).
+    Hit(Served<V>),
+    /// Joined an in-flight call; wait for [`Completion`] to name this waiter.
+    Wait {
+        /// The in-flight entry.
+        entry: EntryId,
+        /// This caller's waiter id.
+        waiter: WaiterId,
+    },
+    /// Start the resolver; this caller is its first waiter.
+    Run(RunOrder),
+    /// K-5: an abandoned change-cache init on this key is still running; try
+    /// again once `entry` has settled.
+    Blocked {
+        /// The abandoned init.
+        entry: EntryId,
+    },
+}
+
+/// What the caller needs to start a resolver.
+#[derive(Clone, Debug)]
+pub struct RunOrder {
+    /// The new in-flight entry; pass it to `complete`.
+    pub entry: EntryId,
+    /// The caller's waiter id.
+    pub waiter: WaiterId,
+    /// The storage key the resolver sees in its context (a fresh unique one for C-2).
+    pub storage_key: String,
+    /// The chain the resolver runs inside: the caller's chain plus this call (C-4).
+    pub chain: Vec<ChainLink>,
+    /// Why it runs.
+    pub mode: RunMode,
+}
+
+/// The outcome of `begin`: the decision, its trace line (O-2), and whether the
+/// call should emit telemetry (S-5).
+#[derive(Debug)]
+pub struct Begin<V> {
+    /// The decision, or the error that stopped the call before anything ran.
+    pub outcome: Result<Decision<V>, CallError>,
+    /// The O-2 line, when a decision was taken.
+    pub trace: Option<TraceLine>,
+    /// S-5: whether this call emits telemetry.
+    pub telemetry: bool,
+}
+
+/// A result handed to one caller.
+#[derive(Debug)]
+pub struct Served<V> {
+    /// The ref the caller now holds (owned by its session, or by the caller).
+    pub handle: Handle,
+    /// The value; `None` is "no value" (C-10).
+    pub value: Option<V>,
+    /// The ID reported to the caller: the stored one for a storage hit, the
+    /// requested one for a content hit (C-8). `None` for arbitrary entries.
+    pub id: Option<CallId>,
+    /// The caller did not cause this result to be computed.
+    pub hit: bool,
+    /// Served through the content index (C-8).
+    pub content_hit: bool,
+    /// C-2: the result is not in the cache; releasing it runs its hook.
+    pub detached: bool,
+    /// The ref is owned by the caller's session (S-1): the session releases it.
+    pub session_owned: bool,
+}
+
+/// What `complete` decided, for the caller to carry out outside the lock.
+pub struct Completion<V> {
+    /// One outcome per waiter that was still waiting, in arrival order.
+    pub served: Vec<(WaiterId, Result<Served<V>, CallError>)>,
+    /// Release hooks to run now (C-5a, C-7, S-3 releases).
+    pub releases: Vec<PendingRelease>,
+    /// T-3: the TTL write to make, when this result was stored and is safe.
+    pub persist: Option<PreparedWrite>,
+    /// The entry settled (left flight); K-5 blocked callers may retry.
+    pub settled: EntryId,
+}
+
+/// What `leave` did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Left {
+    /// The waiter was removed; others remain, the resolver keeps running (C-5).
+    Removed,
+    /// The waiter was the last one: cancel the resolver (C-5, K-4).
+    CancelResolver,
+    /// The waiter was not waiting (already served, or unknown): if it was
+    /// served, the caller must release what it was given.
+    NotWaiting,
+}
+
+/// A release hook to run outside the lock (C-12).
+pub struct PendingRelease {
+    /// The entry it belonged to.
+    pub entry: EntryId,
+    /// A short label for errors and logs.
+    pub label: String,
+    /// The hook itself.
+    pub hook: ReleaseHook,
+}
+
+impl PendingRelease {
+    /// Runs the hook; a failure names the entry.
+    pub fn run(self) -> Result<(), CallError> {
+        (self.hook)().map_err(|e| CallError::ReleaseHook(format!("{} ({}): {e}", self.label, self.entry)))
+    }
+}
+
+impl fmt::Debug for PendingRelease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PendingRelease({}, {})", self.entry, self.label)
+    }
+}
+
+/// Runs every hook, returning the first error (all hooks run regardless).
+pub fn run_releases(releases: Vec<PendingRelease>) -> Result<(), CallError> {
+    let mut first = Ok(());
+    for release in releases {
+        if let Err(e) = release.run() {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
