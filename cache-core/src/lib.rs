@@ -1,1 +1,2 @@
 //! cache-core: see README.
+pub mod ttl;
