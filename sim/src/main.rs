@@ -1,1 +1,3 @@
-fn main() { println!("cache-sim: the simulation CLI arrives with the sim issue"); }
+fn main() {
+    println!("cache-sim: the simulation CLI arrives with the sim issue");
+}
