@@ -1,1 +1,3 @@
 //! cache-core: see README.
+
+pub mod id;
