@@ -69,7 +69,8 @@ impl fmt::Display for TraceLine {
             short(&self.storage),
             self.path,
             self.overridden,
-            self.session.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            self.session
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
             self.rule,
         )
     }

@@ -14,17 +14,6 @@ pub struct Key {
     generation: u32,
 }
 
-impl Key {
-    /// The slot index (stable for the value's lifetime, reused afterwards).
-    pub fn index(self) -> u32 {
-        self.index
-    }
-    /// The generation the slot had when this key was issued.
-    pub fn generation(self) -> u32 {
-        self.generation
-    }
-}
-
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}v{}", self.index, self.generation)
@@ -123,11 +112,6 @@ impl<T> Arena<T> {
         self.len
     }
 
-    /// Whether the arena holds no live value.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Live values in slot order (deterministic).
     pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, slot)| {
@@ -154,7 +138,7 @@ mod tests {
         let a = arena.insert("a");
         assert_eq!(arena.remove(a), Some("a"));
         let b = arena.insert("b");
-        assert_eq!(a.index(), b.index(), "slot is reused");
+        assert_eq!(a.index, b.index, "slot is reused");
         assert_ne!(a, b);
         assert_eq!(arena.get(a), None);
         assert_eq!(arena.remove(a), None, "double removal is detected");

@@ -53,7 +53,11 @@ impl<V: Clone> CallCache<V> {
         let telemetry = self.telemetry(caller, &call_key, req.do_not_cache || req.repeat_telemetry);
 
         if req.do_not_cache || forced {
-            let mode = if req.do_not_cache { RunMode::DoNotCache } else { RunMode::ForcedRetry };
+            let mode = if req.do_not_cache {
+                RunMode::DoNotCache
+            } else {
+                RunMode::ForcedRetry
+            };
             trace.path = Path::DoNotCache;
             trace.rule = if req.do_not_cache { "C-2" } else { "S-4" };
             let fresh = format!("do-not-cache:{}:{}", self.instance, self.next_detached);
@@ -62,7 +66,11 @@ impl<V: Clone> CallCache<V> {
             entry.starter = caller.session;
             entry.ttl_write = req.ttl_write;
             let order = self.start(caller, entry, fresh, Namespace::Call, storage_key);
-            return Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry };
+            return Begin {
+                outcome: Ok(Decision::Run(order)),
+                trace: Some(trace),
+                telemetry,
+            };
         }
 
         // C-3.1: storage hit.
@@ -70,7 +78,11 @@ impl<V: Clone> CallCache<V> {
             trace.path = Path::Storage;
             trace.rule = "C-3.1";
             let served = self.serve_hit(caller, hit, None);
-            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+            return Begin {
+                outcome: Ok(Decision::Hit(served)),
+                trace: Some(trace),
+                telemetry,
+            };
         }
         // C-3.2: content hit, reporting the requested ID (C-8).
         if let Some(hit) = content_key.as_deref().and_then(|k| self.idx.content(k)) {
@@ -78,11 +90,19 @@ impl<V: Clone> CallCache<V> {
             trace.rule = "C-3.2";
             trace.overridden = true;
             let served = self.serve_hit(caller, hit, Some(id));
-            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+            return Begin {
+                outcome: Ok(Decision::Hit(served)),
+                trace: Some(trace),
+                telemetry,
+            };
         }
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
         if !req.concurrency_key.is_empty() {
-            let ongoing = self.idx.ongoing.get(&(storage_key.clone(), req.concurrency_key.clone())).copied();
+            let ongoing = self
+                .idx
+                .ongoing
+                .get(&(storage_key.clone(), req.concurrency_key.clone()))
+                .copied();
             if let Some(entry) = ongoing {
                 trace.path = Path::Ongoing;
                 trace.rule = "C-3.3";
@@ -91,7 +111,11 @@ impl<V: Clone> CallCache<V> {
                     trace.rule = "C-4b";
                     e
                 });
-                return Begin { outcome, trace: Some(trace), telemetry };
+                return Begin {
+                    outcome,
+                    trace: Some(trace),
+                    telemetry,
+                };
             }
         }
         // C-3.4: miss.
@@ -100,16 +124,30 @@ impl<V: Clone> CallCache<V> {
         entry.ttl_write = req.ttl_write;
         entry.concurrency_key = req.concurrency_key.clone();
         if !req.concurrency_key.is_empty() {
-            entry.slots.push(Slot::Ongoing(storage_key.clone(), req.concurrency_key));
+            entry
+                .slots
+                .push(Slot::Ongoing(storage_key.clone(), req.concurrency_key));
         }
-        let order = self.start(caller, entry, storage_key.clone(), Namespace::Call, storage_key);
-        Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry }
+        let order = self.start(
+            caller,
+            entry,
+            storage_key.clone(),
+            Namespace::Call,
+            storage_key,
+        );
+        Begin {
+            outcome: Ok(Decision::Run(order)),
+            trace: Some(trace),
+            telemetry,
+        }
     }
 
     /// Keyed singleflight for arbitrary entries and the change cache (K-1 … K-5).
     pub fn begin_arbitrary(&mut self, caller: &Caller, key: &str) -> Begin<V> {
         if key.is_empty() {
-            return rejected(CallError::InvalidKey("the arbitrary key is empty (K-1)".into()));
+            return rejected(CallError::InvalidKey(
+                "the arbitrary key is empty (K-1)".into(),
+            ));
         }
         if let Err(e) = self.check_session(caller) {
             return rejected(e);
@@ -127,7 +165,9 @@ impl<V: Clone> CallCache<V> {
             trace.path = Path::Recursive;
             trace.rule = "K-3";
             return Begin {
-                outcome: Err(CallError::Recursive { key: key.to_string() }),
+                outcome: Err(CallError::Recursive {
+                    key: key.to_string(),
+                }),
                 trace: Some(trace),
                 telemetry: false,
             };
@@ -136,15 +176,26 @@ impl<V: Clone> CallCache<V> {
         if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
             trace.path = Path::Storage;
             let served = self.serve_hit(caller, hit, None);
-            return Begin { outcome: Ok(Decision::Hit(served)), trace: Some(trace), telemetry };
+            return Begin {
+                outcome: Ok(Decision::Hit(served)),
+                trace: Some(trace),
+                telemetry,
+            };
         }
         if let Some(&entry) = self.idx.arbitrary_ongoing.get(key) {
-            let abandoned = self.entries.get(entry.0).is_some_and(|e| e.phase == Phase::Abandoned);
+            let abandoned = self
+                .entries
+                .get(entry.0)
+                .is_some_and(|e| e.phase == Phase::Abandoned);
             if abandoned {
                 // K-5: never overlap two inits of one key.
                 trace.path = Path::Blocked;
                 trace.rule = "K-5";
-                return Begin { outcome: Ok(Decision::Blocked { entry }), trace: Some(trace), telemetry };
+                return Begin {
+                    outcome: Ok(Decision::Blocked { entry }),
+                    trace: Some(trace),
+                    telemetry,
+                };
             }
             trace.path = Path::Ongoing;
             let outcome = self.join(caller, entry).map_err(|e| {
@@ -152,13 +203,28 @@ impl<V: Clone> CallCache<V> {
                 trace.rule = "C-4b";
                 e
             });
-            return Begin { outcome, trace: Some(trace), telemetry };
+            return Begin {
+                outcome,
+                trace: Some(trace),
+                telemetry,
+            };
         }
-        let mut entry = Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
+        let mut entry =
+            Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
         entry.starter = caller.session;
         entry.slots.push(Slot::ArbitraryOngoing(key.to_string()));
-        let order = self.start(caller, entry, key.to_string(), Namespace::Arbitrary, key.to_string());
-        Begin { outcome: Ok(Decision::Run(order)), trace: Some(trace), telemetry }
+        let order = self.start(
+            caller,
+            entry,
+            key.to_string(),
+            Namespace::Arbitrary,
+            key.to_string(),
+        );
+        Begin {
+            outcome: Ok(Decision::Run(order)),
+            trace: Some(trace),
+            telemetry,
+        }
     }
 
     /// S-2: a call on a closed (or never opened) session fails at once.
@@ -185,10 +251,18 @@ impl<V: Clone> CallCache<V> {
     }
 
     /// Hands `caller` a new ref on the completed entry `hit`.
-    fn serve_hit(&mut self, caller: &Caller, hit: EntryId, requested: Option<crate::id::CallId>) -> Served<V> {
+    fn serve_hit(
+        &mut self,
+        caller: &Caller,
+        hit: EntryId,
+        requested: Option<crate::id::CallId>,
+    ) -> Served<V> {
         let owner = caller.session.map_or(Owner::Caller, Owner::Session);
         let handle = self.add_ref(hit, owner);
-        let entry = self.entries.get(hit.0).expect("indexed entries are alive (INV-3)");
+        let entry = self
+            .entries
+            .get(hit.0)
+            .expect("indexed entries are alive (INV-3)");
         let content_hit = requested.is_some();
         Served {
             handle,
@@ -216,21 +290,35 @@ impl<V: Clone> CallCache<V> {
         for slot in &slots {
             self.idx.insert(slot, id);
         }
-        let waiter = self.add_waiter(caller, id, false);
+        let waiter = self.add_waiter(caller, id);
         let mut chain = caller.chain.clone();
-        chain.push(ChainLink { instance: self.instance, namespace, key: chain_key });
-        RunOrder { entry: id, waiter, storage_key: resolver_key, chain, mode }
+        chain.push(ChainLink {
+            instance: self.instance,
+            namespace,
+            key: chain_key,
+        });
+        RunOrder {
+            entry: id,
+            waiter,
+            storage_key: resolver_key,
+            chain,
+            mode,
+        }
     }
 
     /// C-3.3 / K-2: joins an in-flight entry unless that closes a wait cycle (C-4b).
     fn join(&mut self, caller: &Caller, entry: EntryId) -> Result<Decision<V>, CallError> {
         if let Some(from) = self.inside(caller) {
             if self.reaches(entry, from) {
-                let key = self.entries.get(entry.0).map(|e| e.storage_key.clone()).unwrap_or_default();
+                let key = self
+                    .entries
+                    .get(entry.0)
+                    .map(|e| e.storage_key.clone())
+                    .unwrap_or_default();
                 return Err(CallError::Recursive { key });
             }
         }
-        let waiter = self.add_waiter(caller, entry, true);
+        let waiter = self.add_waiter(caller, entry);
         Ok(Decision::Wait { entry, waiter })
     }
 
@@ -260,7 +348,7 @@ impl<V: Clone> CallCache<V> {
         false
     }
 
-    fn add_waiter(&mut self, caller: &Caller, entry: EntryId, joined: bool) -> WaiterId {
+    fn add_waiter(&mut self, caller: &Caller, entry: EntryId) -> WaiterId {
         let id = self.new_waiter_id();
         let from = self.inside(caller);
         if let Some(from) = from {
@@ -269,12 +357,21 @@ impl<V: Clone> CallCache<V> {
             }
         }
         if let Some(e) = self.entries.get_mut(entry.0) {
-            e.waiters.push(Waiter { id, session: caller.session, from, joined });
+            e.waiters.push(Waiter {
+                id,
+                session: caller.session,
+                from,
+                joined,
+            });
         }
         id
     }
 }
 
 fn rejected<V>(error: CallError) -> Begin<V> {
-    Begin { outcome: Err(error), trace: None, telemetry: false }
+    Begin {
+        outcome: Err(error),
+        trace: None,
+        telemetry: false,
+    }
 }

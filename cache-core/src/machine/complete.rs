@@ -10,12 +10,26 @@ impl<V: Clone> CallCache<V> {
     /// and says which hooks to run and which TTL write to make.
     ///
     /// Panics in the resolver must be passed in as `Err(CallError::Panicked)` (C-14).
-    pub fn complete(&mut self, entry: EntryId, outcome: Result<Resolved<V>, CallError>) -> Result<Completion<V>, CallError> {
+    pub fn complete(
+        &mut self,
+        entry: EntryId,
+        outcome: Result<Resolved<V>, CallError>,
+    ) -> Result<Completion<V>, CallError> {
         let phase = match self.entries.get(entry.0) {
             Some(e) if e.phase != Phase::Completed => e.phase,
-            _ => return Err(CallError::Unknown { what: "in-flight entry", id: entry.to_string() }),
+            _ => {
+                return Err(CallError::Unknown {
+                    what: "in-flight entry",
+                    id: entry.to_string(),
+                })
+            }
         };
-        let mut done = Completion { served: Vec::new(), releases: Vec::new(), persist: None, settled: entry };
+        let mut done = Completion {
+            served: Vec::new(),
+            releases: Vec::new(),
+            persist: None,
+            settled: entry,
+        };
         let resolved = match self.adopt_nested(entry, outcome, &mut done) {
             Ok(resolved) => resolved,
             Err(error) => {
@@ -29,14 +43,20 @@ impl<V: Clone> CallCache<V> {
             self.remove_entry(entry, &mut done.releases);
             return Ok(done);
         }
-        let mode = self.entries.get(entry.0).map(|e| e.mode).unwrap_or(RunMode::Cached);
+        let mode = self
+            .entries
+            .get(entry.0)
+            .map(|e| e.mode)
+            .unwrap_or(RunMode::Cached);
         self.fill(entry, resolved);
         let held = match mode {
             RunMode::DoNotCache => {
                 self.settle_detached(entry);
                 entry
             }
-            RunMode::Cached | RunMode::ForcedRetry | RunMode::Arbitrary => self.store(entry, &mut done),
+            RunMode::Cached | RunMode::ForcedRetry | RunMode::Arbitrary => {
+                self.store(entry, &mut done)
+            }
         };
         self.serve_waiters(entry, held, mode == RunMode::DoNotCache, &mut done);
         Ok(done)
@@ -77,7 +97,10 @@ impl<V: Clone> CallCache<V> {
     ) -> Result<Resolved<V>, CallError> {
         let mut resolved = outcome?;
         let nested = std::mem::take(&mut resolved.nested);
-        let unknown = nested.iter().find(|h| self.refs.get(h.ref_id.0).is_none_or(|r| r.entry != h.entry)).map(|h| h.ref_id);
+        let unknown = nested
+            .iter()
+            .find(|h| self.refs.get(h.ref_id.0).is_none_or(|r| r.entry != h.entry))
+            .map(|h| h.ref_id);
         if let Some(bad) = unknown {
             for h in nested {
                 if self.refs.contains(h.ref_id.0) {
@@ -85,9 +108,15 @@ impl<V: Clone> CallCache<V> {
                 }
             }
             if let Some(hook) = resolved.release.take() {
-                done.releases.push(PendingRelease { entry, label: "rejected result".into(), hook });
+                done.releases.push(PendingRelease {
+                    entry,
+                    label: "rejected result".into(),
+                    hook,
+                });
             }
-            return Err(CallError::Resolver(format!("resolver returned an unknown nested handle {bad}")));
+            return Err(CallError::Resolver(format!(
+                "resolver returned an unknown nested handle {bad}"
+            )));
         }
         for h in nested {
             self.transfer(h.ref_id, Owner::Entry(entry));
@@ -114,8 +143,15 @@ impl<V: Clone> CallCache<V> {
     fn fail(&mut self, entry: EntryId, error: CallError, done: &mut Completion<V>) {
         let waiters = self.take_waiters(entry);
         let sets_retry_flag = matches!(error, CallError::Resolver(_) | CallError::Panicked(_));
-        let call_key = self.entries.get(entry.0).map(|e| e.call_key.clone()).unwrap_or_default();
-        let is_call = self.entries.get(entry.0).is_some_and(|e| e.mode != RunMode::Arbitrary);
+        let call_key = self
+            .entries
+            .get(entry.0)
+            .map(|e| e.call_key.clone())
+            .unwrap_or_default();
+        let is_call = self
+            .entries
+            .get(entry.0)
+            .is_some_and(|e| e.mode != RunMode::Arbitrary);
         for w in waiters {
             if sets_retry_flag && is_call {
                 // S-4: only errors the resolver produced set the flag.
@@ -160,7 +196,11 @@ impl<V: Clone> CallCache<V> {
             // A TTL-chosen storage key is session-scoped (T-2); indexing the
             // result under its bare call key would share it engine-wide (T-3).
             let ttl_scoped = e.storage_key != e.call_key;
-            if let Some(rk) = e.result_call_key.clone().filter(|rk| *rk != e.storage_key && !ttl_scoped) {
+            if let Some(rk) = e
+                .result_call_key
+                .clone()
+                .filter(|rk| *rk != e.storage_key && !ttl_scoped)
+            {
                 slots.push(Slot::Storage(rk));
             }
             if let Some(ck) = e.content_key.clone() {
@@ -185,7 +225,13 @@ impl<V: Clone> CallCache<V> {
 
     /// C-6: every waiter gets a ref on `held`; S-3: a waiter whose session has
     /// closed gets its ref released at once and a clear error.
-    fn serve_waiters(&mut self, entry: EntryId, held: EntryId, detached: bool, done: &mut Completion<V>) {
+    fn serve_waiters(
+        &mut self,
+        entry: EntryId,
+        held: EntryId,
+        detached: bool,
+        done: &mut Completion<V>,
+    ) {
         let waiters = self.take_waiters(entry);
         let (value, id) = {
             let h = self.entries.get(held.0).expect("held entry is alive");
@@ -200,7 +246,8 @@ impl<V: Clone> CallCache<V> {
             let handle = self.add_ref(held, owner);
             if !session_open {
                 self.release_ref(handle.ref_id, &mut done.releases);
-                done.served.push((w.id, Err(CallError::ClosedDuringExecution)));
+                done.served
+                    .push((w.id, Err(CallError::ClosedDuringExecution)));
                 continue;
             }
             let served = Served {
@@ -222,7 +269,11 @@ impl<V: Clone> CallCache<V> {
     }
 
     fn take_waiters(&mut self, entry: EntryId) -> Vec<Waiter> {
-        let waiters = self.entries.get_mut(entry.0).map(|e| std::mem::take(&mut e.waiters)).unwrap_or_default();
+        let waiters = self
+            .entries
+            .get_mut(entry.0)
+            .map(|e| std::mem::take(&mut e.waiters))
+            .unwrap_or_default();
         for w in &waiters {
             self.drop_wait_edge(w, entry);
         }

@@ -22,8 +22,6 @@ pub struct Waiter {
     pub session: Option<SessionId>,
     /// The in-flight entry (same instance) whose resolver is this caller (C-4b).
     pub from: Option<EntryId>,
-    /// Whether the waiter joined an existing call rather than starting it.
-    pub joined: bool,
 }
 
 /// One index slot an entry occupies; the single unindexing routine walks these (C-9).
@@ -75,7 +73,12 @@ pub struct Entry<V> {
 
 impl<V> Entry<V> {
     /// A fresh in-flight entry.
-    pub fn in_flight(mode: RunMode, requested: Option<CallId>, call_key: String, storage_key: String) -> Self {
+    pub fn in_flight(
+        mode: RunMode,
+        requested: Option<CallId>,
+        call_key: String,
+        storage_key: String,
+    ) -> Self {
         Self {
             mode,
             phase: Phase::InFlight,

@@ -46,19 +46,32 @@ impl<V: Clone> CallCache<V> {
             let id = EntryId(key);
             let want = expected.get(&id).copied().unwrap_or(0);
             if e.refcount != want {
-                return fail("INV-2", format!("entry {id} ({}) has refcount {} but {want} handles are outstanding", e.label(), e.refcount));
+                return fail(
+                    "INV-2",
+                    format!(
+                        "entry {id} ({}) has refcount {} but {want} handles are outstanding",
+                        e.label(),
+                        e.refcount
+                    ),
+                );
             }
         }
         for (id, n) in expected {
             if *n > 0 && !self.entries.contains(id.0) {
-                return fail("INV-2", format!("{n} handles outstanding on entry {id}, which is gone"));
+                return fail(
+                    "INV-2",
+                    format!("{n} handles outstanding on entry {id}, which is gone"),
+                );
             }
         }
         Ok(())
     }
 
     fn check_lists(&self) -> Result<(), Violation> {
-        let lists = [("storage", &self.idx.by_storage), ("content", &self.idx.by_content)];
+        let lists = [
+            ("storage", &self.idx.by_storage),
+            ("content", &self.idx.by_content),
+        ];
         for (name, map) in lists {
             for (key, list) in map {
                 if list.is_empty() {
@@ -66,12 +79,20 @@ impl<V: Clone> CallCache<V> {
                 }
                 for (i, id) in list.iter().enumerate() {
                     if list[..i].contains(id) {
-                        return fail("INV-3", format!("entry {id} twice in the {name} list under {key}"));
+                        return fail(
+                            "INV-3",
+                            format!("entry {id} twice in the {name} list under {key}"),
+                        );
                     }
                     let Some(e) = self.entries.get(id.0) else {
-                        return fail("INV-3", format!("{name} index under {key} points at dead entry {id}"));
+                        return fail(
+                            "INV-3",
+                            format!("{name} index under {key} points at dead entry {id}"),
+                        );
                     };
-                    if e.phase != Phase::Completed || matches!(e.mode, RunMode::Arbitrary | RunMode::DoNotCache) {
+                    if e.phase != Phase::Completed
+                        || matches!(e.mode, RunMode::Arbitrary | RunMode::DoNotCache)
+                    {
                         return fail("INV-3", format!("{name} index under {key} holds {id} ({}), which is not a completed call", e.label()));
                     }
                     let matches = if name == "storage" {
@@ -79,9 +100,18 @@ impl<V: Clone> CallCache<V> {
                     } else {
                         e.content_key.as_deref() == Some(key)
                     };
-                    let slot = if name == "storage" { Slot::Storage(key.clone()) } else { Slot::Content(key.clone()) };
+                    let slot = if name == "storage" {
+                        Slot::Storage(key.clone())
+                    } else {
+                        Slot::Content(key.clone())
+                    };
                     if !matches || !e.slots.contains(&slot) {
-                        return fail("INV-3", format!("{name} index under {key} holds {id} whose own keys do not match"));
+                        return fail(
+                            "INV-3",
+                            format!(
+                                "{name} index under {key} holds {id} whose own keys do not match"
+                            ),
+                        );
                     }
                 }
             }
@@ -92,27 +122,56 @@ impl<V: Clone> CallCache<V> {
     fn check_maps(&self) -> Result<(), Violation> {
         for ((key, conc), id) in &self.idx.ongoing {
             let Some(e) = self.entries.get(id.0) else {
-                return fail("INV-3", format!("ongoing index ({key}, {conc}) points at dead entry {id}"));
+                return fail(
+                    "INV-3",
+                    format!("ongoing index ({key}, {conc}) points at dead entry {id}"),
+                );
             };
             if e.phase != Phase::InFlight {
-                return fail("INV-3", format!("entry {id} is {:?} but still in the ongoing index", e.phase));
+                return fail(
+                    "INV-3",
+                    format!("entry {id} is {:?} but still in the ongoing index", e.phase),
+                );
             }
-            if e.storage_key != *key || e.concurrency_key != *conc || !e.slots.contains(&Slot::Ongoing(key.clone(), conc.clone())) {
-                return fail("INV-3", format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"));
+            if e.storage_key != *key
+                || e.concurrency_key != *conc
+                || !e.slots.contains(&Slot::Ongoing(key.clone(), conc.clone()))
+            {
+                return fail(
+                    "INV-3",
+                    format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"),
+                );
             }
         }
-        let arb = [("ongoing", &self.idx.arbitrary_ongoing), ("completed", &self.idx.arbitrary_completed)];
+        let arb = [
+            ("ongoing", &self.idx.arbitrary_ongoing),
+            ("completed", &self.idx.arbitrary_completed),
+        ];
         for (name, map) in arb {
             for (key, id) in map {
                 let Some(e) = self.entries.get(id.0) else {
-                    return fail("INV-3", format!("arbitrary {name} index under {key} points at dead entry {id}"));
+                    return fail(
+                        "INV-3",
+                        format!("arbitrary {name} index under {key} points at dead entry {id}"),
+                    );
                 };
                 let phase_ok = match name {
-                    "ongoing" => e.phase == Phase::InFlight || (self.change_mode && e.phase == Phase::Abandoned),
+                    "ongoing" => {
+                        e.phase == Phase::InFlight
+                            || (self.change_mode && e.phase == Phase::Abandoned)
+                    }
                     _ => e.phase == Phase::Completed,
                 };
-                let slot = if name == "ongoing" { Slot::ArbitraryOngoing(key.clone()) } else { Slot::ArbitraryCompleted(key.clone()) };
-                if !phase_ok || e.mode != RunMode::Arbitrary || e.storage_key != *key || !e.slots.contains(&slot) {
+                let slot = if name == "ongoing" {
+                    Slot::ArbitraryOngoing(key.clone())
+                } else {
+                    Slot::ArbitraryCompleted(key.clone())
+                };
+                if !phase_ok
+                    || e.mode != RunMode::Arbitrary
+                    || e.storage_key != *key
+                    || !e.slots.contains(&slot)
+                {
                     return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));
                 }
             }
@@ -131,21 +190,39 @@ impl<V: Clone> CallCache<V> {
                 let present = match slot {
                     Slot::Storage(k) => self.idx.by_storage.get(k).is_some_and(|l| l.contains(&id)),
                     Slot::Content(k) => self.idx.by_content.get(k).is_some_and(|l| l.contains(&id)),
-                    Slot::Ongoing(k, c) => self.idx.ongoing.get(&(k.clone(), c.clone())) == Some(&id),
+                    Slot::Ongoing(k, c) => {
+                        self.idx.ongoing.get(&(k.clone(), c.clone())) == Some(&id)
+                    }
                     Slot::ArbitraryOngoing(k) => self.idx.arbitrary_ongoing.get(k) == Some(&id),
                     Slot::ArbitraryCompleted(k) => self.idx.arbitrary_completed.get(k) == Some(&id),
                 };
                 if !present {
-                    return fail("INV-3", format!("entry {id} records slot {slot:?} but is not in that index"));
+                    return fail(
+                        "INV-3",
+                        format!("entry {id} records slot {slot:?} but is not in that index"),
+                    );
                 }
             }
             let refs = counted.get(&id).copied().unwrap_or(0);
             if e.refcount != refs {
-                return fail("INV-10", format!("entry {id} ({}) counts {} refs but {refs} are live", e.label(), e.refcount));
+                return fail(
+                    "INV-10",
+                    format!(
+                        "entry {id} ({}) counts {} refs but {refs} are live",
+                        e.label(),
+                        e.refcount
+                    ),
+                );
             }
             match e.phase {
                 Phase::InFlight if e.waiters.is_empty() => {
-                    return fail("C-5", format!("entry {id} ({}) is in flight with no waiter; it should be abandoned", e.label()));
+                    return fail(
+                        "C-5",
+                        format!(
+                            "entry {id} ({}) is in flight with no waiter; it should be abandoned",
+                            e.label()
+                        ),
+                    );
                 }
                 Phase::Completed if !e.waiters.is_empty() => {
                     return fail("INV-3", format!("completed entry {id} still has waiters"));
@@ -154,10 +231,19 @@ impl<V: Clone> CallCache<V> {
                     return fail("C-12", format!("completed entry {id} ({}) has no ref and no waiter but was not removed", e.label()));
                 }
                 Phase::Abandoned if !e.waiters.is_empty() || e.refcount != 0 => {
-                    return fail("C-5", format!("abandoned entry {id} still has waiters or refs"));
+                    return fail(
+                        "C-5",
+                        format!("abandoned entry {id} still has waiters or refs"),
+                    );
                 }
-                Phase::Abandoned if !e.slots.is_empty() && !(self.change_mode && e.mode == RunMode::Arbitrary) => {
-                    return fail("C-9", format!("abandoned entry {id} ({}) is still indexed", e.label()));
+                Phase::Abandoned
+                    if !e.slots.is_empty()
+                        && !(self.change_mode && e.mode == RunMode::Arbitrary) =>
+                {
+                    return fail(
+                        "C-9",
+                        format!("abandoned entry {id} ({}) is still indexed", e.label()),
+                    );
                 }
                 _ => {}
             }
@@ -173,28 +259,49 @@ impl<V: Clone> CallCache<V> {
         for (key, r) in self.refs.iter() {
             let id = RefId(key);
             let recorded = match r.owner {
-                Owner::Session(s) => self.sessions.get(&s).is_some_and(|st| st.refs.contains(&id)),
-                Owner::Entry(p) => self.entries.get(p.0).is_some_and(|e| e.owned_refs.iter().filter(|x| **x == id).count() == 1),
+                Owner::Session(s) => self
+                    .sessions
+                    .get(&s)
+                    .is_some_and(|st| st.refs.contains(&id)),
+                Owner::Entry(p) => self
+                    .entries
+                    .get(p.0)
+                    .is_some_and(|e| e.owned_refs.iter().filter(|x| **x == id).count() == 1),
                 Owner::Caller => true,
             };
             if !recorded {
-                return fail("C-11a", format!("ref {id} names owner {} which does not record it", r.owner));
+                return fail(
+                    "C-11a",
+                    format!("ref {id} names owner {} which does not record it", r.owner),
+                );
             }
             if r.owner == Owner::Entry(r.entry) {
-                return fail("C-11a", format!("entry {} owns a ref on itself and can never be released", r.entry));
+                return fail(
+                    "C-11a",
+                    format!(
+                        "entry {} owns a ref on itself and can never be released",
+                        r.entry
+                    ),
+                );
             }
         }
         for (s, st) in &self.sessions {
             for id in &st.refs {
                 if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(*s)) {
-                    return fail("C-11a", format!("session {s} records ref {id} it does not own"));
+                    return fail(
+                        "C-11a",
+                        format!("session {s} records ref {id} it does not own"),
+                    );
                 }
             }
         }
         for (key, e) in self.entries.iter() {
             for id in &e.owned_refs {
                 if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Entry(EntryId(key))) {
-                    return fail("C-11a", format!("entry {} records ref {id} it does not own", EntryId(key)));
+                    return fail(
+                        "C-11a",
+                        format!("entry {} records ref {id} it does not own", EntryId(key)),
+                    );
                 }
             }
         }

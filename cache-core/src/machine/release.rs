@@ -26,9 +26,13 @@ impl<V: Clone> CallCache<V> {
     pub(super) fn release_ref(&mut self, ref_id: RefId, releases: &mut Vec<PendingRelease>) {
         let mut work = vec![ref_id];
         while let Some(r) = work.pop() {
-            let Some(record) = self.refs.remove(r.0) else { continue };
+            let Some(record) = self.refs.remove(r.0) else {
+                continue;
+            };
             self.forget_owner(r, record.owner);
-            let Some(e) = self.entries.get_mut(record.entry.0) else { continue };
+            let Some(e) = self.entries.get_mut(record.entry.0) else {
+                continue;
+            };
             e.refcount -= 1;
             if e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed {
                 work.extend(self.take_entry(record.entry, releases));
@@ -47,10 +51,9 @@ impl<V: Clone> CallCache<V> {
 
     /// Removes a completed entry nobody holds (S-3 releases, all waiters gone).
     pub(super) fn collect_if_unheld(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) {
-        let unheld = self
-            .entries
-            .get(entry.0)
-            .is_some_and(|e| e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed);
+        let unheld = self.entries.get(entry.0).is_some_and(|e| {
+            e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed
+        });
         if unheld {
             self.remove_entry(entry, releases);
         }
@@ -58,9 +61,15 @@ impl<V: Clone> CallCache<V> {
 
     fn take_entry(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) -> Vec<RefId> {
         self.unindex(entry);
-        let Some(mut e) = self.entries.remove(entry.0) else { return Vec::new() };
+        let Some(mut e) = self.entries.remove(entry.0) else {
+            return Vec::new();
+        };
         if let Some(hook) = e.hook.take() {
-            releases.push(PendingRelease { entry, label: e.label(), hook });
+            releases.push(PendingRelease {
+                entry,
+                label: e.label(),
+                hook,
+            });
         }
         // Refs this entry held on others now have no owner but us: release them.
         let owned = std::mem::take(&mut e.owned_refs);
@@ -75,7 +84,9 @@ impl<V: Clone> CallCache<V> {
     /// The one unindexing routine (C-9): removes `entry` from every index slot
     /// it occupies, and only `entry` (C-13).
     pub(super) fn unindex(&mut self, entry: EntryId) {
-        let Some(e) = self.entries.get_mut(entry.0) else { return };
+        let Some(e) = self.entries.get_mut(entry.0) else {
+            return;
+        };
         let slots = std::mem::take(&mut e.slots);
         for slot in &slots {
             self.idx.remove(slot, entry);

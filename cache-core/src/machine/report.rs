@@ -110,7 +110,15 @@ impl fmt::Display for LeakReport {
             writeln!(f, "class: {class}")?;
         }
         for e in &self.entries {
-            writeln!(f, "  {} {} {} refs={} in=[{}]", e.entry, e.label, e.phase, e.refcount, e.slots.join(", "))?;
+            writeln!(
+                f,
+                "  {} {} {} refs={} in=[{}]",
+                e.entry,
+                e.label,
+                e.phase,
+                e.refcount,
+                e.slots.join(", ")
+            )?;
             for (w, s) in &e.waiters {
                 let s = s.map_or_else(|| "-".to_string(), |s| s.to_string());
                 writeln!(f, "    waiter {w} from session {s}")?;
@@ -148,7 +156,11 @@ impl<V: Clone> CallCache<V> {
                 e.holders.push((RefId(key), r.owner));
             }
         }
-        LeakReport { buckets: self.buckets(), open_sessions: self.open_sessions(), entries }
+        LeakReport {
+            buckets: self.buckets(),
+            open_sessions: self.open_sessions(),
+            entries,
+        }
     }
 }
 

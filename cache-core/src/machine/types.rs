@@ -131,7 +131,10 @@ impl<V> Resolved<V> {
         self
     }
     /// Sets the release hook.
-    pub fn with_release(mut self, hook: impl FnOnce() -> Result<(), String> + Send + 'static) -> Self {
+    pub fn with_release(
+        mut self,
+        hook: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> Self {
         self.release = Some(Box::new(hook));
         self
     }
@@ -347,7 +350,8 @@ pub struct PendingRelease {
 impl PendingRelease {
     /// Runs the hook; a failure names the entry.
     pub fn run(self) -> Result<(), CallError> {
-        (self.hook)().map_err(|e| CallError::ReleaseHook(format!("{} ({}): {e}", self.label, self.entry)))
+        (self.hook)()
+            .map_err(|e| CallError::ReleaseHook(format!("{} ({}): {e}", self.label, self.entry)))
     }
 }
 
