@@ -361,7 +361,6 @@ impl<V: Clone> CallCache<V> {
                 id,
                 session: caller.session,
                 from,
-                joined,
             });
         }
         id
