@@ -3,6 +3,7 @@
 pub mod error;
 pub mod id;
 pub mod machine;
+pub mod metrics;
 pub mod trace;
 pub mod ttl;
 
