@@ -1,6 +1,7 @@
 //! cache-core: a shared, refcounted result cache whose decisions come from a
 //! pure, deterministic state machine.
 pub mod error;
+pub mod facade;
 pub mod id;
 pub mod machine;
 pub mod metrics;

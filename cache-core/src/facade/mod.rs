@@ -1,0 +1,480 @@
+//! The async facade (DESIGN principle 2): one lock around the state machine,
+//! resolvers spawned detached on the current tokio runtime, completion
+//! signalled to waiters, cancellation through per-caller tokens.
+//!
+//! ```
+//! use cache_core::facade::{Cache, CallKey, Ctx};
+//! use cache_core::id::CallId;
+//! use cache_core::machine::Resolved;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let cache: Cache<String> = Cache::builder(1).build();
+//! let session = cache.open_session();
+//! let key = CallKey::new(CallId::new("greeting"));
+//!
+//! let first = session
+//!     .call(key.clone(), |_ctx| async { Ok(Resolved::value("hello".to_string())) })
+//!     .await
+//!     .unwrap();
+//! assert!(!first.hit());
+//! let second = session.call(key, |_ctx| async { unreachable!("cached") }).await.unwrap();
+//! assert!(second.hit());
+//! assert_eq!(second.value(), Some(&"hello".to_string()));
+//!
+//! session.close().unwrap(); // releases both refs (S-1)
+//! assert_eq!(cache.entries(), 0);
+//! # });
+//! ```
+
+mod clock;
+mod ctx;
+mod result;
+mod session;
+mod telemetry;
+mod wait;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use clock::{Clock, ManualClock};
+pub use ctx::{Ctx, ResolverCtx};
+pub use result::CallResult;
+pub use session::{CloseSummary, Session};
+pub use telemetry::{Span, Telemetry};
+
+use crate::error::CallError;
+use crate::id::CallId;
+use crate::machine::{
+    self, Begin, CallCache, CallRequest, Decision, LeakReport, Resolved, Violation,
+};
+use crate::metrics::Metrics;
+use crate::ttl::{choose_storage_key, StorageKeyChoice, StoreError, TtlStore};
+use wait::Waits;
+
+/// `key` of `get_or_init_call`.
+#[derive(Clone, Debug)]
+pub struct CallKey {
+    /// The requested ID; `None` is rejected (C-1).
+    pub id: Option<CallId>,
+    /// Deduplicates concurrent calls when non-empty (C-3.3).
+    pub concurrency_key: String,
+    /// TTL in milliseconds; 0 means none (T-2).
+    pub ttl_ms: u64,
+    /// C-2: run directly, store nothing.
+    pub do_not_cache: bool,
+    /// S-5: emit telemetry on every call.
+    pub repeat_telemetry: bool,
+}
+
+impl CallKey {
+    /// A key for `id`: no concurrency key, no TTL.
+    pub fn new(id: CallId) -> Self {
+        Self {
+            id: Some(id),
+            concurrency_key: String::new(),
+            ttl_ms: 0,
+            do_not_cache: false,
+            repeat_telemetry: false,
+        }
+    }
+    /// A key with no ID (rejected, C-1); for tests of bad input.
+    pub fn missing() -> Self {
+        Self {
+            id: None,
+            ..Self::new(CallId::new("-"))
+        }
+    }
+    /// Sets the concurrency key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = key.into();
+        self
+    }
+    /// Sets the TTL.
+    pub fn ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
+    }
+    /// Sets `do_not_cache`.
+    pub fn do_not_cache(mut self, yes: bool) -> Self {
+        self.do_not_cache = yes;
+        self
+    }
+}
+
+/// Builds a [`Cache`].
+pub struct CacheBuilder {
+    instance: u64,
+    change_mode: bool,
+    store: Option<Arc<dyn TtlStore>>,
+    clock: Arc<dyn Clock>,
+    telemetry: Option<Arc<dyn Telemetry>>,
+    metrics: Arc<Metrics>,
+    store_deadline_ms: u64,
+}
+
+impl CacheBuilder {
+    /// A TTL store (T-1); without one, TTLs are ignored.
+    pub fn ttl_store(mut self, store: Arc<dyn TtlStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// The clock (T-6). Default: a [`ManualClock`] at 0.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// The telemetry sink (S-5).
+    pub fn telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+    /// Shares a metrics registry (O-1).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+    /// Arbitrary entries behave as a change cache (K-5).
+    pub fn change_cache(mut self) -> Self {
+        self.change_mode = true;
+        self
+    }
+    /// A store answer slower than this counts as a failure (T-2). Default 1000 ms.
+    pub fn store_deadline_ms(mut self, ms: u64) -> Self {
+        self.store_deadline_ms = ms;
+        self
+    }
+    /// The cache.
+    pub fn build<V: Clone + Send + 'static>(self) -> Cache<V> {
+        let machine = if self.change_mode {
+            CallCache::new_change_cache(self.instance)
+        } else {
+            CallCache::new(self.instance)
+        };
+        Cache {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    machine,
+                    waits: Waits::default(),
+                }),
+                store: self.store,
+                clock: self.clock,
+                telemetry: self.telemetry,
+                metrics: self.metrics,
+                store_deadline_ms: self.store_deadline_ms,
+            }),
+        }
+    }
+}
+
+pub(crate) struct State<V> {
+    pub(crate) machine: CallCache<V>,
+    pub(crate) waits: Waits<V>,
+}
+
+pub(crate) struct Shared<V> {
+    state: Mutex<State<V>>,
+    store: Option<Arc<dyn TtlStore>>,
+    clock: Arc<dyn Clock>,
+    telemetry: Option<Arc<dyn Telemetry>>,
+    metrics: Arc<Metrics>,
+    store_deadline_ms: u64,
+}
+
+impl<V> Shared<V> {
+    /// The lock. A panic while holding it cannot leave the machine half
+    /// updated in a way we could repair, but poisoning must not turn into
+    /// panics in every later caller either: the machine's own invariant
+    /// checks report any damage.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<V>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The shared call cache: cheap to clone, one per engine.
+pub struct Cache<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Cache<()> {
+    /// Starts building a cache; `instance` tells instances apart (C-4).
+    pub fn builder(instance: u64) -> CacheBuilder {
+        CacheBuilder {
+            instance,
+            change_mode: false,
+            store: None,
+            clock: Arc::new(ManualClock::new(0)),
+            telemetry: None,
+            metrics: Arc::new(Metrics::new()),
+            store_deadline_ms: 1000,
+        }
+    }
+}
+
+impl<V: Clone + Send + 'static> Cache<V> {
+    /// `get_or_init_call` (section 3): a hit, a join, or a new resolver run.
+    ///
+    /// The resolver runs on a spawned task, detached from this caller (C-5);
+    /// it should observe `ResolverCtx::cancel`, which fires when every waiter
+    /// has left. A panic in it becomes [`CallError::Panicked`] for every
+    /// waiter (C-14).
+    pub async fn get_or_init_call<F, Fut>(
+        &self,
+        ctx: &Ctx,
+        key: CallKey,
+        resolver: F,
+    ) -> Result<CallResult<V>, CallError>
+    where
+        F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+    {
+        let mut req = CallRequest {
+            id: key.id.clone(),
+            storage_key: None,
+            concurrency_key: key.concurrency_key.clone(),
+            do_not_cache: key.do_not_cache,
+            ttl_write: None,
+            repeat_telemetry: key.repeat_telemetry,
+        };
+        if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
+            if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
+                req.storage_key = Some(choice.storage_key().to_string());
+                if let StorageKeyChoice::Fresh { write, .. } = choice {
+                    req.ttl_write = Some(write);
+                }
+            }
+        }
+        let caller = ctx.caller();
+        self.drive(ctx, move |m| m.begin_call(&caller, req.clone()), resolver)
+            .await
+    }
+
+    /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
+    pub async fn get_or_init_arbitrary<F, Fut>(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        init: F,
+    ) -> Result<CallResult<V>, CallError>
+    where
+        F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+    {
+        let caller = ctx.caller();
+        let key = key.to_string();
+        self.drive(ctx, move |m| m.begin_arbitrary(&caller, &key), init)
+            .await
+    }
+
+    /// Opens a session (S-1, S-6).
+    pub fn open_session(&self) -> Session<V> {
+        let id = self.shared.lock().machine.open_session();
+        Session::new(self.clone(), id)
+    }
+
+    /// C-15: index entries.
+    pub fn entries(&self) -> usize {
+        self.shared.lock().machine.entries()
+    }
+
+    /// The C-15 buckets.
+    pub fn buckets(&self) -> machine::Buckets {
+        self.shared.lock().machine.buckets()
+    }
+
+    /// Entries alive in any state (0 at quiescence, INV-1).
+    pub fn live_entries(&self) -> usize {
+        self.shared.lock().machine.live_entries()
+    }
+
+    /// S-6: open sessions.
+    pub fn connected_clients(&self) -> usize {
+        self.shared.lock().machine.open_sessions()
+    }
+
+    /// Checks the machine's invariants (INV-3, INV-10, C-11a) and that the
+    /// facade's own bookkeeping matches it.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
+        let state = self.shared.lock();
+        state.machine.check_invariants()?;
+        state.waits.check(&state.machine)
+    }
+
+    /// The O-3 leak report.
+    pub fn leak_report(&self) -> LeakReport {
+        self.shared.lock().machine.leak_report()
+    }
+
+    /// Runs `f` on the state machine under the lock (for harnesses and oracles).
+    pub fn inspect<R>(&self, f: impl FnOnce(&CallCache<V>) -> R) -> R {
+        f(&self.shared.lock().machine)
+    }
+
+    /// The metrics (O-1), with the gauges brought up to date.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        let (buckets, clients) = {
+            let state = self.shared.lock();
+            (state.machine.buckets(), state.machine.open_sessions())
+        };
+        self.shared.metrics.observe(&buckets, clients);
+        self.shared.metrics.clone()
+    }
+
+    /// The Prometheus text exposition of [`Cache::metrics`].
+    pub fn metrics_text(&self) -> String {
+        self.metrics().encode()
+    }
+
+    /// T-5: deletes expired TTL rows in batches; a no-op without a store.
+    pub fn gc_ttl(&self) -> Result<usize, StoreError> {
+        match &self.shared.store {
+            Some(store) => crate::ttl::gc_all(store.as_ref(), self.shared.clock.now_ms()),
+            None => Ok(0),
+        }
+    }
+
+    /// T-2: picks the storage key for a TTL'd call; never fails the call.
+    async fn ttl_choice(&self, ctx: &Ctx, id: &CallId, ttl_ms: u64) -> Option<StorageKeyChoice> {
+        let store = self.shared.store.clone()?;
+        let call_key = id.call_key();
+        let delay = store.answer_delay_ms();
+        let answer = if delay > self.shared.store_deadline_ms {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                self.shared.store_deadline_ms,
+            ))
+            .await;
+            Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.shared.store_deadline_ms
+            )))
+        } else {
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            store.select(&call_key)
+        };
+        let session = ctx
+            .session
+            .map_or_else(|| "-".to_string(), |s| s.to_string());
+        let choice = choose_storage_key(
+            &call_key,
+            &session,
+            self.shared.clock.now_ms(),
+            ttl_ms,
+            answer,
+        );
+        if let StorageKeyChoice::Degraded { error, .. } = &choice {
+            self.shared.metrics.ttl_store_failure();
+            tracing::warn!(target: "cache_core::ttl", call = %crate::machine::entry::short(&call_key), "TTL store failed, using a session-scoped key (T-2): {error}");
+        }
+        Some(choice)
+    }
+
+    /// The loop shared by calls and arbitrary entries: decide, then hit, wait
+    /// or run; a K-5 block waits for the abandoned init and decides again.
+    async fn drive<F, Fut>(
+        &self,
+        ctx: &Ctx,
+        mut begin: impl FnMut(&mut CallCache<V>) -> Begin<V>,
+        resolver: F,
+    ) -> Result<CallResult<V>, CallError>
+    where
+        F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+    {
+        let mut resolver = Some(resolver);
+        loop {
+            if ctx.cancel.is_cancelled() {
+                return Err(CallError::Cancelled);
+            }
+            let (decision, wait) = {
+                let mut state = self.shared.lock();
+                let Begin {
+                    outcome,
+                    trace,
+                    telemetry,
+                } = begin(&mut state.machine);
+                if let Some(trace) = &trace {
+                    trace.emit();
+                }
+                let decision = outcome?;
+                if telemetry {
+                    self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+                }
+                let wait = state.waits.register(&decision);
+                (decision, wait)
+            };
+            match decision {
+                Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
+                Decision::Blocked { .. } => {
+                    wait::settled(&self.shared, wait, &ctx.cancel).await?;
+                }
+                Decision::Wait { entry, waiter } => {
+                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel).await;
+                }
+                Decision::Run(order) => {
+                    let resolver = resolver.take().expect("a caller runs at most one resolver");
+                    let (entry, waiter) = (order.entry, order.waiter);
+                    let token = { self.shared.lock().waits.call_token(entry) };
+                    let rctx = ResolverCtx {
+                        cancel: token,
+                        storage_key: order.storage_key,
+                        chain: order.chain,
+                        entry: (self.shared.lock().machine.instance(), entry),
+                    };
+                    wait::spawn_resolver(self.shared.clone(), entry, rctx, resolver);
+                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel).await;
+                }
+            }
+        }
+    }
+
+    fn span(&self, trace: &Option<crate::trace::TraceLine>, ctx: &Ctx, cached: bool) {
+        if let (Some(t), Some(trace)) = (&self.shared.telemetry, trace) {
+            t.span(Span {
+                key: trace.call.clone(),
+                session: ctx.session,
+                cached,
+            });
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared<V>> {
+        &self.shared
+    }
+}
+
+impl<V> Shared<V> {
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub(crate) fn store(&self) -> Option<&Arc<dyn TtlStore>> {
+        self.store.as_ref()
+    }
+}
+
+/// Runs release hooks outside the lock; failures are counted and logged, and
+/// the first is returned to the releaser (C-12).
+pub(crate) fn run_hooks<V>(
+    shared: &Shared<V>,
+    releases: Vec<machine::PendingRelease>,
+) -> Result<(), CallError> {
+    let mut first = Ok(());
+    for r in releases {
+        if let Err(e) = r.run() {
+            shared.metrics().release_hook_error();
+            tracing::warn!(target: "cache_core::release", "{e}");
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}

@@ -1,0 +1,296 @@
+//! Waiting for an outcome, leaving on cancellation, and running resolvers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{run_hooks, CallResult, ResolverCtx, Shared};
+use crate::error::CallError;
+use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Violation, WaiterId};
+
+type Outcome<V> = Result<Served<V>, CallError>;
+
+/// The facade's bookkeeping beside the machine: who to wake, and each
+/// in-flight call's cancellation token. Ordered maps: nothing here may depend
+/// on a hasher seed.
+pub(crate) struct Waits<V> {
+    senders: BTreeMap<WaiterId, (EntryId, oneshot::Sender<Outcome<V>>)>,
+    settle: BTreeMap<EntryId, Vec<oneshot::Sender<()>>>,
+    tokens: BTreeMap<EntryId, CancellationToken>,
+}
+
+impl<V> Default for Waits<V> {
+    fn default() -> Self {
+        Self {
+            senders: BTreeMap::new(),
+            settle: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a caller waits on after its decision.
+pub(crate) enum Wait<V> {
+    Nothing,
+    Outcome(oneshot::Receiver<Outcome<V>>),
+    Settled(oneshot::Receiver<()>),
+}
+
+impl<V> Waits<V> {
+    /// Registers the caller's wake-up for a decision, under the same lock as
+    /// the decision itself, so no completion can slip in between.
+    pub(crate) fn register(&mut self, decision: &Decision<V>) -> Wait<V> {
+        let (entry, waiter) = match decision {
+            Decision::Hit(_) => return Wait::Nothing,
+            Decision::Blocked { entry } => {
+                let (tx, rx) = oneshot::channel();
+                self.settle.entry(*entry).or_default().push(tx);
+                return Wait::Settled(rx);
+            }
+            Decision::Wait { entry, waiter } => (*entry, *waiter),
+            Decision::Run(order) => (order.entry, order.waiter),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.senders.insert(waiter, (entry, tx));
+        Wait::Outcome(rx)
+    }
+
+    /// The resolver cancellation token of an in-flight call.
+    pub(crate) fn call_token(&mut self, entry: EntryId) -> CancellationToken {
+        self.tokens.entry(entry).or_default().clone()
+    }
+
+    /// Every registered waiter is waiting in the machine; every token belongs
+    /// to a live entry.
+    pub(crate) fn check<T: Clone>(&self, machine: &CallCache<T>) -> Result<(), Violation> {
+        for (waiter, (entry, _)) in &self.senders {
+            if !machine.waiters(*entry).contains(waiter) {
+                return Err(Violation {
+                    rule: "INV-7",
+                    detail: format!("waiter {waiter} is registered for {entry} but the machine does not have it waiting"),
+                });
+            }
+        }
+        for entry in self.tokens.keys() {
+            if !machine.contains(*entry) {
+                return Err(Violation {
+                    rule: "INV-7",
+                    detail: format!("resolver token kept for settled entry {entry}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the outcome; leaves (C-5) if cancelled or dropped first.
+pub(crate) async fn outcome<V: Clone + Send + 'static>(
+    shared: &Arc<Shared<V>>,
+    entry: EntryId,
+    waiter: WaiterId,
+    wait: Wait<V>,
+    cancel: &CancellationToken,
+) -> Result<CallResult<V>, CallError> {
+    let Wait::Outcome(rx) = wait else {
+        return Err(CallError::Unknown {
+            what: "wait registration",
+            id: waiter.to_string(),
+        });
+    };
+    let mut waiting = Waiting {
+        shared: shared.clone(),
+        entry,
+        waiter,
+        rx: Some(rx),
+    };
+    let received = {
+        let rx = waiting.rx.as_mut().expect("just set");
+        tokio::select! {
+            biased;
+            r = rx => Some(r),
+            _ = cancel.cancelled() => None,
+        }
+    };
+    match received {
+        Some(r) => {
+            waiting.rx = None;
+            match r {
+                Ok(Ok(served)) => Ok(CallResult::new(shared.clone(), served)),
+                Ok(Err(e)) => Err(e),
+                // The sender went without a word: only when the cache is torn down.
+                Err(_) => Err(CallError::Cancelled),
+            }
+        }
+        None => {
+            waiting.leave();
+            Err(CallError::Cancelled)
+        }
+    }
+}
+
+/// K-5: waits until a blocking entry settles.
+pub(crate) async fn settled<V>(
+    shared: &Arc<Shared<V>>,
+    wait: Wait<V>,
+    cancel: &CancellationToken,
+) -> Result<(), CallError> {
+    let _ = shared;
+    let Wait::Settled(rx) = wait else {
+        return Ok(());
+    };
+    tokio::select! {
+        biased;
+        _ = rx => Ok(()),
+        _ = cancel.cancelled() => Err(CallError::Cancelled),
+    }
+}
+
+/// A registered waiter; dropping it unanswered is leaving (C-5).
+struct Waiting<V: Clone> {
+    shared: Arc<Shared<V>>,
+    entry: EntryId,
+    waiter: WaiterId,
+    rx: Option<oneshot::Receiver<Outcome<V>>>,
+}
+
+impl<V: Clone> Waiting<V> {
+    fn leave(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let releases = {
+            let mut state = self.shared.lock();
+            state.waits.senders.remove(&self.waiter);
+            match state.machine.leave(self.entry, self.waiter) {
+                Left::Removed => Vec::new(),
+                Left::CancelResolver => {
+                    if let Some(token) = state.waits.tokens.remove(&self.entry) {
+                        token.cancel();
+                    }
+                    Vec::new()
+                }
+                // Served just before we left: give the ref straight back.
+                Left::NotWaiting => match rx.try_recv() {
+                    Ok(Ok(served)) => state.machine.release(served.handle).unwrap_or_default(),
+                    _ => Vec::new(),
+                },
+            }
+        };
+        let _ = run_hooks(&self.shared, releases);
+    }
+}
+
+impl<V: Clone> Drop for Waiting<V> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// Spawns a resolver on the current runtime, detached from every caller (C-5).
+pub(crate) fn spawn_resolver<V, F, Fut>(
+    shared: Arc<Shared<V>>,
+    entry: EntryId,
+    ctx: ResolverCtx,
+    resolver: F,
+) where
+    V: Clone + Send + 'static,
+    F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut guard = Unfinished {
+            shared: shared.clone(),
+            entry,
+            armed: true,
+        };
+        // Calling the resolver inside the guarded future catches panics in
+        // the call itself as well as in the future (C-14).
+        let run = AssertUnwindSafe(async move { resolver(ctx).await })
+            .catch_unwind()
+            .await;
+        let outcome =
+            run.unwrap_or_else(|panic| Err(CallError::Panicked(panic_message(panic.as_ref()))));
+        guard.armed = false;
+        finish(&shared, entry, outcome);
+    });
+}
+
+/// If the resolver task is dropped before finishing (runtime shut down),
+/// its waiters still get an answer instead of hanging.
+struct Unfinished<V: Clone + Send + 'static> {
+    shared: Arc<Shared<V>>,
+    entry: EntryId,
+    armed: bool,
+}
+
+impl<V: Clone + Send + 'static> Drop for Unfinished<V> {
+    fn drop(&mut self) {
+        if self.armed {
+            finish(&self.shared, self.entry, Err(CallError::Cancelled));
+        }
+    }
+}
+
+/// Applies a resolver's outcome: wakes the waiters, runs hooks outside the
+/// lock, and makes the TTL write (T-3, T-4).
+fn finish<V: Clone + Send + 'static>(
+    shared: &Arc<Shared<V>>,
+    entry: EntryId,
+    outcome: Result<Resolved<V>, CallError>,
+) {
+    let (releases, persist) = {
+        let mut state = shared.lock();
+        let completion = match state.machine.complete(entry, outcome) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "cache_core::facade", "completion refused: {e}");
+                return;
+            }
+        };
+        state.waits.tokens.remove(&entry);
+        let mut releases = completion.releases;
+        for (waiter, result) in completion.served {
+            let undelivered = match state.waits.senders.remove(&waiter) {
+                Some((_, tx)) => tx.send(result).err(),
+                None => Some(result),
+            };
+            // Nobody is listening any more: the ref goes straight back.
+            if let Some(Ok(served)) = undelivered {
+                releases.extend(state.machine.release(served.handle).unwrap_or_default());
+            }
+        }
+        for tx in state
+            .waits
+            .settle
+            .remove(&completion.settled)
+            .unwrap_or_default()
+        {
+            let _ = tx.send(());
+        }
+        (releases, completion.persist)
+    };
+    let _ = run_hooks(shared, releases);
+    if let (Some(write), Some(store)) = (persist, shared.store()) {
+        match store.compare_and_upsert(&write.call_key, &write.row, write.compare.as_deref()) {
+            Ok(true) => {}
+            Ok(false) => shared.metrics().ttl_write_lost(),
+            Err(e) => {
+                shared.metrics().ttl_store_failure();
+                tracing::warn!(target: "cache_core::ttl", "TTL write failed, result stays session-scoped (T-2): {e}");
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
