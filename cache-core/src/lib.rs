@@ -1,5 +1,5 @@
-//! cache-core: a shared, refcounted result cache whose decisions come from a
-//! pure, deterministic state machine.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 pub mod error;
 pub mod facade;
 pub mod id;
