@@ -236,9 +236,10 @@ impl<V: Clone> CallCache<V> {
                         format!("abandoned entry {id} still has waiters or refs"),
                     );
                 }
+                // Only a change-cache init stays indexed once abandoned (K-5).
                 Phase::Abandoned
                     if !e.slots.is_empty()
-                        && !(self.change_mode && e.mode == RunMode::Arbitrary) =>
+                        && (!self.change_mode || e.mode != RunMode::Arbitrary) =>
                 {
                     return fail(
                         "C-9",
@@ -248,10 +249,10 @@ impl<V: Clone> CallCache<V> {
                 _ => {}
             }
         }
-        for (r, _) in counted.iter().filter(|(r, _)| !self.entries.contains(r.0)) {
-            return fail("INV-10", format!("refs remain on dead entry {r}"));
+        match counted.keys().find(|r| !self.entries.contains(r.0)) {
+            Some(r) => fail("INV-10", format!("refs remain on dead entry {r}")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// C-11a: each ref is recorded with exactly the owner it names.
