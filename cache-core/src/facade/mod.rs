@@ -242,12 +242,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
             do_not_cache: key.do_not_cache,
             ttl_write: None,
             repeat_telemetry: key.repeat_telemetry,
+            shared_storage: false,
         };
         if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
             if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
-                if let StorageKeyChoice::Fresh { write, .. } = choice {
-                    req.ttl_write = Some(write);
+                match choice {
+                    StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
+                    StorageKeyChoice::Live { .. } => req.shared_storage = true,
+                    StorageKeyChoice::Degraded { .. } => {}
                 }
             }
         }

@@ -65,6 +65,7 @@ impl<V: Clone> CallCache<V> {
             let mut entry = Entry::in_flight(mode, Some(id), call_key, storage_key.clone());
             entry.starter = caller.session;
             entry.ttl_write = req.ttl_write;
+            entry.shared_storage = req.shared_storage;
             let order = self.start(caller, entry, fresh, Namespace::Call, storage_key);
             return Begin {
                 outcome: Ok(Decision::Run(order)),
@@ -96,12 +97,20 @@ impl<V: Clone> CallCache<V> {
                 telemetry,
             };
         }
+        // A shared TTL key dedupes only within the session: whether the result
+        // may cross sessions is known only once it is safe to persist (T-3).
+        let concurrency_key = match caller.session {
+            Some(s) if req.shared_storage && !req.concurrency_key.is_empty() => {
+                format!("{}@{s}", req.concurrency_key)
+            }
+            _ => req.concurrency_key.clone(),
+        };
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
-        if !req.concurrency_key.is_empty() {
+        if !concurrency_key.is_empty() {
             let ongoing = self
                 .idx
                 .ongoing
-                .get(&(storage_key.clone(), req.concurrency_key.clone()))
+                .get(&(storage_key.clone(), concurrency_key.clone()))
                 .copied();
             if let Some(entry) = ongoing {
                 trace.path = Path::Ongoing;
@@ -121,11 +130,12 @@ impl<V: Clone> CallCache<V> {
         let mut entry = Entry::in_flight(RunMode::Cached, Some(id), call_key, storage_key.clone());
         entry.starter = caller.session;
         entry.ttl_write = req.ttl_write;
-        entry.concurrency_key = req.concurrency_key.clone();
-        if !req.concurrency_key.is_empty() {
+        entry.shared_storage = req.shared_storage;
+        entry.concurrency_key = concurrency_key.clone();
+        if !concurrency_key.is_empty() {
             entry
                 .slots
-                .push(Slot::Ongoing(storage_key.clone(), req.concurrency_key));
+                .push(Slot::Ongoing(storage_key.clone(), concurrency_key));
         }
         let order = self.start(
             caller,

@@ -188,6 +188,11 @@ impl<V: Clone> CallCache<V> {
         self.unindex(entry);
         let e = self.entries.get_mut(entry.0).expect("caller checked");
         e.phase = Phase::Completed;
+        if e.shared_storage && !e.safe_to_persist && e.mode != RunMode::Arbitrary {
+            // T-3: an unsafe result under a key other sessions share stays
+            // with its own callers, indexed nowhere.
+            return entry;
+        }
         let mut slots = Vec::new();
         if e.mode == RunMode::Arbitrary {
             slots.push(Slot::ArbitraryCompleted(e.storage_key.clone()));

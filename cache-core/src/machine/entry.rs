@@ -60,6 +60,8 @@ pub struct Entry<V> {
     pub starter: Option<SessionId>,
     /// T-3: the write prepared by the first caller.
     pub ttl_write: Option<PreparedWrite>,
+    /// T-2: the storage key is shared across sessions through a live TTL row.
+    pub shared_storage: bool,
     // Filled on completion.
     pub result_id: Option<CallId>,
     pub value: Option<V>,
@@ -92,6 +94,7 @@ impl<V> Entry<V> {
             waits_on: Vec::new(),
             starter: None,
             ttl_write: None,
+            shared_storage: false,
             result_id: None,
             value: None,
             hook: None,

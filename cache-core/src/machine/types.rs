@@ -209,6 +209,10 @@ pub struct CallRequest {
     pub ttl_write: Option<PreparedWrite>,
     /// S-5: emit telemetry on every call, not once per key per session.
     pub repeat_telemetry: bool,
+    /// T-2: the storage key came from a live TTL row, so other sessions use
+    /// it too. Such a call joins only calls of its own session, and a result
+    /// that is not safe to persist is not stored under the shared key (T-3).
+    pub shared_storage: bool,
 }
 
 impl CallRequest {
