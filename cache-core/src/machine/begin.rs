@@ -106,10 +106,9 @@ impl<V: Clone> CallCache<V> {
             if let Some(entry) = ongoing {
                 trace.path = Path::Ongoing;
                 trace.rule = "C-3.3";
-                let outcome = self.join(caller, entry).map_err(|e| {
+                let outcome = self.join(caller, entry).inspect_err(|_| {
                     trace.path = Path::Recursive;
                     trace.rule = "C-4b";
-                    e
                 });
                 return Begin {
                     outcome,
@@ -198,10 +197,9 @@ impl<V: Clone> CallCache<V> {
                 };
             }
             trace.path = Path::Ongoing;
-            let outcome = self.join(caller, entry).map_err(|e| {
+            let outcome = self.join(caller, entry).inspect_err(|_| {
                 trace.path = Path::Recursive;
                 trace.rule = "C-4b";
-                e
             });
             return Begin {
                 outcome,

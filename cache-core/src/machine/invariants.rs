@@ -238,7 +238,7 @@ impl<V: Clone> CallCache<V> {
                 }
                 Phase::Abandoned
                     if !e.slots.is_empty()
-                        && !(self.change_mode && e.mode == RunMode::Arbitrary) =>
+                        && (!self.change_mode || e.mode != RunMode::Arbitrary) =>
                 {
                     return fail(
                         "C-9",
@@ -248,7 +248,7 @@ impl<V: Clone> CallCache<V> {
                 _ => {}
             }
         }
-        for (r, _) in counted.iter().filter(|(r, _)| !self.entries.contains(r.0)) {
+        if let Some(r) = counted.keys().find(|r| !self.entries.contains(r.0)) {
             return fail("INV-10", format!("refs remain on dead entry {r}"));
         }
         Ok(())
