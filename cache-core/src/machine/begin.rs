@@ -50,7 +50,10 @@ impl<V: Clone> CallCache<V> {
             .session
             .and_then(|s| self.sessions.get(&s))
             .is_some_and(|s| s.retry_uncached.contains(&call_key));
-        let telemetry = self.telemetry(caller, &call_key, req.do_not_cache || req.repeat_telemetry);
+        // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
+        // always emitted, so the retry's run gets its span too.
+        let always = req.do_not_cache || req.repeat_telemetry || forced;
+        let telemetry = self.telemetry(caller, &call_key, always);
 
         if req.do_not_cache || forced {
             let mode = if req.do_not_cache {

@@ -97,13 +97,10 @@ impl<V: Clone> CallCache<V> {
     ) -> Result<Resolved<V>, CallError> {
         let mut resolved = outcome?;
         let nested = std::mem::take(&mut resolved.nested);
-        let unknown = nested
-            .iter()
-            .find(|h| self.refs.get(h.ref_id.0).is_none_or(|r| r.entry != h.entry))
-            .map(|h| h.ref_id);
+        let unknown = nested.iter().find(|h| !self.is_live(h)).map(|h| h.ref_id);
         if let Some(bad) = unknown {
             for h in nested {
-                if self.refs.contains(h.ref_id.0) {
+                if self.is_live(&h) {
                     self.release_ref(h.ref_id, &mut done.releases);
                 }
             }
@@ -229,7 +226,7 @@ impl<V: Clone> CallCache<V> {
     }
 
     /// C-6: every waiter gets a ref on `held`; S-3: a waiter whose session has
-    /// closed gets its ref released at once and a clear error.
+    /// closed gets a clear error, and the ref it would hold is never taken.
     fn serve_waiters(
         &mut self,
         entry: EntryId,
@@ -244,17 +241,21 @@ impl<V: Clone> CallCache<V> {
         };
         for w in waiters {
             let session_open = w.session.is_none_or(|s| self.sessions.contains_key(&s));
-            let owner = match w.session {
-                Some(s) if session_open && !detached => Owner::Session(s),
-                _ => Owner::Caller,
-            };
-            let handle = self.add_ref(held, owner);
             if !session_open {
-                self.release_ref(handle.ref_id, &mut done.releases);
+                // S-3: this waiter's ref would be released at once. Taking and
+                // releasing it here could drop `held` to zero refs and remove
+                // it while later waiters are still to be served (C-5); not
+                // taking it is the same, and `collect_if_unheld` below removes
+                // the entry if no waiter ends up holding it.
                 done.served
                     .push((w.id, Err(CallError::ClosedDuringExecution)));
                 continue;
             }
+            let owner = match w.session {
+                Some(s) if !detached => Owner::Session(s),
+                _ => Owner::Caller,
+            };
+            let handle = self.add_ref(held, owner);
             let served = Served {
                 handle,
                 value: value.clone(),

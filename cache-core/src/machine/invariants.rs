@@ -249,10 +249,10 @@ impl<V: Clone> CallCache<V> {
                 _ => {}
             }
         }
-        match counted.keys().find(|r| !self.entries.contains(r.0)) {
-            Some(r) => fail("INV-10", format!("refs remain on dead entry {r}")),
-            None => Ok(()),
+        if let Some(r) = counted.keys().find(|r| !self.entries.contains(r.0)) {
+            return fail("INV-10", format!("refs remain on dead entry {r}"));
         }
+        Ok(())
     }
 
     /// C-11a: each ref is recorded with exactly the owner it names.

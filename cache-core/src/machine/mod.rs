@@ -177,7 +177,11 @@ impl<V: Clone> CallCache<V> {
             e.refcount += 1;
         }
         self.record_owner(ref_id, owner);
-        Handle { ref_id, entry }
+        Handle {
+            ref_id,
+            entry,
+            instance: self.instance,
+        }
     }
 
     fn record_owner(&mut self, ref_id: RefId, owner: Owner) {
@@ -210,6 +214,15 @@ impl<V: Clone> CallCache<V> {
             }
             Owner::Caller => {}
         }
+    }
+
+    /// Whether `handle` names a live ref of this cache instance (C-12).
+    fn is_live(&self, handle: &Handle) -> bool {
+        handle.instance == self.instance
+            && self
+                .refs
+                .get(handle.ref_id.0)
+                .is_some_and(|r| r.entry == handle.entry)
     }
 
     /// C-11a: hands a ref to a new owner, removing it from the old one.

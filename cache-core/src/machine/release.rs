@@ -12,9 +12,8 @@ impl<V: Clone> CallCache<V> {
     ///
     /// A stale or foreign handle is an error, never a second decrement.
     pub fn release(&mut self, handle: Handle) -> Result<Vec<PendingRelease>, CallError> {
-        match self.refs.get(handle.ref_id.0) {
-            Some(r) if r.entry == handle.entry => {}
-            _ => return Err(CallError::UnknownHandle(handle.ref_id.to_string())),
+        if !self.is_live(&handle) {
+            return Err(CallError::UnknownHandle(handle.ref_id.to_string()));
         }
         let mut releases = Vec::new();
         self.release_ref(handle.ref_id, &mut releases);

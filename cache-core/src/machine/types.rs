@@ -73,6 +73,9 @@ impl fmt::Display for Owner {
 pub struct Handle {
     pub(crate) ref_id: RefId,
     pub(crate) entry: EntryId,
+    /// The cache instance that issued it: arena keys of two caches coincide,
+    /// so without it a foreign handle would release a local ref (C-12).
+    pub(crate) instance: u64,
 }
 
 impl Handle {
