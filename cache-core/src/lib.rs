@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#[cfg(feature = "driver")]
+pub mod driver;
 pub mod error;
 pub mod facade;
 pub mod id;

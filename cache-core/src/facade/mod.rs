@@ -245,6 +245,13 @@ impl<V: Clone + Send + 'static> Cache<V> {
             shared_storage: false,
         };
         if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
+            // S-2: a closed session fails at once, before the TTL store is
+            // asked (or waited for) on its behalf.
+            if let Some(s) = ctx.session {
+                if !self.shared.lock().machine.session_is_open(s) {
+                    return Err(CallError::SessionClosed);
+                }
+            }
             if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
                 match choice {

@@ -1,0 +1,1027 @@
+//! The driver through sessions and the async facade, on a current-thread
+//! tokio runtime with paused time. Resolvers are controlled by the driver
+//! through oneshot channels, so every interleaving comes from the operation
+//! sequence: after each operation every task runs until it blocks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::ops::*;
+use super::shadow::{expect_panic, quiet_expected_panics, ref_counts, HookLedger};
+use super::{ensure, Failure, Stats};
+use crate::error::CallError;
+use crate::facade::{Cache, CallKey, CallResult, Ctx, ManualClock, ResolverCtx, Session};
+use crate::id::CallId;
+use crate::machine::{Buckets, EntryId, Resolved, SessionId};
+use crate::ttl::{MemoryTtlStore, StoreFaults};
+
+/// The cache instance the driver uses.
+const INSTANCE: u64 = 11;
+/// At most this many sessions open at once.
+const MAX_OPEN: usize = 4;
+/// At most this many session values kept (open, closed, not dropped).
+const MAX_SESSIONS: usize = 6;
+/// Rounds of resolving everything at quiescence before a caller counts as hung.
+const QUIESCE_ROUNDS: usize = 64;
+
+/// Applies `input` to a fresh facade [`Cache`] (with an in-memory TTL store
+/// with faults and a manual clock) on a current-thread runtime with paused
+/// time. After every operation, once every task has run until it blocks:
+/// `check_invariants()` (INV-3, INV-10, C-11a, and the facade's own wake-up
+/// bookkeeping, INV-7), refcounts against the shadow model (INV-2), hooks
+/// (INV-10, C-12), every result and error each caller got (INV-5, INV-6,
+/// INV-7, INV-8, S-2, S-3, C-8), at most one resolver per deduplicated key
+/// (INV-4, K-5), and session closes (S-1, INV-9). At the end: every session
+/// closed, every resolver finished, every result released; no caller may
+/// still be waiting (INV-11) and INV-1 must hold.
+pub fn run_facade(input: &FacadeInput) -> Result<Stats, Failure> {
+    quiet_expected_panics();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| Failure {
+            invariant: "setup",
+            step: 0,
+            detail: format!("cannot build a runtime: {e}"),
+        })?;
+    rt.block_on(async {
+        let mut d = Driver::new(input.change_cache);
+        for (i, op) in input.ops.iter().enumerate() {
+            d.step = i;
+            d.op = Some(op.clone());
+            d.apply(op)?;
+            d.settle(1).await;
+            d.collect()?;
+            d.check()?;
+        }
+        d.step = input.ops.len();
+        d.op = None;
+        d.quiesce().await?;
+        d.stats.steps = input.ops.len();
+        Ok(d.stats)
+    })
+}
+
+/// What a resolver is told to do.
+enum Command {
+    Finish(Result<Resolved<u32>, CallError>),
+    Panic,
+}
+
+/// What the driver knows about a call when it issues it.
+#[derive(Clone, Debug)]
+struct RunInfo {
+    session: Option<SessionId>,
+    /// Call key, or arbitrary key.
+    key: String,
+    conc: String,
+    dnc: bool,
+    ttl: bool,
+    arbitrary: bool,
+    requested: Option<CallId>,
+    obey_cancel: bool,
+}
+
+/// A resolver that has started, as it registers itself.
+struct Started {
+    rctx: ResolverCtx,
+    tx: oneshot::Sender<Command>,
+    info: RunInfo,
+    done: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Registry {
+    started: Vec<Started>,
+}
+
+/// Sets its flag when the resolver's future finishes or is dropped.
+struct DoneGuard(Arc<AtomicBool>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A running resolver the driver controls.
+struct Running {
+    entry: EntryId,
+    rctx: ResolverCtx,
+    tx: oneshot::Sender<Command>,
+    info: RunInfo,
+    done: Arc<AtomicBool>,
+    /// Results its nested calls gave it: handed over on success (C-11).
+    inner: Vec<CallResult<u32>>,
+}
+
+impl Running {
+    fn detached(&self) -> bool {
+        self.rctx.storage_key.starts_with("do-not-cache:")
+    }
+}
+
+/// Who a caller is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    Top(Option<SessionId>),
+    Inner(EntryId),
+}
+
+/// A caller task.
+struct CallerTask {
+    handle: JoinHandle<Result<CallResult<u32>, CallError>>,
+    token: CancellationToken,
+    origin: Origin,
+    info: RunInfo,
+    closed_at_issue: bool,
+    cancelled: bool,
+}
+
+/// A successful result, by entry.
+struct Stored {
+    value: Option<u32>,
+    id: Option<CallId>,
+    content_key: Option<String>,
+    /// Made by a TTL'd call: (its session, safe to persist).
+    ttl: Option<(Option<SessionId>, bool)>,
+}
+
+struct Driver {
+    step: usize,
+    op: Option<SessionOp>,
+    cache: Cache<u32>,
+    change: bool,
+    clock: ManualClock,
+    store: Arc<MemoryTtlStore>,
+    registry: Arc<Mutex<Registry>>,
+    ids: Vec<CallId>,
+    sessions: Vec<Session<u32>>,
+    callers: Vec<CallerTask>,
+    running: Vec<Running>,
+    results: BTreeMap<EntryId, Stored>,
+    /// Results that hold their own ref.
+    held: Vec<CallResult<u32>>,
+    /// Refs owned by open sessions: (session, entry).
+    owned: Vec<(SessionId, EntryId)>,
+    /// (entry the ref is on, parent entry owning it) (C-11).
+    nested: Vec<(EntryId, EntryId)>,
+    /// Keys whose resolver was told to return a cancellation error.
+    cancelled_keys: BTreeSet<String>,
+    hooks: HookLedger,
+    next_value: u32,
+    stats: Stats,
+}
+
+impl Driver {
+    fn new(change: bool) -> Self {
+        let clock = ManualClock::new(1_000_000);
+        let store = Arc::new(MemoryTtlStore::new());
+        let mut builder = Cache::builder(INSTANCE)
+            .clock(Arc::new(clock.clone()))
+            .ttl_store(store.clone());
+        if change {
+            builder = builder.change_cache();
+        }
+        Driver {
+            step: 0,
+            op: None,
+            cache: builder.build(),
+            change,
+            clock,
+            store,
+            registry: Arc::new(Mutex::new(Registry::default())),
+            ids: call_ids(),
+            sessions: Vec::new(),
+            callers: Vec::new(),
+            running: Vec::new(),
+            results: BTreeMap::new(),
+            held: Vec::new(),
+            owned: Vec::new(),
+            nested: Vec::new(),
+            cancelled_keys: BTreeSet::new(),
+            hooks: HookLedger::default(),
+            next_value: 1,
+            stats: Stats::default(),
+        }
+    }
+
+    fn fail(&self, invariant: &'static str, detail: String) -> Failure {
+        Failure {
+            invariant,
+            step: self.step,
+            detail: format!(
+                "{detail}\n  op: {}\n{}",
+                self.op
+                    .as_ref()
+                    .map_or_else(|| "quiesce".to_string(), |o| format!("{o:?}")),
+                self.cache.leak_report()
+            ),
+        }
+    }
+
+    fn is_open(&self, s: SessionId) -> bool {
+        self.cache.inspect(|m| m.session_is_open(s))
+    }
+
+    /// Runs every task until all are blocked: sleeps `ms` of paused time
+    /// (auto-advancing past store delays), then yields until nothing the
+    /// driver can see changes any more.
+    async fn settle(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let mut last = None;
+        for _ in 0..256 {
+            tokio::task::yield_now().await;
+            let now = (
+                self.callers
+                    .iter()
+                    .filter(|c| c.handle.is_finished())
+                    .count(),
+                self.registry.lock().expect("registry").started.len(),
+                self.running
+                    .iter()
+                    .filter(|r| r.done.load(Ordering::SeqCst))
+                    .count(),
+                self.cache
+                    .inspect(|m| (m.live_refs(), m.live_entries(), m.entries())),
+            );
+            if last.as_ref() == Some(&now) {
+                return;
+            }
+            last = Some(now);
+        }
+    }
+
+    // ---- operations ----
+
+    fn apply(&mut self, op: &SessionOp) -> Result<(), Failure> {
+        match *op {
+            SessionOp::Open => {
+                let open = self.sessions.iter().filter(|s| s.is_open()).count();
+                if open < MAX_OPEN && self.sessions.len() < MAX_SESSIONS {
+                    self.sessions.push(self.cache.open_session());
+                } else if let Some(i) = self.sessions.iter().position(|s| !s.is_open()) {
+                    // Make room: forget a closed session.
+                    self.sessions.remove(i);
+                }
+            }
+            SessionOp::Close { session } => {
+                if self.sessions.is_empty() {
+                    return Ok(());
+                }
+                let i = usize::from(session) % self.sessions.len();
+                let s = self.sessions[i].id();
+                let was_open = self.is_open(s);
+                let r = self.sessions[i].close();
+                match r {
+                    Ok(summary) => {
+                        ensure!(self, was_open, "S-1", "a closed session closed again");
+                        let mine = self.owned.iter().filter(|(x, _)| *x == s).count();
+                        ensure!(
+                            self,
+                            summary.released == mine && summary.hook_errors == 0,
+                            "S-1",
+                            "closing {s} released {} refs ({} hook errors), it owned {mine}",
+                            summary.released,
+                            summary.hook_errors
+                        );
+                        self.closed(s)?;
+                    }
+                    Err(e) => {
+                        ensure!(
+                            self,
+                            !was_open && e == CallError::SessionClosed,
+                            "S-1",
+                            "closing {s} (open {was_open}) failed: {e}"
+                        );
+                    }
+                }
+            }
+            SessionOp::Drop { session } => {
+                if self.sessions.is_empty() {
+                    return Ok(());
+                }
+                let i = usize::from(session) % self.sessions.len();
+                let s = self.sessions.remove(i);
+                let id = s.id();
+                let was_open = s.is_open();
+                drop(s);
+                if was_open {
+                    self.closed(id)?;
+                }
+            }
+            SessionOp::Call {
+                session,
+                id,
+                conc,
+                dnc,
+                ttl,
+                obey_cancel,
+            } => {
+                let (ctx, origin) = self.top_ctx(session);
+                let id = self.ids[usize::from(id) % self.ids.len()].clone();
+                let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
+                if ttl.ms() > 0 {
+                    self.stats.ttl_calls += 1;
+                }
+                let info = RunInfo {
+                    session: ctx.session,
+                    key: id.call_key(),
+                    conc: conc.clone(),
+                    dnc,
+                    ttl: ttl.ms() > 0,
+                    arbitrary: false,
+                    requested: Some(id.clone()),
+                    obey_cancel,
+                };
+                let key = CallKey::new(id)
+                    .concurrency_key(conc)
+                    .do_not_cache(dnc)
+                    .ttl_ms(ttl.ms());
+                self.spawn_call(ctx, origin, key, info);
+            }
+            SessionOp::Arbitrary {
+                session,
+                key,
+                obey_cancel,
+            } => {
+                let (ctx, origin) = self.top_ctx(session);
+                let key = ARBITRARY_KEYS[usize::from(key) % ARBITRARY_KEYS.len()].to_string();
+                let info = RunInfo {
+                    session: ctx.session,
+                    key: key.clone(),
+                    conc: String::new(),
+                    dnc: false,
+                    ttl: false,
+                    arbitrary: true,
+                    requested: None,
+                    obey_cancel,
+                };
+                self.spawn_arbitrary(ctx, origin, key, info);
+            }
+            SessionOp::Nested {
+                parent,
+                id,
+                conc,
+                dnc,
+                obey_cancel,
+            } => {
+                let live: Vec<usize> = (0..self.running.len())
+                    .filter(|i| !self.running[*i].done.load(Ordering::SeqCst))
+                    .collect();
+                if live.is_empty() {
+                    return Ok(());
+                }
+                let p = &self.running[live[usize::from(parent) % live.len()]];
+                let ctx = p.rctx.nested();
+                let origin = Origin::Inner(p.entry);
+                let id = self.ids[usize::from(id) % self.ids.len()].clone();
+                let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
+                let info = RunInfo {
+                    session: None,
+                    key: id.call_key(),
+                    conc: conc.clone(),
+                    dnc,
+                    ttl: false,
+                    arbitrary: false,
+                    requested: Some(id.clone()),
+                    obey_cancel,
+                };
+                let key = CallKey::new(id).concurrency_key(conc).do_not_cache(dnc);
+                self.spawn_call(ctx, origin, key, info);
+            }
+            SessionOp::Resolve {
+                which,
+                outcome,
+                returned_id,
+                safe,
+            } => self.resolve(which, outcome, returned_id, safe)?,
+            SessionOp::Cancel { which, abort } => {
+                let waiting: Vec<usize> = (0..self.callers.len())
+                    .filter(|i| {
+                        !self.callers[*i].cancelled && !self.callers[*i].handle.is_finished()
+                    })
+                    .collect();
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                let c = &mut self.callers[waiting[usize::from(which) % waiting.len()]];
+                c.cancelled = true;
+                if abort {
+                    c.handle.abort();
+                } else {
+                    c.token.cancel();
+                }
+                self.stats.cancels += 1;
+            }
+            SessionOp::Release { which, drop } => {
+                if self.held.is_empty() {
+                    return Ok(());
+                }
+                let r = self.held.swap_remove(usize::from(which) % self.held.len());
+                if drop {
+                    std::mem::drop(r);
+                } else {
+                    let entry = r.entry();
+                    r.release()
+                        .map_err(|e| self.fail("C-12", format!("release of {entry}: {e}")))?;
+                }
+            }
+            SessionOp::Advance { ms } => self.clock.advance(i64::from(ms)),
+            SessionOp::StoreFaults {
+                fail_next,
+                fail_all,
+                delay,
+            } => self.store.set_faults(StoreFaults {
+                fail_next: u32::from(fail_next % 4),
+                fail_all,
+                delay_ms: delay.ms(),
+            }),
+            SessionOp::Gc => {
+                // An injected store fault may fail it; that is allowed.
+                let _ = self.cache.gc_ttl();
+            }
+        }
+        Ok(())
+    }
+
+    /// A context for a top-level call: the n-th session (open or closed),
+    /// or no session.
+    fn top_ctx(&self, session: Option<u8>) -> (Ctx, Origin) {
+        let token = CancellationToken::new();
+        match session {
+            Some(n) if !self.sessions.is_empty() => {
+                let s = &self.sessions[usize::from(n) % self.sessions.len()];
+                (s.ctx().with_cancel(token), Origin::Top(Some(s.id())))
+            }
+            _ => (Ctx::new().with_cancel(token), Origin::Top(None)),
+        }
+    }
+
+    /// A resolver the driver controls: it registers itself, then waits for
+    /// its command (or, if it obeys cancellation, for its token).
+    fn resolver(
+        &self,
+        info: RunInfo,
+    ) -> impl FnOnce(
+        ResolverCtx,
+    ) -> futures::future::BoxFuture<'static, Result<Resolved<u32>, CallError>>
+           + Send
+           + 'static {
+        let registry = self.registry.clone();
+        move |rctx: ResolverCtx| {
+            async move {
+                let (tx, rx) = oneshot::channel();
+                let done = Arc::new(AtomicBool::new(false));
+                let _guard = DoneGuard(done.clone());
+                let cancel = rctx.cancel.clone();
+                let obey = info.obey_cancel;
+                registry.lock().expect("registry").started.push(Started {
+                    rctx,
+                    tx,
+                    info,
+                    done,
+                });
+                let command = if obey {
+                    tokio::select! {
+                        biased;
+                        c = rx => c.ok(),
+                        _ = cancel.cancelled() => None,
+                    }
+                } else {
+                    rx.await.ok()
+                };
+                match command {
+                    Some(Command::Finish(r)) => r,
+                    Some(Command::Panic) => {
+                        expect_panic();
+                        panic!("driver: a planned resolver panic (C-14)");
+                    }
+                    None => Err(CallError::Cancelled),
+                }
+            }
+            .boxed()
+        }
+    }
+
+    fn spawn_call(&mut self, ctx: Ctx, origin: Origin, key: CallKey, info: RunInfo) {
+        let cache = self.cache.clone();
+        let resolver = self.resolver(info.clone());
+        let token = ctx.cancel.clone();
+        let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
+        let handle = tokio::spawn(async move { cache.get_or_init_call(&ctx, key, resolver).await });
+        self.callers.push(CallerTask {
+            handle,
+            token,
+            origin,
+            info,
+            closed_at_issue,
+            cancelled: false,
+        });
+    }
+
+    fn spawn_arbitrary(&mut self, ctx: Ctx, origin: Origin, key: String, info: RunInfo) {
+        let cache = self.cache.clone();
+        let init = self.resolver(info.clone());
+        let token = ctx.cancel.clone();
+        let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
+        let handle =
+            tokio::spawn(async move { cache.get_or_init_arbitrary(&ctx, &key, init).await });
+        self.callers.push(CallerTask {
+            handle,
+            token,
+            origin,
+            info,
+            closed_at_issue,
+            cancelled: false,
+        });
+    }
+
+    /// The model's side of a session close (S-1, INV-9).
+    fn closed(&mut self, s: SessionId) -> Result<(), Failure> {
+        self.stats.closes += 1;
+        self.owned.retain(|(x, _)| *x != s);
+        let (open, refs) = self
+            .cache
+            .inspect(|m| (m.session_is_open(s), m.session_refs(s)));
+        ensure!(
+            self,
+            !open && refs == 0,
+            "INV-9",
+            "session {s} after close: open {open}, {refs} refs"
+        );
+        Ok(())
+    }
+
+    fn resolve(
+        &mut self,
+        which: u8,
+        outcome: Outcome,
+        returned_id: Option<u8>,
+        safe: bool,
+    ) -> Result<(), Failure> {
+        let live: Vec<usize> = (0..self.running.len())
+            .filter(|i| !self.running[*i].done.load(Ordering::SeqCst))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let r = self.running.remove(live[usize::from(which) % live.len()]);
+        if self.cache.inspect(|m| m.waiters(r.entry).is_empty()) {
+            self.stats.abandoned_settled += 1;
+        }
+        let command = match outcome {
+            Outcome::Value(_) | Outcome::NoValue => {
+                let value = matches!(outcome, Outcome::Value(_)).then(|| {
+                    self.next_value += 1;
+                    self.next_value
+                });
+                let counter = self.hooks.counter(r.entry);
+                let mut resolved = match value {
+                    Some(v) => Resolved::value(v),
+                    None => Resolved::no_value(),
+                }
+                .with_release(counter.hook())
+                .safe_to_persist(safe);
+                if let Some(i) = returned_id.filter(|_| !r.info.arbitrary) {
+                    resolved.id = Some(self.ids[usize::from(i) % self.ids.len()].clone());
+                }
+                for inner in r.inner {
+                    if let Some(h) = inner.into_nested() {
+                        self.stats.nested += 1;
+                        self.nested.push((h.entry(), r.entry));
+                        resolved = resolved.with_nested(h);
+                    }
+                }
+                let id = if r.info.arbitrary {
+                    None
+                } else {
+                    resolved.id.clone().or_else(|| r.info.requested.clone())
+                };
+                self.results.insert(
+                    r.entry,
+                    Stored {
+                        value,
+                        content_key: id.as_ref().and_then(|i| i.content_key()),
+                        id,
+                        ttl: r.info.ttl.then_some((r.info.session, safe)),
+                    },
+                );
+                Command::Finish(Ok(resolved))
+            }
+            Outcome::Error | Outcome::Panic | Outcome::Cancelled => {
+                self.stats.errors += 1;
+                // The resolver failed: the refs its nested calls gave it go.
+                drop(r.inner);
+                match outcome {
+                    Outcome::Error => Command::Finish(Err(CallError::Resolver("boom".into()))),
+                    Outcome::Panic => Command::Panic,
+                    _ => {
+                        self.cancelled_keys.insert(r.info.key.clone());
+                        Command::Finish(Err(CallError::Cancelled))
+                    }
+                }
+            }
+        };
+        if r.tx.send(command).is_err() {
+            return Err(self.fail(
+                "INV-7",
+                format!("resolver of {} vanished before it was resolved", r.entry),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- after each settle ----
+
+    /// Takes in new resolvers and finished callers, judging each.
+    fn collect(&mut self) -> Result<(), Failure> {
+        let started = std::mem::take(&mut self.registry.lock().expect("registry").started);
+        for s in started {
+            self.stats.runs += 1;
+            let r = Running {
+                entry: s.rctx.entry.1,
+                rctx: s.rctx,
+                tx: s.tx,
+                info: s.info,
+                done: s.done,
+                inner: Vec::new(),
+            };
+            if r.detached() {
+                if r.info.dnc {
+                    self.stats.detached += 1;
+                } else {
+                    self.stats.forced_retries += 1;
+                }
+            }
+            self.check_singleflight(&r)?;
+            self.running.push(r);
+        }
+        // Resolvers that returned on their own (cancelled): their nested
+        // results are dropped with them.
+        let (gone, live): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| r.done.load(Ordering::SeqCst));
+        self.running = live;
+        drop(gone);
+        let mut i = 0;
+        while i < self.callers.len() {
+            if !self.callers[i].handle.is_finished() {
+                i += 1;
+                continue;
+            }
+            let mut c = self.callers.remove(i);
+            let out = (&mut c.handle).now_or_never();
+            match out {
+                None => return Err(self.fail("INV-7", "a finished caller has no output".into())),
+                Some(Err(e)) if e.is_cancelled() && c.cancelled => {}
+                Some(Err(e)) => {
+                    return Err(self.fail("INV-10", format!("a caller task failed: {e}")))
+                }
+                Some(Ok(result)) => self.judge(c, result)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// INV-4 / K-5: a new resolver never runs beside another one for the
+    /// same deduplicated key.
+    fn check_singleflight(&self, r: &Running) -> Result<(), Failure> {
+        if r.detached() {
+            return Ok(());
+        }
+        for o in &self.running {
+            if o.done.load(Ordering::SeqCst) || o.detached() || o.info.arbitrary != r.info.arbitrary
+            {
+                continue;
+            }
+            let abandoned = self.cache.inspect(|m| m.waiters(o.entry).is_empty());
+            let clash = if r.info.arbitrary {
+                // K-5: on a change cache an abandoned init still holds its key.
+                o.info.key == r.info.key && (!abandoned || self.change)
+            } else {
+                o.rctx.storage_key == r.rctx.storage_key
+                    && !r.info.conc.is_empty()
+                    && o.info.conc == r.info.conc
+                    && !abandoned
+                    && (!r.info.ttl || o.info.session == r.info.session)
+            };
+            ensure!(
+                self,
+                !clash,
+                "INV-4",
+                "resolver of {} started beside {} for the same key {}",
+                r.entry,
+                o.entry,
+                r.info.key
+            );
+        }
+        Ok(())
+    }
+
+    /// Judges what one caller got.
+    fn judge(
+        &mut self,
+        c: CallerTask,
+        result: Result<CallResult<u32>, CallError>,
+    ) -> Result<(), Failure> {
+        let session = match c.origin {
+            Origin::Top(s) => s,
+            Origin::Inner(_) => None,
+        };
+        let closed_now = session.is_some_and(|s| !self.is_open(s));
+        let result = match result {
+            Err(e) => {
+                match &e {
+                    CallError::SessionClosed => {
+                        self.stats.session_closed += 1;
+                        ensure!(self, closed_now, "S-2", "an open session was refused");
+                    }
+                    CallError::ClosedDuringExecution => {
+                        self.stats.closed_during += 1;
+                        ensure!(
+                            self,
+                            closed_now && !c.closed_at_issue,
+                            "S-3",
+                            "closed during execution, session closed now {closed_now}"
+                        );
+                    }
+                    CallError::Cancelled => {
+                        ensure!(
+                            self,
+                            c.token.is_cancelled() || self.cancelled_keys.contains(&c.info.key),
+                            "INV-7",
+                            "a caller that did not cancel got a cancellation"
+                        );
+                    }
+                    CallError::Recursive { .. } => {
+                        self.stats.recursive += 1;
+                        ensure!(
+                            self,
+                            matches!(c.origin, Origin::Inner(_)),
+                            "C-4",
+                            "a top-level call refused as recursive"
+                        );
+                    }
+                    CallError::Resolver(_) | CallError::Panicked(_) => {}
+                    other => {
+                        return Err(self.fail("C-1", format!("unexpected error {other}")));
+                    }
+                }
+                ensure!(
+                    self,
+                    !c.closed_at_issue || e == CallError::SessionClosed,
+                    "S-2",
+                    "a call on a closed session gave {e}"
+                );
+                return Ok(());
+            }
+            Ok(r) => r,
+        };
+        ensure!(
+            self,
+            !c.closed_at_issue,
+            "S-2",
+            "a call on a closed session was served"
+        );
+        let entry = result.entry();
+        let Some(stored) = self.results.get(&entry) else {
+            return Err(self.fail(
+                "INV-6",
+                format!("served {entry}, which never produced a result"),
+            ));
+        };
+        ensure!(
+            self,
+            result.value() == stored.value.as_ref(),
+            "INV-5",
+            "served {:?} from {entry}, which holds {:?}",
+            result.value(),
+            stored.value
+        );
+        if result.content_hit() {
+            self.stats.content_hits += 1;
+            let want = c.info.requested.as_ref().and_then(|i| i.content_key());
+            ensure!(
+                self,
+                want.is_some() && stored.content_key == want,
+                "INV-5",
+                "content hit on {entry} (content {:?}) for content {want:?}",
+                stored.content_key
+            );
+            ensure!(
+                self,
+                result.id() == c.info.requested.as_ref(),
+                "C-8",
+                "a content hit must report the requested ID"
+            );
+        } else {
+            ensure!(
+                self,
+                result.id() == stored.id.as_ref(),
+                "INV-5",
+                "served {:?}, {entry} stores {:?}",
+                result.id().map(|i| i.call_key()),
+                stored.id.as_ref().map(|i| i.call_key())
+            );
+        }
+        if result.hit() {
+            self.stats.hits += 1;
+            ensure!(
+                self,
+                !c.info.dnc,
+                "C-2",
+                "a do-not-cache call was served a hit"
+            );
+            if !result.content_hit() && !c.info.arbitrary {
+                match (c.info.ttl, stored.ttl) {
+                    (false, Some(_)) => {
+                        return Err(self.fail(
+                            "T-3",
+                            format!("a call without TTL hit TTL-scoped result {entry}"),
+                        ))
+                    }
+                    (true, None) => {
+                        return Err(self.fail(
+                            "INV-8",
+                            format!("a TTL key served {entry}, which no TTL call stored"),
+                        ))
+                    }
+                    (true, Some((from, safe))) => {
+                        ensure!(
+                            self,
+                            from == c.info.session || safe,
+                            "INV-8",
+                            "unsafe {entry} from {from:?} reached {:?} through a TTL key",
+                            c.info.session
+                        );
+                    }
+                    (false, None) => {}
+                }
+            }
+        }
+        if result.is_detached() {
+            ensure!(
+                self,
+                c.info.dnc || !result.hit(),
+                "C-2",
+                "a detached result for a cached call"
+            );
+        }
+        if result.holds_ref() {
+            ensure!(
+                self,
+                session.is_none() || result.is_detached(),
+                "S-1",
+                "a result in session {session:?} holds its own ref"
+            );
+            match c.origin {
+                Origin::Inner(parent) => {
+                    match self
+                        .running
+                        .iter_mut()
+                        .find(|r| r.entry == parent && !r.done.load(Ordering::SeqCst))
+                    {
+                        Some(p) => p.inner.push(result),
+                        None => drop(result),
+                    }
+                }
+                Origin::Top(_) => self.held.push(result),
+            }
+        } else {
+            let Some(s) = session.filter(|_| !result.is_detached()) else {
+                return Err(self.fail(
+                    "S-1",
+                    format!("result of {entry} holds no ref and no session owns it"),
+                ));
+            };
+            ensure!(
+                self,
+                !closed_now,
+                "S-3",
+                "a closed session {s} was handed {entry}"
+            );
+            self.owned.push((s, entry));
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), Failure> {
+        self.cache
+            .check_invariants()
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        let direct: Vec<EntryId> = self
+            .held
+            .iter()
+            .map(|r| r.entry())
+            .chain(self.owned.iter().map(|(_, e)| *e))
+            .chain(
+                self.running
+                    .iter()
+                    .flat_map(|r| r.inner.iter().map(|x| x.entry())),
+            )
+            .collect();
+        let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
+        self.cache
+            .inspect(|m| m.check_refcounts(&shadow))
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        let cache = self.cache.clone();
+        self.hooks
+            .check(|e| cache.inspect(|m| m.contains(e)))
+            .map_err(|(rule, detail)| self.fail(rule, detail))?;
+        for r in &self.running {
+            ensure!(
+                self,
+                self.cache.inspect(|m| m.contains(r.entry)),
+                "INV-7",
+                "the entry {} of a running resolver is gone",
+                r.entry
+            );
+        }
+        Ok(())
+    }
+
+    /// Closes every session, finishes every resolver, releases every result;
+    /// then INV-11 (nobody waits) and INV-1.
+    async fn quiesce(&mut self) -> Result<(), Failure> {
+        for i in 0..self.sessions.len() {
+            let s = self.sessions[i].id();
+            if self.is_open(s) {
+                let summary = self.sessions[i]
+                    .close()
+                    .map_err(|e| self.fail("S-1", format!("close {s}: {e}")))?;
+                ensure!(
+                    self,
+                    summary.hook_errors == 0,
+                    "C-12",
+                    "hook errors closing {s}"
+                );
+                self.closed(s)?;
+            }
+        }
+        self.settle(1).await;
+        self.collect()?;
+        self.check()?;
+        for _ in 0..QUIESCE_ROUNDS {
+            if self.running.is_empty() && self.callers.is_empty() {
+                break;
+            }
+            while self.running.iter().any(|r| !r.done.load(Ordering::SeqCst)) {
+                self.resolve(0, Outcome::Value(0), None, false)?;
+            }
+            // Long enough for any store delay.
+            self.settle(3_000).await;
+            self.collect()?;
+            self.check()?;
+        }
+        ensure!(
+            self,
+            self.running.is_empty() && self.callers.is_empty(),
+            "INV-11",
+            "{} callers still wait and {} resolvers still run after {QUIESCE_ROUNDS} rounds",
+            self.callers.len(),
+            self.running.len()
+        );
+        while let Some(r) = self.held.pop() {
+            let entry = r.entry();
+            r.release()
+                .map_err(|e| self.fail("C-12", format!("release of {entry}: {e}")))?;
+            self.check()?;
+        }
+        ensure!(
+            self,
+            self.nested.is_empty(),
+            "C-11",
+            "nested refs outlived their parents: {:?}",
+            self.nested
+        );
+        let report = self.cache.leak_report();
+        ensure!(
+            self,
+            self.cache.entries() == 0
+                && self.cache.live_entries() == 0
+                && self.cache.inspect(|m| m.live_refs()) == 0
+                && self.cache.buckets() == Buckets::default()
+                && self.cache.connected_clients() == 0
+                && report.is_clean(),
+            "INV-1",
+            "not quiescent: entries {}, live entries {}",
+            self.cache.entries(),
+            self.cache.live_entries()
+        );
+        self.cache
+            .check_invariants()
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        self.hooks
+            .check_final()
+            .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+}

@@ -1,0 +1,1173 @@
+//! The driver on the pure state machine, with its shadow model: who holds
+//! which ref, which resolvers run and who waits on them, what every response
+//! must be.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ops::*;
+use super::shadow::{ref_counts, HookLedger};
+use super::{ensure, Failure, Stats};
+use crate::error::CallError;
+use crate::id::CallId;
+use crate::machine::{
+    Begin, Buckets, CallCache, CallRequest, Caller, ChainLink, Decision, EntryId, Handle, Left,
+    Namespace, PendingRelease, Resolved, RunMode, SessionId, WaiterId,
+};
+use crate::ttl::{
+    choose_storage_key, gc_all, MemoryTtlStore, PreparedWrite, StorageKeyChoice, StoreFaults,
+    TtlStore,
+};
+
+/// The cache instance the driver uses (recursion chains name it, C-4).
+const INSTANCE: u64 = 7;
+/// At most this many sessions open at once.
+const MAX_OPEN: usize = 4;
+
+/// Applies `input` to a fresh [`CallCache`], checking after every operation:
+/// `check_invariants()` (INV-3, INV-10, C-11a), refcounts against the shadow
+/// model (INV-2), every release hook ran at most once and exactly when its
+/// entry went (INV-10, C-12), every decision and served value against the
+/// model (C-3, C-4, INV-4, INV-5, INV-6, S-2, S-4, K-5), TTL hits (INV-8,
+/// T-3, T-7) and session closes (S-1, S-1a, INV-9). At the end every session
+/// is closed, every resolver completed and every handle released, and INV-1
+/// must hold.
+pub fn run_machine(input: &MachineInput) -> Result<Stats, Failure> {
+    let mut d = Driver::new(input.change_cache);
+    for (i, op) in input.ops.iter().enumerate() {
+        d.step = i;
+        d.op = Some(op.clone());
+        d.apply(op)?;
+        d.check()?;
+    }
+    d.step = input.ops.len();
+    d.op = None;
+    d.quiesce()?;
+    d.stats.steps = input.ops.len();
+    Ok(d.stats)
+}
+
+/// Who a waiter is: a top-level caller (with its session, if any) or a
+/// resolver making a nested call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    Top(Option<SessionId>),
+    Inner(EntryId),
+}
+
+/// What the model knows about a TTL'd run (T-2).
+#[derive(Clone, Debug)]
+struct TtlRun {
+    /// The storage key came from a live row, shared by every session.
+    shared: bool,
+    /// Until when the chosen key may serve results (T-7).
+    valid_until: i64,
+    /// The write prepared for a fresh key.
+    write: Option<PreparedWrite>,
+}
+
+/// A resolver the model is running (in flight, or abandoned: no waiters).
+struct Running {
+    chain: Vec<ChainLink>,
+    waiters: Vec<(WaiterId, Origin)>,
+    /// Refs the resolver took from nested calls: handed in on success.
+    inner: Vec<Handle>,
+    mode: RunMode,
+    /// Storage key (or arbitrary key).
+    key: String,
+    call_key: String,
+    /// The concurrency key the machine dedupes on.
+    conc: String,
+    starter: Origin,
+    requested: Option<CallId>,
+    ttl: Option<TtlRun>,
+}
+
+impl Running {
+    fn arbitrary(&self) -> bool {
+        self.mode == RunMode::Arbitrary
+    }
+    fn abandoned(&self) -> bool {
+        self.waiters.is_empty()
+    }
+}
+
+/// A successful result, by entry.
+struct Stored {
+    value: Option<u32>,
+    /// The ID it reports on a storage hit (INV-5).
+    id: Option<CallId>,
+    /// Keys a storage hit may come through: storage key and result call key.
+    keys: Vec<String>,
+    content_key: Option<String>,
+    /// Made by a TTL'd call: (its caller's session, valid until, safe).
+    ttl: Option<(Option<SessionId>, i64, bool)>,
+}
+
+/// A handle a top-level caller holds; `session` is set when the session owns it.
+struct Held {
+    handle: Handle,
+    session: Option<SessionId>,
+}
+
+/// One call's request, as the model needs it to judge the decision.
+struct Req {
+    origin: Origin,
+    caller: Caller,
+    key: String,
+    call_key: String,
+    conc: String,
+    dnc: bool,
+    arbitrary: bool,
+    requested: Option<CallId>,
+    ttl: Option<TtlRun>,
+}
+
+struct Driver {
+    step: usize,
+    op: Option<Op>,
+    cache: CallCache<u32>,
+    change: bool,
+    ids: Vec<CallId>,
+    held: Vec<Held>,
+    /// Handles whose session released them: releasing them is an error.
+    stale: Vec<Handle>,
+    /// (entry the ref is on, parent entry owning it) (C-11).
+    nested: Vec<(EntryId, EntryId)>,
+    running: BTreeMap<EntryId, Running>,
+    results: BTreeMap<EntryId, Stored>,
+    open: Vec<SessionId>,
+    closed: Vec<SessionId>,
+    /// S-4: (session, call key) whose next call must run as a forced retry.
+    retry: BTreeSet<(SessionId, String)>,
+    hooks: HookLedger,
+    store: MemoryTtlStore,
+    now: i64,
+    /// Latest expiration ever written for a storage key (T-7).
+    row_expiry: BTreeMap<String, i64>,
+    stats: Stats,
+}
+
+impl Driver {
+    fn new(change: bool) -> Self {
+        Driver {
+            step: 0,
+            op: None,
+            cache: if change {
+                CallCache::new_change_cache(INSTANCE)
+            } else {
+                CallCache::new(INSTANCE)
+            },
+            change,
+            ids: call_ids(),
+            held: Vec::new(),
+            stale: Vec::new(),
+            nested: Vec::new(),
+            running: BTreeMap::new(),
+            results: BTreeMap::new(),
+            open: Vec::new(),
+            closed: Vec::new(),
+            retry: BTreeSet::new(),
+            hooks: HookLedger::default(),
+            store: MemoryTtlStore::new(),
+            now: 1_000_000,
+            row_expiry: BTreeMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    fn fail(&self, invariant: &'static str, detail: String) -> Failure {
+        Failure {
+            invariant,
+            step: self.step,
+            detail: format!(
+                "{detail}\n  op: {}\n{}",
+                self.op
+                    .as_ref()
+                    .map_or_else(|| "quiesce".to_string(), |o| format!("{o:?}")),
+                self.cache.leak_report()
+            ),
+        }
+    }
+
+    fn run_hooks(&self, releases: Vec<PendingRelease>) -> Result<(), Failure> {
+        for r in releases {
+            r.run()
+                .map_err(|e| self.fail("C-12", format!("release hook failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    // ---- the shadow model ----
+
+    fn check(&mut self) -> Result<(), Failure> {
+        self.cache
+            .check_invariants()
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        let direct = self
+            .held
+            .iter()
+            .map(|h| h.handle.entry())
+            .chain(
+                self.running
+                    .values()
+                    .flat_map(|r| r.inner.iter().map(|h| h.entry())),
+            )
+            .collect::<Vec<_>>();
+        let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
+        self.cache
+            .check_refcounts(&shadow)
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        self.hooks
+            .check(|e| self.cache.contains(e))
+            .map_err(|(rule, detail)| self.fail(rule, detail))?;
+        for (e, r) in &self.running {
+            ensure!(
+                self,
+                self.cache.contains(*e),
+                "INV-7",
+                "running {e} is gone"
+            );
+            let want: Vec<WaiterId> = r.waiters.iter().map(|(w, _)| *w).collect();
+            ensure!(
+                self,
+                self.cache.waiters(*e) == want,
+                "INV-7",
+                "waiters of {e}: machine {:?}, model {want:?}",
+                self.cache.waiters(*e)
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `from`'s resolver, through the model's wait edges, waits on
+    /// `to` (C-4b). An edge P → R exists while R has a waiter from inside P.
+    fn reaches(&self, from: EntryId, to: EntryId) -> bool {
+        let mut stack = vec![from];
+        let mut seen = BTreeSet::new();
+        while let Some(e) = stack.pop() {
+            if e == to {
+                return true;
+            }
+            if !seen.insert(e) {
+                continue;
+            }
+            for (r, run) in &self.running {
+                if run.waiters.iter().any(|(_, o)| *o == Origin::Inner(e)) {
+                    stack.push(*r);
+                }
+            }
+        }
+        false
+    }
+
+    /// The in-flight call a request would join, if any (C-3.3, K-2).
+    fn joinable(&self, key: &str, conc: &str, arbitrary: bool) -> Option<EntryId> {
+        self.running
+            .iter()
+            .find(|(_, r)| {
+                !r.abandoned()
+                    && r.key == key
+                    && if arbitrary {
+                        r.arbitrary()
+                    } else {
+                        r.mode == RunMode::Cached && !conc.is_empty() && r.conc == conc
+                    }
+            })
+            .map(|(e, _)| *e)
+    }
+
+    fn route(&mut self, origin: Origin, handle: Handle, session_owned: bool) {
+        match origin {
+            Origin::Top(session) => self.held.push(Held {
+                handle,
+                session: if session_owned { session } else { None },
+            }),
+            Origin::Inner(parent) => match self.running.get_mut(&parent) {
+                Some(r) => r.inner.push(handle),
+                None => self.held.push(Held {
+                    handle,
+                    session: None,
+                }),
+            },
+        }
+    }
+
+    fn is_open(&self, origin: Origin) -> bool {
+        match origin {
+            Origin::Top(Some(s)) => self.open.contains(&s),
+            _ => true,
+        }
+    }
+
+    // ---- operations ----
+
+    fn apply(&mut self, op: &Op) -> Result<(), Failure> {
+        match *op {
+            Op::Call {
+                who,
+                id,
+                conc,
+                dnc,
+                ttl,
+            } => self.call(who, id, conc, dnc, ttl),
+            Op::Arbitrary { who, key } => self.arbitrary(who, key),
+            Op::Complete {
+                which,
+                outcome,
+                returned_id,
+                safe,
+                stale_nested,
+            } => {
+                if self.running.is_empty() {
+                    return Ok(());
+                }
+                let i = usize::from(which) % self.running.len();
+                let e = *self.running.keys().nth(i).expect("in range");
+                self.complete(e, outcome, returned_id, safe, stale_nested)
+            }
+            Op::Leave { which, waiter } => self.leave(which, waiter),
+            Op::LeaveUnknown { which } => {
+                if self.running.is_empty() {
+                    return Ok(());
+                }
+                let i = usize::from(which) % self.running.len();
+                let e = *self.running.keys().nth(i).expect("in range");
+                let left = self.cache.leave(e, WaiterId(u64::MAX));
+                ensure!(
+                    self,
+                    left == Left::NotWaiting,
+                    "C-5",
+                    "an unknown waiter left {e}: {left:?}"
+                );
+                Ok(())
+            }
+            Op::Release { which } => {
+                if self.held.is_empty() {
+                    return Ok(());
+                }
+                let h = self.held.swap_remove(usize::from(which) % self.held.len());
+                let releases = self
+                    .cache
+                    .release(h.handle)
+                    .map_err(|e| self.fail("C-12", format!("release of a live handle: {e}")))?;
+                self.run_hooks(releases)
+            }
+            Op::ReleaseStale => {
+                if let Some(h) = self.stale.pop() {
+                    self.stats.stale_releases += 1;
+                    let r = self.cache.release(h);
+                    ensure!(
+                        self,
+                        matches!(r, Err(CallError::UnknownHandle(_))),
+                        "C-12",
+                        "a handle its session released was released again: {:?}",
+                        r.map(|v| v.len())
+                    );
+                }
+                Ok(())
+            }
+            Op::ReleaseInner { which } => {
+                let with_inner: Vec<EntryId> = self
+                    .running
+                    .iter()
+                    .filter(|(_, r)| !r.inner.is_empty())
+                    .map(|(e, _)| *e)
+                    .collect();
+                if with_inner.is_empty() {
+                    return Ok(());
+                }
+                let e = with_inner[usize::from(which) % with_inner.len()];
+                let h = self
+                    .running
+                    .get_mut(&e)
+                    .and_then(|r| r.inner.pop())
+                    .expect("has inner");
+                let releases = self
+                    .cache
+                    .release(h)
+                    .map_err(|e| self.fail("C-12", format!("inner release: {e}")))?;
+                self.run_hooks(releases)
+            }
+            Op::Open => {
+                if self.open.len() < MAX_OPEN {
+                    let s = self.cache.open_session();
+                    self.open.push(s);
+                }
+                Ok(())
+            }
+            Op::Close { which } => {
+                if self.open.is_empty() {
+                    return Ok(());
+                }
+                let s = self.open[usize::from(which) % self.open.len()];
+                self.close(s)
+            }
+            Op::Advance { ms } => {
+                self.now += i64::from(ms);
+                Ok(())
+            }
+            Op::StoreFaults {
+                fail_next,
+                fail_all,
+            } => {
+                self.store.set_faults(StoreFaults {
+                    fail_next: u32::from(fail_next % 4),
+                    fail_all,
+                    delay_ms: 0,
+                });
+                Ok(())
+            }
+            Op::Gc => {
+                // A failure is an injected fault; GC is retried by the next op.
+                let _ = gc_all(&self.store, self.now);
+                Ok(())
+            }
+        }
+    }
+
+    fn pick_caller(&self, who: Who) -> (Caller, Origin) {
+        let top = |session: Option<SessionId>| {
+            (
+                Caller {
+                    session,
+                    ..Caller::default()
+                },
+                Origin::Top(session),
+            )
+        };
+        match who {
+            Who::Session(n) if !self.open.is_empty() => {
+                top(Some(self.open[usize::from(n) % self.open.len()]))
+            }
+            Who::Closed(n) if !self.closed.is_empty() => {
+                top(Some(self.closed[usize::from(n) % self.closed.len()]))
+            }
+            Who::Inner(n) if !self.running.is_empty() => {
+                let i = usize::from(n) % self.running.len();
+                let (e, r) = self.running.iter().nth(i).expect("in range");
+                let caller = Caller {
+                    session: None,
+                    chain: r.chain.clone(),
+                    inside: Some((INSTANCE, *e)),
+                };
+                (caller, Origin::Inner(*e))
+            }
+            _ => top(None),
+        }
+    }
+
+    fn call(&mut self, who: Who, id: u8, conc: u8, dnc: bool, ttl: Ttl) -> Result<(), Failure> {
+        let (caller, origin) = self.pick_caller(who);
+        let id = self.ids[usize::from(id) % self.ids.len()].clone();
+        let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
+        let call_key = id.call_key();
+        let mut req = CallRequest::new(id.clone())
+            .concurrency_key(conc.clone())
+            .do_not_cache(dnc);
+        let mut ttl_run = None;
+        if ttl.ms() > 0 {
+            // T-2, as the facade does it: ask the store, then choose.
+            self.stats.ttl_calls += 1;
+            let session = caller
+                .session
+                .map_or_else(|| "-".to_string(), |s| s.to_string());
+            let answer = self.store.select(&call_key);
+            let live = answer
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref())
+                .filter(|r| r.expiration >= self.now)
+                .map(|r| r.expiration);
+            let choice = choose_storage_key(&call_key, &session, self.now, ttl.ms(), answer);
+            req.storage_key = Some(choice.storage_key().to_string());
+            let own = self.now + ttl.ms() as i64;
+            let run = match choice {
+                StorageKeyChoice::Fresh { write, .. } => {
+                    req.ttl_write = Some(write.clone());
+                    TtlRun {
+                        shared: false,
+                        valid_until: own,
+                        write: Some(write),
+                    }
+                }
+                StorageKeyChoice::Live { .. } => {
+                    req.shared_storage = true;
+                    TtlRun {
+                        shared: true,
+                        valid_until: live.unwrap_or(own),
+                        write: None,
+                    }
+                }
+                StorageKeyChoice::Degraded { .. } => {
+                    self.stats.ttl_degraded += 1;
+                    TtlRun {
+                        shared: false,
+                        valid_until: own,
+                        write: None,
+                    }
+                }
+            };
+            ttl_run = Some(run);
+        }
+        let key = req.storage_key.clone().unwrap_or_else(|| call_key.clone());
+        // A live TTL key dedupes only within its session (T-3).
+        let eff_conc = match caller.session {
+            Some(s) if req.shared_storage && !conc.is_empty() => format!("{conc}@{s}"),
+            _ => conc,
+        };
+        let b = self.cache.begin_call(&caller, req);
+        let r = Req {
+            origin,
+            caller,
+            key,
+            call_key,
+            conc: eff_conc,
+            dnc,
+            arbitrary: false,
+            requested: Some(id),
+            ttl: ttl_run,
+        };
+        self.apply_begin(b, r)
+    }
+
+    fn arbitrary(&mut self, who: Who, key: u8) -> Result<(), Failure> {
+        let (caller, origin) = self.pick_caller(who);
+        let key = ARBITRARY_KEYS[usize::from(key) % ARBITRARY_KEYS.len()].to_string();
+        let b = self.cache.begin_arbitrary(&caller, &key);
+        let r = Req {
+            origin,
+            caller,
+            call_key: key.clone(),
+            key,
+            conc: String::new(),
+            dnc: false,
+            arbitrary: true,
+            requested: None,
+            ttl: None,
+        };
+        self.apply_begin(b, r)
+    }
+
+    fn apply_begin(&mut self, b: Begin<u32>, r: Req) -> Result<(), Failure> {
+        let closed_session = !self.is_open(r.origin);
+        let namespace = if r.arbitrary {
+            Namespace::Arbitrary
+        } else {
+            Namespace::Call
+        };
+        let in_chain = r
+            .caller
+            .chain
+            .iter()
+            .any(|l| l.instance == INSTANCE && l.namespace == namespace && l.key == r.key);
+        let forced = match r.origin {
+            Origin::Top(Some(s)) => !r.arbitrary && self.retry.contains(&(s, r.call_key.clone())),
+            _ => false,
+        };
+        if in_chain && !closed_session {
+            ensure!(
+                self,
+                matches!(b.outcome, Err(CallError::Recursive { .. })),
+                "C-4",
+                "revisiting {} in its own chain gave {:?}",
+                r.key,
+                b.outcome
+            );
+        }
+        match b.outcome {
+            Err(CallError::SessionClosed) => {
+                self.stats.session_closed += 1;
+                ensure!(self, closed_session, "S-2", "an open session was refused");
+            }
+            Err(CallError::Recursive { .. }) => {
+                self.stats.recursive += 1;
+                let Origin::Inner(parent) = r.origin else {
+                    return Err(self.fail("C-4", "a top-level call refused as recursive".into()));
+                };
+                let cycle = !r.dnc
+                    && self
+                        .joinable(&r.key, &r.conc, r.arbitrary)
+                        .is_some_and(|e| self.reaches(e, parent));
+                ensure!(
+                    self,
+                    in_chain || cycle,
+                    "C-4",
+                    "recursion refused without a cycle"
+                );
+            }
+            Err(e) => return Err(self.fail("C-1", format!("unexpected error {e}"))),
+            Ok(d) if closed_session => {
+                return Err(self.fail("S-2", format!("a closed session was served {d:?}")))
+            }
+            Ok(Decision::Hit(served)) => {
+                self.stats.hits += 1;
+                ensure!(
+                    self,
+                    served.hit && !served.detached,
+                    "C-6",
+                    "a hit reported hit={} detached={}",
+                    served.hit,
+                    served.detached
+                );
+                ensure!(self, !r.dnc, "C-2", "a do-not-cache call was served a hit");
+                ensure!(self, !forced, "S-4", "a forced retry was served a hit");
+                ensure!(
+                    self,
+                    served.session_owned == matches!(r.origin, Origin::Top(Some(_))),
+                    "S-1",
+                    "session_owned {} for {:?}",
+                    served.session_owned,
+                    r.origin
+                );
+                self.check_hit(&r, &served)?;
+                self.route(r.origin, served.handle, served.session_owned);
+            }
+            Ok(Decision::Wait { entry, waiter }) => {
+                self.stats.joins += 1;
+                ensure!(self, !r.dnc, "C-2", "a do-not-cache call joined");
+                ensure!(self, !forced, "S-4", "a forced retry joined");
+                let want = self.joinable(&r.key, &r.conc, r.arbitrary);
+                ensure!(
+                    self,
+                    want == Some(entry),
+                    "C-3",
+                    "joined {entry}, the model expected {want:?}"
+                );
+                if let Some(run) = self.running.get_mut(&entry) {
+                    run.waiters.push((waiter, r.origin));
+                }
+            }
+            Ok(Decision::Run(order)) => {
+                self.stats.runs += 1;
+                let want = if r.arbitrary {
+                    RunMode::Arbitrary
+                } else if r.dnc {
+                    RunMode::DoNotCache
+                } else if forced {
+                    RunMode::ForcedRetry
+                } else {
+                    RunMode::Cached
+                };
+                ensure!(
+                    self,
+                    order.mode == want,
+                    "S-4",
+                    "run mode {:?}, the model expected {want:?}",
+                    order.mode
+                );
+                match order.mode {
+                    RunMode::DoNotCache => self.stats.detached += 1,
+                    RunMode::ForcedRetry => self.stats.forced_retries += 1,
+                    _ => {}
+                }
+                // INV-4 / K-5: never two resolvers for one deduplicated key.
+                if matches!(order.mode, RunMode::Cached | RunMode::Arbitrary) {
+                    let other = self.joinable(&r.key, &r.conc, r.arbitrary);
+                    ensure!(
+                        self,
+                        other.is_none(),
+                        "INV-4",
+                        "a second resolver for {} while {other:?} runs",
+                        r.key
+                    );
+                }
+                if r.arbitrary && self.change {
+                    let overlap = self
+                        .running
+                        .iter()
+                        .find(|(_, x)| x.arbitrary() && x.key == r.key)
+                        .map(|(e, _)| *e);
+                    ensure!(
+                        self,
+                        overlap.is_none(),
+                        "K-5",
+                        "two inits of {} overlap (with {overlap:?})",
+                        r.key
+                    );
+                }
+                self.running.insert(
+                    order.entry,
+                    Running {
+                        chain: order.chain,
+                        waiters: vec![(order.waiter, r.origin)],
+                        inner: Vec::new(),
+                        mode: order.mode,
+                        key: r.key,
+                        call_key: r.call_key,
+                        conc: r.conc,
+                        starter: r.origin,
+                        requested: r.requested,
+                        ttl: r.ttl,
+                    },
+                );
+            }
+            Ok(Decision::Blocked { entry }) => {
+                self.stats.blocked += 1;
+                let ok = self.running.get(&entry).is_some_and(|x| {
+                    self.change && x.arbitrary() && x.abandoned() && x.key == r.key
+                });
+                ensure!(
+                    self,
+                    ok,
+                    "K-5",
+                    "blocked on {entry}, which is not an abandoned init of {}",
+                    r.key
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// INV-5 / INV-6 / INV-8 for a hit.
+    fn check_hit(&mut self, r: &Req, served: &crate::machine::Served<u32>) -> Result<(), Failure> {
+        let entry = served.handle.entry();
+        let Some(stored) = self.results.get(&entry) else {
+            return Err(self.fail(
+                "INV-6",
+                format!("hit on {entry}, which never produced a result"),
+            ));
+        };
+        ensure!(
+            self,
+            served.value == stored.value,
+            "INV-5",
+            "hit on {entry} served {:?}, it holds {:?}",
+            served.value,
+            stored.value
+        );
+        if served.content_hit {
+            self.stats.content_hits += 1;
+            let want = r.requested.as_ref().and_then(|i| i.content_key());
+            ensure!(
+                self,
+                want.is_some() && stored.content_key == want,
+                "INV-5",
+                "content hit on {entry} (content {:?}) for content {want:?}",
+                stored.content_key
+            );
+            ensure!(
+                self,
+                served.id == r.requested,
+                "C-8",
+                "a content hit must report the requested ID"
+            );
+            return Ok(());
+        }
+        ensure!(
+            self,
+            stored.keys.contains(&r.key),
+            "INV-5",
+            "storage hit on {entry} under {}, which it is not stored under",
+            r.key
+        );
+        ensure!(
+            self,
+            served.id == stored.id,
+            "INV-5",
+            "a storage hit must report the stored ID"
+        );
+        if r.arbitrary {
+            return Ok(());
+        }
+        match (&r.ttl, stored.ttl) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return Err(self.fail(
+                    "T-3",
+                    format!("a call without TTL hit TTL-scoped result {entry}"),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(self.fail(
+                    "INV-8",
+                    format!("a TTL key served {entry}, which no TTL call stored"),
+                ))
+            }
+            (Some(run), Some((session, valid_until, safe))) => {
+                if session != r.caller.session {
+                    ensure!(
+                        self,
+                        safe && run.shared,
+                        "INV-8",
+                        "{entry} (safe {safe}) from {session:?} reached {:?} through a TTL key (shared {})",
+                        r.caller.session,
+                        run.shared
+                    );
+                }
+                let mapped = self.row_expiry.get(&r.key).copied().unwrap_or(i64::MIN);
+                ensure!(
+                    self,
+                    self.now <= valid_until.max(mapped),
+                    "T-7",
+                    "{entry} served through {} at {}, its TTL ended at {}",
+                    r.key,
+                    self.now,
+                    valid_until.max(mapped)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(
+        &mut self,
+        entry: EntryId,
+        outcome: Outcome,
+        returned_id: Option<u8>,
+        safe: bool,
+        stale_nested: bool,
+    ) -> Result<(), Failure> {
+        let mut r = self
+            .running
+            .remove(&entry)
+            .expect("caller picked a running entry");
+        let value = match outcome {
+            Outcome::Value(v) => Some(u32::from(v)),
+            _ => None,
+        };
+        let mut rejected = false;
+        let result: Result<Resolved<u32>, CallError> = match outcome {
+            Outcome::Value(_) | Outcome::NoValue => {
+                let counter = self.hooks.counter(entry);
+                let mut resolved = match value {
+                    Some(v) => Resolved::value(v),
+                    None => Resolved::no_value(),
+                }
+                .with_release(counter.hook())
+                .safe_to_persist(safe);
+                if let Some(i) = returned_id.filter(|_| !r.arbitrary()) {
+                    resolved.id = Some(self.ids[usize::from(i) % self.ids.len()].clone());
+                }
+                self.stats.nested += r.inner.len();
+                resolved.nested = std::mem::take(&mut r.inner);
+                if stale_nested && !self.stale.is_empty() {
+                    resolved
+                        .nested
+                        .push(self.stale.pop().expect("checked non-empty"));
+                    rejected = true;
+                    self.stats.rejected_nested += 1;
+                } else {
+                    // The result now owns these refs (C-11).
+                    let on = resolved.nested.iter().map(|h| (h.entry(), entry));
+                    self.nested.extend(on);
+                }
+                Ok(resolved)
+            }
+            Outcome::Error | Outcome::Panic | Outcome::Cancelled => {
+                self.stats.errors += 1;
+                // The resolver failed: the shell drops the refs it took.
+                for h in std::mem::take(&mut r.inner) {
+                    let releases = self
+                        .cache
+                        .release(h)
+                        .map_err(|e| self.fail("C-12", format!("inner release: {e}")))?;
+                    self.run_hooks(releases)?;
+                }
+                Err(match outcome {
+                    Outcome::Error => CallError::Resolver("boom".into()),
+                    Outcome::Panic => CallError::Panicked("oops".into()),
+                    _ => CallError::Cancelled,
+                })
+            }
+        };
+        let success = result.is_ok() && !rejected;
+        let error = result.as_ref().err().cloned();
+        if success {
+            let id = match &result {
+                Ok(res) => res.id.clone().or_else(|| r.requested.clone()),
+                Err(_) => None,
+            };
+            let mut keys = vec![r.key.clone()];
+            let ttl_scoped = r.key != r.call_key;
+            if let Some(rk) = id.as_ref().map(|i| i.call_key()) {
+                if !ttl_scoped && !r.arbitrary() {
+                    keys.push(rk);
+                }
+            }
+            let stored = Stored {
+                value,
+                content_key: id.as_ref().and_then(|i| i.content_key()),
+                id: if r.arbitrary() { None } else { id },
+                keys,
+                ttl: r.ttl.as_ref().map(|t| {
+                    let session = match r.starter {
+                        Origin::Top(s) => s,
+                        Origin::Inner(_) => None,
+                    };
+                    (session, t.valid_until, safe)
+                }),
+            };
+            self.results.insert(entry, stored);
+        }
+        let done = self
+            .cache
+            .complete(entry, result)
+            .map_err(|e| self.fail("C-6", format!("complete refused: {e}")))?;
+        self.run_hooks(done.releases)?;
+        if r.abandoned() {
+            self.stats.abandoned_settled += 1;
+        }
+        let served: Vec<WaiterId> = done.served.iter().map(|(w, _)| *w).collect();
+        let want: Vec<WaiterId> = r.waiters.iter().map(|(w, _)| *w).collect();
+        ensure!(
+            self,
+            served == want,
+            "INV-7",
+            "served waiters {served:?}, the model expected {want:?}"
+        );
+        let duplicate = done
+            .served
+            .iter()
+            .any(|(_, s)| s.as_ref().is_ok_and(|s| s.handle.entry() != entry));
+        // T-3: the write belongs to the stored entry, made only on success,
+        // only when safe, never for a duplicate or an abandoned call.
+        if let Some(write) = &done.persist {
+            let expected = r.ttl.as_ref().and_then(|t| t.write.as_ref());
+            ensure!(
+                self,
+                success && safe && !duplicate && !r.abandoned() && expected == Some(write),
+                "T-3",
+                "persisted {write:?} (success {success}, safe {safe}, duplicate {duplicate}, abandoned {})",
+                r.abandoned()
+            );
+            if let Ok(true) =
+                self.store
+                    .compare_and_upsert(&write.call_key, &write.row, write.compare.as_deref())
+            {
+                self.stats.ttl_writes += 1;
+                let e = self
+                    .row_expiry
+                    .entry(write.row.storage_key.clone())
+                    .or_insert(i64::MIN);
+                *e = (*e).max(write.row.expiration);
+            }
+        }
+        // S-4: a successful forced retry that was stored clears the flag.
+        if success && r.mode == RunMode::ForcedRetry && !r.abandoned() {
+            if let Origin::Top(Some(s)) = r.starter {
+                self.retry.remove(&(s, r.call_key.clone()));
+            }
+        }
+        for ((_, result), (_, origin)) in done.served.into_iter().zip(r.waiters.clone()) {
+            let closed = !self.is_open(origin);
+            match result {
+                Ok(s) => {
+                    ensure!(
+                        self,
+                        success && !closed,
+                        "S-3",
+                        "served a result (success {success}, session closed {closed})"
+                    );
+                    ensure!(
+                        self,
+                        !s.hit && !s.content_hit,
+                        "C-6",
+                        "a waiter of the run reported a hit"
+                    );
+                    let detached = r.mode == RunMode::DoNotCache;
+                    ensure!(
+                        self,
+                        s.detached == detached,
+                        "C-2",
+                        "detached {} for mode {:?}",
+                        s.detached,
+                        r.mode
+                    );
+                    ensure!(
+                        self,
+                        s.session_owned == (matches!(origin, Origin::Top(Some(_))) && !detached),
+                        "S-1",
+                        "session_owned {} for {origin:?}",
+                        s.session_owned
+                    );
+                    let held = s.handle.entry();
+                    if held != entry {
+                        self.stats.duplicates += 1;
+                        ensure!(self, !detached, "C-2", "a detached result was deduplicated");
+                    }
+                    let stored = self.results.get(&held);
+                    ensure!(
+                        self,
+                        stored.is_some_and(|x| x.value == s.value && x.id == s.id),
+                        "INV-5",
+                        "waiter served {:?} from {held}, which holds {:?}",
+                        s.value,
+                        stored.map(|x| x.value)
+                    );
+                    self.route(origin, s.handle, s.session_owned);
+                }
+                Err(CallError::ClosedDuringExecution) => {
+                    self.stats.closed_during += 1;
+                    ensure!(
+                        self,
+                        success && closed,
+                        "S-3",
+                        "closed-during-execution for an open session or a failure"
+                    );
+                }
+                Err(e) => {
+                    if rejected {
+                        ensure!(
+                            self,
+                            matches!(e, CallError::Resolver(_)),
+                            "C-12",
+                            "a result with a stale nested handle gave {e}"
+                        );
+                    } else {
+                        ensure!(
+                            self,
+                            Some(&e) == error.as_ref(),
+                            "C-9",
+                            "waiter got {e}, the resolver returned {error:?}"
+                        );
+                    }
+                    // S-4: only errors the resolver produced set the flag.
+                    let resolver_error =
+                        matches!(e, CallError::Resolver(_) | CallError::Panicked(_));
+                    if let Origin::Top(Some(s)) = origin {
+                        if resolver_error && !r.arbitrary() && !closed {
+                            self.retry.insert((s, r.call_key.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, which: u8, waiter: u8) -> Result<(), Failure> {
+        let candidates: Vec<EntryId> = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.waiters.is_empty())
+            .map(|(e, _)| *e)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let entry = candidates[usize::from(which) % candidates.len()];
+        let r = self.running.get_mut(&entry).expect("candidate");
+        let (w, _) = r.waiters.remove(usize::from(waiter) % r.waiters.len());
+        let want = if r.waiters.is_empty() {
+            self.stats.cancels += 1;
+            Left::CancelResolver
+        } else {
+            Left::Removed
+        };
+        let left = self.cache.leave(entry, w);
+        ensure!(
+            self,
+            left == want,
+            "C-5",
+            "waiter {w} left {entry}: {left:?}, expected {want:?}"
+        );
+        let again = self.cache.leave(entry, w);
+        ensure!(
+            self,
+            again == Left::NotWaiting,
+            "C-5",
+            "waiter {w} left twice: {again:?}"
+        );
+        Ok(())
+    }
+
+    fn close(&mut self, s: SessionId) -> Result<(), Failure> {
+        let closed = self
+            .cache
+            .close_session(s)
+            .map_err(|e| self.fail("S-1", format!("close of open session {s}: {e}")))?;
+        self.stats.closes += 1;
+        let (mine, rest): (Vec<Held>, Vec<Held>) =
+            self.held.drain(..).partition(|h| h.session == Some(s));
+        self.held = rest;
+        ensure!(
+            self,
+            closed.released == mine.len(),
+            "S-1",
+            "closing {s} released {} refs, it held {}",
+            closed.released,
+            mine.len()
+        );
+        let in_flight = self
+            .running
+            .values()
+            .filter(|r| r.waiters.iter().any(|(_, o)| *o == Origin::Top(Some(s))))
+            .count();
+        ensure!(
+            self,
+            closed.in_flight == in_flight,
+            "S-1a",
+            "closing {s}: {} calls in flight, the model counts {in_flight}",
+            closed.in_flight
+        );
+        self.stale.extend(mine.into_iter().map(|h| h.handle));
+        self.open.retain(|x| *x != s);
+        self.closed.push(s);
+        self.retry.retain(|(x, _)| *x != s);
+        self.run_hooks(closed.releases)?;
+        ensure!(
+            self,
+            self.cache.session_refs(s) == 0 && !self.cache.session_is_open(s),
+            "INV-9",
+            "session {s} still holds {} refs after close",
+            self.cache.session_refs(s)
+        );
+        Ok(())
+    }
+
+    /// Closes every session, completes every resolver, releases every
+    /// handle; then INV-1.
+    fn quiesce(&mut self) -> Result<(), Failure> {
+        for s in self.open.clone() {
+            self.close(s)?;
+            self.check()?;
+        }
+        while let Some(&e) = self.running.keys().next() {
+            self.complete(e, Outcome::Value(0), None, false, false)?;
+            self.check()?;
+        }
+        while let Some(h) = self.held.pop() {
+            let releases = self
+                .cache
+                .release(h.handle)
+                .map_err(|e| self.fail("C-12", format!("release at quiescence: {e}")))?;
+            self.run_hooks(releases)?;
+            self.check()?;
+        }
+        while let Some(h) = self.stale.pop() {
+            ensure!(
+                self,
+                self.cache.release(h).is_err(),
+                "C-12",
+                "a stale handle was released at quiescence"
+            );
+        }
+        ensure!(
+            self,
+            self.nested.is_empty(),
+            "C-11",
+            "nested refs outlived their parents: {:?}",
+            self.nested
+        );
+        let report = self.cache.leak_report();
+        ensure!(
+            self,
+            self.cache.entries() == 0
+                && self.cache.live_entries() == 0
+                && self.cache.live_refs() == 0
+                && self.cache.buckets() == Buckets::default()
+                && report.is_clean(),
+            "INV-1",
+            "not quiescent: entries {}, live entries {}, live refs {}",
+            self.cache.entries(),
+            self.cache.live_entries(),
+            self.cache.live_refs()
+        );
+        self.cache
+            .check_invariants()
+            .map_err(|v| self.fail(v.rule, v.detail))?;
+        self.hooks
+            .check_final()
+            .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+}

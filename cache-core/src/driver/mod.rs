@@ -1,0 +1,205 @@
+//! One operation-sequence driver for proptest, cargo-fuzz and regression
+//! replay (DESIGN principle 3: one driver, three engines).
+//!
+//! Each engine hands the driver a sequence of operations; the driver applies
+//! them to the cache, keeps a shadow model of who holds which ref, which
+//! resolver runs and what every response must be (DESIGN principle 4), checks
+//! every applicable invariant after each step, settles everything at the end
+//! and checks INV-1. A violation is never a panic: it comes back as a
+//! [`Failure`] naming the invariant and the step, so proptest can shrink on it
+//! and a fuzz target can `panic!` with it.
+//!
+//! Operations are index-based (`Complete { which }` picks the `which`-th
+//! running resolver, modulo how many there are), so every sequence of
+//! operations — and so every byte string decoded through [`arbitrary`] — is
+//! a valid input.
+//!
+//! | engine | input | runs |
+//! | --- | --- | --- |
+//! | the pure state machine | [`MachineInput`] | [`run_machine`] |
+//! | the async facade and sessions | [`FacadeInput`] | [`run_facade`] |
+//! | TTL stores, in-memory vs SQLite | [`TtlInput`] | [`run_ttl_stores`] |
+//! | call-ID encoding | raw bytes and an [`IdRecipe`] | [`run_id`] |
+//!
+//! [`replay`] decodes raw fuzz inputs exactly as `libfuzzer-sys` does, so the
+//! committed corpus and crash artifacts run on stable `cargo test`.
+//!
+//! ```
+//! use cache_core::driver::{run_machine, MachineInput, Op, Outcome, Ttl, Who};
+//!
+//! let input = MachineInput {
+//!     change_cache: false,
+//!     ops: vec![
+//!         Op::Open,
+//!         Op::Call { who: Who::Session(0), id: 0, conc: 1, dnc: false, ttl: Ttl::None },
+//!         Op::Call { who: Who::Session(0), id: 0, conc: 1, dnc: false, ttl: Ttl::None },
+//!         Op::Complete { which: 0, outcome: Outcome::Value(7), returned_id: None, safe: false, stale_nested: false },
+//!         Op::Close { which: 0 },
+//!     ],
+//! };
+//! let stats = run_machine(&input).expect("every invariant holds");
+//! assert_eq!((stats.runs, stats.joins), (1, 1));
+//! ```
+
+use std::fmt;
+
+mod facade;
+mod id;
+mod machine;
+mod ops;
+pub mod replay;
+mod shadow;
+mod ttl;
+
+/// The `arbitrary` crate the inputs derive from, for decoding bytes by hand.
+pub use arbitrary;
+pub use facade::run_facade;
+pub use id::{run_id, run_id_decode, run_id_recipe, IdRecipe, IdStep, LitPick, ScopePick};
+pub use machine::run_machine;
+pub use ops::*;
+pub use shadow::quiet_expected_panics;
+pub use ttl::{run_ttl_stores, KeyPick, TtlInput, TtlOp};
+
+/// A broken invariant, found at one step of an operation sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The rule or invariant id (`INV-2`, `C-7`, `T-3`, …).
+    pub invariant: &'static str,
+    /// The index of the operation after which it was found; the number of
+    /// operations for the final INV-1 check.
+    pub step: usize,
+    /// What exactly is wrong, with the cache's leak report where useful.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} violated at step {}: {}",
+            self.invariant, self.step, self.detail
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Which paths a run took, so a test can prove it exercised them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Operations applied.
+    pub steps: usize,
+    /// Storage or content hits.
+    pub hits: usize,
+    /// Content hits (C-8).
+    pub content_hits: usize,
+    /// Joins of an in-flight call (C-3.3).
+    pub joins: usize,
+    /// Resolver runs started.
+    pub runs: usize,
+    /// Recursive-call refusals (C-4, C-4b).
+    pub recursive: usize,
+    /// K-5 blocked inits.
+    pub blocked: usize,
+    /// C-7 duplicates discarded.
+    pub duplicates: usize,
+    /// S-3 late completions.
+    pub closed_during: usize,
+    /// Results refused for an unknown nested handle.
+    pub rejected_nested: usize,
+    /// Last waiters leaving (resolver cancelled).
+    pub cancels: usize,
+    /// C-5a abandoned resolvers settled.
+    pub abandoned_settled: usize,
+    /// Resolver errors and panics.
+    pub errors: usize,
+    /// Nested refs handed to a result (C-11).
+    pub nested: usize,
+    /// Stale handles refused (C-12).
+    pub stale_releases: usize,
+    /// S-4 forced retries run.
+    pub forced_retries: usize,
+    /// Do-not-cache runs (C-2).
+    pub detached: usize,
+    /// TTL calls (T-2).
+    pub ttl_calls: usize,
+    /// TTL calls that degraded because the store failed (T-2).
+    pub ttl_degraded: usize,
+    /// TTL rows written (T-3, T-4).
+    pub ttl_writes: usize,
+    /// Calls refused on a closed session (S-2).
+    pub session_closed: usize,
+    /// Sessions closed (S-1).
+    pub closes: usize,
+}
+
+impl Stats {
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, o: &Stats) {
+        let fields = [
+            (&mut self.steps, o.steps),
+            (&mut self.hits, o.hits),
+            (&mut self.content_hits, o.content_hits),
+            (&mut self.joins, o.joins),
+            (&mut self.runs, o.runs),
+            (&mut self.recursive, o.recursive),
+            (&mut self.blocked, o.blocked),
+            (&mut self.duplicates, o.duplicates),
+            (&mut self.closed_during, o.closed_during),
+            (&mut self.rejected_nested, o.rejected_nested),
+            (&mut self.cancels, o.cancels),
+            (&mut self.abandoned_settled, o.abandoned_settled),
+            (&mut self.errors, o.errors),
+            (&mut self.nested, o.nested),
+            (&mut self.stale_releases, o.stale_releases),
+            (&mut self.forced_retries, o.forced_retries),
+            (&mut self.detached, o.detached),
+            (&mut self.ttl_calls, o.ttl_calls),
+            (&mut self.ttl_degraded, o.ttl_degraded),
+            (&mut self.ttl_writes, o.ttl_writes),
+            (&mut self.session_closed, o.session_closed),
+            (&mut self.closes, o.closes),
+        ];
+        for (mine, theirs) in fields {
+            *mine += theirs;
+        }
+    }
+
+    /// The counters by name, for reports and coverage assertions.
+    pub fn named(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("steps", self.steps),
+            ("hits", self.hits),
+            ("content_hits", self.content_hits),
+            ("joins", self.joins),
+            ("runs", self.runs),
+            ("recursive", self.recursive),
+            ("blocked", self.blocked),
+            ("duplicates", self.duplicates),
+            ("closed_during", self.closed_during),
+            ("rejected_nested", self.rejected_nested),
+            ("cancels", self.cancels),
+            ("abandoned_settled", self.abandoned_settled),
+            ("errors", self.errors),
+            ("nested", self.nested),
+            ("stale_releases", self.stale_releases),
+            ("forced_retries", self.forced_retries),
+            ("detached", self.detached),
+            ("ttl_calls", self.ttl_calls),
+            ("ttl_degraded", self.ttl_degraded),
+            ("ttl_writes", self.ttl_writes),
+            ("session_closed", self.session_closed),
+            ("closes", self.closes),
+        ]
+    }
+}
+
+/// `Err(Failure)` unless `cond` holds. `$self` must have a `fail` method.
+macro_rules! ensure {
+    ($self:ident, $cond:expr, $rule:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($self.fail($rule, format!($($fmt)+)));
+        }
+    };
+}
+pub(crate) use ensure;
