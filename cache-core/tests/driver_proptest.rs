@@ -18,7 +18,126 @@ use cache_core::driver::{
 };
 use proptest::option;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+use proptest::strategy::{NewTree, ValueTree};
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
+
+/// Operation sequences that shrink to a minimal sequence: proptest's own
+/// `vec` deletes elements in one pass and then only shrinks them, so a
+/// failing sequence keeps operations that became removable once its other
+/// elements were simplified. This tree alternates the two until neither
+/// makes progress (a small delta-debugging loop).
+#[derive(Debug)]
+struct Seq<S> {
+    element: S,
+    max: usize,
+}
+
+fn seq<S: Strategy>(element: S, max: usize) -> Seq<S> {
+    Seq { element, max }
+}
+
+impl<S: Strategy> Strategy for Seq<S> {
+    type Tree = SeqTree<S::Tree>;
+    type Value = Vec<S::Value>;
+
+    fn new_tree(&self, runner: &mut TestRunner) -> NewTree<Self> {
+        let len = (0..=self.max).new_tree(runner)?.current();
+        let elements = (0..len)
+            .map(|_| self.element.new_tree(runner))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SeqTree {
+            included: vec![true; elements.len()],
+            elements,
+            phase: Phase::Delete(0),
+            last: None,
+            progress: false,
+            cycles: 0,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Delete(usize),
+    Shrink(usize),
+}
+
+struct SeqTree<T> {
+    elements: Vec<T>,
+    included: Vec<bool>,
+    phase: Phase,
+    /// The change last proposed, undone by `complicate`.
+    last: Option<Phase>,
+    /// A change was accepted during this delete-then-shrink cycle.
+    progress: bool,
+    cycles: usize,
+}
+
+impl<T: ValueTree> ValueTree for SeqTree<T> {
+    type Value = Vec<T::Value>;
+
+    fn current(&self) -> Self::Value {
+        self.elements
+            .iter()
+            .zip(&self.included)
+            .filter(|(_, inc)| **inc)
+            .map(|(e, _)| e.current())
+            .collect()
+    }
+
+    fn simplify(&mut self) -> bool {
+        // Called again without `complicate`: the last change was kept.
+        if self.last.take().is_some() {
+            self.progress = true;
+        }
+        loop {
+            match self.phase {
+                Phase::Delete(ix) if ix >= self.elements.len() => self.phase = Phase::Shrink(0),
+                Phase::Delete(ix) => {
+                    self.phase = Phase::Delete(ix + 1);
+                    if self.included[ix] {
+                        self.included[ix] = false;
+                        self.last = Some(Phase::Delete(ix));
+                        return true;
+                    }
+                }
+                Phase::Shrink(ix) if ix >= self.elements.len() => {
+                    if !self.progress || self.cycles >= 64 {
+                        return false;
+                    }
+                    self.progress = false;
+                    self.cycles += 1;
+                    self.phase = Phase::Delete(0);
+                }
+                Phase::Shrink(ix) => {
+                    if self.included[ix] && self.elements[ix].simplify() {
+                        self.last = Some(Phase::Shrink(ix));
+                        return true;
+                    }
+                    self.phase = Phase::Shrink(ix + 1);
+                }
+            }
+        }
+    }
+
+    fn complicate(&mut self) -> bool {
+        match self.last.take() {
+            None => false,
+            Some(Phase::Delete(ix)) => {
+                self.included[ix] = true;
+                true
+            }
+            Some(Phase::Shrink(ix)) => {
+                if self.elements[ix].complicate() {
+                    self.last = Some(Phase::Shrink(ix));
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
 
 /// Cases per property: `PROPTEST_CASES` if set, else `default`.
 fn config(default: u32, file: &'static str) -> ProptestConfig {
@@ -85,7 +204,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn machine_input() -> impl Strategy<Value = MachineInput> {
-    (any::<bool>(), prop::collection::vec(op(), 0..150))
+    (any::<bool>(), seq(op(), 150))
         .prop_map(|(change_cache, ops)| MachineInput { change_cache, ops })
 }
 
@@ -123,7 +242,7 @@ fn session_op() -> impl Strategy<Value = SessionOp> {
 }
 
 fn facade_input() -> impl Strategy<Value = FacadeInput> {
-    (any::<bool>(), prop::collection::vec(session_op(), 0..80))
+    (any::<bool>(), seq(session_op(), 80))
         .prop_map(|(change_cache, ops)| FacadeInput { change_cache, ops })
 }
 
@@ -200,7 +319,7 @@ proptest! {
 proptest! {
     #![proptest_config(config(128, "proptest-regressions/driver_ttl.txt"))]
     #[test]
-    fn ttl_stores_agree(ops in prop::collection::vec(ttl_op(), 0..40)) {
+    fn ttl_stores_agree(ops in seq(ttl_op(), 40)) {
         if let Err(f) = driver::run_ttl_stores(&TtlInput { ops }) {
             return Err(TestCaseError::fail(f.to_string()));
         }
@@ -210,7 +329,7 @@ proptest! {
 proptest! {
     #![proptest_config(config(256, "proptest-regressions/driver_id.txt"))]
     #[test]
-    fn ids_round_trip(steps in prop::collection::vec(id_step(), 0..12), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn ids_round_trip(steps in seq(id_step(), 12), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         if let Err(f) = driver::run_id_recipe(&IdRecipe { steps }) {
             return Err(TestCaseError::fail(f.to_string()));
         }
@@ -223,8 +342,7 @@ proptest! {
 /// One long input drawn from `strategy` with a fixed seed: deterministic,
 /// and weighted like the properties' inputs.
 fn sample<T: std::fmt::Debug>(strategy: impl Strategy<Value = T>, seed: u8) -> T {
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    use proptest::test_runner::{RngAlgorithm, TestRng};
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]);
     let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng);
     strategy
