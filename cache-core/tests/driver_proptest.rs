@@ -127,14 +127,11 @@ impl<T: ValueTree> ValueTree for SeqTree<T> {
                 self.included[ix] = true;
                 true
             }
-            Some(Phase::Shrink(ix)) => {
-                if self.elements[ix].complicate() {
-                    self.last = Some(Phase::Shrink(ix));
-                    true
-                } else {
-                    false
-                }
+            Some(Phase::Shrink(ix)) if self.elements[ix].complicate() => {
+                self.last = Some(Phase::Shrink(ix));
+                true
             }
+            Some(Phase::Shrink(_)) => false,
         }
     }
 }
