@@ -194,7 +194,9 @@ impl<V: Clone> CallCache<V> {
         } else {
             slots.push(Slot::Storage(e.storage_key.clone()));
             // A TTL-chosen storage key is session-scoped (T-2); indexing the
-            // result under its bare call key would share it engine-wide (T-3).
+            // result under its bare call key or its content key would share
+            // it engine-wide: unsafe results with other sessions (T-3), and
+            // anyone's results after their TTL expired (T-7, INV-8).
             let ttl_scoped = e.storage_key != e.call_key;
             if let Some(rk) = e
                 .result_call_key
@@ -203,7 +205,7 @@ impl<V: Clone> CallCache<V> {
             {
                 slots.push(Slot::Storage(rk));
             }
-            if let Some(ck) = e.content_key.clone() {
+            if let Some(ck) = e.content_key.clone().filter(|_| !ttl_scoped) {
                 slots.push(Slot::Content(ck));
             }
             if e.safe_to_persist {
@@ -237,6 +239,10 @@ impl<V: Clone> CallCache<V> {
             let h = self.entries.get(held.0).expect("held entry is alive");
             (h.value.clone(), h.result_id.clone())
         };
+        // S-3 refs of closed sessions go back only once every waiter holds
+        // its own: released in turn, the first could drop the entry (and run
+        // its hook) under a waiter still to be served (C-5, C-12).
+        let mut late = Vec::new();
         for w in waiters {
             let session_open = w.session.is_none_or(|s| self.sessions.contains_key(&s));
             let owner = match w.session {
@@ -245,7 +251,7 @@ impl<V: Clone> CallCache<V> {
             };
             let handle = self.add_ref(held, owner);
             if !session_open {
-                self.release_ref(handle.ref_id, &mut done.releases);
+                late.push(handle.ref_id);
                 done.served
                     .push((w.id, Err(CallError::ClosedDuringExecution)));
                 continue;
@@ -264,6 +270,9 @@ impl<V: Clone> CallCache<V> {
         if held != entry {
             // C-7: the newcomer's result goes, hook and nested refs included.
             self.remove_entry(entry, &mut done.releases);
+        }
+        for r in late {
+            self.release_ref(r, &mut done.releases);
         }
         self.collect_if_unheld(held, &mut done.releases);
     }
