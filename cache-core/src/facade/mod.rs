@@ -397,7 +397,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
             if ctx.cancel.is_cancelled() {
                 return Err(CallError::Cancelled);
             }
-            let (decision, wait) = {
+            let (decision, wait, span) = {
                 let mut state = self.shared.lock();
                 let Begin {
                     outcome,
@@ -408,12 +408,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
                     trace.emit();
                 }
                 let decision = outcome?;
-                if telemetry {
-                    self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
-                }
+                let span = telemetry.then_some(trace);
                 let wait = state.waits.register(&decision);
-                (decision, wait)
+                (decision, wait, span)
             };
+            // S-5: spans go out after the lock is released, as `Telemetry`
+            // promises: a sink may look at the cache without deadlocking.
+            if let Some(trace) = span {
+                self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+            }
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
                 Decision::Blocked { .. } => {

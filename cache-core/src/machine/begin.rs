@@ -184,7 +184,16 @@ impl<V: Clone> CallCache<V> {
                 telemetry: false,
             };
         }
-        let telemetry = self.telemetry(caller, key, false);
+        let blocked = !self.idx.arbitrary_completed.contains_key(key)
+            && self
+                .idx
+                .arbitrary_ongoing
+                .get(key)
+                .and_then(|e| self.entries.get(e.0))
+                .is_some_and(|e| e.phase == Phase::Abandoned);
+        // S-5: a K-5 block is not the call yet; the decision taken after it
+        // emits the one span (saying `cached` only if no init ran for it).
+        let telemetry = !blocked && self.telemetry(caller, key, false);
         if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
             trace.path = Path::Storage;
             let served = self.serve_hit(caller, hit, None);
@@ -195,11 +204,7 @@ impl<V: Clone> CallCache<V> {
             };
         }
         if let Some(&entry) = self.idx.arbitrary_ongoing.get(key) {
-            let abandoned = self
-                .entries
-                .get(entry.0)
-                .is_some_and(|e| e.phase == Phase::Abandoned);
-            if abandoned {
+            if blocked {
                 // K-5: never overlap two inits of one key.
                 trace.path = Path::Blocked;
                 trace.rule = "K-5";
