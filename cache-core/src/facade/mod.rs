@@ -244,6 +244,12 @@ impl<V: Clone + Send + 'static> Cache<V> {
             repeat_telemetry: key.repeat_telemetry,
             shared_storage: false,
         };
+        // S-2: a closed session fails at once, before the TTL store is asked.
+        if let Some(session) = ctx.session {
+            if !self.shared.lock().machine.session_is_open(session) {
+                return Err(CallError::SessionClosed);
+            }
+        }
         if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
             if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
