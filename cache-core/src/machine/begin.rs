@@ -116,17 +116,8 @@ impl<V: Clone> CallCache<V> {
                 .get(&(storage_key.clone(), concurrency_key.clone()))
                 .copied();
             if let Some(entry) = ongoing {
-                trace.path = Path::Ongoing;
                 trace.rule = "C-3.3";
-                let outcome = self.join(caller, entry).inspect_err(|_| {
-                    trace.path = Path::Recursive;
-                    trace.rule = "C-4b";
-                });
-                return Begin {
-                    outcome,
-                    trace: Some(trace),
-                    telemetry,
-                };
+                return self.join_traced(caller, entry, trace, telemetry);
             }
         }
         // C-3.4: miss.
@@ -214,16 +205,7 @@ impl<V: Clone> CallCache<V> {
                     telemetry,
                 };
             }
-            trace.path = Path::Ongoing;
-            let outcome = self.join(caller, entry).inspect_err(|_| {
-                trace.path = Path::Recursive;
-                trace.rule = "C-4b";
-            });
-            return Begin {
-                outcome,
-                trace: Some(trace),
-                telemetry,
-            };
+            return self.join_traced(caller, entry, trace, telemetry);
         }
         let mut entry =
             Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
@@ -319,6 +301,27 @@ impl<V: Clone> CallCache<V> {
             storage_key: resolver_key,
             chain,
             mode,
+        }
+    }
+
+    /// Joins `entry`, tracing the path taken: `ongoing`, or `recursive` when
+    /// the join would close a wait cycle (C-4b).
+    fn join_traced(
+        &mut self,
+        caller: &Caller,
+        entry: EntryId,
+        mut trace: TraceLine,
+        telemetry: bool,
+    ) -> Begin<V> {
+        trace.path = Path::Ongoing;
+        let outcome = self.join(caller, entry).inspect_err(|_| {
+            trace.path = Path::Recursive;
+            trace.rule = "C-4b";
+        });
+        Begin {
+            outcome,
+            trace: Some(trace),
+            telemetry,
         }
     }
 
