@@ -108,6 +108,13 @@ impl Client {
             match tokio::time::timeout(slice, conn.lines.next_line()).await {
                 Ok(Ok(Some(l))) => {
                     if l.starts_with(&format!("R {req} ")) {
+                        // INV-7: a waiter that did not cancel gets the outcome.
+                        if l.ends_with(" err cancelled") && !cancelled {
+                            self.world.violate(
+                                "INV-7",
+                                format!("{} r{req}: cancelled without cancelling", self.name),
+                            );
+                        }
                         return Answer::Line(l);
                     }
                 }

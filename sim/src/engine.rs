@@ -35,13 +35,23 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
                 .change_cache()
                 .clock(clock)
                 .build(),
+            stop: CancellationToken::new(),
         }
     });
     world.trace("engine", format!("start incarnation {}", eng.inc));
     let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(connection(world.clone(), eng.clone(), stream));
+        let accepted = tokio::select! {
+            biased;
+            _ = eng.stop.cancelled() => None,
+            a = listener.accept() => Some(a?),
+        };
+        match accepted {
+            Some((stream, _)) => {
+                tokio::spawn(connection(world.clone(), eng.clone(), stream));
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 }
 
@@ -52,6 +62,12 @@ pub fn key_id(world: &World, k: u64) -> CallId {
         Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
         None => id,
     }
+}
+
+/// What woke a connection task.
+enum Event {
+    Write(String),
+    Read(Result<std::io::Result<Option<String>>, tokio::time::error::Elapsed>),
 }
 
 struct Conn {
@@ -65,16 +81,11 @@ struct Conn {
 }
 
 async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
+    // This task owns both halves of the socket, so that the order in which
+    // sockets close (and send FIN/RST) never depends on tokio's task order.
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Some(l) = rx.recv().await {
-            if wr.write_all(l.as_bytes()).await.is_err() {
-                break;
-            }
-        }
-    });
     let idle = Duration::from_millis(IDLE_MS);
     let client = match tokio::time::timeout(idle, lines.next_line()).await {
         Ok(Ok(Some(l))) => match Request::parse(&l) {
@@ -101,8 +112,29 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
         },
     );
     world.trace("engine", format!("client{client} connected: session {sid}"));
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        let line = match tokio::time::timeout(idle, lines.next_line()).await {
+        let event = tokio::select! {
+            biased;
+            _ = eng.stop.cancelled() => {
+                conn.close("engine stopping");
+                return;
+            }
+            Some(out) = rx.recv() => Event::Write(out),
+            l = tokio::time::timeout_at(deadline, lines.next_line()) => Event::Read(l),
+        };
+        let l = match event {
+            Event::Write(out) => {
+                if wr.write_all(out.as_bytes()).await.is_err() {
+                    world.trace("engine", format!("client{client} write failed ({sid})"));
+                    break;
+                }
+                continue;
+            }
+            Event::Read(l) => l,
+        };
+        deadline = tokio::time::Instant::now() + idle;
+        let line = match l {
             Ok(Ok(Some(l))) => l,
             Ok(Ok(None)) => {
                 world.trace("engine", format!("client{client} disconnected ({sid})"));
@@ -134,7 +166,7 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
             }
             Some(Request::Close) => {
                 conn.close("close");
-                let _ = conn.tx.send("CLOSED\n".into());
+                let _ = wr.write_all(b"CLOSED\n").await;
                 return;
             }
             Some(Request::Ping) | Some(Request::Hello(_)) | None => {}
@@ -585,7 +617,7 @@ async fn body(
         arbitrary: kind != Kind::Call,
         session,
         safe: behave.safe,
-        made_clock: cache_core::facade::Clock::now_ms(&world.clock),
+        made_clock: world.clock_high_water(),
         made_ms: world.now(),
     };
     let resolved = match behave.outcome {

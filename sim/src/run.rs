@@ -140,9 +140,17 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     let mut samples = Vec::new();
     let deadline = plan.heal_at_ms + DRAIN_MS;
     let mut now;
+    let mut restart_pending = false;
     loop {
         now = sim.elapsed().as_millis() as u64;
         world.set_now(now);
+        if restart_pending {
+            restart_pending = false;
+            world.set_quiet(true);
+            sim.bounce("engine");
+            world.set_quiet(false);
+            world.trace("fault", "engine restarted (memory lost, TTL store kept)");
+        }
         while let Some(f) = faults.next_if(|f| f.at_ms <= now && !healed) {
             let name = &names[f.client];
             let fired = match f.kind {
@@ -166,8 +174,13 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                     world.set_done(f.client);
                     true
                 }
-                FaultKind::EngineRestart => {
-                    sim.bounce("engine");
+                FaultKind::EngineRestart if !restart_pending => {
+                    // Two phases: connections close in a fixed order now;
+                    // the bounce follows after one step.
+                    if let Some(eng) = world.engine() {
+                        eng.stop.cancel();
+                    }
+                    restart_pending = true;
                     true
                 }
                 FaultKind::StoreError => world.memory.as_ref().is_some_and(|m| {
@@ -301,4 +314,31 @@ fn quiescent(world: &World) -> bool {
 /// Generates the plan of `seed` and runs it.
 pub fn run_seed(seed: u64, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
     run_plan(Plan::generate(seed, scenario), scenario, plant)
+}
+
+/// INV-12: runs `seed` twice and compares trace hashes; `Err` names the
+/// first differing line.
+pub fn check_determinism(
+    seed: u64,
+    scenario: &Scenario,
+    plant: Option<Plant>,
+) -> Result<u64, String> {
+    let a = run_seed(seed, scenario, plant);
+    let b = run_seed(seed, scenario, plant);
+    if a.trace_hash() == b.trace_hash() {
+        return Ok(a.trace_hash());
+    }
+    let line = a
+        .trace
+        .iter()
+        .zip(&b.trace)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.trace.len().min(b.trace.len()));
+    Err(format!(
+        "INV-12: seed {seed} gave two traces ({:016x} vs {:016x}); first difference at line {line}: {:?} vs {:?}",
+        a.trace_hash(),
+        b.trace_hash(),
+        a.trace.get(line),
+        b.trace.get(line)
+    ))
 }

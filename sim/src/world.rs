@@ -62,7 +62,7 @@ pub struct Val {
     pub session: Option<SessionId>,
     /// T-3 flag.
     pub safe: bool,
-    /// Engine clock when produced.
+    /// Highest engine clock reading when produced (INV-8 bound).
     pub made_clock: i64,
     /// Simulated ms when produced.
     pub made_ms: u64,
@@ -77,6 +77,10 @@ pub struct Engine {
     pub calls: Cache<Val>,
     /// The change cache (K-5).
     pub changes: Cache<Val>,
+    /// Fired just before a restart: connections drop their sockets in a
+    /// fixed order (tokio's shutdown order depends on process-global task
+    /// ids, which would break INV-12).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// One violated invariant.
@@ -98,6 +102,7 @@ pub struct World {
     pub plant: Option<Plant>,
     now_ms: AtomicU64,
     jump_ms: Mutex<i64>,
+    clock_hw: std::sync::atomic::AtomicI64,
     /// The engine's clock (epoch + simulated time + jumps).
     pub clock: ManualClock,
     trace: Mutex<Vec<String>>,
@@ -116,6 +121,7 @@ pub struct World {
     /// Per client: finished its plan (or crashed).
     pub client_done: Mutex<Vec<bool>>,
     ids: AtomicU64,
+    quiet: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +142,7 @@ impl World {
             plant,
             now_ms: AtomicU64::new(0),
             jump_ms: Mutex::new(0),
+            clock_hw: std::sync::atomic::AtomicI64::new(EPOCH_MS),
             clock: ManualClock::new(EPOCH_MS),
             trace: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
@@ -148,7 +155,14 @@ impl World {
             drop_flags: Mutex::new(vec![false; n]),
             client_done: Mutex::new(vec![false; n]),
             ids: AtomicU64::new(1),
+            quiet: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// While set, trace lines are dropped: the teardown of a restarted
+    /// engine runs in an order tokio does not make deterministic.
+    pub fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::SeqCst);
     }
 
     /// Simulated ms since the start.
@@ -159,7 +173,15 @@ impl World {
     /// Moves simulated time (the outer loop, once per step).
     pub fn set_now(&self, ms: u64) {
         self.now_ms.store(ms, Ordering::SeqCst);
-        self.clock.set(EPOCH_MS + ms as i64 + *lock(&self.jump_ms));
+        let t = EPOCH_MS + ms as i64 + *lock(&self.jump_ms);
+        self.clock.set(t);
+        self.clock_hw.fetch_max(t, Ordering::SeqCst);
+    }
+
+    /// The highest engine clock reading so far (clock jumps go both ways;
+    /// a TTL row never expires later than this plus its TTL).
+    pub fn clock_high_water(&self) -> i64 {
+        self.clock_hw.load(Ordering::SeqCst)
     }
 
     /// A clock jump (fault).
@@ -175,6 +197,9 @@ impl World {
 
     /// One trace line, stamped with simulated time only.
     pub fn trace(&self, who: &str, what: impl AsRef<str>) {
+        if self.quiet.load(Ordering::SeqCst) {
+            return;
+        }
         let line = format!("{:>7}ms {:<8} {}", self.now(), who, what.as_ref());
         lock(&self.trace).push(line);
     }
