@@ -43,7 +43,7 @@ pub enum Plant {
     SwallowResponse,
     /// INV-12: the trace includes a process-global counter.
     Nondeterminism,
-    /// INV-3: the harness reports a check_invariants failure.
+    /// INV-3: a completed call is filed under a key it does not have (a real corruption of the cache's index, through the `harness-hooks` feature).
     IndexCorruption,
 }
 

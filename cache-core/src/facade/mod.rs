@@ -326,6 +326,14 @@ impl<V: Clone + Send + 'static> Cache<V> {
         f(&self.shared.lock().machine)
     }
 
+    /// Harness self-tests only (feature `harness-hooks`): corrupts an index
+    /// so INV-3 must fire. Returns false while there is nothing to corrupt.
+    #[cfg(feature = "harness-hooks")]
+    #[doc(hidden)]
+    pub fn plant_index_corruption(&self) -> bool {
+        self.shared.lock().machine.plant_index_corruption()
+    }
+
     /// The metrics (O-1), with the gauges brought up to date.
     pub fn metrics(&self) -> Arc<Metrics> {
         let (buckets, clients) = {
