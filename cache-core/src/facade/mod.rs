@@ -244,14 +244,13 @@ impl<V: Clone + Send + 'static> Cache<V> {
             repeat_telemetry: key.repeat_telemetry,
             shared_storage: false,
         };
-        if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
-            // S-2: a closed session fails at once, before the TTL store is
-            // asked (or waited for) on its behalf.
-            if let Some(s) = ctx.session {
-                if !self.shared.lock().machine.session_is_open(s) {
-                    return Err(CallError::SessionClosed);
-                }
+        // S-2: a closed session fails at once, before the TTL store is asked.
+        if let Some(session) = ctx.session {
+            if !self.shared.lock().machine.session_is_open(session) {
+                return Err(CallError::SessionClosed);
             }
+        }
+        if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
             if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
                 match choice {
@@ -325,6 +324,14 @@ impl<V: Clone + Send + 'static> Cache<V> {
     /// Runs `f` on the state machine under the lock (for harnesses and oracles).
     pub fn inspect<R>(&self, f: impl FnOnce(&CallCache<V>) -> R) -> R {
         f(&self.shared.lock().machine)
+    }
+
+    /// Harness self-tests only (feature `harness-hooks`): corrupts an index
+    /// so INV-3 must fire. Returns false while there is nothing to corrupt.
+    #[cfg(feature = "harness-hooks")]
+    #[doc(hidden)]
+    pub fn plant_index_corruption(&self) -> bool {
+        self.shared.lock().machine.plant_index_corruption()
     }
 
     /// The metrics (O-1), with the gauges brought up to date.
@@ -404,7 +411,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
             if ctx.cancel.is_cancelled() {
                 return Err(CallError::Cancelled);
             }
-            let (decision, wait) = {
+            let (decision, wait, span) = {
                 let mut state = self.shared.lock();
                 let Begin {
                     outcome,
@@ -415,12 +422,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
                     trace.emit();
                 }
                 let decision = outcome?;
-                if telemetry {
-                    self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
-                }
+                let span = telemetry.then_some(trace);
                 let wait = state.waits.register(&decision);
-                (decision, wait)
+                (decision, wait, span)
             };
+            // S-5: spans go out after the lock is released, as `Telemetry`
+            // promises: a sink may look at the cache without deadlocking.
+            if let Some(trace) = span {
+                self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+            }
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
                 Decision::Blocked { .. } => {

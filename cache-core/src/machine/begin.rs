@@ -116,17 +116,8 @@ impl<V: Clone> CallCache<V> {
                 .get(&(storage_key.clone(), concurrency_key.clone()))
                 .copied();
             if let Some(entry) = ongoing {
-                trace.path = Path::Ongoing;
                 trace.rule = "C-3.3";
-                let outcome = self.join(caller, entry).inspect_err(|_| {
-                    trace.path = Path::Recursive;
-                    trace.rule = "C-4b";
-                });
-                return Begin {
-                    outcome,
-                    trace: Some(trace),
-                    telemetry,
-                };
+                return self.join_traced(caller, entry, trace, telemetry);
             }
         }
         // C-3.4: miss.
@@ -184,7 +175,16 @@ impl<V: Clone> CallCache<V> {
                 telemetry: false,
             };
         }
-        let telemetry = self.telemetry(caller, key, false);
+        let blocked = !self.idx.arbitrary_completed.contains_key(key)
+            && self
+                .idx
+                .arbitrary_ongoing
+                .get(key)
+                .and_then(|e| self.entries.get(e.0))
+                .is_some_and(|e| e.phase == Phase::Abandoned);
+        // S-5: a K-5 block is not the call yet; the decision taken after it
+        // emits the one span (saying `cached` only if no init ran for it).
+        let telemetry = !blocked && self.telemetry(caller, key, false);
         if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
             trace.path = Path::Storage;
             let served = self.serve_hit(caller, hit, None);
@@ -195,11 +195,7 @@ impl<V: Clone> CallCache<V> {
             };
         }
         if let Some(&entry) = self.idx.arbitrary_ongoing.get(key) {
-            let abandoned = self
-                .entries
-                .get(entry.0)
-                .is_some_and(|e| e.phase == Phase::Abandoned);
-            if abandoned {
+            if blocked {
                 // K-5: never overlap two inits of one key.
                 trace.path = Path::Blocked;
                 trace.rule = "K-5";
@@ -209,16 +205,7 @@ impl<V: Clone> CallCache<V> {
                     telemetry,
                 };
             }
-            trace.path = Path::Ongoing;
-            let outcome = self.join(caller, entry).inspect_err(|_| {
-                trace.path = Path::Recursive;
-                trace.rule = "C-4b";
-            });
-            return Begin {
-                outcome,
-                trace: Some(trace),
-                telemetry,
-            };
+            return self.join_traced(caller, entry, trace, telemetry);
         }
         let mut entry =
             Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
@@ -314,6 +301,27 @@ impl<V: Clone> CallCache<V> {
             storage_key: resolver_key,
             chain,
             mode,
+        }
+    }
+
+    /// Joins `entry`, tracing the path taken: `ongoing`, or `recursive` when
+    /// the join would close a wait cycle (C-4b).
+    fn join_traced(
+        &mut self,
+        caller: &Caller,
+        entry: EntryId,
+        mut trace: TraceLine,
+        telemetry: bool,
+    ) -> Begin<V> {
+        trace.path = Path::Ongoing;
+        let outcome = self.join(caller, entry).inspect_err(|_| {
+            trace.path = Path::Recursive;
+            trace.rule = "C-4b";
+        });
+        Begin {
+            outcome,
+            trace: Some(trace),
+            telemetry,
         }
     }
 

@@ -196,7 +196,9 @@ impl<V: Clone> CallCache<V> {
         } else {
             slots.push(Slot::Storage(e.storage_key.clone()));
             // A TTL-chosen storage key is session-scoped (T-2); indexing the
-            // result under its bare call key would share it engine-wide (T-3).
+            // result under its bare call key or its content key would share
+            // it engine-wide: unsafe results with other sessions (T-3), and
+            // anyone's results after their TTL expired (T-7, INV-8).
             let ttl_scoped = e.storage_key != e.call_key;
             if let Some(rk) = e
                 .result_call_key
@@ -205,7 +207,7 @@ impl<V: Clone> CallCache<V> {
             {
                 slots.push(Slot::Storage(rk));
             }
-            if let Some(ck) = e.content_key.clone() {
+            if let Some(ck) = e.content_key.clone().filter(|_| !ttl_scoped) {
                 slots.push(Slot::Content(ck));
             }
             if e.safe_to_persist {

@@ -38,6 +38,8 @@ mod arena;
 mod begin;
 mod complete;
 pub(crate) mod entry;
+#[cfg(feature = "harness-hooks")]
+mod hooks;
 mod index;
 mod invariants;
 mod release;

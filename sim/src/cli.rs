@@ -1,0 +1,202 @@
+//! The CLI's commands, as library functions (the binary only parses
+//! arguments and reads the wall clock).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::plan::Plan;
+use crate::run::{run_seed, RunOutcome};
+use crate::scenario::Scenario;
+use crate::{report, shrink};
+
+/// Wall-clock time, supplied by the binary (the library never reads it).
+pub trait WallClock: Sync {
+    /// Seconds since the sweep started.
+    fn elapsed_secs(&self) -> f64;
+}
+
+/// `cache-sim run` arguments.
+pub struct SweepArgs {
+    /// Number of seeds.
+    pub seeds: u64,
+    /// First seed.
+    pub first_seed: u64,
+    /// `K/N`.
+    pub shard: Option<String>,
+    /// Scenario name or file.
+    pub scenario: Option<String>,
+    /// Client override.
+    pub clients: Option<usize>,
+    /// Parallel simulations.
+    pub jobs: usize,
+}
+
+/// Loads a scenario, applying a client override.
+pub fn scenario(arg: Option<&str>, clients: Option<usize>) -> Result<Scenario, String> {
+    let mut s = Scenario::load(arg)?;
+    if let Some(c) = clients {
+        if c == 0 || c > 64 {
+            return Err("bad --clients: must be in 1..=64".into());
+        }
+        s.clients = c;
+    }
+    Ok(s)
+}
+
+fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
+    let mut cmd = format!("cargo run -p sim --release --bin cache-sim -- replay --seed {seed}");
+    if let Some(a) = arg {
+        cmd.push_str(&format!(" --scenario {a}"));
+    }
+    let _ = s;
+    cmd
+}
+
+/// The failure report: seed, swarm, invariant, leak report, last trace
+/// lines, and the command that replays it.
+pub fn failure_text(o: &RunOutcome, s: &Scenario, arg: Option<&str>) -> String {
+    let mut t = String::new();
+    let v = &o.violations[0];
+    t.push_str(&format!(
+        "FAIL seed {} (scenario {})\n",
+        o.plan.seed, s.name
+    ));
+    t.push_str(&format!("  {}\n", o.plan.swarm));
+    t.push_str(&format!(
+        "  violated {} at {} ms: {}\n",
+        v.inv, v.at_ms, v.detail
+    ));
+    if let Some(leak) = &o.leak {
+        let classes: Vec<String> = leak.classes().iter().map(|c| c.to_string()).collect();
+        t.push_str(&format!("  leak classes: [{}]\n", classes.join("; ")));
+        for l in leak.to_string().lines() {
+            t.push_str(&format!("  | {l}\n"));
+        }
+    }
+    t.push_str("  last trace lines:\n");
+    for l in o.trace.iter().rev().take(15).rev() {
+        t.push_str(&format!("  > {l}\n"));
+    }
+    t.push_str(&format!("  replay: {}\n", replay_cmd(o.plan.seed, s, arg)));
+    t
+}
+
+fn parse_shard(shard: &Option<String>) -> Result<(u64, u64), String> {
+    let Some(sh) = shard else { return Ok((0, 1)) };
+    let (k, n) = sh
+        .split_once('/')
+        .ok_or_else(|| format!("bad --shard {sh:?}: expected K/N"))?;
+    let k: u64 = k
+        .parse()
+        .map_err(|_| format!("bad --shard {sh:?}: K is not a number"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("bad --shard {sh:?}: N is not a number"))?;
+    if n == 0 || k >= n {
+        return Err(format!("bad --shard {sh:?}: need 0 <= K < N"));
+    }
+    Ok((k, n))
+}
+
+/// `cache-sim run`: sweeps seeds; `Ok(true)` if every seed passed.
+pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
+    let s = scenario(a.scenario.as_deref(), a.clients)?;
+    let (k, n) = parse_shard(&a.shard)?;
+    let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.seeds)
+        .filter(|seed| seed % n == k)
+        .collect();
+    let bar = indicatif::ProgressBar::new(seeds.len() as u64);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let next = AtomicU64::new(0);
+    let sim_ms = AtomicU64::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let jobs = a.jobs.max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(&seed) = seeds.get(i) else { break };
+                let o = run_seed(seed, &s, None);
+                sim_ms.fetch_add(o.sim_ms, Ordering::SeqCst);
+                if !o.passed() {
+                    let text = failure_text(&o, &s, a.scenario.as_deref());
+                    bar.suspend(|| eprint!("{text}"));
+                    failures.lock().unwrap().push(text);
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let secs = wall.elapsed_secs().max(1e-9);
+    let failed = failures.lock().unwrap().len();
+    let sim_secs = sim_ms.load(Ordering::SeqCst) as f64 / 1000.0;
+    println!(
+        "seeds {} failures {} seeds/s {:.1} sim/wall {:.1}x (scenario {})",
+        seeds.len(),
+        failed,
+        seeds.len() as f64 / secs,
+        sim_secs / secs,
+        s.name
+    );
+    Ok(failed == 0)
+}
+
+/// `cache-sim replay`: prints the full trace; `Ok(true)` if the seed passes.
+pub fn replay(
+    seed: u64,
+    arg: Option<&str>,
+    clients: Option<usize>,
+    trace_file: Option<&str>,
+) -> Result<bool, String> {
+    let s = scenario(arg, clients)?;
+    let o = run_seed(seed, &s, None);
+    let text = o.trace.join("\n") + "\n";
+    print!("{text}");
+    if let Some(f) = trace_file {
+        std::fs::write(f, &text).map_err(|e| format!("cannot write {f}: {e}"))?;
+    }
+    println!("trace hash {:016x}", o.trace_hash());
+    if o.passed() {
+        println!("seed {seed} passes");
+    } else {
+        print!("{}", failure_text(&o, &s, arg));
+    }
+    Ok(o.passed())
+}
+
+/// `cache-sim shrink`: shrinks a failing seed and prints the minimal plan.
+pub fn shrink(seed: u64, arg: Option<&str>, clients: Option<usize>) -> Result<bool, String> {
+    let s = scenario(arg, clients)?;
+    let plan = Plan::generate(seed, &s);
+    let Some(result) = shrink::shrink(plan, &s, None, 300) else {
+        println!("seed {seed} passes: nothing to shrink");
+        return Ok(true);
+    };
+    println!(
+        "seed {seed} fails {}: shrunk from {} to {} steps in {} runs",
+        result.inv,
+        result.original_size,
+        result.plan.size(),
+        result.runs
+    );
+    print!("{}", result.plan);
+    println!("replay the unshrunk seed: {}", replay_cmd(seed, &s, arg));
+    Ok(false)
+}
+
+/// `cache-sim report`: writes the SVG timeline.
+pub fn report(seed: u64, arg: Option<&str>, svg: &str) -> Result<bool, String> {
+    let s = scenario(arg, None)?;
+    let o = run_seed(seed, &s, None);
+    std::fs::write(svg, report::svg(&o)).map_err(|e| format!("cannot write {svg}: {e}"))?;
+    println!(
+        "wrote {svg}: {} samples over {} ms",
+        o.samples.len(),
+        o.sim_ms
+    );
+    Ok(o.passed())
+}

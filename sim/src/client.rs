@@ -1,0 +1,239 @@
+//! A client host: runs its plan of timed operations over one connection at
+//! a time (one connection = one session), reconnecting after drops, timeouts
+//! and engine restarts, and retrying failed calls when its plan says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use turmoil::net::TcpStream;
+
+use crate::plan::OpKind;
+use crate::protocol::{Request, ANSWER_MS, PING_MS, PORT};
+use crate::world::World;
+
+struct Conn {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    wr: OwnedWriteHalf,
+}
+
+impl Conn {
+    async fn send(&mut self, r: Request) -> bool {
+        self.wr.write_all(r.line().as_bytes()).await.is_ok()
+    }
+}
+
+struct Client {
+    world: Arc<World>,
+    c: usize,
+    name: String,
+    conn: Option<Conn>,
+    next_req: u64,
+}
+
+/// What waiting for an answer gave.
+enum Answer {
+    Line(String),
+    Lost(&'static str),
+}
+
+impl Client {
+    fn trace(&self, what: impl AsRef<str>) {
+        self.world.trace(&self.name, what);
+    }
+
+    fn drop_conn(&mut self, why: &str) {
+        if self.conn.take().is_some() {
+            self.trace(format!("drops connection ({why})"));
+        }
+    }
+
+    async fn connect(&mut self) {
+        while self.conn.is_none() {
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(500),
+                TcpStream::connect(("engine", PORT)),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(s)) => {
+                    let (rd, wr) = s.into_split();
+                    let mut conn = Conn {
+                        lines: BufReader::new(rd).lines(),
+                        wr,
+                    };
+                    if conn.send(Request::Hello(self.c)).await {
+                        self.conn = Some(conn);
+                        self.trace("connected");
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Sleeps `ms`, pinging the engine so that it keeps the session.
+    async fn idle(&mut self, ms: u64) {
+        let mut left = ms;
+        while left > 0 {
+            let step = left.min(PING_MS);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+            left -= step;
+            self.check_drop_flag();
+            if let Some(conn) = self.conn.as_mut() {
+                if !conn.send(Request::Ping).await {
+                    self.drop_conn("ping failed");
+                }
+            }
+        }
+    }
+
+    fn check_drop_flag(&mut self) {
+        if self.world.take_drop_flag(self.c) {
+            self.drop_conn("fault: dropped connection");
+        }
+    }
+
+    /// Waits for the answer to `req`, cancelling after `cancel_ms`.
+    async fn wait(&mut self, req: u64, cancel_ms: Option<u64>) -> Answer {
+        let mut waited = 0;
+        let mut cancelled = false;
+        loop {
+            self.check_drop_flag();
+            let Some(conn) = self.conn.as_mut() else {
+                return Answer::Lost("connection dropped");
+            };
+            let slice = Duration::from_millis(PING_MS);
+            match tokio::time::timeout(slice, conn.lines.next_line()).await {
+                Ok(Ok(Some(l))) => {
+                    if l.starts_with(&format!("R {req} ")) {
+                        // INV-7: a waiter that did not cancel gets the outcome.
+                        if l.ends_with(" err cancelled") && !cancelled {
+                            self.world.violate(
+                                "INV-7",
+                                format!("{} r{req}: cancelled without cancelling", self.name),
+                            );
+                        }
+                        return Answer::Line(l);
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => return Answer::Lost("connection lost"),
+                Err(_) => {
+                    waited += PING_MS;
+                    if !conn.send(Request::Ping).await {
+                        return Answer::Lost("ping failed");
+                    }
+                }
+            }
+            if let Some(ms) = cancel_ms {
+                if !cancelled && waited >= ms {
+                    cancelled = true;
+                    self.trace(format!("cancels r{req}"));
+                    if let Some(conn) = self.conn.as_mut() {
+                        let _ = conn.send(Request::Cancel(req)).await;
+                    }
+                }
+            }
+            if waited >= ANSWER_MS {
+                return Answer::Lost("no answer");
+            }
+        }
+    }
+
+    async fn request(&mut self, op: usize, cancel_ms: Option<u64>) -> Option<String> {
+        self.connect().await;
+        let req = self.next_req;
+        self.next_req += 1;
+        let sent = match self.conn.as_mut() {
+            Some(conn) => conn.send(Request::Call(req, op)).await,
+            None => false,
+        };
+        if !sent {
+            self.drop_conn("send failed");
+            return None;
+        }
+        self.trace(format!("r{req} op{op} sent"));
+        match self.wait(req, cancel_ms).await {
+            Answer::Line(l) => Some(l),
+            Answer::Lost(why) => {
+                self.trace(format!("r{req} lost: {why}"));
+                self.world.count("lost-answers");
+                self.drop_conn(why);
+                None
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if conn.send(Request::Close).await {
+                let until = tokio::time::timeout(Duration::from_millis(ANSWER_MS), async {
+                    while let Ok(Some(l)) = conn.lines.next_line().await {
+                        if l == "CLOSED" {
+                            return true;
+                        }
+                    }
+                    false
+                })
+                .await;
+                self.trace(format!(
+                    "close: {}",
+                    if until == Ok(true) {
+                        "closed"
+                    } else {
+                        "no answer"
+                    }
+                ));
+            }
+        }
+        self.conn = None;
+    }
+}
+
+/// The client host's software.
+pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
+    let ops = world.plan.clients[c].clone();
+    let mut cl = Client {
+        world: world.clone(),
+        c,
+        name: format!("client{c}"),
+        conn: None,
+        next_req: 1,
+    };
+    cl.connect().await;
+    for (i, op) in ops.iter().enumerate() {
+        cl.idle(op.gap_ms).await;
+        match &op.kind {
+            OpKind::Call {
+                cancel_ms, retry, ..
+            } => {
+                let answer = cl.request(i, *cancel_ms).await;
+                let failed = answer
+                    .as_deref()
+                    .is_some_and(|a| a.contains(" err resolver") || a.contains(" err panicked"));
+                if failed && *retry {
+                    cl.trace(format!("retries op{i}"));
+                    cl.request(i, None).await;
+                }
+            }
+            OpKind::Arbitrary { .. } => {
+                cl.request(i, None).await;
+            }
+            OpKind::Close => {
+                cl.connect().await;
+                cl.close().await;
+                cl.connect().await;
+            }
+            OpKind::Reconnect => {
+                cl.drop_conn("plan: reconnect");
+                cl.connect().await;
+            }
+        }
+    }
+    cl.connect().await;
+    cl.close().await;
+    cl.trace("done");
+    world.set_done(c);
+    Ok(())
+}

@@ -1,0 +1,675 @@
+//! The engine host: owns the caches (one call cache, one change cache) and
+//! serves the protocol; one connection is one session, and a dropped
+//! connection closes it (S-6). A restart (turmoil bounce) starts a new
+//! incarnation: memory lost, TTL store kept.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cache_core::error::CallError;
+use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
+use cache_core::id::{CallId, Digest, Literal};
+use cache_core::machine::Resolved;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use turmoil::net::{TcpListener, TcpStream};
+
+use crate::oracle::{self, HookShadow, RunShadow};
+use crate::plan::{Behave, OpKind, Outcome};
+use crate::protocol::{Request, IDLE_MS, PORT};
+use crate::world::{Engine, Plant, Val, World};
+
+/// The engine host's software (called again on every restart).
+pub async fn serve(world: Arc<World>) -> turmoil::Result {
+    let eng = world.start_incarnation(|inc| {
+        let clock = Arc::new(world.clock.clone());
+        Engine {
+            inc,
+            calls: Cache::builder(inc * 2)
+                .ttl_store(world.store.clone())
+                .clock(clock.clone())
+                .build(),
+            changes: Cache::builder(inc * 2 + 1)
+                .change_cache()
+                .clock(clock)
+                .build(),
+            stop: CancellationToken::new(),
+        }
+    });
+    world.trace("engine", format!("start incarnation {}", eng.inc));
+    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = eng.stop.cancelled() => None,
+            a = listener.accept() => Some(a?),
+        };
+        match accepted {
+            Some((stream, _)) => {
+                tokio::spawn(connection(world.clone(), eng.clone(), stream));
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// The ID of key `k` (with its shared content digest, if any).
+pub fn key_id(world: &World, k: u64) -> CallId {
+    let id = CallId::new("build").with_arg("k", Literal::Int(k as i64));
+    match world.plan.keys[k as usize].content {
+        Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
+        None => id,
+    }
+}
+
+/// What woke a connection task.
+enum Event {
+    Write(String),
+    Read(Result<std::io::Result<Option<String>>, tokio::time::error::Elapsed>),
+}
+
+struct Conn {
+    world: Arc<World>,
+    eng: Engine,
+    calls: Arc<Session<Val>>,
+    changes: Arc<Session<Val>>,
+    client: usize,
+    tokens: Arc<Mutex<BTreeMap<u64, CancellationToken>>>,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
+    // This task owns both halves of the socket, so that the order in which
+    // sockets close (and send FIN/RST) never depends on tokio's task order.
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let idle = Duration::from_millis(IDLE_MS);
+    let client = match tokio::time::timeout(idle, lines.next_line()).await {
+        Ok(Ok(Some(l))) => match Request::parse(&l) {
+            Some(Request::Hello(c)) => c,
+            _ => return,
+        },
+        _ => return,
+    };
+    let conn = Conn {
+        calls: Arc::new(eng.calls.open_session()),
+        changes: Arc::new(eng.changes.open_session()),
+        world: world.clone(),
+        eng: eng.clone(),
+        client,
+        tokens: Arc::default(),
+        tx,
+    };
+    let sid = conn.calls.id();
+    world.shadow().sessions.insert(
+        (eng.inc, sid),
+        oracle::SessionShadow {
+            open: true,
+            ..Default::default()
+        },
+    );
+    world.trace("engine", format!("client{client} connected: session {sid}"));
+    let mut deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = eng.stop.cancelled() => {
+                conn.close("engine stopping");
+                return;
+            }
+            Some(out) = rx.recv() => Event::Write(out),
+            l = tokio::time::timeout_at(deadline, lines.next_line()) => Event::Read(l),
+        };
+        let l = match event {
+            Event::Write(out) => {
+                if wr.write_all(out.as_bytes()).await.is_err() {
+                    world.trace("engine", format!("client{client} write failed ({sid})"));
+                    break;
+                }
+                continue;
+            }
+            Event::Read(l) => l,
+        };
+        deadline = tokio::time::Instant::now() + idle;
+        let line = match l {
+            Ok(Ok(Some(l))) => l,
+            Ok(Ok(None)) => {
+                world.trace("engine", format!("client{client} disconnected ({sid})"));
+                break;
+            }
+            Ok(Err(e)) => {
+                world.trace(
+                    "engine",
+                    format!("client{client} connection error ({sid}): {e}"),
+                );
+                break;
+            }
+            Err(_) => {
+                world.trace("engine", format!("client{client} idle, dropping {sid}"));
+                break;
+            }
+        };
+        match Request::parse(&line) {
+            Some(Request::Call(req, op)) => {
+                let token = CancellationToken::new();
+                conn.tokens.lock().unwrap().insert(req, token.clone());
+                tokio::spawn(call(conn.share(), req, op, token));
+            }
+            Some(Request::Cancel(req)) => {
+                if let Some(t) = conn.tokens.lock().unwrap().get(&req) {
+                    world.trace("engine", format!("client{client} cancels r{req}"));
+                    t.cancel();
+                }
+            }
+            Some(Request::Close) => {
+                conn.close("close");
+                let _ = wr.write_all(b"CLOSED\n").await;
+                return;
+            }
+            Some(Request::Ping) | Some(Request::Hello(_)) | None => {}
+        }
+    }
+    // S-6: a dropped connection closes its session; its waiters leave.
+    for t in conn.tokens.lock().unwrap().values() {
+        t.cancel();
+    }
+    if world.plant == Some(Plant::LeakSessionOnDisconnect) {
+        std::mem::forget(conn.calls.clone());
+        world.trace("engine", format!("PLANTED: session {sid} forgotten"));
+        return;
+    }
+    conn.close("disconnect");
+}
+
+impl Conn {
+    fn share(&self) -> Conn {
+        Conn {
+            world: self.world.clone(),
+            eng: self.eng.clone(),
+            calls: self.calls.clone(),
+            changes: self.changes.clone(),
+            client: self.client,
+            tokens: self.tokens.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    fn close(&self, why: &str) {
+        let sid = self.calls.id();
+        let summary = self.calls.close();
+        let _ = self.changes.close();
+        let refs_after = self.calls.refs();
+        if let Some(s) = self.world.shadow().sessions.get_mut(&(self.eng.inc, sid)) {
+            s.open = false;
+            s.handles.clear();
+        }
+        match summary {
+            Ok(s) => self.world.trace(
+                "engine",
+                format!(
+                    "{why} {sid}: released {}, entries {} -> {} (S-7)",
+                    s.released, s.entries_before, s.entries_after
+                ),
+            ),
+            Err(e) => self.world.trace("engine", format!("{why} {sid}: {e}")),
+        }
+        if refs_after != 0 || self.world.plant == Some(Plant::RefsAfterClose) {
+            self.world.violate(
+                "INV-9",
+                format!("session {sid} holds {refs_after} refs after close"),
+            );
+        }
+    }
+}
+
+fn err_kind(e: &CallError) -> &'static str {
+    match e {
+        CallError::Cancelled => "cancelled",
+        CallError::Resolver(_) => "resolver",
+        CallError::Panicked(_) => "panicked",
+        CallError::Recursive { .. } => "recursive",
+        CallError::SessionClosed => "session-closed",
+        CallError::ClosedDuringExecution => "closed-during-execution",
+        CallError::InvalidKey(_) => "invalid-key",
+        CallError::UnknownHandle(_) | CallError::Unknown { .. } => "unknown",
+        CallError::ReleaseHook(_) => "release-hook",
+    }
+}
+
+/// The run id named in a resolver's error text (`… run<N>`).
+fn run_of(e: &CallError) -> Option<u64> {
+    let text = match e {
+        CallError::Resolver(t) | CallError::Panicked(t) => t,
+        _ => return None,
+    };
+    text.rsplit("run").next()?.trim().parse().ok()
+}
+
+async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
+    let world = conn.world.clone();
+    let inc = conn.eng.inc;
+    let sid = conn.calls.id();
+    let Some(op) = world.plan.clients[conn.client].get(op_index).cloned() else {
+        return;
+    };
+    let t0 = world.now();
+    let t0_clock = cache_core::facade::Clock::now_ms(&world.clock);
+    if let Some(s) = world.shadow().sessions.get_mut(&(inc, sid)) {
+        s.pending += 1;
+    }
+    *world.shadow().pending.entry(inc).or_default() += 1;
+    let who = format!("client{}", conn.client);
+    let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });
+    let (res, key, is_call) = match op.kind {
+        OpKind::Call {
+            key,
+            ckey,
+            dnc,
+            behave,
+            nested,
+            ..
+        } => {
+            let ck = CallKey::new(key_id(&world, key))
+                .concurrency_key(if ckey { "c" } else { "" })
+                .ttl_ms(world.plan.keys[key as usize].ttl_ms)
+                .do_not_cache(dnc);
+            let ctx = conn.calls.ctx().with_cancel(token.clone());
+            let r = resolver(
+                &world,
+                &conn.eng,
+                key,
+                behave,
+                nested,
+                Some(sid),
+                Kind::Call,
+            );
+            (
+                conn.eng.calls.get_or_init_call(&ctx, ck, r).await,
+                key,
+                true,
+            )
+        }
+        OpKind::Arbitrary {
+            key,
+            change,
+            behave,
+        } => {
+            let (cache, session) = if change {
+                (&conn.eng.changes, &conn.changes)
+            } else {
+                (&conn.eng.calls, &conn.calls)
+            };
+            let ctx = session.ctx().with_cancel(token.clone());
+            let kind = if change {
+                Kind::Change
+            } else {
+                Kind::Arbitrary
+            };
+            let r = resolver(&world, &conn.eng, key, behave, None, Some(sid), kind);
+            let name = format!("{}{key}", if change { "path/" } else { "a" });
+            (
+                cache.get_or_init_arbitrary(&ctx, &name, r).await,
+                key,
+                false,
+            )
+        }
+        _ => return,
+    };
+    conn.tokens.lock().unwrap().remove(&req);
+    let line = answer(
+        &conn,
+        &who,
+        req,
+        key,
+        (is_call, on_calls),
+        res,
+        t0,
+        t0_clock,
+        token.is_cancelled(),
+    );
+    if let Some(s) = world.shadow().sessions.get_mut(&(inc, sid)) {
+        s.pending -= 1;
+    }
+    *world.shadow().pending.entry(inc).or_default() -= 1;
+    if world.plant == Some(Plant::SwallowResponse) && req == 3 && conn.client == 0 {
+        world.trace("engine", "PLANTED: response swallowed");
+        *world.shadow().pending.entry(inc).or_default() += 1;
+        return;
+    }
+    let _ = conn.tx.send(line);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    conn: &Conn,
+    who: &str,
+    req: u64,
+    key: u64,
+    (is_call, on_calls): (bool, bool),
+    res: Result<CallResult<Val>, CallError>,
+    t0: u64,
+    t0_clock: i64,
+    cancelled: bool,
+) -> String {
+    let world = &conn.world;
+    let sid = conn.calls.id();
+    match res {
+        Ok(r) => {
+            let v = r.value().cloned();
+            let session_owned = !r.holds_ref();
+            if session_owned && on_calls {
+                let mut sh = world.shadow();
+                let open = sh
+                    .sessions
+                    .get(&(conn.eng.inc, sid))
+                    .is_some_and(|s| s.open);
+                if let Some(s) = sh.sessions.get_mut(&(conn.eng.inc, sid)) {
+                    *s.handles.entry(r.entry()).or_default() += 1;
+                    if world.plant == Some(Plant::ShadowExtraHandle) {
+                        *s.handles.entry(r.entry()).or_default() += 1;
+                    }
+                }
+                drop(sh);
+                if !open {
+                    world.violate("INV-9", format!("{sid} got a handle after close"));
+                }
+            }
+            let mut v = v;
+            if world.plant == Some(Plant::WrongValue) {
+                if let Some(v) = v.as_mut() {
+                    v.key = (key + 1) % world.plan.keys.len() as u64 + 1000;
+                }
+            }
+            if let Some(v) = &v {
+                if is_call {
+                    let id_ok = r.id().map(|i| i.call_key()) == Some(key_id(world, key).call_key());
+                    oracle::check_identity(world, key, v, r.content_hit(), id_ok);
+                    let mut v = v.clone();
+                    if world.plant == Some(Plant::TtlCrossSession)
+                        && world.plan.keys[key as usize].ttl_ms > 0
+                    {
+                        v.session = None;
+                        v.safe = false;
+                        v.made_ms = 0;
+                    }
+                    if !r.content_hit() && !r.is_detached() {
+                        oracle::check_ttl(world, key, &v, sid, t0, t0_clock);
+                    }
+                } else if !v.arbitrary || v.key != key {
+                    world.violate("INV-5", format!("arbitrary a{key} served o{}", v.out));
+                }
+            }
+            let flags = format!(
+                "{}{}{}",
+                if r.hit() { "hit" } else { "miss" },
+                if r.content_hit() { "+content" } else { "" },
+                if r.is_detached() { "+detached" } else { "" }
+            );
+            let shown = v
+                .as_ref()
+                .map_or("none".to_string(), |v| format!("o{}", v.out));
+            world.trace(
+                who,
+                format!("r{req} k{key} ok {flags} {shown} entry {}", r.entry()),
+            );
+            world.count(if r.hit() { "hits" } else { "misses" });
+            if world.plant == Some(Plant::SpuriousCancel) && r.hit() {
+                return format!("R {req} err cancelled\n");
+            }
+            drop(r);
+            format!("R {req} ok {shown}\n")
+        }
+        Err(e) => {
+            let mut e = e;
+            if world.plant == Some(Plant::CachedError) {
+                let first = world.shadow().runs.keys().next().copied();
+                if let Some(run) = first {
+                    if world.shadow().finished_at(run).is_some_and(|f| f < t0) {
+                        e = CallError::Resolver(format!("planned error run{run}"));
+                    }
+                }
+            }
+            if let Some(run) = run_of(&e) {
+                if world.shadow().finished_at(run).is_some_and(|f| f < t0) {
+                    world.violate(
+                        "INV-6",
+                        format!("r{req} k{key} got the cached error of run{run}"),
+                    );
+                }
+            }
+            if matches!(e, CallError::Cancelled) && !cancelled {
+                world.violate(
+                    "INV-7",
+                    format!("r{req} k{key}: cancelled without cancelling"),
+                );
+            }
+            world.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
+            world.count("errors");
+            format!("R {req} err {}\n", err_kind(&e))
+        }
+    }
+}
+
+/// The future a resolver returns.
+type ResolverFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resolved<Val>, CallError>> + Send>>;
+
+/// A resolver following `behave`; with `nested`, it first calls the cache
+/// for that key (C-11) and hands the inner ref to its result.
+fn resolver(
+    world: &Arc<World>,
+    eng: &Engine,
+    key: u64,
+    behave: Behave,
+    nested: Option<u64>,
+    session: Option<cache_core::machine::SessionId>,
+    kind: Kind,
+) -> impl FnOnce(ResolverCtx) -> ResolverFuture + Send + 'static {
+    let world = world.clone();
+    let eng = eng.clone();
+    let change = kind == Kind::Change;
+    move |rctx: ResolverCtx| {
+        Box::pin(async move {
+            let run = world.next_id();
+            let ns = if change { "change" } else { "cache" };
+            let sf_key = (
+                ns.to_string(),
+                rctx.storage_key.clone(),
+                // The concurrency key is not visible to the resolver; the
+                // ongoing index tells whether this entry is registered.
+                registered(&eng, &rctx, change),
+            );
+            let dup = world.shadow().run_start(
+                run,
+                RunShadow {
+                    inc: eng.inc,
+                    key: sf_key,
+                    finished_at: None,
+                    cancel: rctx.cancel.clone(),
+                    change,
+                },
+                world.plant,
+            );
+            if let Some(msg) = dup {
+                world.violate("INV-4", msg);
+            }
+            world.trace(
+                "engine",
+                format!(
+                    "run{run} k{key} starts ({:?}, {} ms)",
+                    behave.outcome, behave.dur_ms
+                ),
+            );
+            let result = body(&world, &eng, run, key, behave, nested, session, kind, &rctx).await;
+            world.shadow().run_end(run, world.now());
+            match &result {
+                Ok(_) => world.trace("engine", format!("run{run} k{key} done")),
+                Err(e) => world.trace("engine", format!("run{run} k{key} {}", err_kind(e))),
+            }
+            if behave.outcome == Outcome::Panic && result.is_ok() {
+                panic!("planned panic run{run}");
+            }
+            result
+        })
+    }
+}
+
+/// The singleflight class of an in-flight entry: "c" when it sits in the
+/// ongoing index (a non-empty concurrency key), "" otherwise. Arbitrary
+/// entries always dedupe.
+fn registered(eng: &Engine, rctx: &ResolverCtx, change: bool) -> String {
+    if change {
+        return "k".into();
+    }
+    let entry = rctx.entry.1;
+    let cache = if rctx.entry.0 == eng.changes.inspect(|m| m.instance()) {
+        &eng.changes
+    } else {
+        &eng.calls
+    };
+    let report = cache.leak_report();
+    let slots = report
+        .entries
+        .iter()
+        .find(|e| e.entry == entry)
+        .map(|e| e.slots.clone())
+        .unwrap_or_default();
+    // The effective concurrency key (the machine scopes it per session on
+    // shared TTL keys, T-3): what follows the last '/' of the ongoing slot.
+    for slot in &slots {
+        if let Some(rest) = slot.strip_prefix("ongoing ") {
+            return rest.rsplit_once('/').map_or("c", |(_, c)| c).to_string();
+        }
+        if slot.starts_with("arbitrary") {
+            return "arbitrary".into();
+        }
+    }
+    String::new()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn body(
+    world: &Arc<World>,
+    eng: &Engine,
+    run: u64,
+    key: u64,
+    behave: Behave,
+    nested: Option<u64>,
+    session: Option<cache_core::machine::SessionId>,
+    kind: Kind,
+    rctx: &ResolverCtx,
+) -> Result<Resolved<Val>, CallError> {
+    let change = kind == Kind::Change;
+    let mut inner: Option<CallResult<Val>> = None;
+    if let Some(nk) = nested {
+        let ck = CallKey::new(key_id(world, nk)).concurrency_key("c");
+        let quick = Behave {
+            outcome: Outcome::Value,
+            dur_ms: 20,
+            safe: true,
+        };
+        let r = resolver(world, eng, nk, quick, None, None, Kind::Call);
+        match eng.calls.get_or_init_call(&rctx.nested(), ck, r).await {
+            Ok(r) => inner = Some(r),
+            Err(e) => {
+                return Err(CallError::Resolver(format!(
+                    "nested {} run{run}",
+                    err_kind(&e)
+                )))
+            }
+        }
+    }
+    let sleep = async {
+        match behave.outcome {
+            Outcome::Hang => std::future::pending::<()>().await,
+            _ => tokio::time::sleep(Duration::from_millis(behave.dur_ms)).await,
+        }
+    };
+    let cancelled = tokio::select! {
+        biased;
+        _ = rctx.cancel.cancelled() => true,
+        _ = sleep => false,
+    };
+    if cancelled {
+        // INV-7: a resolver is cancelled only when every waiter has left.
+        let cache = if change { &eng.changes } else { &eng.calls };
+        let waiters = cache.inspect(|m| m.waiters(rctx.entry.1));
+        if !waiters.is_empty() {
+            world.violate(
+                "INV-7",
+                format!("run{run} cancelled with waiters {waiters:?}"),
+            );
+        }
+        return Err(CallError::Cancelled);
+    }
+    let out = world.next_id();
+    let mk = |v: Option<Val>| match v {
+        Some(v) => Resolved::value(v),
+        None => Resolved::no_value(),
+    };
+    let val = Val {
+        out,
+        run,
+        key,
+        arbitrary: kind != Kind::Call,
+        session,
+        safe: behave.safe,
+        made_clock: world.clock_high_water(),
+        made_ms: world.now(),
+    };
+    let resolved = match behave.outcome {
+        Outcome::Value | Outcome::Panic => mk(Some(val)),
+        Outcome::NoValue => mk(None),
+        Outcome::Error => return Err(CallError::Resolver(format!("planned error run{run}"))),
+        Outcome::Hang => unreachable!("a hanging resolver only ends by cancellation"),
+    };
+    if behave.outcome == Outcome::Panic {
+        return Ok(resolved);
+    }
+    let inner_entry = inner.as_ref().map(|r| r.entry());
+    let handle = inner.and_then(|r| r.into_nested());
+    world.shadow().hooks.insert(
+        out,
+        HookShadow {
+            inc: eng.inc,
+            runs: 0,
+        },
+    );
+    let hook_world = world.clone();
+    let inc = eng.inc;
+    let nested_entry = handle.as_ref().and(inner_entry);
+    let double = world.plant == Some(Plant::DoubleHook);
+    let mut resolved = resolved.safe_to_persist(behave.safe).with_release(move || {
+        let times = if double { 2 } else { 1 };
+        for _ in 0..times {
+            let mut sh = hook_world.shadow();
+            let msg = sh.hook_ran(out);
+            if let Some(e) = nested_entry {
+                if let Some(n) = sh.nested.get_mut(&(inc, e)) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            drop(sh);
+            if let Some(msg) = msg {
+                hook_world.violate("INV-10", msg);
+            }
+        }
+        Ok(())
+    });
+    if let (Some(h), Some(e)) = (handle, inner_entry) {
+        *world.shadow().nested.entry((inc, e)).or_default() += 1;
+        resolved = resolved.with_nested(h);
+    }
+    Ok(resolved)
+}
+
+/// What a resolver resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Call,
+    Arbitrary,
+    Change,
+}

@@ -1,0 +1,284 @@
+//! The shadow model (DESIGN principle 4) and the oracles that compare the
+//! real cache against it: INV-2, INV-4 … INV-10 during the run, INV-1 and
+//! INV-11 at the end, plus the cache's own `check_invariants()` (INV-3).
+
+use std::collections::BTreeMap;
+
+use cache_core::machine::{EntryId, SessionId};
+use tokio_util::sync::CancellationToken;
+
+use crate::world::{Engine, Plant, Val, World};
+
+/// What the shadow knows about one session.
+#[derive(Default, Debug)]
+pub struct SessionShadow {
+    /// Handles the session was given, by entry.
+    pub handles: BTreeMap<EntryId, u32>,
+    /// Calls of the session not yet answered.
+    pub pending: u32,
+    /// Still open.
+    pub open: bool,
+}
+
+/// One resolver run.
+#[derive(Debug)]
+pub struct RunShadow {
+    /// Incarnation.
+    pub inc: u64,
+    /// Singleflight key: (namespace, storage key, concurrency key).
+    pub key: (String, String, String),
+    /// Finished (simulated ms).
+    pub finished_at: Option<u64>,
+    /// Its cancellation token.
+    pub cancel: CancellationToken,
+    /// K-5: an abandoned change-cache init still counts as running.
+    pub change: bool,
+}
+
+/// One successful resolver output and its release hook.
+#[derive(Debug)]
+pub struct HookShadow {
+    /// Incarnation.
+    pub inc: u64,
+    /// Times the hook ran.
+    pub runs: u32,
+}
+
+/// The shadow model.
+#[derive(Default, Debug)]
+pub struct Shadow {
+    /// Sessions by (incarnation, id).
+    pub sessions: BTreeMap<(u64, SessionId), SessionShadow>,
+    /// Refs owned by parent entries (C-11), by (incarnation, inner entry).
+    pub nested: BTreeMap<(u64, EntryId), u32>,
+    /// Resolver runs.
+    pub runs: BTreeMap<u64, RunShadow>,
+    /// Release hooks by output id.
+    pub hooks: BTreeMap<u64, HookShadow>,
+    /// Calls in flight on the engine, by incarnation.
+    pub pending: BTreeMap<u64, u32>,
+}
+
+impl Shadow {
+    /// A resolver starts: INV-4 (at most one per singleflight key).
+    pub fn run_start(&mut self, run: u64, r: RunShadow, plant: Option<Plant>) -> Option<String> {
+        let live = |o: &RunShadow| {
+            o.inc == r.inc
+                && o.key == r.key
+                && o.finished_at.is_none()
+                && (o.change || !o.cancel.is_cancelled())
+        };
+        let dup = !r.key.2.is_empty() && self.runs.values().any(live);
+        let planted = plant == Some(Plant::DoubleResolver) && !r.key.2.is_empty();
+        let msg = (dup || planted).then(|| {
+            format!(
+                "two resolvers running at once for {} {}/{}",
+                r.key.0,
+                short(&r.key.1),
+                r.key.2
+            )
+        });
+        self.runs.insert(run, r);
+        msg
+    }
+
+    /// A resolver finished.
+    pub fn run_end(&mut self, run: u64, now: u64) {
+        if let Some(r) = self.runs.get_mut(&run) {
+            r.finished_at = Some(now);
+        }
+    }
+
+    /// Finished runs are kept only as long as INV-6 may ask about them.
+    pub fn finished_at(&self, run: u64) -> Option<u64> {
+        self.runs.get(&run).and_then(|r| r.finished_at)
+    }
+
+    /// A release hook ran: INV-10 (never twice).
+    pub fn hook_ran(&mut self, out: u64) -> Option<String> {
+        let h = self.hooks.get_mut(&out)?;
+        h.runs += 1;
+        (h.runs > 1).then(|| format!("release hook of output o{out} ran {} times", h.runs))
+    }
+}
+
+/// Short form of a key for messages.
+pub fn short(k: &str) -> &str {
+    &k[..k.len().min(10)]
+}
+
+/// INV-5 for a call answer: a storage hit carries a value produced for the
+/// requested key; a content hit one produced for a key with the same content
+/// digest, reported under the requested ID.
+pub fn check_identity(world: &World, key: u64, v: &Val, content_hit: bool, id_ok: bool) {
+    let keys = &world.plan.keys;
+    let same_content = keys[key as usize].content.is_some()
+        && keys[key as usize].content == keys[v.key as usize].content;
+    if v.arbitrary {
+        world.violate(
+            "INV-5",
+            format!("call k{key} served an arbitrary value o{}", v.out),
+        );
+    } else if v.key != key && !(content_hit && same_content) {
+        world.violate(
+            "INV-5",
+            format!(
+                "call k{key} served o{} produced for k{} (content hit {content_hit})",
+                v.out, v.key
+            ),
+        );
+    } else if content_hit && !id_ok {
+        world.violate(
+            "INV-5",
+            format!("content hit for k{key} did not report the requested ID"),
+        );
+    }
+}
+
+/// INV-8: a TTL'd result reused by another session must have been safe to
+/// persist and not expired.
+pub fn check_ttl(world: &World, key: u64, v: &Val, session: SessionId, t0_ms: u64, t0_clock: i64) {
+    let ttl = world.plan.keys[key as usize].ttl_ms as i64;
+    if ttl == 0 || v.session == Some(session) || v.made_ms >= t0_ms || v.key != key {
+        return;
+    }
+    if !v.safe {
+        world.violate(
+            "INV-8",
+            format!(
+                "k{key}: unsafe result o{} of session {:?} reused by {session}",
+                v.out, v.session
+            ),
+        );
+    } else if t0_clock > v.made_clock + ttl {
+        world.violate(
+            "INV-8",
+            format!(
+                "k{key}: result o{} reused by {session} after its TTL expired",
+                v.out
+            ),
+        );
+    }
+}
+
+/// Checks after every step: INV-3 (the cache's own check), INV-2 (shadow
+/// refcounts, when nothing is in flight for the session / the engine).
+pub fn check_step(world: &World) {
+    let Some(eng) = world.engine() else { return };
+    if world.plant == Some(Plant::IndexCorruption) && world.now() > 200 {
+        // Real damage inside the cache: the oracle below must notice it.
+        eng.calls.plant_index_corruption();
+    }
+    for (name, cache) in [("calls", &eng.calls), ("changes", &eng.changes)] {
+        if let Err(v) = cache.check_invariants() {
+            world.violate("INV-3", format!("{name}: {v}"));
+        }
+    }
+    check_refcounts(world, &eng);
+}
+
+fn check_refcounts(world: &World, eng: &Engine) {
+    let shadow = world.shadow();
+    let mut expected: BTreeMap<EntryId, u32> = BTreeMap::new();
+    let mut sessions = Vec::new();
+    for ((inc, sid), s) in &shadow.sessions {
+        if *inc != eng.inc || !s.open {
+            continue;
+        }
+        for (e, n) in &s.handles {
+            *expected.entry(*e).or_default() += n;
+        }
+        if s.pending == 0 {
+            sessions.push((*sid, s.handles.values().sum::<u32>()));
+        }
+    }
+    for ((inc, e), n) in &shadow.nested {
+        if *inc == eng.inc {
+            *expected.entry(*e).or_default() += n;
+        }
+    }
+    let quiet = shadow.pending.get(&eng.inc).copied().unwrap_or(0) == 0
+        && !shadow
+            .runs
+            .values()
+            .any(|r| r.inc == eng.inc && r.finished_at.is_none());
+    drop(shadow);
+    eng.calls.inspect(|m| {
+        for (sid, n) in sessions {
+            let real = m.session_refs(sid);
+            if m.session_is_open(sid) && real != n as usize {
+                world.violate(
+                    "INV-2",
+                    format!("session {sid} holds {real} refs, shadow says {n}"),
+                );
+            }
+        }
+        if quiet {
+            for (e, n) in &expected {
+                let real = m.refcount(*e).unwrap_or(0);
+                if real != *n {
+                    world.violate(
+                        "INV-2",
+                        format!("entry {e} refcount {real}, shadow says {n}"),
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// INV-1 and INV-11 at the end of a run, after healing and draining.
+pub fn check_end(world: &World) {
+    let Some(eng) = world.engine() else {
+        world.violate("INV-11", "the engine never started");
+        return;
+    };
+    for (name, cache) in [("calls", &eng.calls), ("changes", &eng.changes)] {
+        let b = cache.buckets();
+        if cache.entries() != 0 || b.total() != 0 || cache.live_entries() != 0 {
+            world.violate(
+                "INV-1",
+                format!(
+                    "{name}: {} index entries, {} live entries at quiescence",
+                    cache.entries(),
+                    cache.live_entries()
+                ),
+            );
+        }
+        if cache.connected_clients() != 0 {
+            world.violate(
+                "INV-1",
+                format!("{name}: {} sessions still open", cache.connected_clients()),
+            );
+        }
+    }
+    let shadow = world.shadow();
+    for (out, h) in &shadow.hooks {
+        if h.inc == eng.inc && h.runs != 1 {
+            world.violate(
+                "INV-1",
+                format!("release hook of output o{out} ran {} times", h.runs),
+            );
+        }
+    }
+    let pending = shadow.pending.get(&eng.inc).copied().unwrap_or(0);
+    let running: Vec<u64> = shadow
+        .runs
+        .iter()
+        .filter(|(_, r)| r.inc == eng.inc && r.finished_at.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    drop(shadow);
+    if pending != 0 {
+        world.violate(
+            "INV-11",
+            format!("{pending} calls never answered after healing"),
+        );
+    }
+    if !running.is_empty() {
+        world.violate(
+            "INV-11",
+            format!("resolver runs {running:?} never finished"),
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! The explicit plan of a seed (DESIGN principle 5): every client's timed
+//! operations, every fault, the key space and the swarm configuration. A
+//! failing plan shrinks by removing operations and faults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::rng::Rng;
+use crate::scenario::{KeyDist, Scenario, StoreKind};
+
+/// What a resolver does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeds with a value.
+    Value,
+    /// Succeeds with no value (C-10).
+    NoValue,
+    /// Returns an error (C-9).
+    Error,
+    /// Panics (C-14).
+    Panic,
+    /// Waits until cancelled (C-5).
+    Hang,
+}
+
+/// A resolver's behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Behave {
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// How long it runs, simulated ms.
+    pub dur_ms: u64,
+    /// T-3: safe to persist.
+    pub safe: bool,
+}
+
+/// One client operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// A cached call; `nested` makes the resolver call key `nested` first.
+    Call {
+        /// Key index.
+        key: u64,
+        /// Non-empty concurrency key.
+        ckey: bool,
+        /// C-2.
+        dnc: bool,
+        /// Resolver behaviour.
+        behave: Behave,
+        /// The nested key, if the resolver makes a nested call.
+        nested: Option<u64>,
+        /// The client cancels after this many ms.
+        cancel_ms: Option<u64>,
+        /// Retry once after an error.
+        retry: bool,
+    },
+    /// An arbitrary entry (`change`: on the change cache, K-5).
+    Arbitrary {
+        /// Key index.
+        key: u64,
+        /// On the change cache.
+        change: bool,
+        /// Init behaviour.
+        behave: Behave,
+    },
+    /// Close the session (S-1) and open a new one.
+    Close,
+    /// Drop the connection without closing (S-6) and reconnect.
+    Reconnect,
+}
+
+/// One timed client operation: wait `gap_ms`, then act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Pause before the operation, simulated ms.
+    pub gap_ms: u64,
+    /// The operation.
+    pub kind: OpKind,
+}
+
+/// A fault kind (swarm testing enables a subset per seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// Partition a client from the engine for a while.
+    Partition,
+    /// Raise message latency for a while.
+    Latency,
+    /// Drop a client's connection.
+    DropConnection,
+    /// Crash a client for good.
+    ClientCrash,
+    /// Restart the engine: memory lost, TTL store kept.
+    EngineRestart,
+    /// The TTL store fails its next operations.
+    StoreError,
+    /// The TTL store answers slowly for a while.
+    StoreSlow,
+    /// The engine's clock jumps.
+    ClockJump,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Partition,
+        FaultKind::Latency,
+        FaultKind::DropConnection,
+        FaultKind::ClientCrash,
+        FaultKind::EngineRestart,
+        FaultKind::StoreError,
+        FaultKind::StoreSlow,
+        FaultKind::ClockJump,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Latency => "latency",
+            FaultKind::DropConnection => "drop-connection",
+            FaultKind::ClientCrash => "client-crash",
+            FaultKind::EngineRestart => "engine-restart",
+            FaultKind::StoreError => "store-error",
+            FaultKind::StoreSlow => "store-slow",
+            FaultKind::ClockJump => "clock-jump",
+        }
+    }
+}
+
+/// One scheduled fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// When, simulated ms.
+    pub at_ms: u64,
+    /// What.
+    pub kind: FaultKind,
+    /// Which client (partition, drop, crash).
+    pub client: usize,
+    /// How long (partition, latency, slow store), or how many failures
+    /// (store error), or the jump in ms (clock jump, may be negative).
+    pub arg: i64,
+}
+
+/// Per-key properties, fixed for a seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyProps {
+    /// Shared content digest group, if any.
+    pub content: Option<u64>,
+    /// TTL in ms (0: none).
+    pub ttl_ms: u64,
+}
+
+/// The swarm configuration of a seed: enabled fault kinds and their rates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Swarm {
+    /// Enabled kinds with their events per simulated second.
+    pub enabled: BTreeMap<FaultKind, f64>,
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.enabled.is_empty() {
+            return write!(f, "swarm: no faults");
+        }
+        write!(f, "swarm:")?;
+        for (k, r) in &self.enabled {
+            write!(f, " {}@{:.2}/s", k.name(), r)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything one simulation runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The seed.
+    pub seed: u64,
+    /// Key properties, by key index.
+    pub keys: Vec<KeyProps>,
+    /// Each client's operations.
+    pub clients: Vec<Vec<Op>>,
+    /// Faults, by time.
+    pub faults: Vec<Fault>,
+    /// The swarm configuration.
+    pub swarm: Swarm,
+    /// Simulated ms after which every fault heals.
+    pub heal_at_ms: u64,
+}
+
+fn behave(rng: &mut Rng, s: &Scenario) -> Behave {
+    let r = &s.resolver;
+    let outcome = match rng.weighted(&[r.value, r.no_value, r.error, r.panic, r.hang]) {
+        0 => Outcome::Value,
+        1 => Outcome::NoValue,
+        2 => Outcome::Error,
+        3 => Outcome::Panic,
+        _ => Outcome::Hang,
+    };
+    Behave {
+        outcome,
+        dur_ms: rng.range(1, r.max_duration_ms.max(1)),
+        safe: rng.chance(s.calls.safe_to_persist),
+    }
+}
+
+fn key(rng: &mut Rng, s: &Scenario) -> u64 {
+    match s.key_dist {
+        KeyDist::Uniform => rng.below(s.key_space),
+        KeyDist::Zipf => rng.zipf(s.key_space),
+    }
+}
+
+impl Plan {
+    /// The plan of `seed` under `scenario`.
+    pub fn generate(seed: u64, s: &Scenario) -> Plan {
+        let swarm = Swarm::generate(seed, s);
+        let mut rng = Rng::new(seed, "plan");
+        let keys = (0..s.key_space)
+            .map(|_| KeyProps {
+                content: rng.chance(s.calls.shared_content).then(|| rng.below(2)),
+                ttl_ms: if rng.chance(s.calls.ttl_key) {
+                    rng.range(s.calls.ttl_min_ms, s.calls.ttl_max_ms)
+                } else {
+                    0
+                },
+            })
+            .collect();
+        let mut horizon = 0;
+        let clients = (0..s.clients)
+            .map(|_| {
+                let mut t = 0;
+                let ops: Vec<Op> = (0..s.ops_per_client)
+                    .map(|_| {
+                        let gap_ms = rng.below(s.max_gap_ms + 1);
+                        t += gap_ms + s.resolver.max_duration_ms / 2;
+                        let o = &s.ops;
+                        let kind = match rng.weighted(&[
+                            o.call,
+                            o.nested,
+                            o.arbitrary,
+                            o.change,
+                            o.close,
+                            o.reconnect,
+                        ]) {
+                            k @ (0 | 1) => OpKind::Call {
+                                key: key(&mut rng, s),
+                                ckey: rng.chance(s.calls.concurrency_key),
+                                dnc: rng.chance(s.calls.do_not_cache),
+                                behave: behave(&mut rng, s),
+                                nested: (k == 1).then(|| key(&mut rng, s)),
+                                cancel_ms: rng
+                                    .chance(s.calls.cancel)
+                                    .then(|| rng.range(1, s.resolver.max_duration_ms.max(1))),
+                                retry: rng.chance(s.calls.retry),
+                            },
+                            k @ (2 | 3) => OpKind::Arbitrary {
+                                key: key(&mut rng, s),
+                                change: k == 3,
+                                behave: behave(&mut rng, s),
+                            },
+                            4 => OpKind::Close,
+                            _ => OpKind::Reconnect,
+                        };
+                        Op { gap_ms, kind }
+                    })
+                    .collect();
+                horizon = horizon.max(t);
+                ops
+            })
+            .collect();
+        let heal_at_ms = horizon.max(1000);
+        let mut frng = Rng::new(seed, "faults");
+        let mut faults = Vec::new();
+        for (&kind, &rate) in &swarm.enabled {
+            let n = ((rate * heal_at_ms as f64 / 1000.0).round() as u64).max(1);
+            for _ in 0..n {
+                let dur = frng.range(50, s.faults.max_duration_ms.max(50)) as i64;
+                let arg = match kind {
+                    FaultKind::StoreError => frng.range(1, 5) as i64,
+                    FaultKind::ClockJump => {
+                        let j = frng.range(100, 3000) as i64;
+                        if frng.chance(0.3) {
+                            -j / 4
+                        } else {
+                            j
+                        }
+                    }
+                    _ => dur,
+                };
+                faults.push(Fault {
+                    at_ms: frng.range(10, heal_at_ms.saturating_sub(10).max(10)),
+                    kind,
+                    client: frng.below(s.clients as u64) as usize,
+                    arg,
+                });
+            }
+        }
+        faults.sort_by_key(|f| (f.at_ms, f.kind, f.client));
+        Plan {
+            seed,
+            keys,
+            clients,
+            faults,
+            swarm,
+            heal_at_ms,
+        }
+    }
+
+    /// Operations plus faults: the size shrinking reduces.
+    pub fn size(&self) -> usize {
+        self.clients.iter().map(Vec::len).sum::<usize>() + self.faults.len()
+    }
+}
+
+impl Swarm {
+    /// The swarm configuration of `seed`: each fault kind allowed by the
+    /// scenario is enabled with probability `faults.enable`, at a random
+    /// rate up to `faults.rate` per simulated second.
+    pub fn generate(seed: u64, s: &Scenario) -> Swarm {
+        let mut rng = Rng::new(seed, "swarm");
+        let f = &s.faults;
+        let store_faults = s.store == StoreKind::Memory;
+        let mut enabled = BTreeMap::new();
+        for kind in FaultKind::ALL {
+            let allowed = match kind {
+                FaultKind::Partition => f.partition,
+                FaultKind::Latency => f.latency,
+                FaultKind::DropConnection => f.drop_connection,
+                FaultKind::ClientCrash => f.client_crash,
+                FaultKind::EngineRestart => f.engine_restart,
+                FaultKind::StoreError => f.store_error && store_faults,
+                FaultKind::StoreSlow => f.store_slow && store_faults,
+                FaultKind::ClockJump => f.clock_jump,
+            };
+            let on = rng.chance(f.enable);
+            let rate = f.rate * (0.2 + 0.8 * (rng.below(1000) as f64 / 1000.0));
+            if allowed && on && f.rate > 0.0 {
+                enabled.insert(kind, (rate * 100.0).round() / 100.0);
+            }
+        }
+        Swarm { enabled }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan of seed {} ({} steps)", self.seed, self.size())?;
+        writeln!(f, "  {}", self.swarm)?;
+        for (k, p) in self.keys.iter().enumerate() {
+            writeln!(f, "  key k{k}: content {:?} ttl {} ms", p.content, p.ttl_ms)?;
+        }
+        for (c, ops) in self.clients.iter().enumerate() {
+            for op in ops {
+                writeln!(f, "  client{c} +{}ms {:?}", op.gap_ms, op.kind)?;
+            }
+        }
+        for fault in &self.faults {
+            writeln!(
+                f,
+                "  fault @{}ms {} client{} arg {}",
+                fault.at_ms,
+                fault.kind.name(),
+                fault.client,
+                fault.arg
+            )?;
+        }
+        Ok(())
+    }
+}

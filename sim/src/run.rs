@@ -1,0 +1,344 @@
+//! One simulation: build the turmoil world from a plan, step it while
+//! injecting the plan's faults, check the oracles after every step, heal,
+//! drain, and check quiescence (INV-1, INV-11).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once};
+use std::time::{Duration, UNIX_EPOCH};
+
+use cache_core::machine::{Buckets, LeakReport};
+use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
+
+use crate::plan::{FaultKind, Plan};
+use crate::rng::fnv64;
+use crate::scenario::{Scenario, StoreKind};
+use crate::world::{Plant, Violation, World, EPOCH_MS};
+use crate::{client, engine, oracle};
+
+/// Simulated ms after healing by which everything must have drained (INV-11).
+pub const DRAIN_MS: u64 = 20_000;
+/// Turmoil tick, simulated ms.
+pub const TICK_MS: u64 = 2;
+/// Normal message latency bounds, simulated ms.
+const LATENCY_MS: (u64, u64) = (1, 4);
+
+/// One sample of the metrics timeline (for `report`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Simulated ms.
+    pub at_ms: u64,
+    /// C-15 buckets of the call cache.
+    pub buckets: Buckets,
+    /// Open sessions.
+    pub clients: usize,
+}
+
+/// What one simulation gave.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// The trace (simulated time only).
+    pub trace: Vec<String>,
+    /// Violations, in order; empty when the seed passes.
+    pub violations: Vec<Violation>,
+    /// Faults fired and other counters.
+    pub counters: BTreeMap<String, u64>,
+    /// Simulated ms the run took.
+    pub sim_ms: u64,
+    /// The O-3 leak report of the call cache at the end.
+    pub leak: Option<LeakReport>,
+    /// The metrics exposition at the end.
+    pub metrics: String,
+    /// Metrics timeline.
+    pub samples: Vec<Sample>,
+}
+
+impl RunOutcome {
+    /// Passed every oracle.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+    /// The first violated invariant.
+    pub fn first_invariant(&self) -> Option<&'static str> {
+        self.violations.first().map(|v| v.inv)
+    }
+    /// INV-12: the hash of the trace.
+    pub fn trace_hash(&self) -> u64 {
+        fnv64(self.trace.join("\n").as_bytes())
+    }
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// Planned resolver panics are expected: keep them off stderr.
+fn quiet_planned_panics() {
+    PANIC_HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let planned = info
+                .payload()
+                .downcast_ref::<String>()
+                .is_some_and(|s| s.starts_with("planned panic"));
+            if !planned {
+                default(info);
+            }
+        }));
+    });
+}
+
+static NONDETERMINISM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `plan` under `scenario`, with an optional planted violation.
+pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
+    quiet_planned_panics();
+    let (store, memory, _dir): (Arc<dyn TtlStore>, _, _) = match scenario.store {
+        StoreKind::Memory => {
+            let m = Arc::new(MemoryTtlStore::new());
+            (m.clone(), Some(m), None)
+        }
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let s = SqliteTtlStore::open(dir.path().join("ttl.db")).expect("a SQLite TTL store");
+            (Arc::new(s), None, Some(dir))
+        }
+    };
+    let world = Arc::new(World::new(plan.clone(), plant, store, memory));
+    world.trace(
+        "sim",
+        format!("seed {} scenario {}", plan.seed, scenario.name),
+    );
+    world.trace("sim", plan.swarm.to_string());
+    if plant == Some(Plant::Nondeterminism) {
+        let n = NONDETERMINISM.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        world.trace("sim", format!("process-global counter {n}"));
+    }
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(plan.seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
+        .simulation_duration(Duration::from_secs(24 * 3600))
+        .tick_duration(Duration::from_millis(TICK_MS))
+        .min_message_latency(Duration::from_millis(LATENCY_MS.0))
+        .max_message_latency(Duration::from_millis(LATENCY_MS.1))
+        .build();
+    let w = world.clone();
+    sim.host("engine", move || engine::serve(w.clone()));
+    let names: Vec<String> = (0..plan.clients.len())
+        .map(|c| format!("client{c}"))
+        .collect();
+    for (c, name) in names.iter().enumerate() {
+        // Hosts rather than turmoil clients, so that they can crash; the
+        // run ends when the world says every client is done.
+        let w = world.clone();
+        sim.host(name.as_str(), move || client::run(w.clone(), c));
+    }
+
+    let mut faults = plan.faults.iter().peekable();
+    let mut repairs: Vec<(u64, FaultKind, usize)> = Vec::new();
+    let mut crashed = vec![false; names.len()];
+    let mut healed = false;
+    let mut samples = Vec::new();
+    let deadline = plan.heal_at_ms + DRAIN_MS;
+    let mut now;
+    let mut restart_pending = false;
+    loop {
+        now = sim.elapsed().as_millis() as u64;
+        world.set_now(now);
+        if restart_pending {
+            restart_pending = false;
+            world.set_quiet(true);
+            sim.bounce("engine");
+            world.set_quiet(false);
+            world.trace("fault", "engine restarted (memory lost, TTL store kept)");
+        }
+        while let Some(f) = faults.next_if(|f| f.at_ms <= now && !healed) {
+            let name = &names[f.client];
+            let fired = match f.kind {
+                FaultKind::Partition if !crashed[f.client] => {
+                    sim.partition("engine", name.as_str());
+                    repairs.push((now + f.arg as u64, f.kind, f.client));
+                    true
+                }
+                FaultKind::Latency => {
+                    sim.set_max_message_latency(Duration::from_millis(f.arg as u64 / 4 + 5));
+                    repairs.push((now + f.arg as u64, f.kind, 0));
+                    true
+                }
+                FaultKind::DropConnection if !crashed[f.client] => {
+                    world.set_drop_flag(f.client);
+                    true
+                }
+                FaultKind::ClientCrash if !crashed[f.client] && !world.is_done(f.client) => {
+                    sim.crash(name.as_str());
+                    crashed[f.client] = true;
+                    world.set_done(f.client);
+                    true
+                }
+                FaultKind::EngineRestart if !restart_pending => {
+                    // Two phases: connections close in a fixed order now;
+                    // the bounce follows after one step.
+                    if let Some(eng) = world.engine() {
+                        eng.stop.cancel();
+                    }
+                    restart_pending = true;
+                    true
+                }
+                FaultKind::StoreError => world.memory.as_ref().is_some_and(|m| {
+                    let mut faults = m.faults();
+                    faults.fail_next += f.arg as u32;
+                    m.set_faults(faults);
+                    true
+                }),
+                FaultKind::StoreSlow => world.memory.as_ref().is_some_and(|m| {
+                    let mut faults = m.faults();
+                    faults.delay_ms = f.arg as u64 * 2;
+                    m.set_faults(faults);
+                    repairs.push((now + f.arg as u64, f.kind, 0));
+                    true
+                }),
+                FaultKind::ClockJump => {
+                    world.jump(f.arg);
+                    true
+                }
+                _ => false,
+            };
+            if fired {
+                world.count(&format!("fault:{}", f.kind.name()));
+                world.trace(
+                    "fault",
+                    format!("{} client{} arg {}", f.kind.name(), f.client, f.arg),
+                );
+            }
+        }
+        repairs.retain(|(at, kind, c)| {
+            if *at > now && !healed {
+                return true;
+            }
+            repair(&sim, &world, *kind, &names[*c]);
+            false
+        });
+        if !healed && now >= plan.heal_at_ms {
+            healed = true;
+            for (_, kind, c) in repairs.drain(..) {
+                repair(&sim, &world, kind, &names[c]);
+            }
+            if let Some(m) = &world.memory {
+                m.set_faults(StoreFaults::default());
+            }
+            world.trace("sim", "heal: faults repaired");
+        }
+        if now % 50 == 0 {
+            if let Some(eng) = world.engine() {
+                samples.push(Sample {
+                    at_ms: now,
+                    buckets: eng.calls.buckets(),
+                    clients: eng.calls.connected_clients(),
+                });
+            }
+        }
+        if let Err(e) = sim.step() {
+            world.violate("INV-10", format!("a host failed: {e}"));
+            break;
+        }
+        oracle::check_step(&world);
+        if !world.violations().is_empty() {
+            break;
+        }
+        if world.all_done() && quiescent(&world) {
+            break;
+        }
+        if now > deadline {
+            break;
+        }
+    }
+    if world.violations().is_empty() {
+        if !world.all_done() {
+            world.violate("INV-11", "clients still running after healing and draining");
+        }
+        oracle::check_end(&world);
+    }
+    let eng = world.take_engine();
+    let leak = eng.as_ref().map(|e| e.calls.leak_report());
+    let metrics = eng
+        .as_ref()
+        .map(|e| e.calls.metrics_text())
+        .unwrap_or_default();
+    world.trace("sim", format!("end at {now} ms"));
+    let outcome = RunOutcome {
+        plan,
+        trace: world.trace_lines(),
+        violations: world.violations(),
+        counters: world.counters(),
+        sim_ms: now,
+        leak,
+        metrics,
+        samples,
+    };
+    drop(sim);
+    drop(eng);
+    outcome
+}
+
+fn repair(sim: &turmoil::Sim<'_>, world: &World, kind: FaultKind, name: &str) {
+    match kind {
+        FaultKind::Partition => sim.repair("engine", name),
+        FaultKind::Latency => sim.set_max_message_latency(Duration::from_millis(LATENCY_MS.1)),
+        FaultKind::StoreSlow => {
+            if let Some(m) = &world.memory {
+                let mut f = m.faults();
+                f.delay_ms = 0;
+                m.set_faults(f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Nothing left to drain: no call in flight, no resolver running, no session open.
+fn quiescent(world: &World) -> bool {
+    let Some(eng) = world.engine() else {
+        return true;
+    };
+    let sh = world.shadow();
+    let idle = sh.pending.get(&eng.inc).copied().unwrap_or(0) == 0
+        && !sh
+            .runs
+            .values()
+            .any(|r| r.inc == eng.inc && r.finished_at.is_none());
+    drop(sh);
+    idle && eng.calls.connected_clients() == 0
+        && eng.changes.connected_clients() == 0
+        && eng.calls.live_entries() == 0
+}
+
+/// Generates the plan of `seed` and runs it.
+pub fn run_seed(seed: u64, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
+    run_plan(Plan::generate(seed, scenario), scenario, plant)
+}
+
+/// INV-12: runs `seed` twice and compares trace hashes; `Err` names the
+/// first differing line.
+pub fn check_determinism(
+    seed: u64,
+    scenario: &Scenario,
+    plant: Option<Plant>,
+) -> Result<u64, String> {
+    let a = run_seed(seed, scenario, plant);
+    let b = run_seed(seed, scenario, plant);
+    if a.trace_hash() == b.trace_hash() {
+        return Ok(a.trace_hash());
+    }
+    let line = a
+        .trace
+        .iter()
+        .zip(&b.trace)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.trace.len().min(b.trace.len()));
+    Err(format!(
+        "INV-12: seed {seed} gave two traces ({:016x} vs {:016x}); first difference at line {line}: {:?} vs {:?}",
+        a.trace_hash(),
+        b.trace_hash(),
+        a.trace.get(line),
+        b.trace.get(line)
+    ))
+}

@@ -1,0 +1,285 @@
+//! What every host of one simulation shares: the plan, simulated time, the
+//! trace, the shadow model, counters and the engine's current caches.
+//! Hosts run on turmoil's single thread, so the locks never contend; they
+//! exist because resolvers and release hooks must be `Send`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cache_core::facade::{Cache, ManualClock};
+use cache_core::machine::SessionId;
+use cache_core::ttl::{MemoryTtlStore, TtlStore};
+
+use crate::oracle::Shadow;
+use crate::plan::Plan;
+
+/// Fixed epoch of every simulation: 2024-01-01T00:00:00Z, in ms.
+pub const EPOCH_MS: i64 = 1_704_067_200_000;
+
+/// A violation planted on purpose, to show that an oracle fires. Test-only
+/// switches: the default run plants nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// INV-1: a dropped connection leaves its session open (forgotten).
+    LeakSessionOnDisconnect,
+    /// INV-2: the shadow model records one handle too many.
+    ShadowExtraHandle,
+    /// INV-4: the resolver bookkeeping claims a second concurrent run.
+    DoubleResolver,
+    /// INV-5: the engine serves a value of another key.
+    WrongValue,
+    /// INV-6: the engine serves a remembered error for a later call.
+    CachedError,
+    /// INV-7: the engine answers "cancelled" to a waiter that did not cancel.
+    SpuriousCancel,
+    /// INV-8: the engine reports a cross-session TTL hit on an unsafe result.
+    TtlCrossSession,
+    /// INV-9: a session still reports refs after close.
+    RefsAfterClose,
+    /// INV-10: a release hook runs twice.
+    DoubleHook,
+    /// INV-11: the engine never answers one call.
+    SwallowResponse,
+    /// INV-12: the trace includes a process-global counter.
+    Nondeterminism,
+    /// INV-3: a completed call is filed under a key it does not have (a real corruption of the cache's index, through the `harness-hooks` feature).
+    IndexCorruption,
+}
+
+/// The cached value: where it came from, for the oracles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Val {
+    /// Unique output id (release-hook accounting).
+    pub out: u64,
+    /// The resolver run that produced it.
+    pub run: u64,
+    /// The key index it was produced for.
+    pub key: u64,
+    /// Produced by an arbitrary init.
+    pub arbitrary: bool,
+    /// The session whose call ran the resolver.
+    pub session: Option<SessionId>,
+    /// T-3 flag.
+    pub safe: bool,
+    /// Highest engine clock reading when produced (INV-8 bound).
+    pub made_clock: i64,
+    /// Simulated ms when produced.
+    pub made_ms: u64,
+}
+
+/// The engine's caches in one incarnation.
+#[derive(Clone)]
+pub struct Engine {
+    /// Incarnation number (1 = first start).
+    pub inc: u64,
+    /// The call cache.
+    pub calls: Cache<Val>,
+    /// The change cache (K-5).
+    pub changes: Cache<Val>,
+    /// Fired just before a restart: connections drop their sockets in a
+    /// fixed order (tokio's shutdown order depends on process-global task
+    /// ids, which would break INV-12).
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// One violated invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// `INV-n`.
+    pub inv: &'static str,
+    /// What happened.
+    pub detail: String,
+    /// Simulated ms.
+    pub at_ms: u64,
+}
+
+/// Shared state of one simulation.
+pub struct World {
+    /// The plan.
+    pub plan: Plan,
+    /// A planted violation, if any.
+    pub plant: Option<Plant>,
+    now_ms: AtomicU64,
+    jump_ms: Mutex<i64>,
+    clock_hw: std::sync::atomic::AtomicI64,
+    /// The engine's clock (epoch + simulated time + jumps).
+    pub clock: ManualClock,
+    trace: Mutex<Vec<String>>,
+    violations: Mutex<Vec<Violation>>,
+    counters: Mutex<BTreeMap<String, u64>>,
+    /// The shadow model.
+    pub shadow: Mutex<Shadow>,
+    engine: Mutex<Option<Engine>>,
+    incarnation: AtomicU64,
+    /// The TTL store (kept across engine restarts).
+    pub store: Arc<dyn TtlStore>,
+    /// The same store when it is the in-memory one (faults).
+    pub memory: Option<Arc<MemoryTtlStore>>,
+    /// Per client: drop the connection at the next chance.
+    pub drop_flags: Mutex<Vec<bool>>,
+    /// Per client: finished its plan (or crashed).
+    pub client_done: Mutex<Vec<bool>>,
+    ids: AtomicU64,
+    quiet: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl World {
+    /// A world for `plan`.
+    pub fn new(
+        plan: Plan,
+        plant: Option<Plant>,
+        store: Arc<dyn TtlStore>,
+        memory: Option<Arc<MemoryTtlStore>>,
+    ) -> Self {
+        let n = plan.clients.len();
+        Self {
+            plan,
+            plant,
+            now_ms: AtomicU64::new(0),
+            jump_ms: Mutex::new(0),
+            clock_hw: std::sync::atomic::AtomicI64::new(EPOCH_MS),
+            clock: ManualClock::new(EPOCH_MS),
+            trace: Mutex::new(Vec::new()),
+            violations: Mutex::new(Vec::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            shadow: Mutex::new(Shadow::default()),
+            engine: Mutex::new(None),
+            incarnation: AtomicU64::new(0),
+            store,
+            memory,
+            drop_flags: Mutex::new(vec![false; n]),
+            client_done: Mutex::new(vec![false; n]),
+            ids: AtomicU64::new(1),
+            quiet: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// While set, trace lines are dropped: the teardown of a restarted
+    /// engine runs in an order tokio does not make deterministic.
+    pub fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::SeqCst);
+    }
+
+    /// Simulated ms since the start.
+    pub fn now(&self) -> u64 {
+        self.now_ms.load(Ordering::SeqCst)
+    }
+
+    /// Moves simulated time (the outer loop, once per step).
+    pub fn set_now(&self, ms: u64) {
+        self.now_ms.store(ms, Ordering::SeqCst);
+        let t = EPOCH_MS + ms as i64 + *lock(&self.jump_ms);
+        self.clock.set(t);
+        self.clock_hw.fetch_max(t, Ordering::SeqCst);
+    }
+
+    /// The highest engine clock reading so far (clock jumps go both ways;
+    /// a TTL row never expires later than this plus its TTL).
+    pub fn clock_high_water(&self) -> i64 {
+        self.clock_hw.load(Ordering::SeqCst)
+    }
+
+    /// A clock jump (fault).
+    pub fn jump(&self, ms: i64) {
+        *lock(&self.jump_ms) += ms;
+        self.set_now(self.now());
+    }
+
+    /// A fresh id (outputs, runs).
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// One trace line, stamped with simulated time only.
+    pub fn trace(&self, who: &str, what: impl AsRef<str>) {
+        if self.quiet.load(Ordering::SeqCst) {
+            return;
+        }
+        let line = format!("{:>7}ms {:<8} {}", self.now(), who, what.as_ref());
+        lock(&self.trace).push(line);
+    }
+
+    /// The trace so far.
+    pub fn trace_lines(&self) -> Vec<String> {
+        lock(&self.trace).clone()
+    }
+
+    /// Records a violation (and a trace line).
+    pub fn violate(&self, inv: &'static str, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.trace("oracle", format!("VIOLATION {inv}: {detail}"));
+        lock(&self.violations).push(Violation {
+            inv,
+            detail,
+            at_ms: self.now(),
+        });
+    }
+
+    /// Violations so far.
+    pub fn violations(&self) -> Vec<Violation> {
+        lock(&self.violations).clone()
+    }
+
+    /// Counts an event (faults fired, calls, hits …).
+    pub fn count(&self, what: &str) {
+        *lock(&self.counters).entry(what.to_string()).or_default() += 1;
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        lock(&self.counters).clone()
+    }
+
+    /// The shadow model.
+    pub fn shadow(&self) -> MutexGuard<'_, Shadow> {
+        lock(&self.shadow)
+    }
+
+    /// Installs a new engine incarnation; returns its number.
+    pub fn start_incarnation(&self, make: impl FnOnce(u64) -> Engine) -> Engine {
+        let inc = self.incarnation.fetch_add(1, Ordering::SeqCst) + 1;
+        let engine = make(inc);
+        *lock(&self.engine) = Some(engine.clone());
+        engine
+    }
+
+    /// The current engine incarnation, if started.
+    pub fn engine(&self) -> Option<Engine> {
+        lock(&self.engine).clone()
+    }
+
+    /// Takes the engine (at the end of a run, so caches drop with the world).
+    pub fn take_engine(&self) -> Option<Engine> {
+        lock(&self.engine).take()
+    }
+
+    /// Whether client `c` should drop its connection now (clears the flag).
+    pub fn take_drop_flag(&self, c: usize) -> bool {
+        std::mem::take(&mut lock(&self.drop_flags)[c])
+    }
+
+    /// Asks client `c` to drop its connection.
+    pub fn set_drop_flag(&self, c: usize) {
+        lock(&self.drop_flags)[c] = true;
+    }
+
+    /// Marks client `c` finished.
+    pub fn set_done(&self, c: usize) {
+        lock(&self.client_done)[c] = true;
+    }
+
+    /// Whether every client finished.
+    pub fn all_done(&self) -> bool {
+        lock(&self.client_done).iter().all(|d| *d)
+    }
+
+    /// Whether client `c` finished.
+    pub fn is_done(&self, c: usize) -> bool {
+        lock(&self.client_done)[c]
+    }
+}

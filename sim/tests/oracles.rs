@@ -1,0 +1,78 @@
+//! Every oracle fires: each test plants the violation it guards against and
+//! asserts that the harness reports that invariant.
+
+use sim::run::check_determinism;
+use sim::{run_seed, Plant, Scenario};
+
+fn first_inv(plant: Plant) -> String {
+    let s = Scenario::named("standard").unwrap();
+    for seed in 1..6 {
+        let o = run_seed(seed, &s, Some(plant));
+        if let Some(inv) = o.first_invariant() {
+            return inv.to_string();
+        }
+    }
+    "none".into()
+}
+
+#[test]
+fn inv1_leaked_session_is_reported() {
+    assert_eq!(first_inv(Plant::LeakSessionOnDisconnect), "INV-1");
+}
+
+#[test]
+fn inv2_refcount_mismatch_is_reported() {
+    assert_eq!(first_inv(Plant::ShadowExtraHandle), "INV-2");
+}
+
+#[test]
+fn inv3_index_corruption_is_reported() {
+    assert_eq!(first_inv(Plant::IndexCorruption), "INV-3");
+}
+
+#[test]
+fn inv4_second_resolver_is_reported() {
+    assert_eq!(first_inv(Plant::DoubleResolver), "INV-4");
+}
+
+#[test]
+fn inv5_wrong_value_is_reported() {
+    assert_eq!(first_inv(Plant::WrongValue), "INV-5");
+}
+
+#[test]
+fn inv6_cached_error_is_reported() {
+    assert_eq!(first_inv(Plant::CachedError), "INV-6");
+}
+
+#[test]
+fn inv7_spurious_cancel_is_reported() {
+    assert_eq!(first_inv(Plant::SpuriousCancel), "INV-7");
+}
+
+#[test]
+fn inv8_ttl_cross_session_is_reported() {
+    assert_eq!(first_inv(Plant::TtlCrossSession), "INV-8");
+}
+
+#[test]
+fn inv9_refs_after_close_are_reported() {
+    assert_eq!(first_inv(Plant::RefsAfterClose), "INV-9");
+}
+
+#[test]
+fn inv10_double_hook_is_reported() {
+    assert_eq!(first_inv(Plant::DoubleHook), "INV-10");
+}
+
+#[test]
+fn inv11_swallowed_response_is_reported() {
+    assert_eq!(first_inv(Plant::SwallowResponse), "INV-11");
+}
+
+#[test]
+fn inv12_nondeterminism_is_reported() {
+    let s = Scenario::named("standard").unwrap();
+    let err = check_determinism(1, &s, Some(Plant::Nondeterminism)).unwrap_err();
+    assert!(err.starts_with("INV-12"), "{err}");
+}

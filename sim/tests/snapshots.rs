@@ -1,0 +1,54 @@
+//! Golden outputs under the top-level `snapshots/` folder: traces of golden
+//! seeds, the leak report of a planted leak, the metrics exposition at the
+//! end of a run, and the printed swarm configuration.
+
+use sim::plan::Swarm;
+use sim::{run_seed, Plant, Scenario};
+
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+#[test]
+fn golden_traces() {
+    let s = Scenario::named("standard").unwrap();
+    for seed in [1u64, 2] {
+        let o = run_seed(seed, &s, None);
+        assert!(o.passed(), "{:?}", o.violations);
+        snap!(format!("trace_seed_{seed}"), o.trace.join("\n"));
+    }
+}
+
+#[test]
+fn planted_leak_report() {
+    let s = Scenario::named("standard").unwrap();
+    let o = run_seed(1, &s, Some(Plant::LeakSessionOnDisconnect));
+    assert_eq!(o.first_invariant(), Some("INV-1"));
+    let leak = o.leak.expect("a leak report");
+    let classes: Vec<String> = leak.classes().iter().map(|c| c.to_string()).collect();
+    snap!(
+        "planted_leak_report",
+        format!("classes: {classes:?}\n{leak}")
+    );
+}
+
+#[test]
+fn metrics_at_end_of_run() {
+    let s = Scenario::named("standard").unwrap();
+    let o = run_seed(3, &s, None);
+    assert!(o.passed(), "{:?}", o.violations);
+    snap!("metrics_end_of_run", o.metrics);
+}
+
+#[test]
+fn swarm_configurations() {
+    let s = Scenario::named("standard").unwrap();
+    let text: Vec<String> = (0..8)
+        .map(|seed| format!("seed {seed}: {}", Swarm::generate(seed, &s)))
+        .collect();
+    snap!("swarm_configurations", text.join("\n"));
+}

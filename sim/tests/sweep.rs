@@ -1,0 +1,105 @@
+//! The default sweep: a few hundred seeds over every named scenario must
+//! pass, every enabled fault kind must fire somewhere, and replays must be
+//! byte-identical (INV-12). `SIM_SEEDS` raises the seed count per scenario.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use sim::cli::failure_text;
+use sim::plan::FaultKind;
+use sim::run::check_determinism;
+use sim::scenario::NAMED;
+use sim::{run_seed, Scenario};
+
+fn seeds_per_scenario() -> u64 {
+    std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
+}
+
+#[test]
+fn default_sweep_passes_and_every_enabled_fault_fires() {
+    let n = seeds_per_scenario();
+    let work: Vec<(String, u64)> = NAMED
+        .iter()
+        .flat_map(|s| (0..n).map(move |seed| (s.to_string(), seed)))
+        .collect();
+    let next = Mutex::new(0usize);
+    let failures = Mutex::new(Vec::new());
+    let enabled = Mutex::new(BTreeSet::new());
+    let fired: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut g = next.lock().unwrap();
+                    *g += 1;
+                    *g - 1
+                };
+                let Some((name, seed)) = work.get(i) else {
+                    break;
+                };
+                let s = Scenario::named(name).unwrap();
+                let o = run_seed(*seed, &s, None);
+                enabled
+                    .lock()
+                    .unwrap()
+                    .extend(o.plan.swarm.enabled.keys().copied());
+                for (k, v) in &o.counters {
+                    *fired.lock().unwrap().entry(k.clone()).or_default() += v;
+                }
+                if !o.passed() {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(failure_text(&o, &s, Some(name)));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let fired = fired.into_inner().unwrap();
+    let enabled: BTreeSet<FaultKind> = enabled.into_inner().unwrap();
+    assert_eq!(
+        enabled.len(),
+        FaultKind::ALL.len(),
+        "every kind is enabled by some seed"
+    );
+    for kind in enabled {
+        let key = format!("fault:{}", kind.name());
+        assert!(
+            fired.get(&key).copied().unwrap_or(0) > 0,
+            "{key} never fired: {fired:?}"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for name in ["standard", "restart-heavy"] {
+        let s = Scenario::named(name).unwrap();
+        for seed in [1, 7, 42] {
+            check_determinism(seed, &s, None).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_scenario_names_the_field() {
+    let e = Scenario::parse("clients = \"many\"").unwrap_err();
+    assert!(e.contains("clients"), "{e}");
+    let e = Scenario::parse("[calls]\ncancel = 2.0").unwrap_err();
+    assert!(e.contains("calls.cancel"), "{e}");
+    let e = Scenario::parse("clientz = 3").unwrap_err();
+    assert!(e.contains("clientz"), "{e}");
+    for name in NAMED {
+        Scenario::named(name).unwrap();
+    }
+}
