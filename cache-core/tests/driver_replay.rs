@@ -7,11 +7,16 @@
 //!
 //! Each file is decoded exactly as `libfuzzer-sys` decodes it
 //! (`driver::replay::decode`), so the same operation sequence runs here.
+//! `sim_plan` inputs run through the `sim` harness (`fuzz/sim_plan_input.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cache_core::driver::replay::{describe, run_target, TARGETS};
+use cache_core::driver::replay::{decode, describe, run_target, TARGETS};
+
+/// The sim_plan input, shared with the fuzz target.
+#[path = "../../fuzz/sim_plan_input.rs"]
+mod sim_plan_input;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -79,4 +84,34 @@ fn crash_regressions_replay_clean() {
 fn unknown_target_is_a_clear_error() {
     let err = run_target("no_such_target", b"").unwrap_err();
     assert!(err.detail.contains("no_such_target"), "{err}");
+}
+
+/// `sim_plan`: the plan the bytes choose runs through the sim harness.
+#[test]
+fn sim_plan_inputs_replay_clean() {
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for kind in ["seeds", "regressions"] {
+        for path in inputs(kind, "sim_plan") {
+            let bytes = fs::read(&path).expect("readable corpus file");
+            let Some(input) = decode::<sim_plan_input::SimInput>(&bytes) else {
+                continue;
+            };
+            ran += 1;
+            if let Err(f) = sim_plan_input::run(&input) {
+                failures.push(format!("{}: {f}\ninput: {input:#?}", path.display()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} sim_plan inputs fail:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(
+        !inputs("seeds", "sim_plan").is_empty(),
+        "no seed corpus in fuzz/seeds/sim_plan"
+    );
+    println!("replayed {ran} sim_plan inputs");
 }

@@ -13,7 +13,9 @@ use super::{
     TtlInput,
 };
 
-/// The fuzz targets the driver serves, by name (the `fuzz/` binaries).
+/// The fuzz targets the driver serves, by name (the `fuzz/` binaries). The
+/// fifth, `sim_plan`, runs through the `sim` harness instead (see
+/// `fuzz/sim_plan_input.rs`).
 pub const TARGETS: &[&str] = &["core_ops", "session_ops", "id_decode", "ttl_store"];
 
 /// Decodes `bytes` as `libfuzzer-sys` does for a typed target; `None` when
