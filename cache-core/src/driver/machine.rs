@@ -176,17 +176,8 @@ impl Driver {
     }
 
     fn fail(&self, invariant: &'static str, detail: String) -> Failure {
-        Failure {
-            invariant,
-            step: self.step,
-            detail: format!(
-                "{detail}\n  op: {}\n{}",
-                self.op
-                    .as_ref()
-                    .map_or_else(|| "quiesce".to_string(), |o| format!("{o:?}")),
-                self.cache.leak_report()
-            ),
-        }
+        let op = self.op.as_ref().map(|o| o as &dyn std::fmt::Debug);
+        Failure::at(invariant, self.step, detail, op, &self.cache.leak_report())
     }
 
     fn run_hooks(&self, releases: Vec<PendingRelease>) -> Result<(), Failure> {

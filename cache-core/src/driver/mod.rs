@@ -72,6 +72,25 @@ pub struct Failure {
     pub detail: String,
 }
 
+impl Failure {
+    /// A failure found after `step`, naming the operation being applied
+    /// (`None`: the final quiesce) and carrying the cache's leak report.
+    pub(crate) fn at(
+        invariant: &'static str,
+        step: usize,
+        detail: String,
+        op: Option<&dyn fmt::Debug>,
+        report: &crate::machine::LeakReport,
+    ) -> Self {
+        let op = op.map_or_else(|| "quiesce".to_string(), |o| format!("{o:?}"));
+        Failure {
+            invariant,
+            step,
+            detail: format!("{detail}\n  op: {op}\n{report}"),
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
