@@ -112,6 +112,7 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
         },
     );
     world.trace("engine", format!("client{client} connected: session {sid}"));
+    // tokio's clock inside a turmoil host is the simulated one: deterministic.
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
         let event = tokio::select! {

@@ -146,6 +146,26 @@ struct CallerTask {
     cancelled: bool,
 }
 
+impl CallerTask {
+    /// A caller just spawned, not yet cancelled.
+    fn new(
+        handle: JoinHandle<Result<CallResult<u32>, CallError>>,
+        token: CancellationToken,
+        origin: Origin,
+        info: RunInfo,
+        closed_at_issue: bool,
+    ) -> Self {
+        Self {
+            handle,
+            token,
+            origin,
+            info,
+            closed_at_issue,
+            cancelled: false,
+        }
+    }
+}
+
 /// A successful result, by entry.
 struct Stored {
     value: Option<u32>,
@@ -509,14 +529,13 @@ impl Driver {
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle = tokio::spawn(async move { cache.get_or_init_call(&ctx, key, resolver).await });
-        self.callers.push(CallerTask {
+        self.callers.push(CallerTask::new(
             handle,
             token,
             origin,
             info,
             closed_at_issue,
-            cancelled: false,
-        });
+        ));
     }
 
     fn spawn_arbitrary(&mut self, ctx: Ctx, origin: Origin, key: String, info: RunInfo) {
@@ -526,14 +545,13 @@ impl Driver {
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle =
             tokio::spawn(async move { cache.get_or_init_arbitrary(&ctx, &key, init).await });
-        self.callers.push(CallerTask {
+        self.callers.push(CallerTask::new(
             handle,
             token,
             origin,
             info,
             closed_at_issue,
-            cancelled: false,
-        });
+        ));
     }
 
     /// The model's side of a session close (S-1, INV-9).
