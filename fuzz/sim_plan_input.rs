@@ -94,6 +94,9 @@ fn behave(b: SimBehave) -> Behave {
         },
         dur_ms: 1 + u64::from(b.dur % 40) * 10,
         safe: b.safe,
+        // The duration's spare high bits pick a resolver that ignores
+        // cancellation (C-5a), keeping the input layout of older seeds.
+        deaf: (b.dur / 40) % 2 == 1 && !matches!(b.outcome, SimOutcome::Hang),
     }
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+pub mod bugs;
 #[cfg(feature = "driver")]
 pub mod driver;
 pub mod error;

@@ -24,12 +24,28 @@ pub struct SweepArgs {
     pub first_seed: u64,
     /// `K/N`.
     pub shard: Option<String>,
-    /// Scenario name or file.
+    /// Scenario, client override and bug-zoo switches.
+    pub setup: Setup,
+    /// Parallel simulations.
+    pub jobs: usize,
+}
+
+/// What picks a simulation's setup on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// Scenario name or TOML file.
     pub scenario: Option<String>,
     /// Client override.
     pub clients: Option<usize>,
-    /// Parallel simulations.
-    pub jobs: usize,
+    /// Bug-zoo switches to turn on (`--bug NAME`, repeatable).
+    pub bugs: Vec<String>,
+}
+
+impl Setup {
+    /// The scenario this setup names, with its overrides and switches.
+    pub fn load(&self) -> Result<Scenario, String> {
+        scenario(self.scenario.as_deref(), self.clients)?.with_bugs(&self.bugs)
+    }
 }
 
 /// Loads a scenario, applying a client override.
@@ -49,7 +65,9 @@ fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
     if let Some(a) = arg {
         cmd.push_str(&format!(" --scenario {a}"));
     }
-    let _ = s;
+    for bug in s.bugs.iter() {
+        cmd.push_str(&format!(" --bug {bug}"));
+    }
     cmd
 }
 
@@ -101,7 +119,7 @@ fn parse_shard(shard: &Option<String>) -> Result<(u64, u64), String> {
 
 /// `cache-sim run`: sweeps seeds; `Ok(true)` if every seed passed.
 pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
-    let s = scenario(a.scenario.as_deref(), a.clients)?;
+    let s = a.setup.load()?;
     let (k, n) = parse_shard(&a.shard)?;
     let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.seeds)
         .filter(|seed| seed % n == k)
@@ -122,7 +140,7 @@ pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
                 let o = run_seed(seed, &s, None);
                 sim_ms.fetch_add(o.sim_ms, Ordering::SeqCst);
                 if !o.passed() {
-                    let text = failure_text(&o, &s, a.scenario.as_deref());
+                    let text = failure_text(&o, &s, a.setup.scenario.as_deref());
                     bar.suspend(|| eprint!("{text}"));
                     failures.lock().unwrap().push(text);
                 }
@@ -146,13 +164,9 @@ pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
 }
 
 /// `cache-sim replay`: prints the full trace; `Ok(true)` if the seed passes.
-pub fn replay(
-    seed: u64,
-    arg: Option<&str>,
-    clients: Option<usize>,
-    trace_file: Option<&str>,
-) -> Result<bool, String> {
-    let s = scenario(arg, clients)?;
+pub fn replay(seed: u64, setup: &Setup, trace_file: Option<&str>) -> Result<bool, String> {
+    let s = setup.load()?;
+    let arg = setup.scenario.as_deref();
     let o = run_seed(seed, &s, None);
     let text = o.trace.join("\n") + "\n";
     print!("{text}");
@@ -169,8 +183,9 @@ pub fn replay(
 }
 
 /// `cache-sim shrink`: shrinks a failing seed and prints the minimal plan.
-pub fn shrink(seed: u64, arg: Option<&str>, clients: Option<usize>) -> Result<bool, String> {
-    let s = scenario(arg, clients)?;
+pub fn shrink(seed: u64, setup: &Setup) -> Result<bool, String> {
+    let s = setup.load()?;
+    let arg = setup.scenario.as_deref();
     let plan = Plan::generate(seed, &s);
     let Some(result) = shrink::shrink(plan, &s, None, 300) else {
         println!("seed {seed} passes: nothing to shrink");
@@ -189,8 +204,8 @@ pub fn shrink(seed: u64, arg: Option<&str>, clients: Option<usize>) -> Result<bo
 }
 
 /// `cache-sim report`: writes the SVG timeline.
-pub fn report(seed: u64, arg: Option<&str>, svg: &str) -> Result<bool, String> {
-    let s = scenario(arg, None)?;
+pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
+    let s = setup.load()?;
     let o = run_seed(seed, &s, None);
     std::fs::write(svg, report::svg(&o)).map_err(|e| format!("cannot write {svg}: {e}"))?;
     println!(
@@ -199,4 +214,53 @@ pub fn report(seed: u64, arg: Option<&str>, svg: &str) -> Result<bool, String> {
         o.sim_ms
     );
     Ok(o.passed())
+}
+
+/// `cache-sim zoo`: hunts each named switch (all when `names` is empty) over
+/// the default sweep order and prints one Markdown table row per switch;
+/// `Ok(true)` if every switch was caught by an invariant it is expected to
+/// break.
+pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, String> {
+    use cache_core::bugs::Bug;
+    let bugs: Vec<Bug> = if names.is_empty() {
+        Bug::ALL.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| n.parse::<Bug>().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?
+    };
+    println!("| switch | breaks | invariant | first failing seed | seeds needed | time |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut all = true;
+    for bug in bugs {
+        let start = wall.elapsed_secs();
+        let found = crate::zoo::hunt(bug, seeds);
+        let secs = wall.elapsed_secs() - start;
+        match found {
+            Some(f) => {
+                let expected = bug.invariants().contains(&f.invariant);
+                all &= expected;
+                println!(
+                    "| `{bug}` | {} | {}{} | {} seed {} | {} | {:.2} s |",
+                    bug.rule(),
+                    f.invariant,
+                    if expected { "" } else { " (unexpected)" },
+                    f.scenario,
+                    f.seed,
+                    f.runs,
+                    secs
+                );
+            }
+            None => {
+                all = false;
+                println!(
+                    "| `{bug}` | {} | not caught | - | > {} | {secs:.2} s |",
+                    bug.rule(),
+                    seeds * crate::scenario::NAMED.len() as u64
+                );
+            }
+        }
+    }
+    Ok(all)
 }

@@ -154,6 +154,7 @@ impl Client {
             return None;
         }
         self.trace(format!("r{req} op{op} sent"));
+        self.world.note_sent();
         match self.wait(req, cancel_ms).await {
             Answer::Line(l) => Some(l),
             Answer::Lost(why) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cache_core::error::CallError;
 use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
 use cache_core::id::{CallId, Digest, Literal};
-use cache_core::machine::Resolved;
+use cache_core::machine::{Owner, Resolved};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +30,12 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
             calls: Cache::builder(inc * 2)
                 .ttl_store(world.store.clone())
                 .clock(clock.clone())
+                .bugs(world.bugs)
                 .build(),
             changes: Cache::builder(inc * 2 + 1)
                 .change_cache()
                 .clock(clock)
+                .bugs(world.bugs)
                 .build(),
             stop: CancellationToken::new(),
         }
@@ -202,7 +204,10 @@ impl Conn {
         let sid = self.calls.id();
         let summary = self.calls.close();
         let _ = self.changes.close();
-        let refs_after = self.calls.refs();
+        let refs_after = self
+            .eng
+            .calls
+            .inspect(|m| m.refs_owned_by(Owner::Session(sid)));
         if let Some(s) = self.world.shadow().sessions.get_mut(&(self.eng.inc, sid)) {
             s.open = false;
             s.handles.clear();
@@ -374,8 +379,18 @@ fn answer(
                     }
                 }
                 drop(sh);
-                if !open {
-                    world.violate("INV-9", format!("{sid} got a handle after close"));
+                // A result served while the session was open may reach us
+                // after it closed (the close released it). What S-3 forbids
+                // is a ref that the closed session still owns.
+                let kept = conn
+                    .eng
+                    .calls
+                    .inspect(|m| m.refs_owned_by(Owner::Session(sid)));
+                if !open && kept != 0 {
+                    world.violate(
+                        "INV-9",
+                        format!("closed session {sid} got a result and still owns {kept} refs"),
+                    );
                 }
             }
             let mut v = v;
@@ -500,8 +515,10 @@ fn resolver(
             world.trace(
                 "engine",
                 format!(
-                    "run{run} k{key} starts ({:?}, {} ms)",
-                    behave.outcome, behave.dur_ms
+                    "run{run} k{key} starts ({:?}, {} ms{})",
+                    behave.outcome,
+                    behave.dur_ms,
+                    if behave.deaf { ", deaf" } else { "" }
                 ),
             );
             let result = body(&world, &eng, run, key, behave, nested, session, kind, &rctx).await;
@@ -571,6 +588,7 @@ async fn body(
             outcome: Outcome::Value,
             dur_ms: 20,
             safe: true,
+            deaf: false,
         };
         let r = resolver(world, eng, nk, quick, None, None, Kind::Call);
         match eng.calls.get_or_init_call(&rctx.nested(), ck, r).await {
@@ -589,10 +607,15 @@ async fn body(
             _ => tokio::time::sleep(Duration::from_millis(behave.dur_ms)).await,
         }
     };
-    let cancelled = tokio::select! {
-        biased;
-        _ = rctx.cancel.cancelled() => true,
-        _ = sleep => false,
+    let cancelled = if behave.deaf {
+        sleep.await;
+        false
+    } else {
+        tokio::select! {
+            biased;
+            _ = rctx.cancel.cancelled() => true,
+            _ = sleep => false,
+        }
     };
     if cancelled {
         // INV-7: a resolver is cancelled only when every waiter has left.

@@ -14,6 +14,7 @@ pub mod run;
 pub mod scenario;
 pub mod shrink;
 pub mod world;
+pub mod zoo;
 
 pub use plan::Plan;
 pub use run::{run_plan, run_seed, RunOutcome};

@@ -37,6 +37,9 @@ enum Cmd {
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
+        /// Turn on a bug-zoo switch (repeatable): the sweep must fail.
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
         /// Simulations run in parallel (whole simulations on threads).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
@@ -55,6 +58,9 @@ enum Cmd {
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
     },
     /// Shrink a failing seed's plan and print the minimal plan.
     Shrink {
@@ -67,6 +73,19 @@ enum Cmd {
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
+    },
+    /// Hunt the bug zoo: with each switch on, sweep until a seed fails and
+    /// print a Markdown row (switch, rule, invariant, seed, runs, time).
+    Zoo {
+        /// Only this switch (repeatable); default: every switch.
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
+        /// Seeds per named scenario to try before giving up.
+        #[arg(long, default_value_t = 40)]
+        seeds: u64,
     },
     /// SVG timeline of cache entries (by bucket) and connected clients.
     Report {
@@ -79,6 +98,9 @@ enum Cmd {
         /// Scenario name or TOML file.
         #[arg(long)]
         scenario: Option<String>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
     },
 }
 
@@ -91,14 +113,18 @@ fn main() -> ExitCode {
             shard,
             scenario,
             clients,
+            bugs,
             jobs,
         } => cli::sweep(
             &cli::SweepArgs {
                 seeds,
                 first_seed,
                 shard,
-                scenario,
-                clients,
+                setup: cli::Setup {
+                    scenario,
+                    clients,
+                    bugs,
+                },
                 jobs,
             },
             &wall::Timer::start(),
@@ -108,17 +134,44 @@ fn main() -> ExitCode {
             scenario,
             trace,
             clients,
-        } => cli::replay(seed, scenario.as_deref(), clients, trace.as_deref()),
+            bugs,
+        } => cli::replay(
+            seed,
+            &cli::Setup {
+                scenario,
+                clients,
+                bugs,
+            },
+            trace.as_deref(),
+        ),
         Cmd::Shrink {
             seed,
             scenario,
             clients,
-        } => cli::shrink(seed, scenario.as_deref(), clients),
+            bugs,
+        } => cli::shrink(
+            seed,
+            &cli::Setup {
+                scenario,
+                clients,
+                bugs,
+            },
+        ),
+        Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()),
         Cmd::Report {
             seed,
             svg,
             scenario,
-        } => cli::report(seed, scenario.as_deref(), &svg),
+            bugs,
+        } => cli::report(
+            seed,
+            &cli::Setup {
+                scenario,
+                clients: None,
+                bugs,
+            },
+            &svg,
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

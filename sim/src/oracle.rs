@@ -161,7 +161,8 @@ pub fn check_ttl(world: &World, key: u64, v: &Val, session: SessionId, t0_ms: u6
     }
 }
 
-/// Checks after every step: INV-3 (the cache's own check), INV-2 (shadow
+/// Checks after every step: the cache's own checks (INV-3 and the rules
+/// each protects, reported under its invariant), INV-2 (shadow
 /// refcounts, when nothing is in flight for the session / the engine).
 pub fn check_step(world: &World) {
     let Some(eng) = world.engine() else { return };
@@ -171,7 +172,7 @@ pub fn check_step(world: &World) {
     }
     for (name, cache) in [("calls", &eng.calls), ("changes", &eng.changes)] {
         if let Err(v) = cache.check_invariants() {
-            world.violate("INV-3", format!("{name}: {v}"));
+            world.violate(v.invariant(), format!("{name}: {v}"));
         }
     }
     check_refcounts(world, &eng);

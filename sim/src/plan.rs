@@ -32,6 +32,9 @@ pub struct Behave {
     pub dur_ms: u64,
     /// T-3: safe to persist.
     pub safe: bool,
+    /// Does not observe its cancellation token: runs to the end even after
+    /// every waiter left (C-5a), as resolvers doing uncancellable work do.
+    pub deaf: bool,
 }
 
 /// One client operation.
@@ -200,6 +203,8 @@ fn behave(rng: &mut Rng, s: &Scenario) -> Behave {
         outcome,
         dur_ms: rng.range(1, r.max_duration_ms.max(1)),
         safe: rng.chance(s.calls.safe_to_persist),
+        // A hanging resolver ends only by cancellation, so it always listens.
+        deaf: outcome != Outcome::Hang && rng.chance(r.deaf),
     }
 }
 

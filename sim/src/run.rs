@@ -17,6 +17,12 @@ use crate::{client, engine, oracle};
 
 /// Simulated ms after healing by which everything must have drained (INV-11).
 pub const DRAIN_MS: u64 = 20_000;
+/// Simulated ms after a client's last request by which it must be done: it
+/// waits at most `ANSWER_MS` for the answer, then at most as long again to
+/// close, plus slack. Clients whose plans were stretched by faults still
+/// issue requests after healing; each one extends the deadline by this
+/// bound, never more, so a call that hangs is still reported (INV-11).
+pub const LAST_REQUEST_MS: u64 = 2 * crate::protocol::ANSWER_MS + 2_000;
 /// Turmoil tick, simulated ms.
 pub const TICK_MS: u64 = 2;
 /// Normal message latency bounds, simulated ms.
@@ -103,11 +109,16 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
             (Arc::new(s), None, Some(dir))
         }
     };
-    let world = Arc::new(World::new(plan.clone(), plant, store, memory));
+    let mut world = World::new(plan.clone(), plant, store, memory);
+    world.bugs = scenario.bugs;
+    let world = Arc::new(world);
     world.trace(
         "sim",
         format!("seed {} scenario {}", plan.seed, scenario.name),
     );
+    if !scenario.bugs.is_empty() {
+        world.trace("sim", format!("bug-zoo switches on: {}", scenario.bugs));
+    }
     world.trace("sim", plan.swarm.to_string());
     if plant == Some(Plant::Nondeterminism) {
         let n = NONDETERMINISM.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -138,7 +149,7 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     let mut crashed = vec![false; names.len()];
     let mut healed = false;
     let mut samples = Vec::new();
-    let deadline = plan.heal_at_ms + DRAIN_MS;
+    let drain_until = plan.heal_at_ms + DRAIN_MS;
     let mut now;
     let mut restart_pending = false;
     loop {
@@ -247,7 +258,7 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         if world.all_done() && quiescent(&world) {
             break;
         }
-        if now > deadline {
+        if now > drain_until.max(world.last_sent_ms() + LAST_REQUEST_MS) {
             break;
         }
     }

@@ -70,6 +70,9 @@ pub struct ResolverMix {
     pub hang: u32,
     /// Longest resolver run, simulated ms.
     pub max_duration_ms: u64,
+    /// Probability that a (non-hanging) resolver ignores cancellation and
+    /// runs to the end (C-5a).
+    pub deaf: f64,
 }
 
 impl Default for ResolverMix {
@@ -81,6 +84,7 @@ impl Default for ResolverMix {
             panic: 4,
             hang: 4,
             max_duration_ms: 300,
+            deaf: 0.2,
         }
     }
 }
@@ -199,6 +203,10 @@ pub struct Scenario {
     pub calls: CallMix,
     /// Faults.
     pub faults: FaultRates,
+    /// Bug-zoo switches turned on in the engine's caches (`--bug`; never
+    /// read from a scenario file).
+    #[serde(skip)]
+    pub bugs: cache_core::bugs::Bugs,
 }
 
 impl Default for Scenario {
@@ -215,6 +223,7 @@ impl Default for Scenario {
             resolver: ResolverMix::default(),
             calls: CallMix::default(),
             faults: FaultRates::default(),
+            bugs: cache_core::bugs::Bugs::none(),
         }
     }
 }
@@ -245,6 +254,16 @@ impl Scenario {
             }
         };
         Scenario::parse(text)
+    }
+
+    /// This scenario with the named bug-zoo switches on; an unknown name is
+    /// an error listing the known ones.
+    pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<Scenario, String> {
+        for name in names {
+            let bug: cache_core::bugs::Bug = name.as_ref().parse().map_err(|e| format!("{e}"))?;
+            self.bugs = self.bugs.with(bug);
+        }
+        Ok(self)
     }
 
     /// Parses and validates a TOML scenario; the error names the field.
@@ -287,6 +306,7 @@ impl Scenario {
             ("calls.cancel", self.calls.cancel),
             ("calls.retry", self.calls.retry),
             ("faults.enable", self.faults.enable),
+            ("resolver.deaf", self.resolver.deaf),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(field, "must be a probability in 0..=1");

@@ -100,6 +100,8 @@ pub struct World {
     pub plan: Plan,
     /// A planted violation, if any.
     pub plant: Option<Plant>,
+    /// Bug-zoo switches on in the engine's caches (none by default).
+    pub bugs: cache_core::bugs::Bugs,
     now_ms: AtomicU64,
     jump_ms: Mutex<i64>,
     clock_hw: std::sync::atomic::AtomicI64,
@@ -121,6 +123,7 @@ pub struct World {
     /// Per client: finished its plan (or crashed).
     pub client_done: Mutex<Vec<bool>>,
     ids: AtomicU64,
+    last_sent_ms: AtomicU64,
     quiet: std::sync::atomic::AtomicBool,
 }
 
@@ -140,6 +143,7 @@ impl World {
         Self {
             plan,
             plant,
+            bugs: cache_core::bugs::Bugs::none(),
             now_ms: AtomicU64::new(0),
             jump_ms: Mutex::new(0),
             clock_hw: std::sync::atomic::AtomicI64::new(EPOCH_MS),
@@ -155,6 +159,7 @@ impl World {
             drop_flags: Mutex::new(vec![false; n]),
             client_done: Mutex::new(vec![false; n]),
             ids: AtomicU64::new(1),
+            last_sent_ms: AtomicU64::new(0),
             quiet: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -266,6 +271,16 @@ impl World {
     /// Asks client `c` to drop its connection.
     pub fn set_drop_flag(&self, c: usize) {
         lock(&self.drop_flags)[c] = true;
+    }
+
+    /// A client sent a request now (the drain deadline counts from the last one).
+    pub fn note_sent(&self) {
+        self.last_sent_ms.fetch_max(self.now(), Ordering::SeqCst);
+    }
+
+    /// Simulated ms of the last request any client sent.
+    pub fn last_sent_ms(&self) -> u64 {
+        self.last_sent_ms.load(Ordering::SeqCst)
     }
 
     /// Marks client `c` finished.

@@ -42,6 +42,9 @@ pub use result::CallResult;
 pub use session::{CloseSummary, Session};
 pub use telemetry::{Span, Telemetry};
 
+use crate::bugs::Bug;
+#[cfg(feature = "bug-zoo")]
+use crate::bugs::Bugs;
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
@@ -110,9 +113,17 @@ pub struct CacheBuilder {
     telemetry: Option<Arc<dyn Telemetry>>,
     metrics: Arc<Metrics>,
     store_deadline_ms: u64,
+    #[cfg(feature = "bug-zoo")]
+    bugs: Bugs,
 }
 
 impl CacheBuilder {
+    /// Turns on bug-zoo switches (feature `bug-zoo`): harness self-tests only.
+    #[cfg(feature = "bug-zoo")]
+    pub fn bugs(mut self, bugs: Bugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
     /// A TTL store (T-1); without one, TTLs are ignored.
     pub fn ttl_store(mut self, store: Arc<dyn TtlStore>) -> Self {
         self.store = Some(store);
@@ -150,6 +161,8 @@ impl CacheBuilder {
         } else {
             CallCache::new(self.instance)
         };
+        #[cfg(feature = "bug-zoo")]
+        let machine = machine.with_bugs(self.bugs);
         Cache {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -214,6 +227,8 @@ impl Cache<()> {
             telemetry: None,
             metrics: Arc::new(Metrics::new()),
             store_deadline_ms: 1000,
+            #[cfg(feature = "bug-zoo")]
+            bugs: Bugs::none(),
         }
     }
 }
@@ -256,6 +271,11 @@ impl<V: Clone + Send + 'static> Cache<V> {
                 match choice {
                     StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
                     StorageKeyChoice::Live { .. } => req.shared_storage = true,
+                    StorageKeyChoice::Degraded { .. } if self.bug(Bug::TtlDbFailOpen) => {
+                        // BUG (ttl-db-fail-open, breaks T-2 / INV-8): the
+                        // bare call key, shared with every session.
+                        req.storage_key = None;
+                    }
                     StorageKeyChoice::Degraded { .. } => {}
                 }
             }
@@ -437,7 +457,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
                     wait::settled(&self.shared, wait, &ctx.cancel).await?;
                 }
                 Decision::Wait { entry, waiter } => {
-                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel).await;
+                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel, false)
+                        .await;
                 }
                 Decision::Run(order) => {
                     let resolver = resolver.take().expect("a caller runs at most one resolver");
@@ -450,7 +471,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
                         entry: (self.shared.lock().machine.instance(), entry),
                     };
                     wait::spawn_resolver(self.shared.clone(), entry, rctx, resolver);
-                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel).await;
+                    return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel, true)
+                        .await;
                 }
             }
         }
@@ -464,6 +486,10 @@ impl<V: Clone + Send + 'static> Cache<V> {
                 cached,
             });
         }
+    }
+
+    fn bug(&self, bug: Bug) -> bool {
+        self.shared.lock().machine.bugs().on(bug)
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared<V>> {

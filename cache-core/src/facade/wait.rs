@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{run_hooks, CallResult, ResolverCtx, Shared};
+use crate::bugs::Bug;
 use crate::error::CallError;
 use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Violation, WaiterId};
 
@@ -89,13 +90,16 @@ impl<V> Waits<V> {
 }
 
 /// Waits for the outcome; leaves (C-5) if cancelled or dropped first.
+/// `starter` says whether this caller's decision was to run the resolver.
 pub(crate) async fn outcome<V: Clone + Send + 'static>(
     shared: &Arc<Shared<V>>,
     entry: EntryId,
     waiter: WaiterId,
     wait: Wait<V>,
     cancel: &CancellationToken,
+    starter: bool,
 ) -> Result<CallResult<V>, CallError> {
+    let first_ctx = shared.lock().machine.bugs().on(Bug::FirstCtxCancelsAll);
     let Wait::Outcome(rx) = wait else {
         return Err(CallError::Unknown {
             what: "wait registration",
@@ -110,10 +114,16 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
     };
     let received = {
         let rx = waiting.rx.as_mut().expect("just set");
-        tokio::select! {
-            biased;
-            r = rx => Some(r),
-            _ = cancel.cancelled() => None,
+        if first_ctx && !starter {
+            // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter
+            // cannot cancel on its own.
+            Some(rx.await)
+        } else {
+            tokio::select! {
+                biased;
+                r = rx => Some(r),
+                _ = cancel.cancelled() => None,
+            }
         }
     };
     match received {
@@ -127,6 +137,14 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
             }
         }
         None => {
+            if first_ctx {
+                // BUG (first-ctx-cancels-all, breaks C-5 / INV-7): the
+                // resolver runs under the first caller's cancellation, so
+                // every other waiter fails with it.
+                if let Some(token) = shared.lock().waits.tokens.remove(&entry) {
+                    token.cancel();
+                }
+            }
             waiting.leave();
             Err(CallError::Cancelled)
         }

@@ -3,6 +3,7 @@
 use super::entry::{Entry, Phase, Slot, Waiter};
 use super::types::*;
 use super::CallCache;
+use crate::bugs::Bug;
 use crate::error::CallError;
 use crate::trace::{Path, TraceLine};
 
@@ -46,10 +47,21 @@ impl<V: Clone> CallCache<V> {
             };
         }
 
-        let forced = caller
+        let failed_before = caller
             .session
             .and_then(|s| self.sessions.get(&s))
-            .is_some_and(|s| s.retry_uncached.contains(&call_key));
+            .and_then(|s| s.retry_uncached.get(&call_key));
+        if let Some(error) = failed_before.filter(|_| self.bug(Bug::ErrorsCachedInSession)) {
+            // BUG (errors-cached-in-session, breaks C-9 / S-4): the session
+            // replays the last error instead of running the call again.
+            trace.rule = "S-4";
+            return Begin {
+                outcome: Err(error.clone()),
+                trace: Some(trace),
+                telemetry: false,
+            };
+        }
+        let forced = failed_before.is_some();
         // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
         // always emitted, so the retry's run gets its span too.
         let always = req.do_not_cache || req.repeat_telemetry || forced;
@@ -93,7 +105,12 @@ impl<V: Clone> CallCache<V> {
             trace.path = Path::Content;
             trace.rule = "C-3.2";
             trace.overridden = true;
-            let served = self.serve_hit(caller, hit, Some(id));
+            let mut served = self.serve_hit(caller, hit, Some(id));
+            if self.bug(Bug::ContentHitForeignRecipe) {
+                // BUG (content-hit-foreign-recipe, breaks C-8 / INV-5): the
+                // hit reports the stored entry's ID, not the requested one.
+                served.id = self.entries.get(hit.0).and_then(|e| e.result_id.clone());
+            }
             return Begin {
                 outcome: Ok(Decision::Hit(served)),
                 trace: Some(trace),

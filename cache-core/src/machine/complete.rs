@@ -3,6 +3,7 @@
 use super::entry::{Phase, Slot, Waiter};
 use super::types::*;
 use super::CallCache;
+use crate::bugs::Bug;
 use crate::error::CallError;
 
 impl<V: Clone> CallCache<V> {
@@ -30,6 +31,14 @@ impl<V: Clone> CallCache<V> {
             persist: None,
             settled: entry,
         };
+        if self.bug(Bug::OngoingDeleteNoIdentity) {
+            // BUG (ongoing-delete-no-identity, breaks C-13): clears the
+            // in-flight registration under this call's keys without checking
+            // it is this call's: a newer call registered there is dropped.
+            let e = self.entries.get(entry.0).expect("checked above");
+            let key = (e.storage_key.clone(), e.concurrency_key.clone());
+            self.idx.ongoing.remove(&key);
+        }
         let resolved = match self.adopt_nested(entry, outcome, &mut done) {
             Ok(resolved) => resolved,
             Err(error) => {
@@ -73,8 +82,15 @@ impl<V: Clone> CallCache<V> {
         };
         let w = e.waiters.remove(pos);
         let last = e.waiters.is_empty() && e.refcount == 0;
+        let unheld = e.refcount == 0;
         self.drop_wait_edge(&w, entry);
         if !last {
+            if unheld && self.bug(Bug::ErrorPathIgnoresWaiters) {
+                // BUG (error-path-ignores-waiters, breaks C-9 / INV-4): the
+                // call leaves the in-flight index while waiters remain, so
+                // the next caller starts a second resolver.
+                self.unindex(entry);
+            }
             return Left::Removed;
         }
         let change_mode = self.change_mode;
@@ -153,7 +169,7 @@ impl<V: Clone> CallCache<V> {
             if sets_retry_flag && is_call {
                 // S-4: only errors the resolver produced set the flag.
                 if let Some(state) = w.session.and_then(|s| self.sessions.get_mut(&s)) {
-                    state.retry_uncached.insert(call_key.clone());
+                    state.retry_uncached.insert(call_key.clone(), error.clone());
                 }
             }
             done.served.push((w.id, Err(error.clone())));
@@ -243,6 +259,24 @@ impl<V: Clone> CallCache<V> {
         };
         for w in waiters {
             let session_open = w.session.is_none_or(|s| self.sessions.contains_key(&s));
+            if !session_open && self.bug(Bug::SessionLateAppendLeak) {
+                // BUG (session-late-append-leak, breaks S-3): the late result
+                // is recorded for the closed session, which will never
+                // release it.
+                let owner = Owner::Session(w.session.expect("closed means it had one"));
+                let handle = self.add_ref(held, owner);
+                let served = Served {
+                    handle,
+                    value: value.clone(),
+                    id: id.clone(),
+                    hit: false,
+                    content_hit: false,
+                    detached,
+                    session_owned: true,
+                };
+                done.served.push((w.id, Ok(served)));
+                continue;
+            }
             if !session_open {
                 // S-3: this waiter's ref would be released at once. Taking and
                 // releasing it here could drop `held` to zero refs and remove
@@ -269,7 +303,11 @@ impl<V: Clone> CallCache<V> {
             };
             done.served.push((w.id, Ok(served)));
         }
-        if held != entry {
+        if held != entry && self.bug(Bug::DupCompletionDiscard) {
+            // BUG (dup-completion-discard, breaks C-7): the newcomer is
+            // dropped without its hook; refs it owned are orphaned.
+            self.entries.remove(entry.0);
+        } else if held != entry {
             // C-7: the newcomer's result goes, hook and nested refs included.
             self.remove_entry(entry, &mut done.releases);
         }

@@ -59,6 +59,21 @@ impl Indexes {
         }
     }
 
+    /// Removes whatever entry sits first under `slot`'s key, without asking
+    /// which: only the `key-only-delete` switch of the bug zoo calls this.
+    pub fn remove_first(&mut self, slot: &Slot) {
+        let first = match slot {
+            Slot::Storage(k) => self.storage(k),
+            Slot::Content(k) => self.content(k),
+            Slot::Ongoing(k, c) => self.ongoing.get(&(k.clone(), c.clone())).copied(),
+            Slot::ArbitraryOngoing(k) => self.arbitrary_ongoing.get(k).copied(),
+            Slot::ArbitraryCompleted(k) => self.arbitrary_completed.get(k).copied(),
+        };
+        if let Some(first) = first {
+            self.remove(slot, first);
+        }
+    }
+
     /// The first completed entry under a storage key.
     pub fn storage(&self, key: &str) -> Option<EntryId> {
         self.by_storage.get(key).and_then(|l| l.first().copied())

@@ -18,6 +18,27 @@ pub struct Violation {
     pub detail: String,
 }
 
+impl Violation {
+    /// The numbered invariant (section 8) the broken rule protects, so a
+    /// harness can report every internal check under an `INV-n` id.
+    pub fn invariant(&self) -> &'static str {
+        match self.rule {
+            inv if inv.starts_with("INV-") => inv,
+            // A ref whose named owner does not hold it: no handle accounts for it.
+            "C-11a" => "INV-2",
+            // In-flight with nobody waiting, or abandoned with waiters.
+            "C-5" => "INV-7",
+            // A completed entry nobody holds that was never removed: a leak.
+            "C-12" => "INV-1",
+            // An abandoned call still indexed.
+            "C-9" => "INV-3",
+            // A ref kept for a session that has closed.
+            "S-3" => "INV-9",
+            _ => "INV-3",
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} violated: {}", self.rule, self.detail)
@@ -260,6 +281,12 @@ impl<V: Clone> CallCache<V> {
         for (key, r) in self.refs.iter() {
             let id = RefId(key);
             let recorded = match r.owner {
+                Owner::Session(s) if !self.sessions.contains_key(&s) => {
+                    return fail(
+                        "S-3",
+                        format!("ref {id} on {} belongs to closed session {s}: a late completion was kept instead of released", r.entry),
+                    );
+                }
                 Owner::Session(s) => self
                     .sessions
                     .get(&s)

@@ -55,6 +55,7 @@ pub use report::{LeakClass, LeakReport, SurvivingEntry};
 pub use session::SessionClose;
 pub use types::*;
 
+use crate::bugs::{Bug, Bugs};
 use arena::Arena;
 use entry::Entry;
 use index::Indexes;
@@ -71,8 +72,10 @@ struct RefRecord {
 struct SessionState {
     /// Refs owned by the session (S-1).
     refs: BTreeSet<RefId>,
-    /// Call keys whose last call failed: the next one runs uncached (S-4).
-    retry_uncached: BTreeSet<String>,
+    /// Call keys whose last call failed, with the error: the next call runs
+    /// uncached (S-4). The error itself is only read by the
+    /// `errors-cached-in-session` switch of the bug zoo.
+    retry_uncached: BTreeMap<String, crate::error::CallError>,
     /// Call keys that already emitted telemetry (S-5).
     telemetry_seen: BTreeSet<String>,
 }
@@ -89,6 +92,8 @@ pub struct CallCache<V> {
     next_session: u64,
     next_waiter: u64,
     next_detached: u64,
+    /// Bug-zoo switches; always empty without the feature `bug-zoo`.
+    bugs: Bugs,
 }
 
 impl<V: Clone> CallCache<V> {
@@ -105,6 +110,7 @@ impl<V: Clone> CallCache<V> {
             next_session: 1,
             next_waiter: 1,
             next_detached: 1,
+            bugs: Bugs::none(),
         }
     }
 
@@ -115,6 +121,23 @@ impl<V: Clone> CallCache<V> {
             change_mode: true,
             ..Self::new(instance)
         }
+    }
+
+    /// Turns on bug-zoo switches (feature `bug-zoo`; harness self-tests only).
+    #[cfg(feature = "bug-zoo")]
+    pub fn with_bugs(mut self, bugs: Bugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
+
+    /// The bug-zoo switches that are on (none in a normal build).
+    pub fn bugs(&self) -> Bugs {
+        self.bugs
+    }
+
+    /// Whether the faulty path of `bug` is taken (never without `bug-zoo`).
+    fn bug(&self, bug: Bug) -> bool {
+        self.bugs.on(bug)
     }
 
     /// This instance's id.
@@ -156,6 +179,12 @@ impl<V: Clone> CallCache<V> {
     /// The owner of a ref, if it is live.
     pub fn owner(&self, ref_id: RefId) -> Option<Owner> {
         self.refs.get(ref_id.0).map(|r| r.owner)
+    }
+
+    /// Live refs naming `owner`, whether or not the owner records them: a
+    /// closed session must have none (INV-9), however they got there.
+    pub fn refs_owned_by(&self, owner: Owner) -> usize {
+        self.refs.iter().filter(|(_, r)| r.owner == owner).count()
     }
 
     /// The waiters of an in-flight entry, in arrival order.

@@ -1,8 +1,9 @@
 //! Releasing refs and removing entries (C-9, C-11, C-12, C-13).
 
-use super::entry::Phase;
+use super::entry::{Phase, Slot};
 use super::types::*;
 use super::CallCache;
+use crate::bugs::Bug;
 use crate::error::CallError;
 
 impl<V: Clone> CallCache<V> {
@@ -88,7 +89,14 @@ impl<V: Clone> CallCache<V> {
         };
         let slots = std::mem::take(&mut e.slots);
         for slot in &slots {
-            self.idx.remove(slot, entry);
+            let in_flight = matches!(slot, Slot::Ongoing(..));
+            if self.bug(Bug::KeyOnlyDelete) && !in_flight {
+                // BUG (key-only-delete, breaks C-13): removes whatever sits
+                // first under the key, which may be another entry.
+                self.idx.remove_first(slot);
+            } else {
+                self.idx.remove(slot, entry);
+            }
         }
     }
 }

@@ -1,0 +1,226 @@
+//! The bug zoo: named switches that each put back one failure mode the
+//! engine this cache is modelled on shipped or still carries.
+//!
+//! They exist to prove the harness: with a switch on, the simulation (or the
+//! driver) must fail and name the broken invariant. The names and the
+//! [`Bugs`] set are always compiled, so tools can parse and list them; the
+//! faulty code paths are not. Without the cargo feature `bug-zoo`,
+//! [`Bugs::on`] is the constant `false`, the faulty branches are dead code
+//! the compiler drops, and nothing can switch one on: the builder methods
+//! that take a [`Bugs`] exist only with the feature.
+//!
+//! ```
+//! use cache_core::bugs::{Bug, Bugs};
+//!
+//! let bug: Bug = "key-only-delete".parse().unwrap();
+//! assert_eq!(bug.rule(), "C-13");
+//! let set = Bugs::none().with(bug);
+//! assert_eq!(set.to_string(), "key-only-delete");
+//! // Only a `bug-zoo` build ever takes a faulty branch.
+//! assert_eq!(set.on(bug), cfg!(feature = "bug-zoo"));
+//! assert!("no-such-bug".parse::<Bug>().unwrap_err().to_string().contains("dup-completion-discard"));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One switch of the zoo. Each names the spec rule it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// A finished call meeting a completed entry under its storage key is
+    /// dropped without its release hook (breaks C-7).
+    DupCompletionDiscard,
+    /// A call finishing after its session closed is recorded in the closed
+    /// session instead of being released (breaks S-3).
+    SessionLateAppendLeak,
+    /// A leaving waiter takes the call out of the in-flight index while
+    /// other waiters remain (breaks C-9 / INV-4).
+    ErrorPathIgnoresWaiters,
+    /// The resolver runs under the first caller's cancellation; joined
+    /// waiters cannot cancel on their own (breaks C-5 / INV-7).
+    FirstCtxCancelsAll,
+    /// The session replays a call's error instead of running it again
+    /// (breaks C-9 / S-4).
+    ErrorsCachedInSession,
+    /// Release and error paths remove whatever entry sits at the key
+    /// (breaks C-13).
+    KeyOnlyDelete,
+    /// A finished call removes whatever is registered in flight under its
+    /// keys, even a newer call (breaks C-13 / INV-4).
+    OngoingDeleteNoIdentity,
+    /// A content hit reports the stored entry's ID (breaks C-8 / INV-5).
+    ContentHitForeignRecipe,
+    /// A failing TTL store makes the call use its bare call key (breaks
+    /// T-2 / INV-8).
+    TtlDbFailOpen,
+}
+
+impl Bug {
+    /// Every switch, in the order of the issue that asked for them.
+    pub const ALL: [Bug; 9] = [
+        Bug::DupCompletionDiscard,
+        Bug::SessionLateAppendLeak,
+        Bug::ErrorPathIgnoresWaiters,
+        Bug::FirstCtxCancelsAll,
+        Bug::ErrorsCachedInSession,
+        Bug::KeyOnlyDelete,
+        Bug::OngoingDeleteNoIdentity,
+        Bug::ContentHitForeignRecipe,
+        Bug::TtlDbFailOpen,
+    ];
+
+    /// The switch's id, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::DupCompletionDiscard => "dup-completion-discard",
+            Bug::SessionLateAppendLeak => "session-late-append-leak",
+            Bug::ErrorPathIgnoresWaiters => "error-path-ignores-waiters",
+            Bug::FirstCtxCancelsAll => "first-ctx-cancels-all",
+            Bug::ErrorsCachedInSession => "errors-cached-in-session",
+            Bug::KeyOnlyDelete => "key-only-delete",
+            Bug::OngoingDeleteNoIdentity => "ongoing-delete-no-identity",
+            Bug::ContentHitForeignRecipe => "content-hit-foreign-recipe",
+            Bug::TtlDbFailOpen => "ttl-db-fail-open",
+        }
+    }
+
+    /// The spec rule the switch breaks.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Bug::DupCompletionDiscard => "C-7",
+            Bug::SessionLateAppendLeak => "S-3",
+            Bug::ErrorPathIgnoresWaiters => "C-9",
+            Bug::FirstCtxCancelsAll => "C-5",
+            Bug::ErrorsCachedInSession => "S-4",
+            Bug::KeyOnlyDelete | Bug::OngoingDeleteNoIdentity => "C-13",
+            Bug::ContentHitForeignRecipe => "C-8",
+            Bug::TtlDbFailOpen => "T-2",
+        }
+    }
+
+    /// The invariants whose oracles may report the switch, the one the
+    /// spec pairs with the broken rule first. A harness run with the switch
+    /// on must fail with one of these as its first violation.
+    pub fn invariants(self) -> &'static [&'static str] {
+        match self {
+            // The discarded output's hook never runs; its orphaned nested
+            // ref is one no owner accounts for.
+            Bug::DupCompletionDiscard => &["INV-1", "INV-2"],
+            Bug::SessionLateAppendLeak => &["INV-9", "INV-1"],
+            Bug::ErrorPathIgnoresWaiters => &["INV-4"],
+            Bug::FirstCtxCancelsAll => &["INV-7"],
+            Bug::ErrorsCachedInSession => &["INV-6"],
+            // The wrong removal leaves a dead entry indexed (INV-3); the
+            // in-flight variant also lets a second resolver start (INV-4).
+            Bug::KeyOnlyDelete => &["INV-3"],
+            Bug::OngoingDeleteNoIdentity => &["INV-3", "INV-4"],
+            Bug::ContentHitForeignRecipe => &["INV-5"],
+            Bug::TtlDbFailOpen => &["INV-8"],
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a switch of the zoo.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown bug {name:?}; the known ones are: {}", known())]
+pub struct UnknownBug {
+    /// The name given.
+    pub name: String,
+}
+
+fn known() -> String {
+    let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+    names.join(", ")
+}
+
+impl FromStr for Bug {
+    type Err = UnknownBug;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Bug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBug { name: s.into() })
+    }
+}
+
+/// A set of switches; the default is none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bugs(u16);
+
+impl Bugs {
+    /// No switch on: the cache as specified.
+    pub fn none() -> Self {
+        Self(0)
+    }
+
+    /// This set plus `bug`.
+    pub fn with(self, bug: Bug) -> Self {
+        Self(self.0 | bug.bit())
+    }
+
+    /// Whether the faulty path of `bug` is taken: always `false` without the
+    /// feature `bug-zoo`, so the compiler removes those paths.
+    #[inline(always)]
+    pub fn on(self, bug: Bug) -> bool {
+        cfg!(feature = "bug-zoo") && self.0 & bug.bit() != 0
+    }
+
+    /// Whether no switch is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The switches set, in [`Bug::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Bug> {
+        Bug::ALL.into_iter().filter(move |b| self.0 & b.bit() != 0)
+    }
+}
+
+impl fmt::Display for Bugs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Bug::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_distinct() {
+        for b in Bug::ALL {
+            assert_eq!(b.name().parse::<Bug>(), Ok(b));
+            assert!(!b.invariants().is_empty());
+        }
+        let all = Bug::ALL.iter().fold(Bugs::none(), |s, b| s.with(*b));
+        assert_eq!(all.iter().count(), Bug::ALL.len());
+    }
+
+    #[test]
+    fn unknown_name_lists_the_known_ones() {
+        let e = "key-only".parse::<Bug>().unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("\"key-only\""), "{text}");
+        for b in Bug::ALL {
+            assert!(text.contains(b.name()), "{text}");
+        }
+    }
+
+    #[test]
+    fn switches_are_off_by_default() {
+        assert!(Bugs::default().is_empty());
+        assert!(Bug::ALL.iter().all(|b| !Bugs::default().on(*b)));
+    }
+}
