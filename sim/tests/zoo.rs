@@ -1,5 +1,5 @@
 //! The bug zoo (issue 5): with each switch on, the default sweep (the same
-//! `SIM_SEEDS` seeds of every named scenario that `sweep.rs` runs clean)
+//! 40 seeds of every named scenario that `sweep.rs` runs clean by default)
 //! must fail, and its first violation must name an invariant the broken
 //! rule protects. The failing seed must fail the same way on replay (INV-12).
 //!
@@ -10,8 +10,12 @@ use cache_core::bugs::{Bug, Bugs};
 use sim::zoo::hunt;
 use sim::{run_seed, Scenario};
 
+/// The default sweep's size. Deliberately not `SIM_SEEDS`: that one is
+/// lowered to keep mutation runs quick, while every switch must stay
+/// caught within what `cargo test` sweeps by default. A hunt stops at the
+/// first failing run, so this costs a few runs per switch, not 200.
 fn seeds_per_scenario() -> u64 {
-    std::env::var("SIM_SEEDS")
+    std::env::var("ZOO_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40)
