@@ -21,7 +21,7 @@ use criterion::{
 /// A payload with a drop hook, like a cached result with a release hook.
 struct Hooked {
     _payload: Value,
-    hook: Box<dyn FnMut() + Send>,
+    hook: Box<dyn FnMut() + Send + Sync>,
 }
 
 impl Drop for Hooked {
