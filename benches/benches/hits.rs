@@ -1,0 +1,334 @@
+//! Hits, misses and joins: the cache against moka 0.12 and a locked map.
+//!
+//! Every "ours" measurement takes a ref and gives it back, as a reader of a
+//! refcounted cache does: on the state machine `begin_call` then `release`,
+//! on the async API `get_or_init_call` then dropping the result (a caller
+//! without a session holds its own ref, released on drop). The baselines do
+//! the same work in their own terms: moka's `get_with` hands out a clone of
+//! the value (dropped at once); the locked map bumps and drops a refcount.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use benches::{
+    content_pairs, criterion, facade_with, hot_ids, ids_named, machine_with, never, runtime, value,
+    visit, LockedMap, Value, HOT_KEYS,
+};
+use cache_core::facade::{Cache, CallKey, Ctx};
+use cache_core::id::CallId;
+use cache_core::machine::{run_releases, CallCache, CallRequest, Caller, Decision, Resolved};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
+
+type MokaFuture = moka::future::Cache<std::sync::Arc<str>, Value>;
+type MokaSync = moka::sync::Cache<std::sync::Arc<str>, Value>;
+
+fn moka_keys(ids: &[CallId]) -> Vec<std::sync::Arc<str>> {
+    ids.iter().map(|id| id.call_key().into()).collect()
+}
+
+/// C-3.1 storage hits over 1024 hot keys.
+fn storage_hit(c: &mut Criterion) {
+    let ids = hot_ids(HOT_KEYS);
+    let keys = moka_keys(&ids);
+    let v = value();
+    let mut g = c.benchmark_group("storage_hit");
+    g.throughput(Throughput::Elements(1));
+
+    let mut machine = machine_with(&ids, &v);
+    let caller = Caller::default();
+    g.bench_function("machine", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let id = &ids[visit(i, ids.len())];
+            let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
+            let Ok(Decision::Hit(served)) = begin.outcome else {
+                panic!("a hot key hits")
+            };
+            black_box(&served.value);
+            let releases = machine.release(served.handle).expect("a live handle");
+            debug_assert!(releases.is_empty());
+        })
+    });
+
+    let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
+    g.bench_function("locked_map_floor", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let key = &keys[visit(i, keys.len())];
+            let got = floor.acquire(key).expect("a hot key hits");
+            black_box(&got);
+            floor.release(key);
+        })
+    });
+
+    let rt = runtime();
+    let (cache, _holder) = facade_with(&rt, &ids, &v);
+    let ctx = Ctx::new();
+    g.bench_function("async_api", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let id = &ids[visit(i, ids.len())];
+                    let r = cache
+                        .get_or_init_call(&ctx, CallKey::new(id.clone()), |_| async { never() })
+                        .await
+                        .expect("a hot key hits");
+                    black_box(r.value());
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let moka_f: MokaFuture = MokaFuture::new(HOT_KEYS as u64 * 2);
+    let moka_s: MokaSync = MokaSync::new(HOT_KEYS as u64 * 2);
+    rt.block_on(async {
+        for k in &keys {
+            moka_f.insert(k.clone(), v.clone()).await;
+            moka_s.insert(k.clone(), v.clone());
+        }
+    });
+    g.bench_function("moka_future_get_with", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let key = &keys[visit(i, keys.len())];
+                    black_box(moka_f.get_with(key.clone(), async { never() }).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("moka_sync_get_with", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let key = &keys[visit(i, keys.len())];
+            black_box(moka_s.get_with(key.clone(), never));
+        })
+    });
+    g.finish();
+}
+
+/// C-3.2 content hits: a different recipe with a stored content digest.
+fn content_hit(c: &mut Criterion) {
+    let pairs = content_pairs(HOT_KEYS);
+    let stored: Vec<CallId> = pairs.iter().map(|(s, _)| s.clone()).collect();
+    let v = value();
+    let mut g = c.benchmark_group("content_hit");
+    g.throughput(Throughput::Elements(1));
+
+    let mut machine = machine_with(&stored, &v);
+    let caller = Caller::default();
+    g.bench_function("machine", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let id = &pairs[visit(i, pairs.len())].1;
+            let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
+            let Ok(Decision::Hit(served)) = begin.outcome else {
+                panic!("a content hit")
+            };
+            debug_assert!(served.content_hit);
+            black_box(&served.value);
+            machine.release(served.handle).expect("a live handle");
+        })
+    });
+
+    let rt = runtime();
+    let (cache, _holder) = facade_with(&rt, &stored, &v);
+    let ctx = Ctx::new();
+    g.bench_function("async_api", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let id = &pairs[visit(i, pairs.len())].1;
+                    let r = cache
+                        .get_or_init_call(&ctx, CallKey::new(id.clone()), |_| async { never() })
+                        .await
+                        .expect("a content hit");
+                    debug_assert!(r.content_hit());
+                    black_box(r.value());
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // The baseline: the same lookup a plain map would do for a hit.
+    let keys = moka_keys(&stored);
+    let floor = LockedMap::new(stored.iter().map(|id| id.call_key()), v.clone());
+    g.bench_function("locked_map_floor", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let key = &keys[visit(i, keys.len())];
+            black_box(floor.acquire(key).expect("a hit"));
+            floor.release(key);
+        })
+    });
+    g.finish();
+}
+
+/// C-3.4 then C-6 and C-12: a miss runs the resolver, completes, and the
+/// only ref is released, so the entry leaves every index (the key is fresh
+/// again for the next visit).
+fn miss_complete_release(c: &mut Criterion) {
+    let ids = ids_named("miss", 4096);
+    let keys = moka_keys(&ids);
+    let v = value();
+    let mut g = c.benchmark_group("miss_complete_release");
+    g.throughput(Throughput::Elements(1));
+
+    let mut machine: CallCache<Value> = CallCache::new(1);
+    let caller = Caller::default();
+    g.bench_function("machine", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let id = &ids[visit(i, ids.len())];
+            let Ok(Decision::Run(order)) = machine
+                .begin_call(&caller, CallRequest::new(id.clone()))
+                .outcome
+            else {
+                panic!("a fresh key misses")
+            };
+            let done = machine
+                .complete(order.entry, Ok(Resolved::value(v.clone())))
+                .expect("completion");
+            for (_, served) in done.served {
+                let served = served.expect("success");
+                black_box(&served.value);
+                run_releases(machine.release(served.handle).expect("live")).expect("no hook");
+            }
+        })
+    });
+
+    let rt = runtime();
+    let cache: Cache<Value> = Cache::builder(1).build();
+    let ctx = Ctx::new();
+    g.bench_function("async_api", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let id = &ids[visit(i, ids.len())];
+                    let value = v.clone();
+                    let r = cache
+                        .get_or_init_call(&ctx, CallKey::new(id.clone()), move |_| async move {
+                            Ok(Resolved::value(value))
+                        })
+                        .await
+                        .expect("success");
+                    debug_assert!(!r.hit());
+                    black_box(r.value());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    assert_eq!(cache.live_entries(), 0, "INV-1 after the bench");
+
+    let moka_f: MokaFuture = MokaFuture::new(8192);
+    g.bench_function("moka_future_get_with_invalidate", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let key = &keys[visit(i, keys.len())];
+                    let value = v.clone();
+                    black_box(moka_f.get_with(key.clone(), async move { value }).await);
+                    moka_f.invalidate(key).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let moka_s: MokaSync = MokaSync::new(8192);
+    g.bench_function("moka_sync_get_with_invalidate", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let key = &keys[visit(i, keys.len())];
+            black_box(moka_s.get_with(key.clone(), || v.clone()));
+            moka_s.invalidate(key);
+        })
+    });
+    g.finish();
+}
+
+/// C-3.3: N concurrent callers of one fresh key join one in-flight call.
+fn waiters(c: &mut Criterion) {
+    let ids = ids_named("join", 4096);
+    let keys = moka_keys(&ids);
+    let v = value();
+    let rt = runtime();
+    let mut g = c.benchmark_group("waiters");
+    g.warm_up_time(Duration::from_millis(300));
+    for n in [1usize, 8, 64, 512] {
+        g.throughput(Throughput::Elements(n as u64));
+        let cache: Cache<Value> = Cache::builder(1).build();
+        let ctx = Ctx::new();
+        g.bench_with_input(BenchmarkId::new("async_api", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let key =
+                            CallKey::new(ids[visit(i, ids.len())].clone()).concurrency_key("c");
+                        let callers = (0..n).map(|_| {
+                            let value = v.clone();
+                            cache.get_or_init_call(&ctx, key.clone(), move |_| async move {
+                                Ok(Resolved::value(value))
+                            })
+                        });
+                        let results = join_all(callers).await;
+                        debug_assert_eq!(
+                            results
+                                .iter()
+                                .filter(|r| !r.as_ref().unwrap().hit())
+                                .count(),
+                            1
+                        );
+                        black_box(&results);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        assert_eq!(cache.live_entries(), 0, "INV-1 after the bench");
+
+        let moka_f: MokaFuture = MokaFuture::new(8192);
+        g.bench_with_input(BenchmarkId::new("moka_future_get_with", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let key = &keys[visit(i, keys.len())];
+                        let callers = (0..n).map(|_| {
+                            let value = v.clone();
+                            moka_f.get_with(key.clone(), async move { value })
+                        });
+                        black_box(join_all(callers).await);
+                        moka_f.invalidate(key).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = hits;
+    config = criterion();
+    targets = storage_hit, content_hit, miss_complete_release, waiters
+}
+criterion_main!(hits);
