@@ -504,8 +504,14 @@ fn resolver(
                     inc: eng.inc,
                     key: sf_key,
                     finished_at: None,
-                    cancel: rctx.cancel.clone(),
+                    // Planted: the shadow watches a token nobody cancels.
+                    cancel: if world.plant == Some(Plant::ResolverNotCancelled) {
+                        CancellationToken::new()
+                    } else {
+                        rctx.cancel.clone()
+                    },
                     change,
+                    entry: rctx.entry,
                 },
                 world.plant,
             );

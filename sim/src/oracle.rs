@@ -33,6 +33,8 @@ pub struct RunShadow {
     pub cancel: CancellationToken,
     /// K-5: an abandoned change-cache init still counts as running.
     pub change: bool,
+    /// The cache instance and in-flight entry the run resolves.
+    pub entry: (u64, EntryId),
 }
 
 /// One successful resolver output and its release hook.
@@ -176,6 +178,39 @@ pub fn check_step(world: &World) {
         }
     }
     check_refcounts(world, &eng);
+    check_cancellation(world, &eng);
+}
+
+/// INV-7, the "only if" half the answers cannot show: once every waiter of
+/// a running call has left (and nobody holds it), its resolver's
+/// cancellation has fired. The other half — never cancelled while a waiter
+/// remains — is checked where the resolver observes its cancellation.
+fn check_cancellation(world: &World, eng: &Engine) {
+    let running: Vec<(u64, (u64, EntryId), bool)> = world
+        .shadow()
+        .runs
+        .iter()
+        .filter(|(_, r)| r.inc == eng.inc && r.finished_at.is_none())
+        .map(|(id, r)| (*id, r.entry, r.cancel.is_cancelled()))
+        .collect();
+    for (run, (instance, entry), cancelled) in running {
+        let cache = if eng.calls.inspect(|m| m.instance()) == instance {
+            &eng.calls
+        } else {
+            &eng.changes
+        };
+        let deserted = cache.inspect(|m| {
+            m.contains(entry) && m.waiters(entry).is_empty() && m.refcount(entry) == Some(0)
+        });
+        if deserted && !cancelled {
+            world.violate(
+                "INV-7",
+                format!(
+                    "run{run}: every waiter of {entry} left but its resolver was not cancelled"
+                ),
+            );
+        }
+    }
 }
 
 fn check_refcounts(world: &World, eng: &Engine) {

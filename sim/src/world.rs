@@ -33,6 +33,9 @@ pub enum Plant {
     CachedError,
     /// INV-7: the engine answers "cancelled" to a waiter that did not cancel.
     SpuriousCancel,
+    /// INV-7: a resolver keeps running uncancelled after every waiter left
+    /// (the shadow watches a token that never fires).
+    ResolverNotCancelled,
     /// INV-8: the engine reports a cross-session TTL hit on an unsafe result.
     TtlCrossSession,
     /// INV-9: a session still reports refs after close.

@@ -51,6 +51,11 @@ fn inv7_spurious_cancel_is_reported() {
 }
 
 #[test]
+fn inv7_resolver_left_running_is_reported() {
+    assert_eq!(first_inv(Plant::ResolverNotCancelled), "INV-7");
+}
+
+#[test]
 fn inv8_ttl_cross_session_is_reported() {
     assert_eq!(first_inv(Plant::TtlCrossSession), "INV-8");
 }
