@@ -172,6 +172,9 @@ pub fn check_step(world: &World) {
         // Real damage inside the cache: the oracle below must notice it.
         eng.calls.plant_index_corruption();
     }
+    if world.plant == Some(Plant::WaitCycle) && world.now() > 200 {
+        eng.calls.plant_wait_cycle();
+    }
     for (name, cache) in [("calls", &eng.calls), ("changes", &eng.changes)] {
         if let Err(v) = cache.check_invariants() {
             world.violate(v.invariant(), format!("{name}: {v}"));

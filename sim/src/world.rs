@@ -46,6 +46,9 @@ pub enum Plant {
     SwallowResponse,
     /// INV-12: the trace includes a process-global counter.
     Nondeterminism,
+    /// INV-11: a running resolver is made to wait on itself (a real wait-for
+    /// cycle inside the cache, through the `harness-hooks` feature).
+    WaitCycle,
     /// INV-3: a completed call is filed under a key it does not have (a real corruption of the cache's index, through the `harness-hooks` feature).
     IndexCorruption,
 }

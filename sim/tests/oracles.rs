@@ -56,6 +56,11 @@ fn inv7_resolver_left_running_is_reported() {
 }
 
 #[test]
+fn inv11_wait_for_cycle_is_reported() {
+    assert_eq!(first_inv(Plant::WaitCycle), "INV-11");
+}
+
+#[test]
 fn inv8_ttl_cross_session_is_reported() {
     assert_eq!(first_inv(Plant::TtlCrossSession), "INV-8");
 }

@@ -354,6 +354,14 @@ impl<V: Clone + Send + 'static> Cache<V> {
         self.shared.lock().machine.plant_index_corruption()
     }
 
+    /// Harness self-tests only (feature `harness-hooks`): makes a running
+    /// resolver wait on itself so the C-4b / INV-11 check must fire.
+    #[cfg(feature = "harness-hooks")]
+    #[doc(hidden)]
+    pub fn plant_wait_cycle(&self) -> bool {
+        self.shared.lock().machine.plant_wait_cycle()
+    }
+
     /// The metrics (O-1), with the gauges brought up to date.
     pub fn metrics(&self) -> Arc<Metrics> {
         let (buckets, clients) = {

@@ -1,5 +1,5 @@
 //! Harness self-test hooks (feature `harness-hooks`): deliberate damage, so a
-//! harness can show that its INV-3 oracle really fires.
+//! harness can show that its oracles really fire.
 
 use super::CallCache;
 
@@ -21,6 +21,24 @@ impl<V: Clone> CallCache<V> {
             .entry("planted-foreign-key".into())
             .or_default()
             .push(id);
+        true
+    }
+
+    /// Makes the first in-flight call's resolver wait on itself: a wait-for
+    /// cycle (C-4b, INV-11 must fire). Returns false while nothing runs.
+    #[doc(hidden)]
+    pub fn plant_wait_cycle(&mut self) -> bool {
+        let running = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.phase == super::entry::Phase::InFlight)
+            .map(|(k, _)| super::types::EntryId(k));
+        let Some(id) = running else {
+            return false;
+        };
+        if let Some(e) = self.entries.get_mut(id.0) {
+            e.waits_on.push(id);
+        }
         true
     }
 }

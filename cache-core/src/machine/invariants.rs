@@ -32,6 +32,8 @@ impl Violation {
             "C-12" => "INV-1",
             // An abandoned call still indexed.
             "C-9" => "INV-3",
+            // Resolvers waiting on each other: nobody ever finishes.
+            "C-4b" => "INV-11",
             // A ref kept for a session that has closed.
             "S-3" => "INV-9",
             _ => "INV-3",
@@ -57,7 +59,14 @@ impl<V: Clone> CallCache<V> {
         self.check_lists()?;
         self.check_maps()?;
         self.check_entries()?;
-        self.check_refs()
+        self.check_refs()?;
+        match self.wait_cycle() {
+            Some(ring) => fail(
+                "C-4b",
+                format!("resolvers wait on each other in a cycle: {ring:?}"),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// INV-2: each entry's refcount equals the handles a shadow model counts

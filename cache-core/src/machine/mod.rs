@@ -37,6 +37,7 @@
 mod arena;
 mod begin;
 mod complete;
+mod cycles;
 pub(crate) mod entry;
 #[cfg(feature = "harness-hooks")]
 mod hooks;
