@@ -514,13 +514,22 @@ pub(crate) fn run_hooks<V>(
 ) -> Result<(), CallError> {
     let mut first = Ok(());
     for r in releases {
-        if let Err(e) = r.run() {
-            shared.metrics().release_hook_error();
-            tracing::warn!(target: "cache_core::release", "{e}");
+        if let Err(e) = run_hook(shared, r) {
             if first.is_ok() {
                 first = Err(e);
             }
         }
     }
     first
+}
+
+/// Runs one release hook outside the lock; a failure is counted and logged.
+pub(crate) fn run_hook<V>(
+    shared: &Shared<V>,
+    release: machine::PendingRelease,
+) -> Result<(), CallError> {
+    release.run().inspect_err(|e| {
+        shared.metrics().release_hook_error();
+        tracing::warn!(target: "cache_core::release", "{e}");
+    })
 }
