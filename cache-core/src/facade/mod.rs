@@ -481,7 +481,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
     fn span(&self, trace: &Option<crate::trace::TraceLine>, ctx: &Ctx, cached: bool) {
         if let (Some(t), Some(trace)) = (&self.shared.telemetry, trace) {
             t.span(Span {
-                key: trace.call.clone(),
+                key: trace.call_key(),
                 session: ctx.session,
                 cached,
             });
