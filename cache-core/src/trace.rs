@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::id::CallId;
 use crate::machine::entry::short;
 use crate::machine::SessionId;
 
@@ -41,14 +42,14 @@ impl fmt::Display for Path {
 }
 
 /// One cache decision (O-2).
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// The keys are kept in the form the decision had them (the requested ID,
+/// and the storage key only when it is not the call key) and turned into
+/// text only when the line is printed or a key asked for: a hit that nobody
+/// traces allocates nothing for its line.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TraceLine {
-    /// The call key (or arbitrary key).
-    pub call: String,
-    /// The requested ID's content key, if any.
-    pub content: Option<String>,
-    /// The storage key used for lookup.
-    pub storage: String,
+    keys: TraceKeys,
     /// The path taken.
     pub path: Path,
     /// Whether the reported ID differs from the stored entry's ID (content hit, C-8).
@@ -59,14 +60,92 @@ pub struct TraceLine {
     pub rule: &'static str,
 }
 
+#[derive(Clone, PartialEq, Eq)]
+enum TraceKeys {
+    /// A call: its requested ID, and its storage key if it is not the call key.
+    Call { id: CallId, storage: Option<String> },
+    /// An arbitrary key (call and storage key alike, no content key).
+    Arbitrary(String),
+}
+
+impl TraceLine {
+    /// A line for a call on `id`; `storage` is the storage key when it is
+    /// not the call key. Path and rule start as a miss (C-3.4).
+    pub(crate) fn call(id: CallId, storage: Option<String>, session: Option<SessionId>) -> Self {
+        Self {
+            keys: TraceKeys::Call { id, storage },
+            path: Path::Miss,
+            overridden: false,
+            session,
+            rule: "C-3.4",
+        }
+    }
+
+    /// A line for an arbitrary key. Path and rule start as a K-2 miss.
+    pub(crate) fn arbitrary(key: &str, session: Option<SessionId>) -> Self {
+        Self {
+            keys: TraceKeys::Arbitrary(key.to_string()),
+            path: Path::Miss,
+            overridden: false,
+            session,
+            rule: "K-2",
+        }
+    }
+
+    /// The call key (or arbitrary key).
+    pub fn call_key(&self) -> String {
+        match &self.keys {
+            TraceKeys::Call { id, .. } => id.call_key(),
+            TraceKeys::Arbitrary(k) => k.clone(),
+        }
+    }
+
+    /// The requested ID's content key, if any.
+    pub fn content_key(&self) -> Option<String> {
+        match &self.keys {
+            TraceKeys::Call { id, .. } => id.content_key(),
+            TraceKeys::Arbitrary(_) => None,
+        }
+    }
+
+    /// The storage key used for lookup.
+    pub fn storage_key(&self) -> String {
+        match &self.keys {
+            TraceKeys::Call {
+                storage: Some(s), ..
+            } => s.clone(),
+            _ => self.call_key(),
+        }
+    }
+
+    /// Emits the line as a `tracing` event at debug level, target
+    /// `cache_core::decision` (formatted only if that level is enabled).
+    pub fn emit(&self) {
+        tracing::debug!(target: "cache_core::decision", "{self}");
+    }
+}
+
 impl fmt::Display for TraceLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.keys {
+            TraceKeys::Call { id, storage } => {
+                let call = id.call_key_text();
+                let content = id.content_key_text();
+                write!(
+                    f,
+                    "call={} content={} storage={}",
+                    short(&call),
+                    content.as_deref().map_or("-", short),
+                    short(storage.as_deref().unwrap_or(&call)),
+                )?;
+            }
+            TraceKeys::Arbitrary(k) => {
+                write!(f, "call={} content=- storage={}", short(k), short(k))?;
+            }
+        }
         write!(
             f,
-            "call={} content={} storage={} path={} overridden={} session={} rule={}",
-            short(&self.call),
-            self.content.as_deref().map_or("-", short),
-            short(&self.storage),
+            " path={} overridden={} session={} rule={}",
             self.path,
             self.overridden,
             self.session
@@ -76,9 +155,17 @@ impl fmt::Display for TraceLine {
     }
 }
 
-impl TraceLine {
-    /// Emits the line as a `tracing` event at debug level, target `cache_core::decision`.
-    pub fn emit(&self) {
-        tracing::debug!(target: "cache_core::decision", "{self}");
+// By hand, printing the keys as text, as the line's fields once were.
+impl fmt::Debug for TraceLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceLine")
+            .field("call", &self.call_key())
+            .field("content", &self.content_key())
+            .field("storage", &self.storage_key())
+            .field("path", &self.path)
+            .field("overridden", &self.overridden)
+            .field("session", &self.session)
+            .field("rule", &self.rule)
+            .finish()
     }
 }

@@ -43,6 +43,14 @@ fn scan(dir: &Path, hits: &mut Vec<String>) {
                 continue;
             }
             for token in FORBIDDEN {
+                // A hash map is deterministic with a fixed hasher (DESIGN's
+                // checklist: "ordered maps or fixed hashers"): allowed only
+                // on a line that names a `BuildHasherDefault`, never with
+                // std's randomly seeded default.
+                let fixed_hasher = line.contains("BuildHasherDefault<");
+                if fixed_hasher && (*token == "HashMap" || *token == "HashSet") {
+                    continue;
+                }
                 if line.contains(token) {
                     hits.push(format!("{}:{}: {token}", path.display(), n + 1));
                 }
@@ -74,6 +82,22 @@ fn t6_scanner_flags_a_planted_hazard() {
     let mut hits = Vec::new();
     scan(dir.path(), &mut hits);
     assert_eq!(hits.len(), 1, "{hits:?}");
+}
+
+#[test]
+fn t6_scanner_allows_only_fixed_hasher_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("maps.rs"),
+        "type A = std::collections::HashMap<String, u8>;\n\
+         type B = std::collections::HashMap<String, u8, BuildHasherDefault<Fixed>>;\n\
+         type C = std::collections::HashSet<u8>;\n",
+    )
+    .unwrap();
+    let mut hits = Vec::new();
+    scan(dir.path(), &mut hits);
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert!(hits.iter().all(|h| !h.contains(":2:")), "{hits:?}");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -165,6 +165,7 @@ impl CacheBuilder {
         let machine = machine.with_bugs(self.bugs);
         Cache {
             shared: Arc::new(Shared {
+                bugs: machine.bugs(),
                 state: Mutex::new(State {
                     machine,
                     waits: Waits::default(),
@@ -186,6 +187,8 @@ pub(crate) struct State<V> {
 
 pub(crate) struct Shared<V> {
     state: Mutex<State<V>>,
+    /// The machine's bug-zoo switches, fixed at build: read without the lock.
+    bugs: crate::bugs::Bugs,
     store: Option<Arc<dyn TtlStore>>,
     clock: Arc<dyn Clock>,
     telemetry: Option<Arc<dyn Telemetry>>,
@@ -260,7 +263,13 @@ impl<V: Clone + Send + 'static> Cache<V> {
             shared_storage: false,
         };
         // S-2: a closed session fails at once, before the TTL store is asked.
-        if let Some(session) = ctx.session {
+        // Without a TTL nothing is asked before the decision, and the
+        // decision checks the session under its own lock (the same error,
+        // no trace). Checked here still: a cancelled caller (the decision
+        // loop would say `Cancelled`) and a key without an ID (C-1 would
+        // come first in the decision).
+        let asks_first = key.ttl_ms > 0 || key.id.is_none() || ctx.cancel.is_cancelled();
+        if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
             }
@@ -471,12 +480,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
                 Decision::Run(order) => {
                     let resolver = resolver.take().expect("a caller runs at most one resolver");
                     let (entry, waiter) = (order.entry, order.waiter);
-                    let token = { self.shared.lock().waits.call_token(entry) };
+                    let (token, instance) = {
+                        let mut state = self.shared.lock();
+                        (state.waits.call_token(entry), state.machine.instance())
+                    };
                     let rctx = ResolverCtx {
                         cancel: token,
                         storage_key: order.storage_key,
                         chain: order.chain,
-                        entry: (self.shared.lock().machine.instance(), entry),
+                        entry: (instance, entry),
                     };
                     wait::spawn_resolver(self.shared.clone(), entry, rctx, resolver);
                     return wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel, true)
@@ -489,7 +501,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
     fn span(&self, trace: &Option<crate::trace::TraceLine>, ctx: &Ctx, cached: bool) {
         if let (Some(t), Some(trace)) = (&self.shared.telemetry, trace) {
             t.span(Span {
-                key: trace.call.clone(),
+                key: trace.call_key(),
                 session: ctx.session,
                 cached,
             });
@@ -497,7 +509,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
     }
 
     fn bug(&self, bug: Bug) -> bool {
-        self.shared.lock().machine.bugs().on(bug)
+        self.shared.bugs.on(bug)
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared<V>> {
@@ -506,6 +518,10 @@ impl<V: Clone + Send + 'static> Cache<V> {
 }
 
 impl<V> Shared<V> {
+    /// Whether the faulty path of `bug` is taken (never without `bug-zoo`).
+    pub(crate) fn bug(&self, bug: Bug) -> bool {
+        self.bugs.on(bug)
+    }
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -522,13 +538,22 @@ pub(crate) fn run_hooks<V>(
 ) -> Result<(), CallError> {
     let mut first = Ok(());
     for r in releases {
-        if let Err(e) = r.run() {
-            shared.metrics().release_hook_error();
-            tracing::warn!(target: "cache_core::release", "{e}");
+        if let Err(e) = run_hook(shared, r) {
             if first.is_ok() {
                 first = Err(e);
             }
         }
     }
     first
+}
+
+/// Runs one release hook outside the lock; a failure is counted and logged.
+pub(crate) fn run_hook<V>(
+    shared: &Shared<V>,
+    release: machine::PendingRelease,
+) -> Result<(), CallError> {
+    release.run().inspect_err(|e| {
+        shared.metrics().release_hook_error();
+        tracing::warn!(target: "cache_core::release", "{e}");
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::{run_hooks, Cache, CallKey, CallResult, Ctx, ResolverCtx};
+use super::{run_hook, Cache, CallKey, CallResult, Ctx, ResolverCtx};
 use crate::error::CallError;
 use crate::machine::{Resolved, SessionId};
 
@@ -84,7 +84,7 @@ impl<V: Clone + Send + 'static> Session<V> {
         let closed = shared.lock().machine.close_session(self.id)?;
         let mut hook_errors = 0;
         for release in closed.releases {
-            if run_hooks(shared, vec![release]).is_err() {
+            if run_hook(shared, release).is_err() {
                 hook_errors += 1;
             }
         }

@@ -99,7 +99,7 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
     cancel: &CancellationToken,
     starter: bool,
 ) -> Result<CallResult<V>, CallError> {
-    let first_ctx = shared.lock().machine.bugs().on(Bug::FirstCtxCancelsAll);
+    let first_ctx = shared.bug(Bug::FirstCtxCancelsAll);
     let Wait::Outcome(rx) = wait else {
         return Err(CallError::Unknown {
             what: "wait registration",

@@ -68,12 +68,42 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // On the stack in one pass: every cache lookup formats its call key
-        // (`CallId::call_key`), so this is on the hit path.
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A digest's text (`sha256:<64 hex>`) on the stack: a cache lookup needs
+/// its call key as text, but not on the heap.
+#[derive(Clone, Copy)]
+pub struct DigestText([u8; PREFIX.len() + 64]);
+
+impl DigestText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII: the prefix and lowercase hex.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for DigestText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Digest {
+    /// The digest's text, formatted on the stack in one pass: every cache
+    /// lookup formats its call key, so this is on the hit path.
+    pub fn text(&self) -> DigestText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; PREFIX.len() + 64];
         text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
-        hex::encode_to_slice(self.0, &mut text[PREFIX.len()..]).map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        for (pair, byte) in text[PREFIX.len()..].chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        DigestText(text)
     }
 }
 

@@ -31,7 +31,7 @@ mod encoding;
 use std::fmt;
 use std::sync::Arc;
 
-pub use digest::Digest;
+pub use digest::{Digest, DigestText};
 
 /// How deeply list and call-ID literals may nest inside an encoded ID before
 /// [`CallId::decode`] gives up. This bounds the decoder's recursion; receiver
@@ -465,6 +465,16 @@ impl CallId {
     /// The call key: the recipe digest as text (`sha256:<hex>`).
     pub fn call_key(&self) -> String {
         self.inner.recipe.to_string()
+    }
+
+    /// [`CallId::call_key`] on the stack, for lookups.
+    pub fn call_key_text(&self) -> DigestText {
+        self.inner.recipe.text()
+    }
+
+    /// [`CallId::content_key`] on the stack, for lookups.
+    pub fn content_key_text(&self) -> Option<DigestText> {
+        self.inner.parts.content_digest.map(|d| d.text())
     }
 
     /// The content key: the content digest as text, if there is one.

@@ -28,13 +28,20 @@ impl fmt::Display for Key {
 
 struct Slot<T> {
     generation: u32,
+    /// The next free slot when this one is free (an intrusive free list:
+    /// removing a value never allocates).
+    next_free: u32,
     value: Option<T>,
 }
+
+/// No next free slot.
+const NONE: u32 = u32::MAX;
 
 /// Generation-checked storage for values of type `T`.
 pub struct Arena<T> {
     slots: Vec<Slot<T>>,
-    free: Vec<u32>,
+    /// The most recently freed slot: the top of the LIFO free list.
+    free_head: u32,
     len: usize,
 }
 
@@ -42,7 +49,7 @@ impl<T> Default for Arena<T> {
     fn default() -> Self {
         Self {
             slots: Vec::new(),
-            free: Vec::new(),
+            free_head: NONE,
             len: 0,
         }
     }
@@ -52,8 +59,11 @@ impl<T> Arena<T> {
     /// Stores `value` and returns its key.
     pub fn insert(&mut self, value: T) -> Key {
         self.len += 1;
-        if let Some(index) = self.free.pop() {
+        if self.free_head != NONE {
+            let index = self.free_head;
             let slot = &mut self.slots[index as usize];
+            self.free_head = slot.next_free;
+            slot.next_free = NONE;
             slot.generation = slot.generation.wrapping_add(1);
             slot.value = Some(value);
             return Key {
@@ -61,9 +71,13 @@ impl<T> Arena<T> {
                 generation: slot.generation,
             };
         }
-        let index = u32::try_from(self.slots.len()).expect("arena holds at most u32::MAX values");
+        let index = u32::try_from(self.slots.len())
+            .ok()
+            .filter(|i| *i != NONE)
+            .expect("arena holds fewer than u32::MAX values");
         self.slots.push(Slot {
             generation: 0,
+            next_free: NONE,
             value: Some(value),
         });
         Key {
@@ -97,7 +111,8 @@ impl<T> Arena<T> {
             return None;
         }
         let value = slot.value.take()?;
-        self.free.push(key.index);
+        slot.next_free = self.free_head;
+        self.free_head = key.index;
         self.len -= 1;
         Some(value)
     }

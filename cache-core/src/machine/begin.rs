@@ -9,39 +9,38 @@ use crate::trace::{Path, TraceLine};
 
 impl<V: Clone> CallCache<V> {
     /// `get_or_init_call`'s decision for one caller (C-1 … C-4b, C-2, S-2, S-4, S-5).
-    pub fn begin_call(&mut self, caller: &Caller, req: CallRequest) -> Begin<V> {
+    pub fn begin_call(&mut self, caller: &Caller, mut req: CallRequest) -> Begin<V> {
         // C-1: reject before anything else happens.
-        let Some(id) = req.id.clone() else {
+        let Some(id) = req.id.take() else {
             return rejected(CallError::InvalidKey("the key has no call ID".into()));
         };
-        let call_key = id.call_key();
+        // The keys stay borrowed (the call key on the stack) until an entry
+        // has to own them: a hit allocates nothing for its lookup.
+        let call_text = id.call_key_text();
+        let call_key: &str = &call_text;
         if call_key.is_empty() {
             return rejected(CallError::InvalidKey("the call key is empty".into()));
         }
-        let storage_key = req.storage_key.clone().unwrap_or_else(|| call_key.clone());
+        let own_storage = req.storage_key.take();
+        let storage_key: &str = own_storage.as_deref().unwrap_or(call_key);
         if storage_key.is_empty() {
             return rejected(CallError::InvalidKey("the storage key is empty".into()));
         }
         if let Err(e) = self.check_session(caller) {
             return rejected(e);
         }
-        let content_key = id.content_key();
-        let mut trace = TraceLine {
-            call: call_key.clone(),
-            content: content_key.clone(),
-            storage: storage_key.clone(),
-            path: Path::Miss,
-            overridden: false,
-            session: caller.session,
-            rule: "C-3.4",
-        };
+        // The storage key goes into the line only when it is not the call key.
+        let trace_storage = own_storage.clone().filter(|s| s != call_key);
+        let mut trace = TraceLine::call(id.clone(), trace_storage, caller.session);
 
         // C-4 / C-4a: revisiting a storage key of this instance, on any path.
-        if self.in_chain(caller, Namespace::Call, &storage_key) {
+        if self.in_chain(caller, Namespace::Call, storage_key) {
             trace.path = Path::Recursive;
             trace.rule = "C-4";
             return Begin {
-                outcome: Err(CallError::Recursive { key: storage_key }),
+                outcome: Err(CallError::Recursive {
+                    key: storage_key.to_string(),
+                }),
                 trace: Some(trace),
                 telemetry: false,
             };
@@ -50,7 +49,7 @@ impl<V: Clone> CallCache<V> {
         let failed_before = caller
             .session
             .and_then(|s| self.sessions.get(&s))
-            .and_then(|s| s.retry_uncached.get(&call_key));
+            .and_then(|s| s.retry_uncached.get(call_key));
         if let Some(error) = failed_before.filter(|_| self.bug(Bug::ErrorsCachedInSession)) {
             // BUG (errors-cached-in-session, breaks C-9 / S-4): the session
             // replays the last error instead of running the call again.
@@ -65,7 +64,7 @@ impl<V: Clone> CallCache<V> {
         // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
         // always emitted, so the retry's run gets its span too.
         let always = req.do_not_cache || req.repeat_telemetry || forced;
-        let telemetry = self.telemetry(caller, &call_key, always);
+        let telemetry = self.telemetry(caller, call_key, always);
 
         if req.do_not_cache || forced {
             let mode = if req.do_not_cache {
@@ -77,7 +76,9 @@ impl<V: Clone> CallCache<V> {
             trace.rule = if req.do_not_cache { "C-2" } else { "S-4" };
             let fresh = format!("do-not-cache:{}:{}", self.instance, self.next_detached);
             self.next_detached += 1;
-            let mut entry = Entry::in_flight(mode, Some(id), call_key, storage_key.clone());
+            let storage_key = storage_key.to_owned();
+            let mut entry =
+                Entry::in_flight(mode, Some(id), call_key.to_owned(), storage_key.clone());
             entry.starter = caller.session;
             entry.ttl_write = req.ttl_write;
             entry.shared_storage = req.shared_storage;
@@ -90,7 +91,7 @@ impl<V: Clone> CallCache<V> {
         }
 
         // C-3.1: storage hit.
-        if let Some(hit) = self.idx.storage(&storage_key) {
+        if let Some(hit) = self.idx.storage(storage_key) {
             trace.path = Path::Storage;
             trace.rule = "C-3.1";
             let served = self.serve_hit(caller, hit, None);
@@ -101,7 +102,8 @@ impl<V: Clone> CallCache<V> {
             };
         }
         // C-3.2: content hit, reporting the requested ID (C-8).
-        if let Some(hit) = content_key.as_deref().and_then(|k| self.idx.content(k)) {
+        let content_text = id.content_key_text();
+        if let Some(hit) = content_text.as_deref().and_then(|k| self.idx.content(k)) {
             trace.path = Path::Content;
             trace.rule = "C-3.2";
             trace.overridden = true;
@@ -123,8 +125,9 @@ impl<V: Clone> CallCache<V> {
             Some(s) if req.shared_storage && !req.concurrency_key.is_empty() => {
                 format!("{}@{s}", req.concurrency_key)
             }
-            _ => req.concurrency_key.clone(),
+            _ => std::mem::take(&mut req.concurrency_key),
         };
+        let storage_key = own_storage.unwrap_or_else(|| call_key.to_owned());
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
         if !concurrency_key.is_empty() {
             let ongoing = self
@@ -138,7 +141,12 @@ impl<V: Clone> CallCache<V> {
             }
         }
         // C-3.4: miss.
-        let mut entry = Entry::in_flight(RunMode::Cached, Some(id), call_key, storage_key.clone());
+        let mut entry = Entry::in_flight(
+            RunMode::Cached,
+            Some(id),
+            call_key.to_owned(),
+            storage_key.clone(),
+        );
         entry.starter = caller.session;
         entry.ttl_write = req.ttl_write;
         entry.shared_storage = req.shared_storage;
@@ -172,15 +180,7 @@ impl<V: Clone> CallCache<V> {
         if let Err(e) = self.check_session(caller) {
             return rejected(e);
         }
-        let mut trace = TraceLine {
-            call: key.to_string(),
-            content: None,
-            storage: key.to_string(),
-            path: Path::Miss,
-            overridden: false,
-            session: caller.session,
-            rule: "K-2",
-        };
+        let mut trace = TraceLine::arbitrary(key, caller.session);
         if self.in_chain(caller, Namespace::Arbitrary, key) {
             trace.path = Path::Recursive;
             trace.rule = "K-3";
@@ -260,6 +260,8 @@ impl<V: Clone> CallCache<V> {
     /// S-5: once per key per session, unless asked to repeat; always without a session.
     fn telemetry(&mut self, caller: &Caller, key: &str, always: bool) -> bool {
         match caller.session.and_then(|s| self.sessions.get_mut(&s)) {
+            // The key is copied only the first time it is seen.
+            Some(state) if state.telemetry_seen.contains(key) => always,
             Some(state) => state.telemetry_seen.insert(key.to_string()) || always,
             None => true,
         }

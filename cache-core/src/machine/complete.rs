@@ -123,7 +123,7 @@ impl<V: Clone> CallCache<V> {
             if let Some(hook) = resolved.release.take() {
                 done.releases.push(PendingRelease {
                     entry,
-                    label: "rejected result".into(),
+                    label: ReleaseLabel::Fixed("rejected result"),
                     hook,
                 });
             }

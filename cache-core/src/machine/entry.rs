@@ -107,13 +107,7 @@ impl<V> Entry<V> {
 
     /// Short label for logs and reports.
     pub fn label(&self) -> String {
-        let kind = match self.mode {
-            RunMode::Cached => "call",
-            RunMode::DoNotCache => "detached",
-            RunMode::ForcedRetry => "retry",
-            RunMode::Arbitrary => "arbitrary",
-        };
-        format!("{kind} {}", short(&self.storage_key))
+        format!("{} {}", self.mode.kind(), short(&self.storage_key))
     }
 }
 

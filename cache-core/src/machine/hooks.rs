@@ -8,11 +8,10 @@ impl<V: Clone> CallCache<V> {
     /// (INV-3 must fire). Returns false while there is no completed call.
     #[doc(hidden)]
     pub fn plant_index_corruption(&mut self) -> bool {
-        let Some(id) = self
-            .idx
-            .by_storage
-            .values()
-            .find_map(|l| l.first().copied())
+        // The first in key order, whatever the map's hash order.
+        let Some(id) = super::index::sorted(&self.idx.by_storage)
+            .into_iter()
+            .find_map(|(_, l)| l.first().copied())
         else {
             return false;
         };
@@ -20,7 +19,7 @@ impl<V: Clone> CallCache<V> {
             .by_storage
             .entry("planted-foreign-key".into())
             .or_default()
-            .push(id);
+            .push_unique(id);
         true
     }
 

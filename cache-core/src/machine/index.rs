@@ -4,19 +4,139 @@
 //! entry; C-13 asks that a removal only ever removes the entry itself, never
 //! whatever newer entry now sits at the same key. Both live here.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Deref;
 
 use super::entry::Slot;
 use super::types::EntryId;
 
-/// Every index of one cache instance. Ordered maps: iteration order is part of
-/// observable output (reports, metrics), so it must not depend on a hasher seed.
+/// A fixed, unseeded hasher for the key maps: the same keys hash the same in
+/// every run and every process, so nothing about these maps depends on a
+/// random seed. Word-at-a-time multiply-rotate (as rustc's FxHash) with a
+/// final avalanche, so the low bits hashbrown indexes with are well mixed.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl KeyHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// A map keyed by text with the fixed [`KeyHasher`]. Never iterated for
+/// output without sorting first (see `sorted`).
+pub type KeyMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<KeyHasher>>;
+
+/// The entries listed under one key: almost always exactly one, kept inline
+/// so indexing a result allocates nothing beyond its key.
+#[derive(Clone, Debug)]
+pub enum Ids {
+    /// One entry.
+    One(EntryId),
+    /// Several entries (or none, transiently), in insertion order.
+    Many(Vec<EntryId>),
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::Many(Vec::new())
+    }
+}
+
+impl Deref for Ids {
+    type Target = [EntryId];
+    fn deref(&self) -> &[EntryId] {
+        match self {
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(v) => v,
+        }
+    }
+}
+
+impl Ids {
+    /// Appends `entry` unless it is already listed.
+    pub fn push_unique(&mut self, entry: EntryId) {
+        match self {
+            Ids::One(id) if *id == entry => {}
+            Ids::One(id) => *self = Ids::Many(vec![*id, entry]),
+            Ids::Many(v) if v.is_empty() => *self = Ids::One(entry),
+            Ids::Many(v) => {
+                if !v.contains(&entry) {
+                    v.push(entry);
+                }
+            }
+        }
+    }
+
+    /// Removes `entry` (and only it) from the list.
+    fn remove(&mut self, entry: EntryId) {
+        match self {
+            Ids::One(id) if *id == entry => *self = Ids::Many(Vec::new()),
+            Ids::One(_) => {}
+            Ids::Many(v) => v.retain(|e| *e != entry),
+        }
+    }
+}
+
+/// A map's entries in key order: how every observable walk over a
+/// [`KeyMap`] sees it (reports, invariant messages).
+pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&String, &V)> {
+    let mut all: Vec<_> = map.iter().collect();
+    all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    all
+}
+
+/// Every index of one cache instance. The storage and content maps use a
+/// fixed hasher (lookups are the hit path); the others are ordered maps.
+/// Wherever a map's order could be observed (reports, metrics, invariant
+/// messages) it is walked in key order, never in hash order.
 #[derive(Default)]
 pub struct Indexes {
     /// Completed calls by storage key and by result call key (lists: C-15).
-    pub by_storage: BTreeMap<String, Vec<EntryId>>,
+    pub by_storage: KeyMap<Ids>,
     /// Completed calls by content key.
-    pub by_content: BTreeMap<String, Vec<EntryId>>,
+    pub by_content: KeyMap<Ids>,
     /// In-flight calls by (storage key, concurrency key).
     pub ongoing: BTreeMap<(String, String), EntryId>,
     /// Arbitrary entries in flight.
@@ -29,8 +149,8 @@ impl Indexes {
     /// Puts `entry` under `slot`. The caller records the slot on the entry.
     pub fn insert(&mut self, slot: &Slot, entry: EntryId) {
         match slot {
-            Slot::Storage(k) => push_unique(self.by_storage.entry(k.clone()).or_default(), entry),
-            Slot::Content(k) => push_unique(self.by_content.entry(k.clone()).or_default(), entry),
+            Slot::Storage(k) => push_unique(&mut self.by_storage, k, entry),
+            Slot::Content(k) => push_unique(&mut self.by_content, k, entry),
             Slot::Ongoing(k, c) => {
                 self.ongoing.insert((k.clone(), c.clone()), entry);
             }
@@ -50,8 +170,10 @@ impl Indexes {
             Slot::Content(k) => remove_from_list(&mut self.by_content, k, entry),
             Slot::Ongoing(k, c) => {
                 let key = (k.clone(), c.clone());
-                if self.ongoing.get(&key) == Some(&entry) {
-                    self.ongoing.remove(&key);
+                if let btree_map::Entry::Occupied(o) = self.ongoing.entry(key) {
+                    if *o.get() == entry {
+                        o.remove();
+                    }
                 }
             }
             Slot::ArbitraryOngoing(k) => remove_if_same(&mut self.arbitrary_ongoing, k, entry),
@@ -88,8 +210,8 @@ impl Indexes {
     pub fn buckets(&self) -> Buckets {
         Buckets {
             ongoing_calls: self.ongoing.len(),
-            completed_calls: self.by_storage.values().map(Vec::len).sum(),
-            completed_calls_by_content: self.by_content.values().map(Vec::len).sum(),
+            completed_calls: self.by_storage.values().map(|l| l.len()).sum(),
+            completed_calls_by_content: self.by_content.values().map(|l| l.len()).sum(),
             ongoing_arbitrary: self.arbitrary_ongoing.len(),
             completed_arbitrary: self.arbitrary_completed.len(),
         }
@@ -122,18 +244,24 @@ impl Buckets {
     }
 }
 
-fn push_unique(list: &mut Vec<EntryId>, entry: EntryId) {
-    if !list.contains(&entry) {
-        list.push(entry);
+fn push_unique(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+    match map.get_mut(key) {
+        Some(list) => list.push_unique(entry),
+        None => {
+            map.insert(key.to_owned(), Ids::One(entry));
+        }
     }
 }
 
-fn remove_from_list(map: &mut BTreeMap<String, Vec<EntryId>>, key: &str, entry: EntryId) {
-    if let Some(list) = map.get_mut(key) {
-        list.retain(|e| *e != entry);
-        if list.is_empty() {
-            map.remove(key);
-        }
+/// One hash lookup in the common case (the entry is alone under its key):
+/// the list is taken out, and put back only if others remain (C-13).
+fn remove_from_list(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+    let Some((k, mut list)) = map.remove_entry(key) else {
+        return;
+    };
+    list.remove(entry);
+    if !list.is_empty() {
+        map.insert(k, list);
     }
 }
 

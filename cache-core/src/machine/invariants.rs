@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::entry::{Phase, Slot};
+use super::index::sorted;
 use super::types::*;
 use super::CallCache;
 
@@ -103,7 +104,9 @@ impl<V: Clone> CallCache<V> {
             ("content", &self.idx.by_content),
         ];
         for (name, map) in lists {
-            for (key, list) in map {
+            // Key order, not hash order: the first violation reported must
+            // be the same in every run.
+            for (key, list) in sorted(map) {
                 if list.is_empty() {
                     return fail("INV-3", format!("empty {name} list under {key}"));
                 }

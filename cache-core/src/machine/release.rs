@@ -22,21 +22,31 @@ impl<V: Clone> CallCache<V> {
     }
 
     /// Drops one ref and everything that becomes unheld because of it. Iterative,
-    /// so a deep chain of nested results cannot overflow the stack.
+    /// so a deep chain of nested results cannot overflow the stack; allocates
+    /// nothing unless the removed entry owned refs itself (C-11).
     pub(super) fn release_ref(&mut self, ref_id: RefId, releases: &mut Vec<PendingRelease>) {
-        let mut work = vec![ref_id];
+        let mut work = self.drop_ref(ref_id, releases);
         while let Some(r) = work.pop() {
-            let Some(record) = self.refs.remove(r.0) else {
-                continue;
-            };
-            self.forget_owner(r, record.owner);
-            let Some(e) = self.entries.get_mut(record.entry.0) else {
-                continue;
-            };
-            e.refcount -= 1;
-            if e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed {
-                work.extend(self.take_entry(record.entry, releases));
-            }
+            let owned = self.drop_ref(r, releases);
+            work.extend(owned);
+        }
+    }
+
+    /// Drops one ref; if that leaves its entry unheld, removes the entry and
+    /// returns the refs the entry owned (to be dropped next).
+    fn drop_ref(&mut self, r: RefId, releases: &mut Vec<PendingRelease>) -> Vec<RefId> {
+        let Some(record) = self.refs.remove(r.0) else {
+            return Vec::new();
+        };
+        self.forget_owner(r, record.owner);
+        let Some(e) = self.entries.get_mut(record.entry.0) else {
+            return Vec::new();
+        };
+        e.refcount -= 1;
+        if e.refcount == 0 && e.waiters.is_empty() && e.phase == Phase::Completed {
+            self.take_entry(record.entry, releases)
+        } else {
+            Vec::new()
         }
     }
 
@@ -65,9 +75,11 @@ impl<V: Clone> CallCache<V> {
             return Vec::new();
         };
         if let Some(hook) = e.hook.take() {
+            // The entry is gone: its storage key moves into the label,
+            // which is only formatted if the hook fails.
             releases.push(PendingRelease {
                 entry,
-                label: e.label(),
+                label: ReleaseLabel::Entry(e.mode, std::mem::take(&mut e.storage_key)),
                 hook,
             });
         }

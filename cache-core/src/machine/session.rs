@@ -54,8 +54,11 @@ impl<V: Clone> CallCache<V> {
             return Err(CallError::SessionClosed);
         };
         let entries_before = self.entries();
-        let mut releases = Vec::new();
         let released = state.refs.len();
+        // Sized up front: growing a vector of 100k releases would free
+        // ever-larger buffers mid-close, and each large free makes the
+        // allocator consolidate every small chunk freed so far.
+        let mut releases = Vec::with_capacity(released);
         for r in state.refs {
             self.release_ref(r, &mut releases);
         }

@@ -251,6 +251,18 @@ pub enum RunMode {
     Arbitrary,
 }
 
+impl RunMode {
+    /// The kind word of an entry's label.
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            RunMode::Cached => "call",
+            RunMode::DoNotCache => "detached",
+            RunMode::ForcedRetry => "retry",
+            RunMode::Arbitrary => "arbitrary",
+        }
+    }
+}
+
 /// The decision for one caller, taken atomically (C-3).
 #[derive(Debug)]
 pub enum Decision<V> {
@@ -348,17 +360,42 @@ pub enum Left {
 pub struct PendingRelease {
     /// The entry it belonged to.
     pub entry: EntryId,
-    /// A short label for errors and logs.
-    pub label: String,
+    /// What to call it in errors and logs; formatted only when needed.
+    pub(crate) label: ReleaseLabel,
     /// The hook itself.
     pub hook: ReleaseHook,
 }
 
+/// The parts of a [`PendingRelease`]'s label, kept unformatted: a release
+/// that succeeds never needs the text.
+pub(crate) enum ReleaseLabel {
+    /// An entry's kind and storage key (as `Entry::label` prints them).
+    Entry(RunMode, String),
+    /// A fixed label.
+    Fixed(&'static str),
+}
+
+impl fmt::Display for ReleaseLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseLabel::Entry(mode, key) => {
+                write!(f, "{} {}", mode.kind(), super::entry::short(key))
+            }
+            ReleaseLabel::Fixed(text) => f.write_str(text),
+        }
+    }
+}
+
 impl PendingRelease {
+    /// A short label for errors and logs.
+    pub fn label(&self) -> String {
+        self.label.to_string()
+    }
+
     /// Runs the hook; a failure names the entry.
     pub fn run(self) -> Result<(), CallError> {
-        (self.hook)()
-            .map_err(|e| CallError::ReleaseHook(format!("{} ({}): {e}", self.label, self.entry)))
+        let Self { entry, label, hook } = self;
+        hook().map_err(|e| CallError::ReleaseHook(format!("{label} ({entry}): {e}")))
     }
 }
 
