@@ -703,3 +703,39 @@ fn inv2_check_refcounts_detects_mismatch() {
     assert_eq!(v.rule, "INV-2");
     finish(&cache);
 }
+
+#[test]
+fn a_second_completion_of_a_settled_call_is_refused() {
+    // Found by cargo-mutants (issue 5): `complete` on an entry that already
+    // completed — still alive because a caller holds it — must be refused,
+    // not applied again (C-6: one result per run; INV-10: one hook run).
+    let mut cache = Cache::new(1);
+    let hooks = HookCounter::new();
+    let order = expect_run(cache.begin_call(&anon(), CallRequest::new(id("once"))));
+    let done = complete(&mut cache, order.entry, Ok(value(7, &hooks)));
+    let held = done.served.into_iter().next().unwrap().1.unwrap();
+
+    let again = cache.complete(order.entry, Ok(value(8, &hooks)));
+    assert!(
+        matches!(again, Err(CallError::Unknown { .. })),
+        "second completion accepted: {:?}",
+        again.map(|c| c.served.len())
+    );
+    cache.check_invariants().unwrap();
+    assert_eq!(
+        cache.refcount(order.entry),
+        Some(1),
+        "the holder's ref is intact"
+    );
+    let hit = expect_hit(cache.begin_call(&anon(), CallRequest::new(id("once"))));
+    assert_eq!(hit.value, Some(7), "the first result stays cached");
+
+    release(&mut cache, held.handle);
+    release(&mut cache, hit.handle);
+    assert_eq!(cache.entries(), 0);
+    assert_eq!(
+        hooks.runs(),
+        1,
+        "only the first output's hook, exactly once"
+    );
+}
