@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use benches::{
-    content_pairs, criterion, facade_with, hot_ids, ids_named, machine_with, never, runtime, value,
-    visit, LockedMap, Value, HOT_KEYS,
+    content_pairs, criterion, facade_with, hot_ids, ids_named, machine_with, never, round_robin,
+    runtime, value, visit, LockedMap, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
@@ -38,10 +38,8 @@ fn storage_hit(c: &mut Criterion) {
     let mut machine = machine_with(&ids, &v);
     let caller = Caller::default();
     g.bench_function("machine", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let id = &ids[visit(i, ids.len())];
+        round_robin(b, ids.len(), |n| {
+            let id = &ids[n];
             let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
             let Ok(Decision::Hit(served)) = begin.outcome else {
                 panic!("a hot key hits")
@@ -54,10 +52,8 @@ fn storage_hit(c: &mut Criterion) {
 
     let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
     g.bench_function("locked_map_floor", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let key = &keys[visit(i, keys.len())];
+        round_robin(b, keys.len(), |n| {
+            let key = &keys[n];
             let got = floor.acquire(key).expect("a hot key hits");
             black_box(&got);
             floor.release(key);
@@ -105,10 +101,8 @@ fn storage_hit(c: &mut Criterion) {
         })
     });
     g.bench_function("moka_sync_get_with", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let key = &keys[visit(i, keys.len())];
+        round_robin(b, keys.len(), |n| {
+            let key = &keys[n];
             black_box(moka_s.get_with(key.clone(), never));
         })
     });
@@ -126,10 +120,8 @@ fn content_hit(c: &mut Criterion) {
     let mut machine = machine_with(&stored, &v);
     let caller = Caller::default();
     g.bench_function("machine", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let id = &pairs[visit(i, pairs.len())].1;
+        round_robin(b, pairs.len(), |n| {
+            let id = &pairs[n].1;
             let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
             let Ok(Decision::Hit(served)) = begin.outcome else {
                 panic!("a content hit")
@@ -165,10 +157,8 @@ fn content_hit(c: &mut Criterion) {
     let keys = moka_keys(&stored);
     let floor = LockedMap::new(stored.iter().map(|id| id.call_key()), v.clone());
     g.bench_function("locked_map_floor", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let key = &keys[visit(i, keys.len())];
+        round_robin(b, keys.len(), |n| {
+            let key = &keys[n];
             black_box(floor.acquire(key).expect("a hit"));
             floor.release(key);
         })
@@ -189,10 +179,8 @@ fn miss_complete_release(c: &mut Criterion) {
     let mut machine: CallCache<Value> = CallCache::new(1);
     let caller = Caller::default();
     g.bench_function("machine", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let id = &ids[visit(i, ids.len())];
+        round_robin(b, ids.len(), |n| {
+            let id = &ids[n];
             let Ok(Decision::Run(order)) = machine
                 .begin_call(&caller, CallRequest::new(id.clone()))
                 .outcome
@@ -252,10 +240,8 @@ fn miss_complete_release(c: &mut Criterion) {
     });
     let moka_s: MokaSync = MokaSync::new(8192);
     g.bench_function("moka_sync_get_with_invalidate", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let key = &keys[visit(i, keys.len())];
+        round_robin(b, keys.len(), |n| {
+            let key = &keys[n];
             black_box(moka_s.get_with(key.clone(), || v.clone()));
             moka_s.invalidate(key);
         })

@@ -80,6 +80,16 @@ pub fn visit(i: u64, len: usize) -> usize {
     ((i.wrapping_mul(7919)) % len as u64) as usize
 }
 
+/// Runs `step` once per iteration on the next of `len` keys, in
+/// [`visit`] order, so a bench walks its hot keys the same way every time.
+pub fn round_robin(b: &mut criterion::Bencher<'_>, len: usize, mut step: impl FnMut(usize)) {
+    let mut i = 0u64;
+    b.iter(|| {
+        i += 1;
+        step(visit(i, len))
+    })
+}
+
 /// For resolvers and moka inits that a hit never runs.
 pub fn never<T>() -> T {
     unreachable!("a hit never runs the resolver")

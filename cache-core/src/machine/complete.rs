@@ -259,25 +259,8 @@ impl<V: Clone> CallCache<V> {
         };
         for w in waiters {
             let session_open = w.session.is_none_or(|s| self.sessions.contains_key(&s));
-            if !session_open && self.bug(Bug::SessionLateAppendLeak) {
-                // BUG (session-late-append-leak, breaks S-3): the late result
-                // is recorded for the closed session, which will never
-                // release it.
-                let owner = Owner::Session(w.session.expect("closed means it had one"));
-                let handle = self.add_ref(held, owner);
-                let served = Served {
-                    handle,
-                    value: value.clone(),
-                    id: id.clone(),
-                    hit: false,
-                    content_hit: false,
-                    detached,
-                    session_owned: true,
-                };
-                done.served.push((w.id, Ok(served)));
-                continue;
-            }
-            if !session_open {
+            let late_append = !session_open && self.bug(Bug::SessionLateAppendLeak);
+            if !session_open && !late_append {
                 // S-3: this waiter's ref would be released at once. Taking and
                 // releasing it here could drop `held` to zero refs and remove
                 // it while later waiters are still to be served (C-5); not
@@ -288,6 +271,9 @@ impl<V: Clone> CallCache<V> {
                 continue;
             }
             let owner = match w.session {
+                // BUG (session-late-append-leak, breaks S-3): the late result
+                // is recorded for the closed session, which never releases it.
+                Some(s) if late_append => Owner::Session(s),
                 Some(s) if !detached => Owner::Session(s),
                 _ => Owner::Caller,
             };
