@@ -5,68 +5,19 @@
 //! whatever newer entry now sits at the same key. Both live here.
 
 use std::collections::{btree_map, BTreeMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::ops::Deref;
+
+use rustc_hash::FxHasher;
 
 use super::entry::Slot;
 use super::types::EntryId;
 
-/// A fixed, unseeded hasher for the key maps: the same keys hash the same in
-/// every run and every process, so nothing about these maps depends on a
-/// random seed. Word-at-a-time multiply-rotate (as rustc's FxHash) with a
-/// final avalanche, so the low bits hashbrown indexes with are well mixed.
-#[derive(Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl KeyHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for KeyHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buf));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // murmur3's fmix64.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
-/// A map keyed by text with the fixed [`KeyHasher`]. Never iterated for
-/// output without sorting first (see `sorted`).
-pub type KeyMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<KeyHasher>>;
+/// A map keyed by text with rustc's Fx hasher: fixed and unseeded, so the
+/// same keys hash the same in every run and process (DESIGN: "ordered maps
+/// or fixed hashers"). Never iterated for output without sorting first
+/// (see `sorted`).
+pub type KeyMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<FxHasher>>;
 
 /// The entries listed under one key: almost always exactly one, kept inline
 /// so indexing a result allocates nothing beyond its key.
