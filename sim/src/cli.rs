@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::plan::Plan;
-use crate::run::{run_seed, RunOutcome};
+use crate::run::{run_plan, run_seed, RunOutcome};
 use crate::scenario::Scenario;
 use crate::{report, shrink};
 
@@ -60,7 +60,8 @@ pub fn scenario(arg: Option<&str>, clients: Option<usize>) -> Result<Scenario, S
     Ok(s)
 }
 
-fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
+/// The command that replays `seed` under the scenario `arg` names.
+pub fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
     let mut cmd = format!("cargo run -p sim --release --bin cache-sim -- replay --seed {seed}");
     if let Some(a) = arg {
         cmd.push_str(&format!(" --scenario {a}"));
@@ -73,7 +74,7 @@ fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
 
 /// The failure report: seed, swarm, invariant, leak report, last trace
 /// lines, and the command that replays it.
-pub fn failure_text(o: &RunOutcome, s: &Scenario, arg: Option<&str>) -> String {
+pub fn failure_text(o: &RunOutcome, s: &Scenario, replay: &str) -> String {
     let mut t = String::new();
     let v = &o.violations[0];
     t.push_str(&format!(
@@ -96,7 +97,7 @@ pub fn failure_text(o: &RunOutcome, s: &Scenario, arg: Option<&str>) -> String {
     for l in o.trace.iter().rev().take(15).rev() {
         t.push_str(&format!("  > {l}\n"));
     }
-    t.push_str(&format!("  replay: {}\n", replay_cmd(o.plan.seed, s, arg)));
+    t.push_str(&format!("  replay: {replay}\n"));
     t
 }
 
@@ -140,7 +141,8 @@ pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
                 let o = run_seed(seed, &s, None);
                 sim_ms.fetch_add(o.sim_ms, Ordering::SeqCst);
                 if !o.passed() {
-                    let text = failure_text(&o, &s, a.setup.scenario.as_deref());
+                    let again = replay_cmd(seed, &s, a.setup.scenario.as_deref());
+                    let text = failure_text(&o, &s, &again);
                     bar.suspend(|| eprint!("{text}"));
                     failures.lock().unwrap().push(text);
                 }
@@ -163,11 +165,30 @@ pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-/// `cache-sim replay`: prints the full trace; `Ok(true)` if the seed passes.
-pub fn replay(seed: u64, setup: &Setup, trace_file: Option<&str>) -> Result<bool, String> {
-    let s = setup.load()?;
-    let arg = setup.scenario.as_deref();
-    let o = run_seed(seed, &s, None);
+/// What `cache-sim replay` runs: a seed's generated plan, or a plan file.
+pub enum ReplayOf<'a> {
+    /// The plan of this seed under the setup's scenario.
+    Seed(u64),
+    /// A plan file (as written by `cache-sim shrink`).
+    PlanFile(&'a str),
+}
+
+/// `cache-sim replay`: prints the full trace; `Ok(true)` if the plan passes.
+/// For a plan file, the setup's `--bug` switches add to the file's.
+pub fn replay(of: ReplayOf<'_>, setup: &Setup, trace_file: Option<&str>) -> Result<bool, String> {
+    let (plan, s, again) = match of {
+        ReplayOf::Seed(seed) => {
+            let s = setup.load()?;
+            let again = replay_cmd(seed, &s, setup.scenario.as_deref());
+            (Plan::generate(seed, &s), s, again)
+        }
+        ReplayOf::PlanFile(path) => {
+            let f = crate::plan_file::PlanFile::load(path)?;
+            let s = f.scenario_with_bugs(&setup.bugs)?;
+            (f.plan, s, plan_replay_cmd(path, &setup.bugs))
+        }
+    };
+    let o = run_plan(plan, &s, None);
     let text = o.trace.join("\n") + "\n";
     print!("{text}");
     if let Some(f) = trace_file {
@@ -175,15 +196,26 @@ pub fn replay(seed: u64, setup: &Setup, trace_file: Option<&str>) -> Result<bool
     }
     println!("trace hash {:016x}", o.trace_hash());
     if o.passed() {
-        println!("seed {seed} passes");
+        println!("seed {} passes", o.plan.seed);
     } else {
-        print!("{}", failure_text(&o, &s, arg));
+        print!("{}", failure_text(&o, &s, &again));
     }
     Ok(o.passed())
 }
 
-/// `cache-sim shrink`: shrinks a failing seed and prints the minimal plan.
-pub fn shrink(seed: u64, setup: &Setup) -> Result<bool, String> {
+/// The command that replays a plan file.
+fn plan_replay_cmd(path: &str, extra_bugs: &[String]) -> String {
+    let mut cmd = format!("cargo run -p sim --release --bin cache-sim -- replay --plan {path}");
+    for bug in extra_bugs {
+        cmd.push_str(&format!(" --bug {bug}"));
+    }
+    cmd
+}
+
+/// `cache-sim shrink`: shrinks a failing seed, prints the minimal plan and
+/// writes it to a plan file (`out`, default `shrunk-<scenario>-<seed>.toml`)
+/// that `cache-sim replay --plan` runs.
+pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, String> {
     let s = setup.load()?;
     let arg = setup.scenario.as_deref();
     let plan = Plan::generate(seed, &s);
@@ -199,6 +231,12 @@ pub fn shrink(seed: u64, setup: &Setup) -> Result<bool, String> {
         result.runs
     );
     print!("{}", result.plan);
+    let default_out = format!("shrunk-{}-{seed}.toml", s.name);
+    let out = out.unwrap_or(&default_out);
+    let file = crate::plan_file::PlanFile::new(result.plan, &s, Some(result.inv));
+    std::fs::write(out, file.to_toml()?).map_err(|e| format!("cannot write {out}: {e}"))?;
+    println!("wrote the shrunk plan to {out}");
+    println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
     println!("replay the unshrunk seed: {}", replay_cmd(seed, &s, arg));
     Ok(false)
 }

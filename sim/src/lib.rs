@@ -7,6 +7,7 @@ pub mod client;
 pub mod engine;
 pub mod oracle;
 pub mod plan;
+pub mod plan_file;
 pub mod protocol;
 pub mod report;
 pub mod rng;

@@ -44,11 +44,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         jobs: usize,
     },
-    /// Replay one seed: the full trace on stdout (simulated time only).
+    /// Replay one seed, or a plan file written by `shrink`: the full trace
+    /// on stdout (simulated time only).
     Replay {
         /// The seed.
-        #[arg(long)]
-        seed: u64,
+        #[arg(long, required_unless_present = "plan")]
+        seed: Option<u64>,
+        /// A plan file written by `cache-sim shrink` (carries its scenario
+        /// and switches; `--bug` adds more).
+        #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
+        plan: Option<String>,
         /// Scenario name or TOML file.
         #[arg(long)]
         scenario: Option<String>,
@@ -62,11 +67,15 @@ enum Cmd {
         #[arg(long = "bug", value_name = "NAME")]
         bugs: Vec<String>,
     },
-    /// Shrink a failing seed's plan and print the minimal plan.
+    /// Shrink a failing seed's plan, print the minimal plan and write it to
+    /// a plan file that `replay --plan` runs.
     Shrink {
         /// The seed.
         #[arg(long)]
         seed: u64,
+        /// The plan file to write (default: shrunk-<scenario>-<seed>.toml).
+        #[arg(long)]
+        out: Option<String>,
         /// Scenario name or TOML file.
         #[arg(long)]
         scenario: Option<String>,
@@ -131,12 +140,17 @@ fn main() -> ExitCode {
         ),
         Cmd::Replay {
             seed,
+            plan,
             scenario,
             trace,
             clients,
             bugs,
         } => cli::replay(
-            seed,
+            match (&plan, seed) {
+                (Some(path), _) => cli::ReplayOf::PlanFile(path),
+                // clap requires --seed when --plan is absent.
+                (None, seed) => cli::ReplayOf::Seed(seed.unwrap_or_default()),
+            },
             &cli::Setup {
                 scenario,
                 clients,
@@ -146,6 +160,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Shrink {
             seed,
+            out,
             scenario,
             clients,
             bugs,
@@ -156,6 +171,7 @@ fn main() -> ExitCode {
                 clients,
                 bugs,
             },
+            out.as_deref(),
         ),
         Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()),
         Cmd::Report {

@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::rng::Rng;
 use crate::scenario::{KeyDist, Scenario, StoreKind};
 
 /// What a resolver does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// Succeeds with a value.
     Value,
@@ -24,7 +27,8 @@ pub enum Outcome {
 }
 
 /// A resolver's behaviour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Behave {
     /// Its outcome.
     pub outcome: Outcome,
@@ -38,7 +42,8 @@ pub struct Behave {
 }
 
 /// One client operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum OpKind {
     /// A cached call; `nested` makes the resolver call key `nested` first.
     Call {
@@ -73,7 +78,8 @@ pub enum OpKind {
 }
 
 /// One timed client operation: wait `gap_ms`, then act.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Op {
     /// Pause before the operation, simulated ms.
     pub gap_ms: u64,
@@ -82,7 +88,8 @@ pub struct Op {
 }
 
 /// A fault kind (swarm testing enables a subset per seed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// Partition a client from the engine for a while.
     Partition,
@@ -131,7 +138,8 @@ impl FaultKind {
 }
 
 /// One scheduled fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Fault {
     /// When, simulated ms.
     pub at_ms: u64,
@@ -145,7 +153,8 @@ pub struct Fault {
 }
 
 /// Per-key properties, fixed for a seed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyProps {
     /// Shared content digest group, if any.
     pub content: Option<u64>,
@@ -154,7 +163,8 @@ pub struct KeyProps {
 }
 
 /// The swarm configuration of a seed: enabled fault kinds and their rates.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Swarm {
     /// Enabled kinds with their events per simulated second.
     pub enabled: BTreeMap<FaultKind, f64>,
@@ -174,7 +184,8 @@ impl fmt::Display for Swarm {
 }
 
 /// Everything one simulation runs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// The seed.
     pub seed: u64,

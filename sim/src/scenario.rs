@@ -286,7 +286,8 @@ impl Scenario {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every field; the error names the first bad one.
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let bad = |field: &str, why: &str| Err(format!("bad scenario: field `{field}` {why}"));
         if self.clients == 0 || self.clients > 64 {
             return bad("clients", "must be in 1..=64");

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use sim::cli::failure_text;
+use sim::cli::{failure_text, replay_cmd};
 use sim::plan::FaultKind;
 use sim::run::check_determinism;
 use sim::scenario::NAMED;
@@ -50,10 +50,11 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
                     *fired.lock().unwrap().entry(k.clone()).or_default() += v;
                 }
                 if !o.passed() {
-                    failures
-                        .lock()
-                        .unwrap()
-                        .push(failure_text(&o, &s, Some(name)));
+                    failures.lock().unwrap().push(failure_text(
+                        &o,
+                        &s,
+                        &replay_cmd(*seed, &s, Some(name)),
+                    ));
                 }
             });
         }
