@@ -561,3 +561,21 @@ async fn t2_ttl_without_a_store_is_ignored() {
     assert_eq!(hook.count(), 1);
     assert_quiescent(&cache);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn s2_a_closed_session_fails_before_the_store_is_asked() {
+    // S-2: "fails at once" — a TTL call on a closed session must not reach
+    // the TTL store (with a failing store, asking it would count a failure).
+    let env = with_store(Arc::new(MemoryTtlStore::new()));
+    env.store.set_faults(StoreFaults {
+        fail_all: true,
+        ..StoreFaults::default()
+    });
+    let s = env.cache.open_session();
+    s.close().unwrap();
+    let err = s.call(ttl_key(&id("fetch")), never()).await.unwrap_err();
+    assert!(matches!(err, cache_core::CallError::SessionClosed), "{err:?}");
+    assert_eq!(env.store.failures_injected(), 0, "the store was asked");
+    assert_eq!(env.cache.metrics().ttl_store_failures(), 0);
+    assert_quiescent(&env.cache);
+}

@@ -192,7 +192,10 @@ impl Client {
     }
 }
 
-/// The client host's software.
+/// The client host's software. After a crash the host is restarted with
+/// this same software: it reconnects (a new session; the engine closes the
+/// old one when it notices the dead connection, S-6) and resumes its plan
+/// at the operation it was at.
 pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
     let ops = world.plan.clients[c].clone();
     let mut cl = Client {
@@ -202,8 +205,13 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
         conn: None,
         next_req: 1,
     };
+    let start = world.progress(c);
+    if start > 0 {
+        cl.trace(format!("restarted: resumes at op{start}"));
+    }
     cl.connect().await;
-    for (i, op) in ops.iter().enumerate() {
+    for (i, op) in ops.iter().enumerate().skip(start) {
+        world.set_progress(c, i);
         cl.idle(op.gap_ms).await;
         match &op.kind {
             OpKind::Call {

@@ -401,8 +401,23 @@ fn answer(
             }
             if let Some(v) = &v {
                 if is_call {
-                    let id_ok = r.id().map(|i| i.call_key()) == Some(key_id(world, key).call_key());
+                    let mut reported = r.id().map(|i| i.call_key());
+                    if world.plant == Some(Plant::RequestedIdOnStorageHit)
+                        && r.hit()
+                        && !r.content_hit()
+                        && v.id_key != key
+                    {
+                        reported = Some(key_id(world, key).call_key());
+                    }
+                    // C-8: a content hit reports the requested ID; otherwise
+                    // the ID the result carries (INV-5).
+                    let expected = if r.content_hit() { key } else { v.id_key };
+                    let id_ok = r.is_detached()
+                        || reported == Some(key_id(world, expected).call_key());
                     oracle::check_identity(world, key, v, r.content_hit(), id_ok);
+                    if v.key != key && v.id_key == key {
+                        world.count("result-id-hits");
+                    }
                     let mut v = v.clone();
                     if world.plant == Some(Plant::TtlCrossSession)
                         && world.plan.keys[key as usize].ttl_ms > 0
@@ -640,22 +655,32 @@ async fn body(
         Some(v) => Resolved::value(v),
         None => Resolved::no_value(),
     };
+    // A call's resolver may return another key's ID (C-6): the entry is
+    // then also indexed under that key's call key.
+    let result_key = match kind {
+        Kind::Call => world.plan.keys[key as usize].result_key,
+        Kind::Arbitrary | Kind::Change => None,
+    };
     let val = Val {
         out,
         run,
         key,
+        id_key: result_key.unwrap_or(key),
         arbitrary: kind != Kind::Call,
         session,
         safe: behave.safe,
         made_clock: world.clock_high_water(),
         made_ms: world.now(),
     };
-    let resolved = match behave.outcome {
+    let mut resolved = match behave.outcome {
         Outcome::Value | Outcome::Panic => mk(Some(val)),
         Outcome::NoValue => mk(None),
         Outcome::Error => return Err(CallError::Resolver(format!("planned error run{run}"))),
         Outcome::Hang => unreachable!("a hanging resolver only ends by cancellation"),
     };
+    if let Some(r) = result_key {
+        resolved = resolved.with_id(key_id(world, r));
+    }
     if behave.outcome == Outcome::Panic {
         return Ok(resolved);
     }

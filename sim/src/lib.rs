@@ -14,6 +14,7 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod shrink;
+pub mod sqlite_lock;
 pub mod world;
 pub mod zoo;
 

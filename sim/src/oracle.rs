@@ -109,30 +109,35 @@ pub fn short(k: &str) -> &str {
     &k[..k.len().min(10)]
 }
 
-/// INV-5 for a call answer: a storage hit carries a value produced for the
-/// requested key; a content hit one produced for a key with the same content
-/// digest, reported under the requested ID.
+/// INV-5 for a call answer: the value was produced for the requested key,
+/// or carries the requested key's ID (its resolver returned that ID, C-6),
+/// or — on a content hit — carries an ID with the requested key's content
+/// digest. `id_ok`: the reported ID is the requested one on a content hit
+/// (C-8) and the stored one otherwise.
 pub fn check_identity(world: &World, key: u64, v: &Val, content_hit: bool, id_ok: bool) {
     let keys = &world.plan.keys;
     let same_content = keys[key as usize].content.is_some()
-        && keys[key as usize].content == keys[v.key as usize].content;
+        && keys[key as usize].content == keys[v.id_key as usize].content;
     if v.arbitrary {
         world.violate(
             "INV-5",
             format!("call k{key} served an arbitrary value o{}", v.out),
         );
-    } else if v.key != key && !(content_hit && same_content) {
+    } else if v.key != key && v.id_key != key && !(content_hit && same_content) {
         world.violate(
             "INV-5",
             format!(
-                "call k{key} served o{} produced for k{} (content hit {content_hit})",
-                v.out, v.key
+                "call k{key} served o{} produced for k{} with k{}'s ID (content hit {content_hit})",
+                v.out, v.key, v.id_key
             ),
         );
-    } else if content_hit && !id_ok {
+    } else if !id_ok {
         world.violate(
             "INV-5",
-            format!("content hit for k{key} did not report the requested ID"),
+            format!(
+                "k{key}: a {} hit reported the wrong ID",
+                if content_hit { "content" } else { "storage" }
+            ),
         );
     }
 }

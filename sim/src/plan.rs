@@ -97,11 +97,13 @@ pub enum FaultKind {
     Latency,
     /// Drop a client's connection.
     DropConnection,
-    /// Crash a client for good.
+    /// Crash a client; it restarts `arg` ms later (at the latest when
+    /// faults heal) and resumes its plan with a new session.
     ClientCrash,
     /// Restart the engine: memory lost, TTL store kept.
     EngineRestart,
-    /// The TTL store fails its next operations.
+    /// The TTL store fails its next `arg` operations (in memory), or another
+    /// connection holds the SQLite write lock for `arg` × 100 ms.
     StoreError,
     /// The TTL store answers slowly for a while.
     StoreSlow,
@@ -160,6 +162,10 @@ pub struct KeyProps {
     pub content: Option<u64>,
     /// TTL in ms (0: none).
     pub ttl_ms: u64,
+    /// Its resolvers return the ID of this other key instead of the
+    /// requested one (the result call key differs from the call key, C-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<u64>,
 }
 
 /// The swarm configuration of a seed: enabled fault kinds and their rates.
@@ -231,14 +237,19 @@ impl Plan {
     pub fn generate(seed: u64, s: &Scenario) -> Plan {
         let swarm = Swarm::generate(seed, s);
         let mut rng = Rng::new(seed, "plan");
+        // Result IDs come from their own stream, so that adding them left
+        // every other draw (and so every older plan) as it was.
+        let mut id_rng = Rng::new(seed, "result-ids");
         let keys = (0..s.key_space)
-            .map(|_| KeyProps {
+            .map(|k| KeyProps {
                 content: rng.chance(s.calls.shared_content).then(|| rng.below(2)),
                 ttl_ms: if rng.chance(s.calls.ttl_key) {
                     rng.range(s.calls.ttl_min_ms, s.calls.ttl_max_ms)
                 } else {
                     0
                 },
+                result_key: (s.key_space > 1 && id_rng.chance(s.calls.result_id))
+                    .then(|| (k + id_rng.range(1, s.key_space - 1)) % s.key_space),
             })
             .collect();
         let mut horizon = 0;
@@ -335,7 +346,9 @@ impl Swarm {
     pub fn generate(seed: u64, s: &Scenario) -> Swarm {
         let mut rng = Rng::new(seed, "swarm");
         let f = &s.faults;
-        let store_faults = s.store == StoreKind::Memory;
+        // Both stores can fail (SQLite: a lock held by another connection);
+        // only the in-memory one can be made slow.
+        let slow_store = s.store == StoreKind::Memory;
         let mut enabled = BTreeMap::new();
         for kind in FaultKind::ALL {
             let allowed = match kind {
@@ -344,8 +357,8 @@ impl Swarm {
                 FaultKind::DropConnection => f.drop_connection,
                 FaultKind::ClientCrash => f.client_crash,
                 FaultKind::EngineRestart => f.engine_restart,
-                FaultKind::StoreError => f.store_error && store_faults,
-                FaultKind::StoreSlow => f.store_slow && store_faults,
+                FaultKind::StoreError => f.store_error,
+                FaultKind::StoreSlow => f.store_slow && slow_store,
                 FaultKind::ClockJump => f.clock_jump,
             };
             let on = rng.chance(f.enable);
@@ -363,7 +376,11 @@ impl fmt::Display for Plan {
         writeln!(f, "plan of seed {} ({} steps)", self.seed, self.size())?;
         writeln!(f, "  {}", self.swarm)?;
         for (k, p) in self.keys.iter().enumerate() {
-            writeln!(f, "  key k{k}: content {:?} ttl {} ms", p.content, p.ttl_ms)?;
+            write!(f, "  key k{k}: content {:?} ttl {} ms", p.content, p.ttl_ms)?;
+            match p.result_key {
+                Some(r) => writeln!(f, ", returns k{r}'s ID")?,
+                None => writeln!(f)?,
+            }
         }
         for (c, ops) in self.clients.iter().enumerate() {
             for op in ops {

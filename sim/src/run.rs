@@ -12,6 +12,7 @@ use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 use crate::plan::{FaultKind, Plan};
 use crate::rng::fnv64;
 use crate::scenario::{Scenario, StoreKind};
+use crate::sqlite_lock::{CountingStore, SqliteLock};
 use crate::world::{Plant, Violation, World, EPOCH_MS};
 use crate::{client, engine, oracle};
 
@@ -98,6 +99,7 @@ static NONDETERMINISM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 /// Runs `plan` under `scenario`, with an optional planted violation.
 pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
     quiet_planned_panics();
+    let mut sqlite_lock = None;
     let (store, memory, _dir): (Arc<dyn TtlStore>, _, _) = match scenario.store {
         StoreKind::Memory => {
             let m = Arc::new(MemoryTtlStore::new());
@@ -105,11 +107,15 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         }
         StoreKind::Sqlite => {
             let dir = tempfile::tempdir().expect("a temporary directory");
-            let s = SqliteTtlStore::open(dir.path().join("ttl.db")).expect("a SQLite TTL store");
+            let path = dir.path().join("ttl.db");
+            // No busy timeout: a locked write fails at once (see sqlite_lock).
+            let s = SqliteTtlStore::open_with_busy_timeout(&path, 0).expect("a SQLite TTL store");
+            sqlite_lock = Some(SqliteLock::new(&path));
             (Arc::new(s), None, Some(dir))
         }
     };
-    let mut world = World::new(plan.clone(), plant, store, memory);
+    let store = Arc::new(CountingStore::new(store));
+    let mut world = World::new(plan.clone(), plant, store.clone(), memory);
     world.bugs = scenario.bugs;
     let world = Arc::new(world);
     world.trace(
@@ -180,9 +186,11 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                     true
                 }
                 FaultKind::ClientCrash if !crashed[f.client] && !world.is_done(f.client) => {
+                    // Down for `arg` ms (at most until healing), then
+                    // restarted: it resumes its plan with a new session.
                     sim.crash(name.as_str());
                     crashed[f.client] = true;
-                    world.set_done(f.client);
+                    repairs.push((now + f.arg as u64, f.kind, f.client));
                     true
                 }
                 FaultKind::EngineRestart if !restart_pending => {
@@ -194,12 +202,27 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                     restart_pending = true;
                     true
                 }
-                FaultKind::StoreError => world.memory.as_ref().is_some_and(|m| {
-                    let mut faults = m.faults();
-                    faults.fail_next += f.arg as u32;
-                    m.set_faults(faults);
-                    true
-                }),
+                FaultKind::StoreError => match (&world.memory, &mut sqlite_lock) {
+                    (Some(m), _) => {
+                        let mut faults = m.faults();
+                        faults.fail_next += f.arg as u32;
+                        m.set_faults(faults);
+                        true
+                    }
+                    // SQLite: another connection holds the write lock for
+                    // `arg` × 100 ms.
+                    (None, Some(lock)) if !lock.is_held() => match lock.hold() {
+                        Ok(()) => {
+                            repairs.push((now + f.arg as u64 * 100, f.kind, 0));
+                            true
+                        }
+                        Err(e) => {
+                            world.trace("fault", format!("store-error not injected: {e}"));
+                            false
+                        }
+                    },
+                    _ => false,
+                },
                 FaultKind::StoreSlow => world.memory.as_ref().is_some_and(|m| {
                     let mut faults = m.faults();
                     faults.delay_ms = f.arg as u64 * 2;
@@ -221,18 +244,19 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                 );
             }
         }
-        repairs.retain(|(at, kind, c)| {
-            if *at > now && !healed {
-                return true;
+        let heal_now = !healed && now >= plan.heal_at_ms;
+        let (due, later): (Vec<_>, Vec<_>) = repairs
+            .drain(..)
+            .partition(|(at, _, _)| *at <= now || heal_now);
+        repairs = later;
+        for (_, kind, c) in due {
+            if kind == FaultKind::ClientCrash {
+                crashed[c] = false;
             }
-            repair(&sim, &world, *kind, &names[*c]);
-            false
-        });
-        if !healed && now >= plan.heal_at_ms {
+            repair(&mut sim, &world, &mut sqlite_lock, kind, &names[c]);
+        }
+        if heal_now {
             healed = true;
-            for (_, kind, c) in repairs.drain(..) {
-                repair(&sim, &world, kind, &names[c]);
-            }
             if let Some(m) = &world.memory {
                 m.set_faults(StoreFaults::default());
             }
@@ -268,6 +292,9 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         }
         oracle::check_end(&world);
     }
+    if store.errors() > 0 {
+        world.count_by("store-errors-seen", store.errors());
+    }
     let eng = world.take_engine();
     let leak = eng.as_ref().map(|e| e.calls.leak_report());
     let metrics = eng
@@ -290,9 +317,26 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     outcome
 }
 
-fn repair(sim: &turmoil::Sim<'_>, world: &World, kind: FaultKind, name: &str) {
+fn repair(
+    sim: &mut turmoil::Sim<'_>,
+    world: &World,
+    sqlite_lock: &mut Option<SqliteLock>,
+    kind: FaultKind,
+    name: &str,
+) {
     match kind {
+        FaultKind::StoreError => {
+            if let Some(lock) = sqlite_lock {
+                lock.release();
+                world.trace("fault", "store-error repaired: SQLite write lock released");
+            }
+        }
         FaultKind::Partition => sim.repair("engine", name),
+        FaultKind::ClientCrash => {
+            sim.bounce(name);
+            world.count("client-restarts");
+            world.trace("fault", format!("client-crash repaired: {name} restarted"));
+        }
         FaultKind::Latency => sim.set_max_message_latency(Duration::from_millis(LATENCY_MS.1)),
         FaultKind::StoreSlow => {
             if let Some(m) = &world.memory {

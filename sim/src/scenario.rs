@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum StoreKind {
     /// The in-memory store with injectable faults.
     Memory,
-    /// SQLite on a temporary file (no injected faults).
+    /// SQLite on a temporary file (faults: another connection holds the
+    /// write lock; no slow answers).
     Sqlite,
 }
 
@@ -107,6 +108,9 @@ pub struct CallMix {
     pub cancel: f64,
     /// The client retries a call that failed.
     pub retry: f64,
+    /// A key's resolvers return another key's ID (result call key ≠ call
+    /// key, C-6).
+    pub result_id: f64,
     /// TTL bounds, simulated ms.
     pub ttl_min_ms: u64,
     /// TTL bounds, simulated ms.
@@ -123,6 +127,7 @@ impl Default for CallMix {
             shared_content: 0.3,
             cancel: 0.08,
             retry: 0.5,
+            result_id: 0.1,
             ttl_min_ms: 100,
             ttl_max_ms: 2000,
         }
@@ -306,6 +311,7 @@ impl Scenario {
             ("calls.shared_content", self.calls.shared_content),
             ("calls.cancel", self.calls.cancel),
             ("calls.retry", self.calls.retry),
+            ("calls.result_id", self.calls.result_id),
             ("faults.enable", self.faults.enable),
             ("resolver.deaf", self.resolver.deaf),
         ] {

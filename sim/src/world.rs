@@ -29,6 +29,9 @@ pub enum Plant {
     DoubleResolver,
     /// INV-5: the engine serves a value of another key.
     WrongValue,
+    /// INV-5: a storage hit on a result whose resolver returned another
+    /// key's ID reports the requested ID instead of the stored one.
+    RequestedIdOnStorageHit,
     /// INV-6: the engine serves a remembered error for a later call.
     CachedError,
     /// INV-7: the engine answers "cancelled" to a waiter that did not cancel.
@@ -62,6 +65,9 @@ pub struct Val {
     pub run: u64,
     /// The key index it was produced for.
     pub key: u64,
+    /// The key whose ID the result carries: `key`, or the key whose ID its
+    /// resolver returned instead (C-6 result call key).
+    pub id_key: u64,
     /// Produced by an arbitrary init.
     pub arbitrary: bool,
     /// The session whose call ran the resolver.
@@ -126,8 +132,11 @@ pub struct World {
     pub memory: Option<Arc<MemoryTtlStore>>,
     /// Per client: drop the connection at the next chance.
     pub drop_flags: Mutex<Vec<bool>>,
-    /// Per client: finished its plan (or crashed).
+    /// Per client: finished its plan.
     pub client_done: Mutex<Vec<bool>>,
+    /// Per client: the operation it is at; a client restarted after a
+    /// crash resumes there (the operation in progress is issued again).
+    progress: Mutex<Vec<usize>>,
     ids: AtomicU64,
     last_sent_ms: AtomicU64,
     quiet: std::sync::atomic::AtomicBool,
@@ -164,6 +173,7 @@ impl World {
             memory,
             drop_flags: Mutex::new(vec![false; n]),
             client_done: Mutex::new(vec![false; n]),
+            progress: Mutex::new(vec![0; n]),
             ids: AtomicU64::new(1),
             last_sent_ms: AtomicU64::new(0),
             quiet: std::sync::atomic::AtomicBool::new(false),
@@ -238,7 +248,12 @@ impl World {
 
     /// Counts an event (faults fired, calls, hits …).
     pub fn count(&self, what: &str) {
-        *lock(&self.counters).entry(what.to_string()).or_default() += 1;
+        self.count_by(what, 1);
+    }
+
+    /// Counts `n` events at once.
+    pub fn count_by(&self, what: &str, n: u64) {
+        *lock(&self.counters).entry(what.to_string()).or_default() += n;
     }
 
     /// The counters.
@@ -302,5 +317,15 @@ impl World {
     /// Whether client `c` finished.
     pub fn is_done(&self, c: usize) -> bool {
         lock(&self.client_done)[c]
+    }
+
+    /// Client `c` starts operation `op`.
+    pub fn set_progress(&self, c: usize, op: usize) {
+        lock(&self.progress)[c] = op;
+    }
+
+    /// The operation client `c` was at (0 before it started).
+    pub fn progress(&self, c: usize) -> usize {
+        lock(&self.progress)[c]
     }
 }

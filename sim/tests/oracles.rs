@@ -6,7 +6,7 @@ use sim::{run_seed, Plant, Scenario};
 
 fn first_inv(plant: Plant) -> String {
     let s = Scenario::named("standard").unwrap();
-    for seed in 1..6 {
+    for seed in 1..30 {
         let o = run_seed(seed, &s, Some(plant));
         if let Some(inv) = o.first_invariant() {
             return inv.to_string();
@@ -38,6 +38,13 @@ fn inv4_second_resolver_is_reported() {
 #[test]
 fn inv5_wrong_value_is_reported() {
     assert_eq!(first_inv(Plant::WrongValue), "INV-5");
+}
+
+#[test]
+fn inv5_requested_id_on_a_storage_hit_is_reported() {
+    // C-6 / INV-5: a storage hit reports the stored ID, which differs from
+    // the requested one when the resolver returned another key's ID.
+    assert_eq!(first_inv(Plant::RequestedIdOnStorageHit), "INV-5");
 }
 
 #[test]

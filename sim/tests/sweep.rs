@@ -29,6 +29,10 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
     let failures = Mutex::new(Vec::new());
     let enabled = Mutex::new(BTreeSet::new());
     let fired: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    // Store errors the cache actually met, by store, in runs where the
+    // store-error fault fired: a fault that fires but never bites is a
+    // harness bug too.
+    let bitten: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| loop {
@@ -48,6 +52,14 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
                     .extend(o.plan.swarm.enabled.keys().copied());
                 for (k, v) in &o.counters {
                     *fired.lock().unwrap().entry(k.clone()).or_default() += v;
+                }
+                if o.counters.contains_key("fault:store-error") {
+                    let seen = o.counters.get("store-errors-seen").copied().unwrap_or(0);
+                    *bitten
+                        .lock()
+                        .unwrap()
+                        .entry(format!("{:?}", s.store))
+                        .or_default() += seen;
                 }
                 if !o.passed() {
                     failures.lock().unwrap().push(failure_text(
@@ -78,6 +90,24 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         assert!(
             fired.get(&key).copied().unwrap_or(0) > 0,
             "{key} never fired: {fired:?}"
+        );
+    }
+    // Results indexed under a result call key that differs from their call
+    // key (C-6) are served to callers of that key.
+    assert!(
+        fired.get("result-id-hits").copied().unwrap_or(0) > 0,
+        "no call was served through a result call key: {fired:?}"
+    );
+    // Crashed clients come back and resume their plans.
+    assert!(
+        fired.get("client-restarts").copied().unwrap_or(0) > 0,
+        "no crashed client restarted: {fired:?}"
+    );
+    let bitten = bitten.into_inner().unwrap();
+    for store in ["Memory", "Sqlite"] {
+        assert!(
+            bitten.get(store).copied().unwrap_or(0) > 0,
+            "store-error fired but the {store} store never failed an operation: {bitten:?}"
         );
     }
 }

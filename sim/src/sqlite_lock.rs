@@ -1,0 +1,111 @@
+//! The SQLite store's fault (SPEC §10 "TTL store errors"): another
+//! connection holds the database's write lock for a while, as a second
+//! engine process or a backup tool would. The engine's store meets a real
+//! `SQLITE_BUSY` — reported as `StoreError::Locked` — and must fail closed
+//! (T-2); nothing it committed before may be lost.
+//!
+//! The engine's store is opened with a zero busy timeout, so a locked write
+//! fails at once instead of sleeping on the wall clock: the outcome depends
+//! only on simulated events, and the trace stays byte-identical (INV-12).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cache_core::ttl::{StoreError, TtlRow, TtlStore};
+use rusqlite::Connection;
+
+/// Holds (or not) the write lock of one SQLite file.
+pub struct SqliteLock {
+    path: PathBuf,
+    holder: Option<Connection>,
+}
+
+impl SqliteLock {
+    /// A lock on the database at `path`, not held.
+    pub fn new(path: &Path) -> Self {
+        SqliteLock {
+            path: path.to_path_buf(),
+            holder: None,
+        }
+    }
+
+    /// Takes the write lock (`BEGIN IMMEDIATE`: readers go on under WAL,
+    /// writers get `SQLITE_BUSY`). `Err` if it could not be taken.
+    pub fn hold(&mut self) -> Result<(), String> {
+        if self.holder.is_some() {
+            return Ok(());
+        }
+        let conn = Connection::open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| format!("cannot lock {}: {e}", self.path.display()))?;
+        self.holder = Some(conn);
+        Ok(())
+    }
+
+    /// Gives the lock back (the holder wrote nothing: it rolls back).
+    pub fn release(&mut self) {
+        if let Some(conn) = self.holder.take() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Whether the lock is held.
+    pub fn is_held(&self) -> bool {
+        self.holder.is_some()
+    }
+}
+
+/// A TTL store that counts the errors it returns, so that a run can show a
+/// store fault did reach the cache (a fault that fires but never bites is
+/// a harness bug, like one that never fires).
+pub struct CountingStore {
+    inner: Arc<dyn TtlStore>,
+    errors: AtomicU64,
+}
+
+impl CountingStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn TtlStore>) -> Self {
+        CountingStore {
+            inner,
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Errors returned so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::SeqCst)
+    }
+
+    fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() {
+            self.errors.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl TtlStore for CountingStore {
+    fn select(&self, call_key: &str) -> Result<Option<TtlRow>, StoreError> {
+        self.count(self.inner.select(call_key))
+    }
+
+    fn compare_and_upsert(
+        &self,
+        call_key: &str,
+        row: &TtlRow,
+        compare: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.count(self.inner.compare_and_upsert(call_key, row, compare))
+    }
+
+    fn gc_expired(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
+        self.count(self.inner.gc_expired(now, batch))
+    }
+
+    fn answer_delay_ms(&self) -> u64 {
+        self.inner.answer_delay_ms()
+    }
+}
