@@ -574,8 +574,39 @@ async fn s2_a_closed_session_fails_before_the_store_is_asked() {
     let s = env.cache.open_session();
     s.close().unwrap();
     let err = s.call(ttl_key(&id("fetch")), never()).await.unwrap_err();
-    assert!(matches!(err, cache_core::CallError::SessionClosed), "{err:?}");
+    assert!(
+        matches!(err, cache_core::CallError::SessionClosed),
+        "{err:?}"
+    );
     assert_eq!(env.store.failures_injected(), 0, "the store was asked");
     assert_eq!(env.cache.metrics().ttl_store_failures(), 0);
     assert_quiescent(&env.cache);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn t5_gc_ttl_deletes_only_expired_rows_on_the_cache_clock() {
+    let env = with_store(Arc::new(MemoryTtlStore::new()));
+    let row = |sk: &str, expiration: i64| cache_core::ttl::TtlRow {
+        storage_key: sk.into(),
+        expiration,
+    };
+    for (k, exp) in [("a", T0 - 1), ("b", T0 - 5), ("c", T0), ("d", T0 + 9)] {
+        assert!(env.store.compare_and_upsert(k, &row(k, exp), None).unwrap());
+    }
+    // On the cache's clock (T0): two rows are expired, `c` (== now) is not.
+    assert_eq!(env.cache.gc_ttl(), Ok(2));
+    let left: Vec<String> = env.store.rows().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, ["c", "d"]);
+    assert_eq!(env.cache.gc_ttl(), Ok(0));
+    env.clock.advance(10);
+    assert_eq!(env.cache.gc_ttl(), Ok(2));
+    // A failing store is an error, not a silent zero.
+    env.store.set_faults(StoreFaults {
+        fail_all: true,
+        ..StoreFaults::default()
+    });
+    assert!(env.cache.gc_ttl().is_err());
+    // Without a store there is nothing to collect.
+    let bare: Cache<V> = Cache::builder(2).build();
+    assert_eq!(bare.gc_ttl(), Ok(0));
 }

@@ -412,8 +412,8 @@ fn answer(
                     // C-8: a content hit reports the requested ID; otherwise
                     // the ID the result carries (INV-5).
                     let expected = if r.content_hit() { key } else { v.id_key };
-                    let id_ok = r.is_detached()
-                        || reported == Some(key_id(world, expected).call_key());
+                    let id_ok =
+                        r.is_detached() || reported == Some(key_id(world, expected).call_key());
                     oracle::check_identity(world, key, v, r.content_hit(), id_ok);
                     if v.key != key && v.id_key == key {
                         world.count("result-id-hits");

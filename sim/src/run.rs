@@ -263,13 +263,7 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
             world.trace("sim", "heal: faults repaired");
         }
         if now % 50 == 0 {
-            if let Some(eng) = world.engine() {
-                samples.push(Sample {
-                    at_ms: now,
-                    buckets: eng.calls.buckets(),
-                    clients: eng.calls.connected_clients(),
-                });
-            }
+            samples.extend(sample(&world, now));
         }
         if let Err(e) = sim.step() {
             world.violate("INV-10", format!("a host failed: {e}"));
@@ -292,6 +286,8 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         }
         oracle::check_end(&world);
     }
+    // The end state closes the timeline: a leak is a line that stays up.
+    samples.extend(sample(&world, now));
     if store.errors() > 0 {
         world.count_by("store-errors-seen", store.errors());
     }
@@ -315,6 +311,15 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     drop(sim);
     drop(eng);
     outcome
+}
+
+/// The metrics of the running engine's call cache now (for `report`).
+fn sample(world: &World, now: u64) -> Option<Sample> {
+    world.engine().map(|eng| Sample {
+        at_ms: now,
+        buckets: eng.calls.buckets(),
+        clients: eng.calls.connected_clients(),
+    })
 }
 
 fn repair(
