@@ -16,7 +16,8 @@ pub struct SimInput {
     seed: u64,
     /// Key properties: shared content (`Some(0|1)`), TTL.
     keys: [(Option<bool>, Ttl); 4],
-    /// How many keys are in play (1 + n % 4).
+    /// How many keys are in play (1 + n % 4); the high bits (n / 4, one
+    /// per key) make a key's resolvers return the next key's ID (C-6).
     nkeys: u8,
     faults: Vec<SimFault>,
     /// Each client's operations.
@@ -106,13 +107,17 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
     let key = |k: u8| u64::from(k) % nkeys as u64;
     let keys = input.keys[..nkeys]
         .iter()
-        .map(|(content, ttl)| KeyProps {
+        .enumerate()
+        .map(|(i, (content, ttl))| KeyProps {
             content: content.map(u64::from),
             ttl_ms: match ttl {
                 Ttl::None => 0,
                 Ttl::Short => 200,
                 Ttl::Long => 2_000,
             },
+            // Spare bits: the input layout (and the committed corpus) stays valid.
+            result_key: (nkeys > 1 && (input.nkeys >> (2 + i)) & 1 == 1)
+                .then(|| ((i + 1) % nkeys) as u64),
         })
         .collect();
     let clients: Vec<Vec<Op>> = input

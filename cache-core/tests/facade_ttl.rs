@@ -443,8 +443,20 @@ async fn t2_slow_store_answer_beyond_the_deadline_degrades() {
     assert_eq!(started.elapsed(), Duration::from_millis(50));
     assert_eq!(cache.metrics().ttl_store_failures(), 1);
     assert_eq!(store.rows().len(), 1);
+
+    // The boundary: an answer arriving exactly at the deadline is in time.
+    store.set_faults(StoreFaults {
+        delay_ms: 100,
+        ..StoreFaults::default()
+    });
+    let k3 = id("fetch-3");
+    s.call(ttl_key(&k3), keyed(&runs, &keys, "edge", &hook, true))
+        .await
+        .unwrap();
+    assert_eq!(cache.metrics().ttl_store_failures(), 1, "not degraded");
+    assert_eq!(store.rows().len(), 2);
     s.close().unwrap();
-    assert_eq!(hook.count(), 2);
+    assert_eq!(hook.count(), 3);
     assert_quiescent(&cache);
 }
 
