@@ -15,7 +15,7 @@ fn seeds_per_scenario() -> u64 {
     std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(100)
 }
 
 #[test]

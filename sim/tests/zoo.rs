@@ -1,5 +1,5 @@
-//! The bug zoo (issue 5): with each switch on, the default sweep (the same
-//! 40 seeds of every named scenario that `sweep.rs` runs clean by default)
+//! The bug zoo (issue 5): with each switch on, the default sweep (the first
+//! 40 of the seeds of every named scenario that `sweep.rs` runs clean)
 //! must fail, and its first violation must name an invariant the broken
 //! rule protects. The failing seed must fail the same way on replay (INV-12).
 //!
