@@ -11,6 +11,7 @@ use cache_core::error::CallError;
 use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
 use cache_core::id::{CallId, Digest, Literal};
 use cache_core::machine::{Owner, Resolved};
+use cache_core::ttl::StoreError;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
         }
     });
     world.trace("engine", format!("start incarnation {}", eng.inc));
+    tokio::spawn(collect_expired(world.clone(), eng.clone()));
     let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let accepted = tokio::select! {
@@ -54,6 +56,39 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
             }
             None => std::future::pending::<()>().await,
         }
+    }
+}
+
+/// Simulated ms between two TTL garbage collections.
+const GC_EVERY_MS: u64 = 500;
+
+/// T-5: the engine deletes expired TTL rows now and then, while calls keep
+/// reading and upserting them (T-4) — as the real engine's background GC
+/// does. Rows are never the cache's memory, so nothing here may change an
+/// answer; the trace records what each round deleted.
+async fn collect_expired(world: Arc<World>, eng: Engine) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = eng.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(GC_EVERY_MS)) => {}
+        }
+        match eng.calls.gc_ttl() {
+            Ok(0) => {}
+            Ok(n) => world.trace("engine", format!("gc: {n} expired TTL rows deleted (T-5)")),
+            Err(e) => world.trace("engine", format!("gc failed: {}", store_error_text(&e))),
+        }
+    }
+}
+
+/// A store error for the trace: without the store's file path, which is a
+/// fresh temporary directory in every run (INV-12).
+fn store_error_text(e: &StoreError) -> String {
+    match e {
+        StoreError::Open { .. } => "cannot open the TTL store".into(),
+        StoreError::Corrupt { .. } => "the TTL store is corrupt".into(),
+        StoreError::Locked { .. } => "the TTL store is locked by another connection".into(),
+        other => other.to_string(),
     }
 }
 

@@ -31,15 +31,17 @@ impl SqliteLock {
     }
 
     /// Takes the write lock (`BEGIN IMMEDIATE`: readers go on under WAL,
-    /// writers get `SQLITE_BUSY`). `Err` if it could not be taken.
+    /// writers get `SQLITE_BUSY`). `Err` if it could not be taken; the
+    /// message leaves out the file's path, a fresh temporary one per run,
+    /// as it goes into the trace (INV-12).
     pub fn hold(&mut self) -> Result<(), String> {
         if self.holder.is_some() {
             return Ok(());
         }
-        let conn = Connection::open(&self.path)
-            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let conn =
+            Connection::open(&self.path).map_err(|e| format!("cannot open the store: {e}"))?;
         conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| format!("cannot lock {}: {e}", self.path.display()))?;
+            .map_err(|e| format!("cannot lock the store: {e}"))?;
         self.holder = Some(conn);
         Ok(())
     }
