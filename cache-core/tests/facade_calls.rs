@@ -1013,3 +1013,22 @@ impl cache_core::facade::Telemetry for LockProbe {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn c4_a_resolver_context_names_its_own_cache_instance() {
+    // C-4 and C-4b tell "the same key on this cache" from "on another one"
+    // by the instance a resolver context names: it must be the cache's own.
+    let cache: Cache<V> = Cache::builder(7).build();
+    let seen = Arc::new(Mutex::new(None));
+    let (seen2, hook) = (seen.clone(), Hook::new());
+    let r = cache
+        .get_or_init_call(&Ctx::new(), key("who"), move |ctx: ResolverCtx| {
+            *seen2.lock().unwrap() = Some(ctx.entry);
+            let v = hook.value("v");
+            Box::pin(async move { Ok(v) }) as BoxFut
+        })
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some((7, r.entry())));
+    assert_eq!(cache.inspect(|m| m.instance()), 7);
+}

@@ -739,3 +739,21 @@ fn a_second_completion_of_a_settled_call_is_refused() {
         "only the first output's hook, exactly once"
     );
 }
+
+#[test]
+fn inv1_live_refs_count_every_outstanding_ref() {
+    // live_refs() is what quiescence checks compare with zero (INV-1): it
+    // must count refs while they are out, not only be zero at the end.
+    let mut cache = Cache::new(1);
+    let s = cache.open_session();
+    let hooks = HookCounter::default();
+    let order = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id("k"))));
+    assert_eq!(cache.live_refs(), 0, "a waiter holds no ref yet");
+    complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
+    assert_eq!(cache.live_refs(), 1);
+    expect_hit(cache.begin_call(&in_session(s), CallRequest::new(id("k"))));
+    assert_eq!(cache.live_refs(), 2);
+    assert_eq!(close(&mut cache, s), 2);
+    assert_eq!(cache.live_refs(), 0);
+    finish(&cache);
+}
