@@ -1,5 +1,6 @@
 //! One entry's state: what it is, where it is indexed, who waits, who holds it.
 
+use super::key::IndexKey;
 use super::types::{EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
 use crate::id::CallId;
 use crate::ttl::PreparedWrite;
@@ -28,11 +29,11 @@ pub struct Waiter {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Slot {
     /// Completed, under a storage key or a result call key.
-    Storage(String),
+    Storage(IndexKey),
     /// Completed, under a content key.
-    Content(String),
+    Content(IndexKey),
     /// In flight, under (storage key, concurrency key).
-    Ongoing(String, String),
+    Ongoing(IndexKey, String),
     /// Arbitrary entry in flight.
     ArbitraryOngoing(String),
     /// Arbitrary entry completed.
@@ -46,9 +47,9 @@ pub struct Entry<V> {
     /// The requested ID (None for arbitrary entries).
     pub requested: Option<CallId>,
     /// The call key (or the arbitrary key).
-    pub call_key: String,
+    pub call_key: IndexKey,
     /// The storage key the entry is (or will be) stored under.
-    pub storage_key: String,
+    pub storage_key: IndexKey,
     pub concurrency_key: String,
     pub waiters: Vec<Waiter>,
     pub refcount: u32,
@@ -67,8 +68,8 @@ pub struct Entry<V> {
     pub value: Option<V>,
     pub hook: Option<ReleaseHook>,
     pub safe_to_persist: bool,
-    pub result_call_key: Option<String>,
-    pub content_key: Option<String>,
+    pub result_call_key: Option<IndexKey>,
+    pub content_key: Option<IndexKey>,
     /// Refs this entry owns (C-11).
     pub owned_refs: Vec<RefId>,
 }
@@ -78,8 +79,8 @@ impl<V> Entry<V> {
     pub fn in_flight(
         mode: RunMode,
         requested: Option<CallId>,
-        call_key: String,
-        storage_key: String,
+        call_key: IndexKey,
+        storage_key: IndexKey,
     ) -> Self {
         Self {
             mode,
@@ -107,7 +108,7 @@ impl<V> Entry<V> {
 
     /// Short label for logs and reports.
     pub fn label(&self) -> String {
-        format!("{} {}", self.mode.kind(), short(&self.storage_key))
+        format!("{} {}", self.mode.kind(), short(&self.storage_key.text()))
     }
 }
 

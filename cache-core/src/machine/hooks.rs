@@ -17,7 +17,7 @@ impl<V: Clone> CallCache<V> {
         };
         self.idx
             .by_storage
-            .entry("planted-foreign-key".into())
+            .entry(super::key::IndexKey::from_text("planted-foreign-key"))
             .or_default()
             .push_unique(id);
         true

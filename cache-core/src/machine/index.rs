@@ -11,13 +11,14 @@ use std::ops::Deref;
 use rustc_hash::FxHasher;
 
 use super::entry::Slot;
+use super::key::IndexKey;
 use super::types::EntryId;
 
-/// A map keyed by text with rustc's Fx hasher: fixed and unseeded, so the
-/// same keys hash the same in every run and process (DESIGN: "ordered maps
-/// or fixed hashers"). Never iterated for output without sorting first
-/// (see `sorted`).
-pub type KeyMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<FxHasher>>;
+/// A map keyed by [`IndexKey`] with rustc's Fx hasher: fixed and unseeded,
+/// so the same keys hash the same in every run and process (DESIGN:
+/// "ordered maps or fixed hashers"). Never iterated for output without
+/// sorting first (see `sorted`).
+pub type KeyMap<V> = std::collections::HashMap<IndexKey, V, BuildHasherDefault<FxHasher>>;
 
 /// The entries listed under one key: almost always exactly one, kept inline
 /// so indexing a result allocates nothing beyond its key.
@@ -72,7 +73,7 @@ impl Ids {
 
 /// A map's entries in key order: how every observable walk over a
 /// [`KeyMap`] sees it (reports, invariant messages).
-pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&String, &V)> {
+pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&IndexKey, &V)> {
     let mut all: Vec<_> = map.iter().collect();
     all.sort_unstable_by(|a, b| a.0.cmp(b.0));
     all
@@ -89,7 +90,7 @@ pub struct Indexes {
     /// Completed calls by content key.
     pub by_content: KeyMap<Ids>,
     /// In-flight calls by (storage key, concurrency key).
-    pub ongoing: BTreeMap<(String, String), EntryId>,
+    pub ongoing: BTreeMap<(IndexKey, String), EntryId>,
     /// Arbitrary entries in flight.
     pub arbitrary_ongoing: BTreeMap<String, EntryId>,
     /// Arbitrary entries completed.
@@ -148,12 +149,12 @@ impl Indexes {
     }
 
     /// The first completed entry under a storage key.
-    pub fn storage(&self, key: &str) -> Option<EntryId> {
+    pub fn storage(&self, key: &IndexKey) -> Option<EntryId> {
         self.by_storage.get(key).and_then(|l| l.first().copied())
     }
 
     /// The first completed entry under a content key.
-    pub fn content(&self, key: &str) -> Option<EntryId> {
+    pub fn content(&self, key: &IndexKey) -> Option<EntryId> {
         self.by_content.get(key).and_then(|l| l.first().copied())
     }
 
@@ -195,18 +196,18 @@ impl Buckets {
     }
 }
 
-fn push_unique(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+fn push_unique(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) {
     match map.get_mut(key) {
         Some(list) => list.push_unique(entry),
         None => {
-            map.insert(key.to_owned(), Ids::One(entry));
+            map.insert(key.clone(), Ids::One(entry));
         }
     }
 }
 
 /// One hash lookup in the common case (the entry is alone under its key):
 /// the list is taken out, and put back only if others remain (C-13).
-fn remove_from_list(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+fn remove_from_list(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) {
     let Some((k, mut list)) = map.remove_entry(key) else {
         return;
     };

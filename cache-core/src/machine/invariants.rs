@@ -129,9 +129,9 @@ impl<V: Clone> CallCache<V> {
                         return fail("INV-3", format!("{name} index under {key} holds {id} ({}), which is not a completed call", e.label()));
                     }
                     let matches = if name == "storage" {
-                        e.storage_key == *key || e.result_call_key.as_deref() == Some(key)
+                        e.storage_key == *key || e.result_call_key.as_ref() == Some(key)
                     } else {
-                        e.content_key.as_deref() == Some(key)
+                        e.content_key.as_ref() == Some(key)
                     };
                     let slot = if name == "storage" {
                         Slot::Storage(key.clone())
@@ -202,7 +202,7 @@ impl<V: Clone> CallCache<V> {
                 };
                 if !phase_ok
                     || e.mode != RunMode::Arbitrary
-                    || e.storage_key != *key
+                    || e.storage_key != **key
                     || !e.slots.contains(&slot)
                 {
                     return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));

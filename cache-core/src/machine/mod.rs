@@ -43,6 +43,7 @@ pub(crate) mod entry;
 mod hooks;
 mod index;
 mod invariants;
+mod key;
 mod release;
 mod report;
 mod session;
@@ -60,6 +61,7 @@ use crate::bugs::{Bug, Bugs};
 use arena::Arena;
 use entry::Entry;
 use index::Indexes;
+use key::IndexKey;
 
 /// One ref and its owner (C-11a).
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +78,7 @@ struct SessionState {
     /// Call keys whose last call failed, with the error: the next call runs
     /// uncached (S-4). The error itself is only read by the
     /// `errors-cached-in-session` switch of the bug zoo.
-    retry_uncached: BTreeMap<String, crate::error::CallError>,
+    retry_uncached: BTreeMap<IndexKey, crate::error::CallError>,
     /// Call keys that already emitted telemetry (S-5).
     telemetry_seen: BTreeSet<String>,
 }

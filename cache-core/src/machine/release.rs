@@ -79,7 +79,7 @@ impl<V: Clone> CallCache<V> {
             // which is only formatted if the hook fails.
             releases.push(PendingRelease {
                 entry,
-                label: ReleaseLabel::Entry(e.mode, std::mem::take(&mut e.storage_key)),
+                label: ReleaseLabel::Entry(e.mode, e.storage_key),
                 hook,
             });
         }
