@@ -64,9 +64,7 @@ impl<V: Clone> CallCache<V> {
         // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
         // always emitted, so the retry's run gets its span too.
         let always = req.do_not_cache || req.repeat_telemetry || forced;
-        // The key's text is needed only to remember it for a session.
-        let telemetry =
-            caller.session.is_none() || self.telemetry(caller, &call_key.text(), always);
+        let telemetry = self.telemetry(caller, &call_key, always);
 
         if req.do_not_cache || forced {
             let mode = if req.do_not_cache {
@@ -191,7 +189,10 @@ impl<V: Clone> CallCache<V> {
                 .is_some_and(|e| e.phase == Phase::Abandoned);
         // S-5: a K-5 block is not the call yet; the decision taken after it
         // emits the one span (saying `cached` only if no init ran for it).
-        let telemetry = !blocked && self.telemetry(caller, key, false);
+        // Without a session the key is not remembered, so not converted.
+        let telemetry = !blocked
+            && (caller.session.is_none()
+                || self.telemetry(caller, &IndexKey::from_text(key), false));
         if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
             trace.path = Path::Storage;
             let served = self.serve_hit(caller, hit, None);
@@ -255,11 +256,11 @@ impl<V: Clone> CallCache<V> {
     }
 
     /// S-5: once per key per session, unless asked to repeat; always without a session.
-    fn telemetry(&mut self, caller: &Caller, key: &str, always: bool) -> bool {
+    fn telemetry(&mut self, caller: &Caller, key: &IndexKey, always: bool) -> bool {
         match caller.session.and_then(|s| self.sessions.get_mut(&s)) {
             // The key is copied only the first time it is seen.
             Some(state) if state.telemetry_seen.contains(key) => always,
-            Some(state) => state.telemetry_seen.insert(key.to_string()) || always,
+            Some(state) => state.telemetry_seen.insert(key.clone()) || always,
             None => true,
         }
     }
@@ -299,9 +300,9 @@ impl<V: Clone> CallCache<V> {
         chain_key: String,
     ) -> RunOrder {
         let mode = entry.mode;
-        let slots = entry.slots.clone();
         let id = EntryId(self.entries.insert(entry));
-        for slot in &slots {
+        let entry = self.entries.get(id.0).expect("just inserted");
+        for slot in entry.slots.iter() {
             self.idx.insert(slot, id);
         }
         let waiter = self.add_waiter(caller, id);

@@ -1,6 +1,6 @@
 //! `complete` and `leave`: how an in-flight call settles (C-5 … C-10, C-14, S-3, S-4, K-4, K-5).
 
-use super::entry::{Phase, Slot, Waiter};
+use super::entry::{Phase, Slot, Slots, Waiter};
 use super::key::IndexKey;
 use super::types::*;
 use super::CallCache;
@@ -211,7 +211,7 @@ impl<V: Clone> CallCache<V> {
             // with its own callers, indexed nowhere.
             return entry;
         }
-        let mut slots = Vec::new();
+        let mut slots = Slots::default();
         if e.mode == RunMode::Arbitrary {
             slots.push(Slot::ArbitraryCompleted(e.storage_key.to_string()));
         } else {
@@ -235,7 +235,7 @@ impl<V: Clone> CallCache<V> {
                 done.persist = e.ttl_write.clone();
             }
         }
-        for slot in &slots {
+        for slot in slots.iter() {
             self.idx.insert(slot, entry);
         }
         self.entries.get_mut(entry.0).expect("caller checked").slots = slots;

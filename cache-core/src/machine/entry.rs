@@ -1,5 +1,7 @@
 //! One entry's state: what it is, where it is indexed, who waits, who holds it.
 
+use std::ops::Deref;
+
 use super::key::IndexKey;
 use super::types::{EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
 use crate::id::CallId;
@@ -40,6 +42,57 @@ pub enum Slot {
     ArbitraryCompleted(String),
 }
 
+/// The index slots of one entry: almost always exactly one (its storage
+/// key, or its in-flight registration), kept inline so that indexing an
+/// entry allocates nothing and removing it frees nothing (issue 6).
+#[derive(Clone, Debug)]
+pub enum Slots {
+    /// One slot.
+    One(Slot),
+    /// Any other number, in insertion order.
+    Many(Vec<Slot>),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Many(Vec::new())
+    }
+}
+
+impl Deref for Slots {
+    type Target = [Slot];
+    fn deref(&self) -> &[Slot] {
+        match self {
+            Slots::One(slot) => std::slice::from_ref(slot),
+            Slots::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Slots {
+    type Item = &'a Slot;
+    type IntoIter = std::slice::Iter<'a, Slot>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Slots {
+    /// Appends `slot`.
+    pub fn push(&mut self, slot: Slot) {
+        match self {
+            Slots::Many(v) if v.is_empty() => *self = Slots::One(slot),
+            Slots::Many(v) => v.push(slot),
+            Slots::One(_) => {
+                let Slots::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One above")
+                };
+                *self = Slots::Many(vec![first, slot]);
+            }
+        }
+    }
+}
+
 /// An entry in the arena.
 pub struct Entry<V> {
     pub mode: RunMode,
@@ -54,7 +107,7 @@ pub struct Entry<V> {
     pub waiters: Vec<Waiter>,
     pub refcount: u32,
     /// Every index slot this entry is in.
-    pub slots: Vec<Slot>,
+    pub slots: Slots,
     /// In-flight entries this entry's resolver waits on, once per waiting call (C-4b).
     pub waits_on: Vec<EntryId>,
     /// The session that started the call (for S-4 flag bookkeeping).
@@ -91,7 +144,7 @@ impl<V> Entry<V> {
             concurrency_key: String::new(),
             waiters: Vec::new(),
             refcount: 0,
-            slots: Vec::new(),
+            slots: Slots::default(),
             waits_on: Vec::new(),
             starter: None,
             ttl_write: None,

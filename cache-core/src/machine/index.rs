@@ -20,6 +20,10 @@ use super::types::EntryId;
 /// sorting first (see `sorted`).
 pub type KeyMap<V> = std::collections::HashMap<IndexKey, V, BuildHasherDefault<FxHasher>>;
 
+/// A set of [`IndexKey`]s with the same fixed hasher as [`KeyMap`]; never
+/// iterated for output.
+pub type KeySet = std::collections::HashSet<IndexKey, BuildHasherDefault<FxHasher>>;
+
 /// The entries listed under one key: almost always exactly one, kept inline
 /// so indexing a result allocates nothing beyond its key.
 #[derive(Clone, Debug)]

@@ -22,6 +22,9 @@ use std::ops::Deref;
 
 use crate::id::{Digest, DigestText};
 
+/// The length of a digest's text: `sha256:` and 64 hex digits.
+const DIGEST_TEXT_LEN: usize = 7 + 64;
+
 /// A key of the call indexes, held as a digest when its text is one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IndexKey(Repr);
@@ -41,9 +44,12 @@ impl IndexKey {
 
     /// The key with text `text`.
     pub fn from_text(text: &str) -> Self {
-        match Digest::parse(text) {
-            Ok(d) => Self::digest(d),
-            Err(_) => IndexKey(Repr::Text(text.into())),
+        // Only a digest's length can parse; anything else skips the parser
+        // (whose error would be built, then dropped).
+        let parsed = (text.len() == DIGEST_TEXT_LEN).then(|| Digest::parse(text));
+        match parsed {
+            Some(Ok(d)) => Self::digest(d),
+            _ => IndexKey(Repr::Text(text.into())),
         }
     }
 

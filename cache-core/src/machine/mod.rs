@@ -79,8 +79,10 @@ struct SessionState {
     /// uncached (S-4). The error itself is only read by the
     /// `errors-cached-in-session` switch of the bug zoo.
     retry_uncached: BTreeMap<IndexKey, crate::error::CallError>,
-    /// Call keys that already emitted telemetry (S-5).
-    telemetry_seen: BTreeSet<String>,
+    /// Call keys that already emitted telemetry (S-5). Only asked whether
+    /// it holds a key, never walked, so a fixed-hasher set: dropping it when
+    /// the session closes is one free, not one per key and node.
+    telemetry_seen: index::KeySet,
 }
 
 /// The call cache's state machine, generic over the cached value type.

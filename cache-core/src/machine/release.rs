@@ -100,7 +100,7 @@ impl<V: Clone> CallCache<V> {
             return;
         };
         let slots = std::mem::take(&mut e.slots);
-        for slot in &slots {
+        for slot in slots.iter() {
             let in_flight = matches!(slot, Slot::Ongoing(..));
             if self.bug(Bug::KeyOnlyDelete) && !in_flight {
                 // BUG (key-only-delete, breaks C-13): removes whatever sits
