@@ -31,7 +31,7 @@ impl<V: Clone> CallCache<V> {
         }
         // The storage key goes into the line only when it is not the call key.
         let trace_storage = own_storage.filter(|s| call_key != *s.as_str());
-        let mut trace = TraceLine::call(id.clone(), trace_storage, caller.session);
+        let mut trace = TraceLine::call(&id, trace_storage, caller.session);
 
         // C-4 / C-4a: revisiting a storage key of this instance, on any path.
         if self.in_chain(caller, Namespace::Call, |k| storage_key == *k) {

@@ -153,11 +153,13 @@ impl Indexes {
     }
 
     /// The first completed entry under a storage key.
+    #[inline]
     pub fn storage(&self, key: &IndexKey) -> Option<EntryId> {
         self.by_storage.get(key).and_then(|l| l.first().copied())
     }
 
     /// The first completed entry under a content key.
+    #[inline]
     pub fn content(&self, key: &IndexKey) -> Option<EntryId> {
         self.by_content.get(key).and_then(|l| l.first().copied())
     }

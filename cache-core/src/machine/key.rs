@@ -63,6 +63,7 @@ impl IndexKey {
 }
 
 impl Hash for IndexKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             // Four words, no length prefix: the fixed-size case of the hit path.
