@@ -94,9 +94,19 @@ impl Slots {
 }
 
 /// An entry in the arena.
+// `repr(C)`, hot fields first: a hit and its release read the refcount,
+// phase, waiters, value and result ID, and an entry is 7 cache lines long;
+// in declaration order these share one or two lines (issue 6).
+#[repr(C)]
 pub struct Entry<V> {
+    pub refcount: u32,
     pub mode: RunMode,
     pub phase: Phase,
+    pub waiters: Vec<Waiter>,
+    pub value: Option<V>,
+    pub result_id: Option<CallId>,
+    /// Every index slot this entry is in.
+    pub slots: Slots,
     /// The requested ID (None for arbitrary entries).
     pub requested: Option<CallId>,
     /// The call key (or the arbitrary key).
@@ -104,10 +114,6 @@ pub struct Entry<V> {
     /// The storage key the entry is (or will be) stored under.
     pub storage_key: IndexKey,
     pub concurrency_key: String,
-    pub waiters: Vec<Waiter>,
-    pub refcount: u32,
-    /// Every index slot this entry is in.
-    pub slots: Slots,
     /// In-flight entries this entry's resolver waits on, once per waiting call (C-4b).
     pub waits_on: Vec<EntryId>,
     /// The session that started the call (for S-4 flag bookkeeping).
@@ -116,9 +122,7 @@ pub struct Entry<V> {
     pub ttl_write: Option<PreparedWrite>,
     /// T-2: the storage key is shared across sessions through a live TTL row.
     pub shared_storage: bool,
-    // Filled on completion.
-    pub result_id: Option<CallId>,
-    pub value: Option<V>,
+    // Filled on completion (with `value` and `result_id` above).
     pub hook: Option<ReleaseHook>,
     pub safe_to_persist: bool,
     pub result_call_key: Option<IndexKey>,
