@@ -59,9 +59,12 @@ impl<V: Clone> CallCache<V> {
         // ever-larger buffers mid-close, and each large free makes the
         // allocator consolidate every small chunk freed so far.
         let mut releases = Vec::with_capacity(released);
+        // Index removals are batched: applied together, in bucket order.
+        self.idx.start_batch(released);
         for r in state.refs {
             self.release_ref(r, &mut releases);
         }
+        self.idx.finish_batch();
         let in_flight = self
             .entries
             .iter()
