@@ -398,6 +398,9 @@ impl<V: Clone> CallCache<V> {
                 session: caller.session,
                 from,
             });
+            if let Some(state) = caller.session.and_then(|s| self.sessions.get_mut(&s)) {
+                state.waiting += 1;
+            }
         }
         id
     }

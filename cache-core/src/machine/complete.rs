@@ -84,7 +84,7 @@ impl<V: Clone> CallCache<V> {
         let w = e.waiters.remove(pos);
         let last = e.waiters.is_empty() && e.refcount == 0;
         let unheld = e.refcount == 0;
-        self.drop_wait_edge(&w, entry);
+        self.forget_waiter(&w, entry);
         if !last {
             if unheld && self.bug(Bug::ErrorPathIgnoresWaiters) {
                 // BUG (error-path-ignores-waiters, breaks C-9 / INV-4): the
@@ -312,13 +312,18 @@ impl<V: Clone> CallCache<V> {
             .map(|e| std::mem::take(&mut e.waiters))
             .unwrap_or_default();
         for w in &waiters {
-            self.drop_wait_edge(w, entry);
+            self.forget_waiter(w, entry);
         }
         waiters
     }
 
-    /// Removes one C-4b edge: `w.from`'s resolver no longer waits on `entry`.
-    fn drop_wait_edge(&mut self, w: &Waiter, entry: EntryId) {
+    /// Accounts for a waiter taken off `entry` (served, failed or gone):
+    /// its session waits on one call fewer, and its C-4b edge goes
+    /// (`w.from`'s resolver no longer waits on `entry`).
+    fn forget_waiter(&mut self, w: &Waiter, entry: EntryId) {
+        if let Some(state) = w.session.and_then(|s| self.sessions.get_mut(&s)) {
+            state.waiting -= 1;
+        }
         if let Some(parent) = w.from.and_then(|f| self.entries.get_mut(f.0)) {
             if let Some(pos) = parent.waits_on.iter().position(|e| *e == entry) {
                 parent.waits_on.remove(pos);

@@ -51,27 +51,30 @@ impl Deref for Ids {
 }
 
 impl Ids {
-    /// Appends `entry` unless it is already listed.
-    pub fn push_unique(&mut self, entry: EntryId) {
+    /// Appends `entry` unless it is already listed; whether it was added.
+    pub fn push_unique(&mut self, entry: EntryId) -> bool {
         match self {
-            Ids::One(id) if *id == entry => {}
+            Ids::One(id) if *id == entry => return false,
             Ids::One(id) => *self = Ids::Many(vec![*id, entry]),
             Ids::Many(v) if v.is_empty() => *self = Ids::One(entry),
-            Ids::Many(v) => {
-                if !v.contains(&entry) {
-                    v.push(entry);
-                }
-            }
+            Ids::Many(v) if v.contains(&entry) => return false,
+            Ids::Many(v) => v.push(entry),
         }
+        true
     }
 
-    /// Removes `entry` (and only it) from the list.
-    fn remove(&mut self, entry: EntryId) {
+    /// Removes `entry` (and only it) from the list; whether it was listed.
+    fn remove(&mut self, entry: EntryId) -> bool {
         match self {
             Ids::One(id) if *id == entry => *self = Ids::Many(Vec::new()),
-            Ids::One(_) => {}
-            Ids::Many(v) => v.retain(|e| *e != entry),
+            Ids::One(_) => return false,
+            Ids::Many(v) => {
+                let before = v.len();
+                v.retain(|e| *e != entry);
+                return v.len() != before;
+            }
         }
+        true
     }
 }
 
@@ -90,9 +93,15 @@ pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&IndexKey, &V)> {
 #[derive(Default)]
 pub struct Indexes {
     /// Completed calls by storage key and by result call key (lists: C-15).
-    pub by_storage: KeyMap<Ids>,
-    /// Completed calls by content key.
-    pub by_content: KeyMap<Ids>,
+    /// Changed only through `insert` and `remove`, which keep the count.
+    by_storage: KeyMap<Ids>,
+    /// Completed calls by content key; changed as `by_storage` is.
+    by_content: KeyMap<Ids>,
+    /// Entries listed in `by_storage` and `by_content`, counted as they are
+    /// added and removed: `entries()` (C-15, S-7) is then O(1), not a walk
+    /// over every list, however large the cache (issue 6).
+    listed_storage: usize,
+    listed_content: usize,
     /// In-flight calls by (storage key, concurrency key).
     pub ongoing: BTreeMap<(IndexKey, String), EntryId>,
     /// Arbitrary entries in flight.
@@ -117,8 +126,12 @@ impl Indexes {
     /// Puts `entry` under `slot`. The caller records the slot on the entry.
     pub fn insert(&mut self, slot: &Slot, entry: EntryId) {
         match slot {
-            Slot::Storage(k) => push_unique(&mut self.by_storage, k, entry),
-            Slot::Content(k) => push_unique(&mut self.by_content, k, entry),
+            Slot::Storage(k) => {
+                self.listed_storage += usize::from(push_unique(&mut self.by_storage, k, entry));
+            }
+            Slot::Content(k) => {
+                self.listed_content += usize::from(push_unique(&mut self.by_content, k, entry));
+            }
             Slot::Ongoing(k, c) => {
                 self.ongoing.insert((k.clone(), c.clone()), entry);
             }
@@ -152,20 +165,48 @@ impl Indexes {
     /// Removes `entry` from the storage (or content) list under `key`, or
     /// queues the removal during a batch.
     fn remove_listed(&mut self, content: bool, key: &IndexKey, entry: EntryId) {
-        let map = if content {
-            &mut self.by_content
-        } else {
-            &mut self.by_storage
-        };
         match &mut self.queued {
-            Some(queue) => queue.push(Queued {
-                hash: map.hasher().hash_one(key),
-                content,
-                key: key.clone(),
-                entry,
-            }),
-            None => remove_from_list(map, key, entry),
+            Some(queue) => {
+                let map = if content {
+                    &self.by_content
+                } else {
+                    &self.by_storage
+                };
+                queue.push(Queued {
+                    hash: map.hasher().hash_one(key),
+                    content,
+                    key: key.clone(),
+                    entry,
+                })
+            }
+            None => self.unlist(content, key, entry),
         }
+    }
+
+    /// Removes `entry` from a list now, keeping the count.
+    fn unlist(&mut self, content: bool, key: &IndexKey, entry: EntryId) {
+        if content {
+            self.listed_content -= usize::from(remove_from_list(&mut self.by_content, key, entry));
+        } else {
+            self.listed_storage -= usize::from(remove_from_list(&mut self.by_storage, key, entry));
+        }
+    }
+
+    /// The storage lists (completed calls by storage and result call key).
+    pub fn storage_lists(&self) -> &KeyMap<Ids> {
+        &self.by_storage
+    }
+
+    /// The content lists.
+    pub fn content_lists(&self) -> &KeyMap<Ids> {
+        &self.by_content
+    }
+
+    /// The storage and content list memberships, counted afresh: the
+    /// running counts must always equal these (checked with INV-3).
+    pub fn recount(&self) -> (usize, usize) {
+        let count = |map: &KeyMap<Ids>| map.values().map(|l| l.len()).sum();
+        (count(&self.by_storage), count(&self.by_content))
     }
 
     /// Starts a batch of removals (a session close releasing many entries):
@@ -221,12 +262,7 @@ impl Indexes {
                 std::hint::black_box(queue[at(ahead)].hash);
             }
             let q = &queue[at(word)];
-            let map = if q.content {
-                &mut self.by_content
-            } else {
-                &mut self.by_storage
-            };
-            remove_from_list(map, &q.key, q.entry);
+            self.unlist(q.content, &q.key, q.entry);
         }
     }
 
@@ -268,8 +304,8 @@ impl Indexes {
         debug_assert!(self.queued.is_none(), "no count during a batch");
         Buckets {
             ongoing_calls: self.ongoing.len(),
-            completed_calls: self.by_storage.values().map(|l| l.len()).sum(),
-            completed_calls_by_content: self.by_content.values().map(|l| l.len()).sum(),
+            completed_calls: self.listed_storage,
+            completed_calls_by_content: self.listed_content,
             ongoing_arbitrary: self.arbitrary_ongoing.len(),
             completed_arbitrary: self.arbitrary_completed.len(),
         }
@@ -302,25 +338,29 @@ impl Buckets {
     }
 }
 
-fn push_unique(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) {
+/// Lists `entry` under `key`; whether it was not listed there yet.
+fn push_unique(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) -> bool {
     match map.get_mut(key) {
         Some(list) => list.push_unique(entry),
         None => {
             map.insert(key.clone(), Ids::One(entry));
+            true
         }
     }
 }
 
 /// One hash lookup in the common case (the entry is alone under its key):
 /// the list is taken out, and put back only if others remain (C-13).
-fn remove_from_list(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) {
+/// Whether `entry` was listed (and so removed).
+fn remove_from_list(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) -> bool {
     let Some((k, mut list)) = map.remove_entry(key) else {
-        return;
+        return false;
     };
-    list.remove(entry);
+    let removed = list.remove(entry);
     if !list.is_empty() {
         map.insert(k, list);
     }
+    removed
 }
 
 fn remove_if_same(map: &mut BTreeMap<String, EntryId>, key: &str, entry: EntryId) {

@@ -75,6 +75,10 @@ struct RefRecord {
 struct SessionState {
     /// Refs owned by the session (S-1).
     refs: BTreeSet<RefId>,
+    /// Waiter records of this session on in-flight calls: while it is 0,
+    /// a close need not look through every entry for its calls in flight
+    /// (S-1a), so closing stays O(its refs) however large the cache.
+    waiting: usize,
     /// Call keys whose last call failed, with the error: the next call runs
     /// uncached (S-4). The error itself is only read by the
     /// `errors-cached-in-session` switch of the bug zoo.

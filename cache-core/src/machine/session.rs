@@ -65,11 +65,14 @@ impl<V: Clone> CallCache<V> {
             self.release_ref(r, &mut releases);
         }
         self.idx.finish_batch();
-        let in_flight = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.waiters.iter().any(|w| w.session == Some(session)))
-            .count();
+        let in_flight = if state.waiting == 0 {
+            0
+        } else {
+            self.entries
+                .iter()
+                .filter(|(_, e)| e.waiters.iter().any(|w| w.session == Some(session)))
+                .count()
+        };
         Ok(SessionClose {
             session,
             released,
