@@ -290,8 +290,20 @@ impl<V: Clone + Send + 'static> Cache<V> {
             }
         }
         let caller = ctx.caller();
-        self.drive(ctx, move |m| m.begin_call(&caller, req.clone()), resolver)
-            .await
+        // The first decision is taken before anything is awaited, moving the
+        // request in: a hit (the common case) returns from here, without
+        // building the larger state of a wait or a run (issue 6).
+        let first = self.decide(ctx, |m| m.begin_call(&caller, req.clone()))?;
+        if let Decision::Hit(served) = first.0 {
+            return Ok(CallResult::new(self.shared.clone(), served));
+        }
+        self.drive(
+            ctx,
+            first,
+            move |m| m.begin_call(&caller, req.clone()),
+            resolver,
+        )
+        .await
     }
 
     /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
@@ -307,8 +319,9 @@ impl<V: Clone + Send + 'static> Cache<V> {
     {
         let caller = ctx.caller();
         let key = key.to_string();
-        self.drive(ctx, move |m| m.begin_arbitrary(&caller, &key), init)
-            .await
+        let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);
+        let first = self.decide(ctx, &mut begin)?;
+        self.drive(ctx, first, begin, init).await
     }
 
     /// Opens a session (S-1, S-6).
@@ -431,11 +444,47 @@ impl<V: Clone + Send + 'static> Cache<V> {
         Some(choice)
     }
 
-    /// The loop shared by calls and arbitrary entries: decide, then hit, wait
-    /// or run; a K-5 block waits for the abandoned init and decides again.
+    /// One decision under the lock (C-3: every lookup step at once): the
+    /// decision with its trace line emitted, its span sent after the lock
+    /// is released, and what to wait on.
+    fn decide(
+        &self,
+        ctx: &Ctx,
+        begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
+    ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
+        let (decision, wait, span) = {
+            let mut state = self.shared.lock();
+            let Begin {
+                outcome,
+                trace,
+                telemetry,
+            } = begin(&mut state.machine);
+            if let Some(trace) = &trace {
+                trace.emit();
+            }
+            let decision = outcome?;
+            let span = telemetry.then_some(trace);
+            let wait = state.waits.register(&decision);
+            (decision, wait, span)
+        };
+        // S-5: spans go out after the lock is released, as `Telemetry`
+        // promises: a sink may look at the cache without deadlocking.
+        if let Some(trace) = span {
+            self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+        }
+        Ok((decision, wait))
+    }
+
+    /// The loop shared by calls and arbitrary entries, from a first
+    /// decision: hit, wait or run; a K-5 block waits for the abandoned init
+    /// and decides again.
     async fn drive<F, Fut>(
         &self,
         ctx: &Ctx,
+        first: (Decision<V>, wait::Wait<V>),
         mut begin: impl FnMut(&mut CallCache<V>) -> Begin<V>,
         resolver: F,
     ) -> Result<CallResult<V>, CallError>
@@ -444,30 +493,12 @@ impl<V: Clone + Send + 'static> Cache<V> {
         Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
     {
         let mut resolver = Some(resolver);
+        let mut next = Some(first);
         loop {
-            if ctx.cancel.is_cancelled() {
-                return Err(CallError::Cancelled);
-            }
-            let (decision, wait, span) = {
-                let mut state = self.shared.lock();
-                let Begin {
-                    outcome,
-                    trace,
-                    telemetry,
-                } = begin(&mut state.machine);
-                if let Some(trace) = &trace {
-                    trace.emit();
-                }
-                let decision = outcome?;
-                let span = telemetry.then_some(trace);
-                let wait = state.waits.register(&decision);
-                (decision, wait, span)
+            let (decision, wait) = match next.take() {
+                Some(first) => first,
+                None => self.decide(ctx, &mut begin)?,
             };
-            // S-5: spans go out after the lock is released, as `Telemetry`
-            // promises: a sink may look at the cache without deadlocking.
-            if let Some(trace) = span {
-                self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
-            }
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
                 Decision::Blocked { .. } => {
