@@ -253,13 +253,20 @@ impl<V: Clone + Send + 'static> Cache<V> {
         F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
     {
+        let CallKey {
+            id,
+            concurrency_key,
+            ttl_ms,
+            do_not_cache,
+            repeat_telemetry,
+        } = key;
         let mut req = CallRequest {
-            id: key.id.clone(),
+            id,
             storage_key: None,
-            concurrency_key: key.concurrency_key.clone(),
-            do_not_cache: key.do_not_cache,
+            concurrency_key,
+            do_not_cache,
             ttl_write: None,
-            repeat_telemetry: key.repeat_telemetry,
+            repeat_telemetry,
             shared_storage: false,
         };
         // S-2: a closed session fails at once, before the TTL store is asked.
@@ -268,14 +275,14 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // no trace). Checked here still: a cancelled caller (the decision
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
-        let asks_first = key.ttl_ms > 0 || key.id.is_none() || ctx.cancel.is_cancelled();
+        let asks_first = ttl_ms > 0 || req.id.is_none() || ctx.cancel.is_cancelled();
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
             }
         }
-        if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
-            if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
+        if let Some(id) = req.id.as_ref().filter(|_| ttl_ms > 0) {
+            if let Some(choice) = self.ttl_choice(ctx, id, ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
                 match choice {
                     StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
@@ -290,20 +297,21 @@ impl<V: Clone + Send + 'static> Cache<V> {
             }
         }
         let caller = ctx.caller();
-        // The first decision is taken before anything is awaited, moving the
-        // request in: a hit (the common case) returns from here, without
-        // building the larger state of a wait or a run (issue 6).
-        let first = self.decide(ctx, |m| m.begin_call(&caller, req.clone()))?;
+        // A call is decided once: only arbitrary entries wait and decide
+        // again (K-5), so the request moves into its one decision.
+        let mut req = Some(req);
+        let mut begin = move |m: &mut CallCache<V>| match req.take() {
+            Some(req) => m.begin_call(&caller, req),
+            None => unreachable!("begin_call never blocks, so a call decides once"),
+        };
+        // The first decision is taken in line: a hit (the common case)
+        // returns from here, without building the larger state of a wait
+        // or a run (issue 6).
+        let first = self.decide(ctx, &mut begin)?;
         if let Decision::Hit(served) = first.0 {
             return Ok(CallResult::new(self.shared.clone(), served));
         }
-        self.drive(
-            ctx,
-            first,
-            move |m| m.begin_call(&caller, req.clone()),
-            resolver,
-        )
-        .await
+        self.drive(ctx, first, begin, resolver).await
     }
 
     /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
