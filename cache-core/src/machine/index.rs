@@ -266,6 +266,12 @@ impl Indexes {
         }
     }
 
+    /// Whether no removal waits in a batch (lookups and counts would see
+    /// entries that are already gone).
+    fn nothing_queued(&self) -> bool {
+        self.queued.as_ref().is_none_or(|q| q.is_empty())
+    }
+
     /// Removes whatever entry sits first under `slot`'s key, without asking
     /// which: only the `key-only-delete` switch of the bug zoo calls this.
     pub fn remove_first(&mut self, slot: &Slot) {
@@ -288,20 +294,20 @@ impl Indexes {
     /// The first completed entry under a storage key.
     #[inline]
     pub fn storage(&self, key: &IndexKey) -> Option<EntryId> {
-        debug_assert!(self.queued.is_none(), "no lookup during a batch");
+        debug_assert!(self.nothing_queued(), "no lookup while removals are queued");
         self.by_storage.get(key).and_then(|l| l.first().copied())
     }
 
     /// The first completed entry under a content key.
     #[inline]
     pub fn content(&self, key: &IndexKey) -> Option<EntryId> {
-        debug_assert!(self.queued.is_none(), "no lookup during a batch");
+        debug_assert!(self.nothing_queued(), "no lookup while removals are queued");
         self.by_content.get(key).and_then(|l| l.first().copied())
     }
 
     /// Sizes of the five buckets of C-15.
     pub fn buckets(&self) -> Buckets {
-        debug_assert!(self.queued.is_none(), "no count during a batch");
+        debug_assert!(self.nothing_queued(), "no count while removals are queued");
         Buckets {
             ongoing_calls: self.ongoing.len(),
             completed_calls: self.listed_storage,
