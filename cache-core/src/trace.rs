@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::id::CallId;
+use crate::id::{CallId, Digest};
 use crate::machine::entry::short;
 use crate::machine::SessionId;
 
@@ -62,8 +62,15 @@ pub struct TraceLine {
 
 #[derive(Clone, PartialEq, Eq)]
 enum TraceKeys {
-    /// A call: its requested ID, and its storage key if it is not the call key.
-    Call { id: CallId, storage: Option<String> },
+    /// A call: the requested ID's recipe (call key) and content digests,
+    /// and its storage key if it is not the call key. Digests, not the ID:
+    /// copying 64 bytes is cheaper than sharing the ID (two atomic
+    /// refcount updates per decision), and lines compare by their keys.
+    Call {
+        call: Digest,
+        content: Option<Digest>,
+        storage: Option<String>,
+    },
     /// An arbitrary key (call and storage key alike, no content key).
     Arbitrary(String),
 }
@@ -71,9 +78,13 @@ enum TraceKeys {
 impl TraceLine {
     /// A line for a call on `id`; `storage` is the storage key when it is
     /// not the call key. Path and rule start as a miss (C-3.4).
-    pub(crate) fn call(id: CallId, storage: Option<String>, session: Option<SessionId>) -> Self {
+    pub(crate) fn call(id: &CallId, storage: Option<String>, session: Option<SessionId>) -> Self {
         Self {
-            keys: TraceKeys::Call { id, storage },
+            keys: TraceKeys::Call {
+                call: id.recipe_digest(),
+                content: id.content_digest(),
+                storage,
+            },
             path: Path::Miss,
             overridden: false,
             session,
@@ -95,7 +106,7 @@ impl TraceLine {
     /// The call key (or arbitrary key).
     pub fn call_key(&self) -> String {
         match &self.keys {
-            TraceKeys::Call { id, .. } => id.call_key(),
+            TraceKeys::Call { call, .. } => call.to_string(),
             TraceKeys::Arbitrary(k) => k.clone(),
         }
     }
@@ -103,7 +114,7 @@ impl TraceLine {
     /// The requested ID's content key, if any.
     pub fn content_key(&self) -> Option<String> {
         match &self.keys {
-            TraceKeys::Call { id, .. } => id.content_key(),
+            TraceKeys::Call { content, .. } => content.map(|d| d.to_string()),
             TraceKeys::Arbitrary(_) => None,
         }
     }
@@ -128,9 +139,13 @@ impl TraceLine {
 impl fmt::Display for TraceLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.keys {
-            TraceKeys::Call { id, storage } => {
-                let call = id.call_key_text();
-                let content = id.content_key_text();
+            TraceKeys::Call {
+                call,
+                content,
+                storage,
+            } => {
+                let call = call.text();
+                let content = content.map(|d| d.text());
                 write!(
                     f,
                     "call={} content={} storage={}",

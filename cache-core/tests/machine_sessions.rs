@@ -393,3 +393,65 @@ fn s5_telemetry_once_per_key_except_do_not_cache() {
     close(&mut cache, s2);
     finish(&cache);
 }
+
+/// S-1, C-13: a close that removes many entries applies their index
+/// removals as one batch (issue 6); each still removes only its own entry,
+/// so an entry of another holder listed under the same result call key and
+/// content key stays there.
+#[test]
+fn s1_batched_close_removes_only_its_own_entries() {
+    let mut cache = Cache::new(1);
+    let s = cache.open_session();
+    let r = with_content(id("r"), "R");
+    let hook = HookCounter::new();
+    // The session's entries all return r, so they share r's and R's lists.
+    for n in 0..50 {
+        let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
+        complete(
+            &mut cache,
+            run.entry,
+            Ok(value(n as u32, &hook).with_id(r.clone())),
+        )
+        .ok(run.waiter);
+    }
+    // One more, held by a bare caller, in the middle of those lists.
+    let kept = expect_run(cache.begin_call(&anon(), CallRequest::new(id("kept"))));
+    let kept_hook = HookCounter::new();
+    let held = complete(
+        &mut cache,
+        kept.entry,
+        Ok(value(99, &kept_hook).with_id(r.clone())),
+    )
+    .ok(kept.waiter);
+    for n in 50..60 {
+        let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
+        complete(
+            &mut cache,
+            run.entry,
+            Ok(value(n as u32, &hook).with_id(r.clone())),
+        )
+        .ok(run.waiter);
+    }
+    assert_eq!(cache.buckets().completed_calls, 2 * 61);
+    assert_eq!(cache.buckets().completed_calls_by_content, 61);
+
+    let closed = cache.close_session(s).unwrap();
+    assert_eq!(closed.released, 60);
+    assert_eq!((closed.entries_before, closed.entries_after), (3 * 61, 3));
+    run_hooks(closed.releases);
+    assert_eq!(hook.runs(), 60, "each hook once (C-7, INV-1)");
+    kept_hook.assert_not_run("the other holder's entry");
+    cache.check_invariants().unwrap();
+
+    // The kept entry is still found under r and under R.
+    let by_r = expect_hit(cache.begin_call(&anon(), CallRequest::new(r.clone())));
+    assert_eq!(by_r.handle.entry(), kept.entry);
+    let by_content =
+        expect_hit(cache.begin_call(&anon(), CallRequest::new(with_content(id("y"), "R"))));
+    assert_eq!(by_content.handle.entry(), kept.entry);
+    for h in [held, by_r, by_content] {
+        release(&mut cache, h.handle);
+    }
+    kept_hook.assert_once("the other holder's entry, once released");
+    finish(&cache);
+}

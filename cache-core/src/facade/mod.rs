@@ -253,13 +253,20 @@ impl<V: Clone + Send + 'static> Cache<V> {
         F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
     {
+        let CallKey {
+            id,
+            concurrency_key,
+            ttl_ms,
+            do_not_cache,
+            repeat_telemetry,
+        } = key;
         let mut req = CallRequest {
-            id: key.id.clone(),
+            id,
             storage_key: None,
-            concurrency_key: key.concurrency_key.clone(),
-            do_not_cache: key.do_not_cache,
+            concurrency_key,
+            do_not_cache,
             ttl_write: None,
-            repeat_telemetry: key.repeat_telemetry,
+            repeat_telemetry,
             shared_storage: false,
         };
         // S-2: a closed session fails at once, before the TTL store is asked.
@@ -268,14 +275,14 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // no trace). Checked here still: a cancelled caller (the decision
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
-        let asks_first = key.ttl_ms > 0 || key.id.is_none() || ctx.cancel.is_cancelled();
+        let asks_first = ttl_ms > 0 || req.id.is_none() || ctx.cancel.is_cancelled();
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
             }
         }
-        if let Some(id) = key.id.as_ref().filter(|_| key.ttl_ms > 0) {
-            if let Some(choice) = self.ttl_choice(ctx, id, key.ttl_ms).await {
+        if let Some(id) = req.id.as_ref().filter(|_| ttl_ms > 0) {
+            if let Some(choice) = self.ttl_choice(ctx, id, ttl_ms).await {
                 req.storage_key = Some(choice.storage_key().to_string());
                 match choice {
                     StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
@@ -290,8 +297,21 @@ impl<V: Clone + Send + 'static> Cache<V> {
             }
         }
         let caller = ctx.caller();
-        self.drive(ctx, move |m| m.begin_call(&caller, req.clone()), resolver)
-            .await
+        // A call is decided once: only arbitrary entries wait and decide
+        // again (K-5), so the request moves into its one decision.
+        let mut req = Some(req);
+        let mut begin = move |m: &mut CallCache<V>| match req.take() {
+            Some(req) => m.begin_call(&caller, req),
+            None => unreachable!("begin_call never blocks, so a call decides once"),
+        };
+        // The first decision is taken in line: a hit (the common case)
+        // returns from here, without building the larger state of a wait
+        // or a run (issue 6).
+        let first = self.decide(ctx, &mut begin)?;
+        if let Decision::Hit(served) = first.0 {
+            return Ok(CallResult::new(self.shared.clone(), served));
+        }
+        self.drive(ctx, first, begin, resolver).await
     }
 
     /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
@@ -307,8 +327,9 @@ impl<V: Clone + Send + 'static> Cache<V> {
     {
         let caller = ctx.caller();
         let key = key.to_string();
-        self.drive(ctx, move |m| m.begin_arbitrary(&caller, &key), init)
-            .await
+        let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);
+        let first = self.decide(ctx, &mut begin)?;
+        self.drive(ctx, first, begin, init).await
     }
 
     /// Opens a session (S-1, S-6).
@@ -431,11 +452,47 @@ impl<V: Clone + Send + 'static> Cache<V> {
         Some(choice)
     }
 
-    /// The loop shared by calls and arbitrary entries: decide, then hit, wait
-    /// or run; a K-5 block waits for the abandoned init and decides again.
+    /// One decision under the lock (C-3: every lookup step at once): the
+    /// decision with its trace line emitted, its span sent after the lock
+    /// is released, and what to wait on.
+    fn decide(
+        &self,
+        ctx: &Ctx,
+        begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
+    ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
+        let (decision, wait, span) = {
+            let mut state = self.shared.lock();
+            let Begin {
+                outcome,
+                trace,
+                telemetry,
+            } = begin(&mut state.machine);
+            if let Some(trace) = &trace {
+                trace.emit();
+            }
+            let decision = outcome?;
+            let span = telemetry.then_some(trace);
+            let wait = state.waits.register(&decision);
+            (decision, wait, span)
+        };
+        // S-5: spans go out after the lock is released, as `Telemetry`
+        // promises: a sink may look at the cache without deadlocking.
+        if let Some(trace) = span {
+            self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+        }
+        Ok((decision, wait))
+    }
+
+    /// The loop shared by calls and arbitrary entries, from a first
+    /// decision: hit, wait or run; a K-5 block waits for the abandoned init
+    /// and decides again.
     async fn drive<F, Fut>(
         &self,
         ctx: &Ctx,
+        first: (Decision<V>, wait::Wait<V>),
         mut begin: impl FnMut(&mut CallCache<V>) -> Begin<V>,
         resolver: F,
     ) -> Result<CallResult<V>, CallError>
@@ -444,30 +501,12 @@ impl<V: Clone + Send + 'static> Cache<V> {
         Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
     {
         let mut resolver = Some(resolver);
+        let mut next = Some(first);
         loop {
-            if ctx.cancel.is_cancelled() {
-                return Err(CallError::Cancelled);
-            }
-            let (decision, wait, span) = {
-                let mut state = self.shared.lock();
-                let Begin {
-                    outcome,
-                    trace,
-                    telemetry,
-                } = begin(&mut state.machine);
-                if let Some(trace) = &trace {
-                    trace.emit();
-                }
-                let decision = outcome?;
-                let span = telemetry.then_some(trace);
-                let wait = state.waits.register(&decision);
-                (decision, wait, span)
+            let (decision, wait) = match next.take() {
+                Some(first) => first,
+                None => self.decide(ctx, &mut begin)?,
             };
-            // S-5: spans go out after the lock is released, as `Telemetry`
-            // promises: a sink may look at the cache without deadlocking.
-            if let Some(trace) = span {
-                self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
-            }
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
                 Decision::Blocked { .. } => {

@@ -224,6 +224,10 @@ pub struct CallId {
     inner: Arc<Inner>,
 }
 
+// `repr(C)` keeps the recipe digest first, in the cache line of the Arc's
+// counts: a lookup that has just cloned the ID reads its call key without
+// touching another line (issue 6).
+#[repr(C)]
 struct Inner {
     /// Cached: derived from `parts` by [`digest::recipe_digest`].
     recipe: Digest,

@@ -117,6 +117,22 @@ impl<T> Arena<T> {
         Some(value)
     }
 
+    /// Removes the value under `key`, if the key is current, after `take`
+    /// has moved out of it what the caller keeps. The rest is dropped where
+    /// it lies: a large value is not copied out whole just to be dropped.
+    pub fn remove_with<R>(&mut self, key: Key, take: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let kept = take(slot.value.as_mut()?);
+        slot.value = None;
+        slot.next_free = self.free_head;
+        self.free_head = key.index;
+        self.len -= 1;
+        Some(kept)
+    }
+
     /// Whether `key` names a live value.
     pub fn contains(&self, key: Key) -> bool {
         self.get(key).is_some()

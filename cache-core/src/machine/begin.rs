@@ -1,6 +1,7 @@
 //! `begin`: the lookup order of C-3, taken as one atomic step.
 
 use super::entry::{Entry, Phase, Slot, Waiter};
+use super::key::IndexKey;
 use super::types::*;
 use super::CallCache;
 use crate::bugs::Bug;
@@ -14,27 +15,26 @@ impl<V: Clone> CallCache<V> {
         let Some(id) = req.id.take() else {
             return rejected(CallError::InvalidKey("the key has no call ID".into()));
         };
-        // The keys stay borrowed (the call key on the stack) until an entry
-        // has to own them: a hit allocates nothing for its lookup.
-        let call_text = id.call_key_text();
-        let call_key: &str = &call_text;
-        if call_key.is_empty() {
-            return rejected(CallError::InvalidKey("the call key is empty".into()));
-        }
+        // The keys are held as digests (see `key`): a hit formats no text
+        // and allocates nothing for its lookup. A call key is a digest's
+        // text, so it is never empty (C-1's empty-key case is the storage key's).
+        let call_key = IndexKey::digest(id.recipe_digest());
         let own_storage = req.storage_key.take();
-        let storage_key: &str = own_storage.as_deref().unwrap_or(call_key);
-        if storage_key.is_empty() {
+        if own_storage.as_deref() == Some("") {
             return rejected(CallError::InvalidKey("the storage key is empty".into()));
         }
+        let storage_key = own_storage
+            .as_deref()
+            .map_or_else(|| call_key.clone(), IndexKey::from_text);
         if let Err(e) = self.check_session(caller) {
             return rejected(e);
         }
         // The storage key goes into the line only when it is not the call key.
-        let trace_storage = own_storage.clone().filter(|s| s != call_key);
-        let mut trace = TraceLine::call(id.clone(), trace_storage, caller.session);
+        let trace_storage = own_storage.filter(|s| call_key != *s.as_str());
+        let mut trace = TraceLine::call(&id, trace_storage, caller.session);
 
         // C-4 / C-4a: revisiting a storage key of this instance, on any path.
-        if self.in_chain(caller, Namespace::Call, storage_key) {
+        if self.in_chain(caller, Namespace::Call, |k| storage_key == *k) {
             trace.path = Path::Recursive;
             trace.rule = "C-4";
             return Begin {
@@ -49,7 +49,7 @@ impl<V: Clone> CallCache<V> {
         let failed_before = caller
             .session
             .and_then(|s| self.sessions.get(&s))
-            .and_then(|s| s.retry_uncached.get(call_key));
+            .and_then(|s| s.retry_uncached.get(&call_key));
         if let Some(error) = failed_before.filter(|_| self.bug(Bug::ErrorsCachedInSession)) {
             // BUG (errors-cached-in-session, breaks C-9 / S-4): the session
             // replays the last error instead of running the call again.
@@ -64,7 +64,7 @@ impl<V: Clone> CallCache<V> {
         // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
         // always emitted, so the retry's run gets its span too.
         let always = req.do_not_cache || req.repeat_telemetry || forced;
-        let telemetry = self.telemetry(caller, call_key, always);
+        let telemetry = self.telemetry(caller, &call_key, always);
 
         if req.do_not_cache || forced {
             let mode = if req.do_not_cache {
@@ -76,13 +76,12 @@ impl<V: Clone> CallCache<V> {
             trace.rule = if req.do_not_cache { "C-2" } else { "S-4" };
             let fresh = format!("do-not-cache:{}:{}", self.instance, self.next_detached);
             self.next_detached += 1;
-            let storage_key = storage_key.to_owned();
-            let mut entry =
-                Entry::in_flight(mode, Some(id), call_key.to_owned(), storage_key.clone());
+            let chain_key = storage_key.to_string();
+            let mut entry = Entry::in_flight(mode, Some(id), call_key, storage_key);
             entry.starter = caller.session;
             entry.ttl_write = req.ttl_write;
             entry.shared_storage = req.shared_storage;
-            let order = self.start(caller, entry, fresh, Namespace::Call, storage_key);
+            let order = self.start(caller, entry, fresh, Namespace::Call, chain_key);
             return Begin {
                 outcome: Ok(Decision::Run(order)),
                 trace: Some(trace),
@@ -91,7 +90,7 @@ impl<V: Clone> CallCache<V> {
         }
 
         // C-3.1: storage hit.
-        if let Some(hit) = self.idx.storage(storage_key) {
+        if let Some(hit) = self.idx.storage(&storage_key) {
             trace.path = Path::Storage;
             trace.rule = "C-3.1";
             let served = self.serve_hit(caller, hit, None);
@@ -102,8 +101,8 @@ impl<V: Clone> CallCache<V> {
             };
         }
         // C-3.2: content hit, reporting the requested ID (C-8).
-        let content_text = id.content_key_text();
-        if let Some(hit) = content_text.as_deref().and_then(|k| self.idx.content(k)) {
+        let content_key = id.content_digest().map(IndexKey::digest);
+        if let Some(hit) = content_key.and_then(|k| self.idx.content(&k)) {
             trace.path = Path::Content;
             trace.rule = "C-3.2";
             trace.overridden = true;
@@ -127,7 +126,6 @@ impl<V: Clone> CallCache<V> {
             }
             _ => std::mem::take(&mut req.concurrency_key),
         };
-        let storage_key = own_storage.unwrap_or_else(|| call_key.to_owned());
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
         if !concurrency_key.is_empty() {
             let ongoing = self
@@ -141,12 +139,8 @@ impl<V: Clone> CallCache<V> {
             }
         }
         // C-3.4: miss.
-        let mut entry = Entry::in_flight(
-            RunMode::Cached,
-            Some(id),
-            call_key.to_owned(),
-            storage_key.clone(),
-        );
+        let text = storage_key.to_string();
+        let mut entry = Entry::in_flight(RunMode::Cached, Some(id), call_key, storage_key.clone());
         entry.starter = caller.session;
         entry.ttl_write = req.ttl_write;
         entry.shared_storage = req.shared_storage;
@@ -156,13 +150,7 @@ impl<V: Clone> CallCache<V> {
                 .slots
                 .push(Slot::Ongoing(storage_key.clone(), concurrency_key));
         }
-        let order = self.start(
-            caller,
-            entry,
-            storage_key.clone(),
-            Namespace::Call,
-            storage_key,
-        );
+        let order = self.start(caller, entry, text.clone(), Namespace::Call, text);
         Begin {
             outcome: Ok(Decision::Run(order)),
             trace: Some(trace),
@@ -181,7 +169,7 @@ impl<V: Clone> CallCache<V> {
             return rejected(e);
         }
         let mut trace = TraceLine::arbitrary(key, caller.session);
-        if self.in_chain(caller, Namespace::Arbitrary, key) {
+        if self.in_chain(caller, Namespace::Arbitrary, |k| k == key) {
             trace.path = Path::Recursive;
             trace.rule = "K-3";
             return Begin {
@@ -201,7 +189,10 @@ impl<V: Clone> CallCache<V> {
                 .is_some_and(|e| e.phase == Phase::Abandoned);
         // S-5: a K-5 block is not the call yet; the decision taken after it
         // emits the one span (saying `cached` only if no init ran for it).
-        let telemetry = !blocked && self.telemetry(caller, key, false);
+        // Without a session the key is not remembered, so not converted.
+        let telemetry = !blocked
+            && (caller.session.is_none()
+                || self.telemetry(caller, &IndexKey::from_text(key), false));
         if let Some(&hit) = self.idx.arbitrary_completed.get(key) {
             trace.path = Path::Storage;
             let served = self.serve_hit(caller, hit, None);
@@ -224,8 +215,8 @@ impl<V: Clone> CallCache<V> {
             }
             return self.join_traced(caller, entry, trace, telemetry);
         }
-        let mut entry =
-            Entry::in_flight(RunMode::Arbitrary, None, key.to_string(), key.to_string());
+        let index_key = IndexKey::from_text(key);
+        let mut entry = Entry::in_flight(RunMode::Arbitrary, None, index_key.clone(), index_key);
         entry.starter = caller.session;
         entry.slots.push(Slot::ArbitraryOngoing(key.to_string()));
         let order = self.start(
@@ -250,19 +241,26 @@ impl<V: Clone> CallCache<V> {
         }
     }
 
-    fn in_chain(&self, caller: &Caller, namespace: Namespace, key: &str) -> bool {
+    /// Whether the caller runs inside a resolver of this instance for a key
+    /// `is_key` accepts (C-4).
+    fn in_chain(
+        &self,
+        caller: &Caller,
+        namespace: Namespace,
+        is_key: impl Fn(&str) -> bool,
+    ) -> bool {
         caller
             .chain
             .iter()
-            .any(|l| l.instance == self.instance && l.namespace == namespace && l.key == key)
+            .any(|l| l.instance == self.instance && l.namespace == namespace && is_key(&l.key))
     }
 
     /// S-5: once per key per session, unless asked to repeat; always without a session.
-    fn telemetry(&mut self, caller: &Caller, key: &str, always: bool) -> bool {
+    fn telemetry(&mut self, caller: &Caller, key: &IndexKey, always: bool) -> bool {
         match caller.session.and_then(|s| self.sessions.get_mut(&s)) {
             // The key is copied only the first time it is seen.
             Some(state) if state.telemetry_seen.contains(key) => always,
-            Some(state) => state.telemetry_seen.insert(key.to_string()) || always,
+            Some(state) => state.telemetry_seen.insert(key.clone()) || always,
             None => true,
         }
     }
@@ -302,9 +300,9 @@ impl<V: Clone> CallCache<V> {
         chain_key: String,
     ) -> RunOrder {
         let mode = entry.mode;
-        let slots = entry.slots.clone();
         let id = EntryId(self.entries.insert(entry));
-        for slot in &slots {
+        let entry = self.entries.get(id.0).expect("just inserted");
+        for slot in entry.slots.iter() {
             self.idx.insert(slot, id);
         }
         let waiter = self.add_waiter(caller, id);
@@ -351,7 +349,7 @@ impl<V: Clone> CallCache<V> {
                 let key = self
                     .entries
                     .get(entry.0)
-                    .map(|e| e.storage_key.clone())
+                    .map(|e| e.storage_key.to_string())
                     .unwrap_or_default();
                 return Err(CallError::Recursive { key });
             }
@@ -400,6 +398,9 @@ impl<V: Clone> CallCache<V> {
                 session: caller.session,
                 from,
             });
+            if let Some(state) = caller.session.and_then(|s| self.sessions.get_mut(&s)) {
+                state.waiting += 1;
+            }
         }
         id
     }

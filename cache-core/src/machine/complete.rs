@@ -1,6 +1,7 @@
 //! `complete` and `leave`: how an in-flight call settles (C-5 … C-10, C-14, S-3, S-4, K-4, K-5).
 
-use super::entry::{Phase, Slot, Waiter};
+use super::entry::{Phase, Slot, Slots, Waiter};
+use super::key::IndexKey;
 use super::types::*;
 use super::CallCache;
 use crate::bugs::Bug;
@@ -83,7 +84,7 @@ impl<V: Clone> CallCache<V> {
         let w = e.waiters.remove(pos);
         let last = e.waiters.is_empty() && e.refcount == 0;
         let unheld = e.refcount == 0;
-        self.drop_wait_edge(&w, entry);
+        self.forget_waiter(&w, entry);
         if !last {
             if unheld && self.bug(Bug::ErrorPathIgnoresWaiters) {
                 // BUG (error-path-ignores-waiters, breaks C-9 / INV-4): the
@@ -141,8 +142,12 @@ impl<V: Clone> CallCache<V> {
     fn fill(&mut self, entry: EntryId, resolved: Resolved<V>) {
         let e = self.entries.get_mut(entry.0).expect("caller checked");
         let result_id = resolved.id.or_else(|| e.requested.clone());
-        e.result_call_key = result_id.as_ref().map(|id| id.call_key());
-        e.content_key = result_id.as_ref().and_then(|id| id.content_key());
+        e.result_call_key = result_id
+            .as_ref()
+            .map(|id| IndexKey::digest(id.recipe_digest()));
+        e.content_key = result_id
+            .as_ref()
+            .and_then(|id| id.content_digest().map(IndexKey::digest));
         e.result_id = result_id;
         e.value = resolved.value;
         e.hook = resolved.release;
@@ -156,17 +161,14 @@ impl<V: Clone> CallCache<V> {
     fn fail(&mut self, entry: EntryId, error: CallError, done: &mut Completion<V>) {
         let waiters = self.take_waiters(entry);
         let sets_retry_flag = matches!(error, CallError::Resolver(_) | CallError::Panicked(_));
+        // S-4 flags are for calls only, not arbitrary entries.
         let call_key = self
             .entries
             .get(entry.0)
-            .map(|e| e.call_key.clone())
-            .unwrap_or_default();
-        let is_call = self
-            .entries
-            .get(entry.0)
-            .is_some_and(|e| e.mode != RunMode::Arbitrary);
+            .filter(|e| e.mode != RunMode::Arbitrary)
+            .map(|e| e.call_key.clone());
         for w in waiters {
-            if sets_retry_flag && is_call {
+            if let Some(call_key) = call_key.as_ref().filter(|_| sets_retry_flag) {
                 // S-4: only errors the resolver produced set the flag.
                 if let Some(state) = w.session.and_then(|s| self.sessions.get_mut(&s)) {
                     state.retry_uncached.insert(call_key.clone(), error.clone());
@@ -182,7 +184,10 @@ impl<V: Clone> CallCache<V> {
     fn store(&mut self, entry: EntryId, done: &mut Completion<V>) -> EntryId {
         let e = self.entries.get(entry.0).expect("caller checked");
         let existing = if e.mode == RunMode::Arbitrary {
-            self.idx.arbitrary_completed.get(&e.storage_key).copied()
+            self.idx
+                .arbitrary_completed
+                .get(&*e.storage_key.text())
+                .copied()
         } else {
             self.idx.storage(&e.storage_key)
         };
@@ -206,9 +211,9 @@ impl<V: Clone> CallCache<V> {
             // with its own callers, indexed nowhere.
             return entry;
         }
-        let mut slots = Vec::new();
+        let mut slots = Slots::default();
         if e.mode == RunMode::Arbitrary {
-            slots.push(Slot::ArbitraryCompleted(e.storage_key.clone()));
+            slots.push(Slot::ArbitraryCompleted(e.storage_key.to_string()));
         } else {
             slots.push(Slot::Storage(e.storage_key.clone()));
             // A TTL-chosen storage key is session-scoped (T-2); indexing the
@@ -230,7 +235,7 @@ impl<V: Clone> CallCache<V> {
                 done.persist = e.ttl_write.clone();
             }
         }
-        for slot in &slots {
+        for slot in slots.iter() {
             self.idx.insert(slot, entry);
         }
         self.entries.get_mut(entry.0).expect("caller checked").slots = slots;
@@ -307,13 +312,18 @@ impl<V: Clone> CallCache<V> {
             .map(|e| std::mem::take(&mut e.waiters))
             .unwrap_or_default();
         for w in &waiters {
-            self.drop_wait_edge(w, entry);
+            self.forget_waiter(w, entry);
         }
         waiters
     }
 
-    /// Removes one C-4b edge: `w.from`'s resolver no longer waits on `entry`.
-    fn drop_wait_edge(&mut self, w: &Waiter, entry: EntryId) {
+    /// Accounts for a waiter taken off `entry` (served, failed or gone):
+    /// its session waits on one call fewer, and its C-4b edge goes
+    /// (`w.from`'s resolver no longer waits on `entry`).
+    fn forget_waiter(&mut self, w: &Waiter, entry: EntryId) {
+        if let Some(state) = w.session.and_then(|s| self.sessions.get_mut(&s)) {
+            state.waiting -= 1;
+        }
         if let Some(parent) = w.from.and_then(|f| self.entries.get_mut(f.0)) {
             if let Some(pos) = parent.waits_on.iter().position(|e| *e == entry) {
                 parent.waits_on.remove(pos);

@@ -1,5 +1,8 @@
 //! One entry's state: what it is, where it is indexed, who waits, who holds it.
 
+use std::ops::Deref;
+
+use super::key::IndexKey;
 use super::types::{EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
 use crate::id::CallId;
 use crate::ttl::PreparedWrite;
@@ -28,32 +31,89 @@ pub struct Waiter {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Slot {
     /// Completed, under a storage key or a result call key.
-    Storage(String),
+    Storage(IndexKey),
     /// Completed, under a content key.
-    Content(String),
+    Content(IndexKey),
     /// In flight, under (storage key, concurrency key).
-    Ongoing(String, String),
+    Ongoing(IndexKey, String),
     /// Arbitrary entry in flight.
     ArbitraryOngoing(String),
     /// Arbitrary entry completed.
     ArbitraryCompleted(String),
 }
 
+/// The index slots of one entry: almost always exactly one (its storage
+/// key, or its in-flight registration), kept inline so that indexing an
+/// entry allocates nothing and removing it frees nothing (issue 6).
+#[derive(Clone, Debug)]
+pub enum Slots {
+    /// One slot.
+    One(Slot),
+    /// Any other number, in insertion order.
+    Many(Vec<Slot>),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Many(Vec::new())
+    }
+}
+
+impl Deref for Slots {
+    type Target = [Slot];
+    fn deref(&self) -> &[Slot] {
+        match self {
+            Slots::One(slot) => std::slice::from_ref(slot),
+            Slots::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Slots {
+    type Item = &'a Slot;
+    type IntoIter = std::slice::Iter<'a, Slot>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Slots {
+    /// Appends `slot`.
+    pub fn push(&mut self, slot: Slot) {
+        match self {
+            Slots::Many(v) if v.is_empty() => *self = Slots::One(slot),
+            Slots::Many(v) => v.push(slot),
+            Slots::One(_) => {
+                let Slots::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One above")
+                };
+                *self = Slots::Many(vec![first, slot]);
+            }
+        }
+    }
+}
+
 /// An entry in the arena.
+// `repr(C)`, hot fields first: a hit and its release read the refcount,
+// phase, waiters, value and result ID, and an entry is 7 cache lines long;
+// in declaration order these share one or two lines (issue 6).
+#[repr(C)]
 pub struct Entry<V> {
+    pub refcount: u32,
     pub mode: RunMode,
     pub phase: Phase,
+    pub waiters: Vec<Waiter>,
+    pub value: Option<V>,
+    pub result_id: Option<CallId>,
+    /// Every index slot this entry is in.
+    pub slots: Slots,
     /// The requested ID (None for arbitrary entries).
     pub requested: Option<CallId>,
     /// The call key (or the arbitrary key).
-    pub call_key: String,
+    pub call_key: IndexKey,
     /// The storage key the entry is (or will be) stored under.
-    pub storage_key: String,
+    pub storage_key: IndexKey,
     pub concurrency_key: String,
-    pub waiters: Vec<Waiter>,
-    pub refcount: u32,
-    /// Every index slot this entry is in.
-    pub slots: Vec<Slot>,
     /// In-flight entries this entry's resolver waits on, once per waiting call (C-4b).
     pub waits_on: Vec<EntryId>,
     /// The session that started the call (for S-4 flag bookkeeping).
@@ -62,13 +122,11 @@ pub struct Entry<V> {
     pub ttl_write: Option<PreparedWrite>,
     /// T-2: the storage key is shared across sessions through a live TTL row.
     pub shared_storage: bool,
-    // Filled on completion.
-    pub result_id: Option<CallId>,
-    pub value: Option<V>,
+    // Filled on completion (with `value` and `result_id` above).
     pub hook: Option<ReleaseHook>,
     pub safe_to_persist: bool,
-    pub result_call_key: Option<String>,
-    pub content_key: Option<String>,
+    pub result_call_key: Option<IndexKey>,
+    pub content_key: Option<IndexKey>,
     /// Refs this entry owns (C-11).
     pub owned_refs: Vec<RefId>,
 }
@@ -78,8 +136,8 @@ impl<V> Entry<V> {
     pub fn in_flight(
         mode: RunMode,
         requested: Option<CallId>,
-        call_key: String,
-        storage_key: String,
+        call_key: IndexKey,
+        storage_key: IndexKey,
     ) -> Self {
         Self {
             mode,
@@ -90,7 +148,7 @@ impl<V> Entry<V> {
             concurrency_key: String::new(),
             waiters: Vec::new(),
             refcount: 0,
-            slots: Vec::new(),
+            slots: Slots::default(),
             waits_on: Vec::new(),
             starter: None,
             ttl_write: None,
@@ -107,7 +165,7 @@ impl<V> Entry<V> {
 
     /// Short label for logs and reports.
     pub fn label(&self) -> String {
-        format!("{} {}", self.mode.kind(), short(&self.storage_key))
+        format!("{} {}", self.mode.kind(), short(&self.storage_key.text()))
     }
 }
 

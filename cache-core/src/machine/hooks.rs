@@ -9,17 +9,14 @@ impl<V: Clone> CallCache<V> {
     #[doc(hidden)]
     pub fn plant_index_corruption(&mut self) -> bool {
         // The first in key order, whatever the map's hash order.
-        let Some(id) = super::index::sorted(&self.idx.by_storage)
+        let Some(id) = super::index::sorted(self.idx.storage_lists())
             .into_iter()
             .find_map(|(_, l)| l.first().copied())
         else {
             return false;
         };
-        self.idx
-            .by_storage
-            .entry("planted-foreign-key".into())
-            .or_default()
-            .push_unique(id);
+        let foreign = super::key::IndexKey::from_text("planted-foreign-key");
+        self.idx.insert(&super::entry::Slot::Storage(foreign), id);
         true
     }
 

@@ -5,19 +5,24 @@
 //! whatever newer entry now sits at the same key. Both live here.
 
 use std::collections::{btree_map, BTreeMap};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::ops::Deref;
 
 use rustc_hash::FxHasher;
 
 use super::entry::Slot;
+use super::key::IndexKey;
 use super::types::EntryId;
 
-/// A map keyed by text with rustc's Fx hasher: fixed and unseeded, so the
-/// same keys hash the same in every run and process (DESIGN: "ordered maps
-/// or fixed hashers"). Never iterated for output without sorting first
-/// (see `sorted`).
-pub type KeyMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<FxHasher>>;
+/// A map keyed by [`IndexKey`] with rustc's Fx hasher: fixed and unseeded,
+/// so the same keys hash the same in every run and process (DESIGN:
+/// "ordered maps or fixed hashers"). Never iterated for output without
+/// sorting first (see `sorted`).
+pub type KeyMap<V> = std::collections::HashMap<IndexKey, V, BuildHasherDefault<FxHasher>>;
+
+/// A set of [`IndexKey`]s with the same fixed hasher as [`KeyMap`]; never
+/// iterated for output.
+pub type KeySet = std::collections::HashSet<IndexKey, BuildHasherDefault<FxHasher>>;
 
 /// The entries listed under one key: almost always exactly one, kept inline
 /// so indexing a result allocates nothing beyond its key.
@@ -46,33 +51,36 @@ impl Deref for Ids {
 }
 
 impl Ids {
-    /// Appends `entry` unless it is already listed.
-    pub fn push_unique(&mut self, entry: EntryId) {
+    /// Appends `entry` unless it is already listed; whether it was added.
+    pub fn push_unique(&mut self, entry: EntryId) -> bool {
         match self {
-            Ids::One(id) if *id == entry => {}
+            Ids::One(id) if *id == entry => return false,
             Ids::One(id) => *self = Ids::Many(vec![*id, entry]),
             Ids::Many(v) if v.is_empty() => *self = Ids::One(entry),
-            Ids::Many(v) => {
-                if !v.contains(&entry) {
-                    v.push(entry);
-                }
-            }
+            Ids::Many(v) if v.contains(&entry) => return false,
+            Ids::Many(v) => v.push(entry),
         }
+        true
     }
 
-    /// Removes `entry` (and only it) from the list.
-    fn remove(&mut self, entry: EntryId) {
+    /// Removes `entry` (and only it) from the list; whether it was listed.
+    fn remove(&mut self, entry: EntryId) -> bool {
         match self {
             Ids::One(id) if *id == entry => *self = Ids::Many(Vec::new()),
-            Ids::One(_) => {}
-            Ids::Many(v) => v.retain(|e| *e != entry),
+            Ids::One(_) => return false,
+            Ids::Many(v) => {
+                let before = v.len();
+                v.retain(|e| *e != entry);
+                return v.len() != before;
+            }
         }
+        true
     }
 }
 
 /// A map's entries in key order: how every observable walk over a
 /// [`KeyMap`] sees it (reports, invariant messages).
-pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&String, &V)> {
+pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&IndexKey, &V)> {
     let mut all: Vec<_> = map.iter().collect();
     all.sort_unstable_by(|a, b| a.0.cmp(b.0));
     all
@@ -85,23 +93,45 @@ pub fn sorted<V>(map: &KeyMap<V>) -> Vec<(&String, &V)> {
 #[derive(Default)]
 pub struct Indexes {
     /// Completed calls by storage key and by result call key (lists: C-15).
-    pub by_storage: KeyMap<Ids>,
-    /// Completed calls by content key.
-    pub by_content: KeyMap<Ids>,
+    /// Changed only through `insert` and `remove`, which keep the count.
+    by_storage: KeyMap<Ids>,
+    /// Completed calls by content key; changed as `by_storage` is.
+    by_content: KeyMap<Ids>,
+    /// Entries listed in `by_storage` and `by_content`, counted as they are
+    /// added and removed: `entries()` (C-15, S-7) is then O(1), not a walk
+    /// over every list, however large the cache (issue 6).
+    listed_storage: usize,
+    listed_content: usize,
     /// In-flight calls by (storage key, concurrency key).
-    pub ongoing: BTreeMap<(String, String), EntryId>,
+    pub ongoing: BTreeMap<(IndexKey, String), EntryId>,
     /// Arbitrary entries in flight.
     pub arbitrary_ongoing: BTreeMap<String, EntryId>,
     /// Arbitrary entries completed.
     pub arbitrary_completed: BTreeMap<String, EntryId>,
+    /// During a batch (see [`Indexes::start_batch`]): the storage and
+    /// content removals not yet applied.
+    queued: Option<Vec<Queued>>,
+}
+
+/// A storage or content list removal queued by a batch.
+struct Queued {
+    /// The key's hash under the map's hasher: where its bucket is.
+    hash: u64,
+    content: bool,
+    key: IndexKey,
+    entry: EntryId,
 }
 
 impl Indexes {
     /// Puts `entry` under `slot`. The caller records the slot on the entry.
     pub fn insert(&mut self, slot: &Slot, entry: EntryId) {
         match slot {
-            Slot::Storage(k) => push_unique(&mut self.by_storage, k, entry),
-            Slot::Content(k) => push_unique(&mut self.by_content, k, entry),
+            Slot::Storage(k) => {
+                self.listed_storage += usize::from(push_unique(&mut self.by_storage, k, entry));
+            }
+            Slot::Content(k) => {
+                self.listed_content += usize::from(push_unique(&mut self.by_content, k, entry));
+            }
             Slot::Ongoing(k, c) => {
                 self.ongoing.insert((k.clone(), c.clone()), entry);
             }
@@ -117,8 +147,8 @@ impl Indexes {
     /// Removes `entry` from `slot`, and only `entry` (C-13).
     pub fn remove(&mut self, slot: &Slot, entry: EntryId) {
         match slot {
-            Slot::Storage(k) => remove_from_list(&mut self.by_storage, k, entry),
-            Slot::Content(k) => remove_from_list(&mut self.by_content, k, entry),
+            Slot::Storage(k) => self.remove_listed(false, k, entry),
+            Slot::Content(k) => self.remove_listed(true, k, entry),
             Slot::Ongoing(k, c) => {
                 let key = (k.clone(), c.clone());
                 if let btree_map::Entry::Occupied(o) = self.ongoing.entry(key) {
@@ -132,9 +162,123 @@ impl Indexes {
         }
     }
 
+    /// Removes `entry` from the storage (or content) list under `key`, or
+    /// queues the removal during a batch.
+    fn remove_listed(&mut self, content: bool, key: &IndexKey, entry: EntryId) {
+        match &mut self.queued {
+            Some(queue) => {
+                let map = if content {
+                    &self.by_content
+                } else {
+                    &self.by_storage
+                };
+                queue.push(Queued {
+                    hash: map.hasher().hash_one(key),
+                    content,
+                    key: key.clone(),
+                    entry,
+                })
+            }
+            None => self.unlist(content, key, entry),
+        }
+    }
+
+    /// Removes `entry` from a list now, keeping the count.
+    fn unlist(&mut self, content: bool, key: &IndexKey, entry: EntryId) {
+        if content {
+            self.listed_content -= usize::from(remove_from_list(&mut self.by_content, key, entry));
+        } else {
+            self.listed_storage -= usize::from(remove_from_list(&mut self.by_storage, key, entry));
+        }
+    }
+
+    /// The storage lists (completed calls by storage and result call key).
+    pub fn storage_lists(&self) -> &KeyMap<Ids> {
+        &self.by_storage
+    }
+
+    /// The content lists.
+    pub fn content_lists(&self) -> &KeyMap<Ids> {
+        &self.by_content
+    }
+
+    /// The storage and content list memberships, counted afresh: the
+    /// running counts must always equal these (checked with INV-3).
+    pub fn recount(&self) -> (usize, usize) {
+        let count = |map: &KeyMap<Ids>| map.values().map(|l| l.len()).sum();
+        (count(&self.by_storage), count(&self.by_content))
+    }
+
+    /// Starts a batch of removals (a session close releasing many entries):
+    /// storage and content list removals are queued, `capacity` of them
+    /// expected, until [`Indexes::finish_batch`]. Nothing may look keys up
+    /// in between.
+    pub fn start_batch(&mut self, capacity: usize) {
+        self.queued
+            .get_or_insert_with(|| Vec::with_capacity(capacity));
+    }
+
+    /// Applies the removals queued since [`Indexes::start_batch`] and ends
+    /// the batch.
+    ///
+    /// They are the same removals, each still of its own entry only (C-13),
+    /// applied in the order of their keys' buckets rather than of the
+    /// entries: removals of distinct entries commute, and in bucket order
+    /// the walk over a large table is sequential instead of a cache and TLB
+    /// miss per key (issue 6: closing a session of 100k handles).
+    pub fn finish_batch(&mut self) {
+        let Some(queue) = self.queued.take() else {
+            return;
+        };
+        self.apply(queue);
+    }
+
+    fn apply(&mut self, queue: Vec<Queued>) {
+        // A map's bucket is the low bits of the hash, as many as its bucket
+        // count (a power of two, of which the capacity is 7/8) needs.
+        let mask = |capacity: usize| (capacity / 7 * 8).next_power_of_two() as u64 - 1;
+        let storage_mask = mask(self.by_storage.capacity());
+        let content_mask = mask(self.by_content.capacity());
+        // Sorting 8-byte (content, bucket, position) words, not the items.
+        let mut order: Vec<u64> = queue
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let bucket = q.hash
+                    & if q.content {
+                        content_mask
+                    } else {
+                        storage_mask
+                    };
+                (u64::from(q.content) << 63) | (bucket << 32) | i as u64
+            })
+            .collect();
+        order.sort_unstable();
+        let at = |word: u64| (word & u64::from(u32::MAX)) as usize;
+        for (i, &word) in order.iter().enumerate() {
+            // The items are read out of order: touching one a few steps
+            // ahead lets its cache miss overlap with the removals between.
+            if let Some(&ahead) = order.get(i + 8) {
+                std::hint::black_box(queue[at(ahead)].hash);
+            }
+            let q = &queue[at(word)];
+            self.unlist(q.content, &q.key, q.entry);
+        }
+    }
+
+    /// Whether no removal waits in a batch (lookups and counts would see
+    /// entries that are already gone).
+    fn nothing_queued(&self) -> bool {
+        self.queued.as_ref().is_none_or(|q| q.is_empty())
+    }
+
     /// Removes whatever entry sits first under `slot`'s key, without asking
     /// which: only the `key-only-delete` switch of the bug zoo calls this.
     pub fn remove_first(&mut self, slot: &Slot) {
+        // It looks the key up: removals queued so far must be applied first.
+        if let Some(queue) = self.queued.as_mut().map(std::mem::take) {
+            self.apply(queue);
+        }
         let first = match slot {
             Slot::Storage(k) => self.storage(k),
             Slot::Content(k) => self.content(k),
@@ -148,21 +292,26 @@ impl Indexes {
     }
 
     /// The first completed entry under a storage key.
-    pub fn storage(&self, key: &str) -> Option<EntryId> {
+    #[inline]
+    pub fn storage(&self, key: &IndexKey) -> Option<EntryId> {
+        debug_assert!(self.nothing_queued(), "no lookup while removals are queued");
         self.by_storage.get(key).and_then(|l| l.first().copied())
     }
 
     /// The first completed entry under a content key.
-    pub fn content(&self, key: &str) -> Option<EntryId> {
+    #[inline]
+    pub fn content(&self, key: &IndexKey) -> Option<EntryId> {
+        debug_assert!(self.nothing_queued(), "no lookup while removals are queued");
         self.by_content.get(key).and_then(|l| l.first().copied())
     }
 
     /// Sizes of the five buckets of C-15.
     pub fn buckets(&self) -> Buckets {
+        debug_assert!(self.nothing_queued(), "no count while removals are queued");
         Buckets {
             ongoing_calls: self.ongoing.len(),
-            completed_calls: self.by_storage.values().map(|l| l.len()).sum(),
-            completed_calls_by_content: self.by_content.values().map(|l| l.len()).sum(),
+            completed_calls: self.listed_storage,
+            completed_calls_by_content: self.listed_content,
             ongoing_arbitrary: self.arbitrary_ongoing.len(),
             completed_arbitrary: self.arbitrary_completed.len(),
         }
@@ -195,25 +344,29 @@ impl Buckets {
     }
 }
 
-fn push_unique(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+/// Lists `entry` under `key`; whether it was not listed there yet.
+fn push_unique(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) -> bool {
     match map.get_mut(key) {
         Some(list) => list.push_unique(entry),
         None => {
-            map.insert(key.to_owned(), Ids::One(entry));
+            map.insert(key.clone(), Ids::One(entry));
+            true
         }
     }
 }
 
 /// One hash lookup in the common case (the entry is alone under its key):
 /// the list is taken out, and put back only if others remain (C-13).
-fn remove_from_list(map: &mut KeyMap<Ids>, key: &str, entry: EntryId) {
+/// Whether `entry` was listed (and so removed).
+fn remove_from_list(map: &mut KeyMap<Ids>, key: &IndexKey, entry: EntryId) -> bool {
     let Some((k, mut list)) = map.remove_entry(key) else {
-        return;
+        return false;
     };
-    list.remove(entry);
+    let removed = list.remove(entry);
     if !list.is_empty() {
         map.insert(k, list);
     }
+    removed
 }
 
 fn remove_if_same(map: &mut BTreeMap<String, EntryId>, key: &str, entry: EntryId) {

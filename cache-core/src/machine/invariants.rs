@@ -100,9 +100,20 @@ impl<V: Clone> CallCache<V> {
 
     fn check_lists(&self) -> Result<(), Violation> {
         let lists = [
-            ("storage", &self.idx.by_storage),
-            ("content", &self.idx.by_content),
+            ("storage", self.idx.storage_lists()),
+            ("content", self.idx.content_lists()),
         ];
+        let counted = self.buckets();
+        let listed = self.idx.recount();
+        if (counted.completed_calls, counted.completed_calls_by_content) != listed {
+            return fail(
+                "INV-3",
+                format!(
+                    "the completed buckets count {} storage and {} content memberships but the lists hold {} and {}",
+                    counted.completed_calls, counted.completed_calls_by_content, listed.0, listed.1
+                ),
+            );
+        }
         for (name, map) in lists {
             // Key order, not hash order: the first violation reported must
             // be the same in every run.
@@ -129,9 +140,9 @@ impl<V: Clone> CallCache<V> {
                         return fail("INV-3", format!("{name} index under {key} holds {id} ({}), which is not a completed call", e.label()));
                     }
                     let matches = if name == "storage" {
-                        e.storage_key == *key || e.result_call_key.as_deref() == Some(key)
+                        e.storage_key == *key || e.result_call_key.as_ref() == Some(key)
                     } else {
-                        e.content_key.as_deref() == Some(key)
+                        e.content_key.as_ref() == Some(key)
                     };
                     let slot = if name == "storage" {
                         Slot::Storage(key.clone())
@@ -202,7 +213,7 @@ impl<V: Clone> CallCache<V> {
                 };
                 if !phase_ok
                     || e.mode != RunMode::Arbitrary
-                    || e.storage_key != *key
+                    || e.storage_key != **key
                     || !e.slots.contains(&slot)
                 {
                     return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));
@@ -221,8 +232,16 @@ impl<V: Clone> CallCache<V> {
             let id = EntryId(key);
             for slot in &e.slots {
                 let present = match slot {
-                    Slot::Storage(k) => self.idx.by_storage.get(k).is_some_and(|l| l.contains(&id)),
-                    Slot::Content(k) => self.idx.by_content.get(k).is_some_and(|l| l.contains(&id)),
+                    Slot::Storage(k) => self
+                        .idx
+                        .storage_lists()
+                        .get(k)
+                        .is_some_and(|l| l.contains(&id)),
+                    Slot::Content(k) => self
+                        .idx
+                        .content_lists()
+                        .get(k)
+                        .is_some_and(|l| l.contains(&id)),
                     Slot::Ongoing(k, c) => {
                         self.idx.ongoing.get(&(k.clone(), c.clone())) == Some(&id)
                     }
@@ -325,7 +344,23 @@ impl<V: Clone> CallCache<V> {
                 );
             }
         }
+        let mut waiting: BTreeMap<SessionId, usize> = BTreeMap::new();
+        for w in self.entries.iter().flat_map(|(_, e)| &e.waiters) {
+            if let Some(s) = w.session {
+                *waiting.entry(s).or_default() += 1;
+            }
+        }
         for (s, st) in &self.sessions {
+            let waiting = waiting.get(s).copied().unwrap_or(0);
+            if st.waiting != waiting {
+                return fail(
+                    "INV-3",
+                    format!(
+                        "session {s} counts {} waits on calls in flight but {waiting} waiters are its",
+                        st.waiting
+                    ),
+                );
+            }
             for id in &st.refs {
                 if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(*s)) {
                     return fail(

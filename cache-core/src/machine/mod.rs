@@ -43,6 +43,7 @@ pub(crate) mod entry;
 mod hooks;
 mod index;
 mod invariants;
+mod key;
 mod release;
 mod report;
 mod session;
@@ -60,6 +61,7 @@ use crate::bugs::{Bug, Bugs};
 use arena::Arena;
 use entry::Entry;
 use index::Indexes;
+use key::IndexKey;
 
 /// One ref and its owner (C-11a).
 #[derive(Clone, Copy, Debug)]
@@ -73,12 +75,18 @@ struct RefRecord {
 struct SessionState {
     /// Refs owned by the session (S-1).
     refs: BTreeSet<RefId>,
+    /// Waiter records of this session on in-flight calls: while it is 0,
+    /// a close need not look through every entry for its calls in flight
+    /// (S-1a), so closing stays O(its refs) however large the cache.
+    waiting: usize,
     /// Call keys whose last call failed, with the error: the next call runs
     /// uncached (S-4). The error itself is only read by the
     /// `errors-cached-in-session` switch of the bug zoo.
-    retry_uncached: BTreeMap<String, crate::error::CallError>,
-    /// Call keys that already emitted telemetry (S-5).
-    telemetry_seen: BTreeSet<String>,
+    retry_uncached: BTreeMap<IndexKey, crate::error::CallError>,
+    /// Call keys that already emitted telemetry (S-5). Only asked whether
+    /// it holds a key, never walked, so a fixed-hasher set: dropping it when
+    /// the session closes is one free, not one per key and node.
+    telemetry_seen: index::KeySet,
 }
 
 /// The call cache's state machine, generic over the cached value type.

@@ -71,20 +71,25 @@ impl<V: Clone> CallCache<V> {
 
     fn take_entry(&mut self, entry: EntryId, releases: &mut Vec<PendingRelease>) -> Vec<RefId> {
         self.unindex(entry);
-        let Some(mut e) = self.entries.remove(entry.0) else {
+        // Only the hook (with what its label needs) and the owned refs are
+        // kept; the rest of the entry is dropped in its arena slot.
+        let taken = self.entries.remove_with(entry.0, |e| {
+            let hook = e.hook.take().map(|h| (h, e.mode, e.storage_key.clone()));
+            (hook, std::mem::take(&mut e.owned_refs))
+        });
+        let Some((hook, owned)) = taken else {
             return Vec::new();
         };
-        if let Some(hook) = e.hook.take() {
-            // The entry is gone: its storage key moves into the label,
-            // which is only formatted if the hook fails.
+        if let Some((hook, mode, storage_key)) = hook {
+            // The storage key goes into the label, which is only formatted
+            // if the hook fails.
             releases.push(PendingRelease {
                 entry,
-                label: ReleaseLabel::Entry(e.mode, std::mem::take(&mut e.storage_key)),
+                label: ReleaseLabel::Entry(mode, storage_key),
                 hook,
             });
         }
         // Refs this entry held on others now have no owner but us: release them.
-        let owned = std::mem::take(&mut e.owned_refs);
         for r in &owned {
             if let Some(rec) = self.refs.get_mut(r.0) {
                 rec.owner = Owner::Caller;
@@ -100,7 +105,7 @@ impl<V: Clone> CallCache<V> {
             return;
         };
         let slots = std::mem::take(&mut e.slots);
-        for slot in &slots {
+        for slot in slots.iter() {
             let in_flight = matches!(slot, Slot::Ongoing(..));
             if self.bug(Bug::KeyOnlyDelete) && !in_flight {
                 // BUG (key-only-delete, breaks C-13): removes whatever sits

@@ -166,9 +166,9 @@ impl<V: Clone> CallCache<V> {
 
 fn slot_text(slot: &Slot) -> String {
     match slot {
-        Slot::Storage(k) => format!("storage {}", short(k)),
-        Slot::Content(k) => format!("content {}", short(k)),
-        Slot::Ongoing(k, c) => format!("ongoing {}/{c}", short(k)),
+        Slot::Storage(k) => format!("storage {}", short(&k.text())),
+        Slot::Content(k) => format!("content {}", short(&k.text())),
+        Slot::Ongoing(k, c) => format!("ongoing {}/{c}", short(&k.text())),
         Slot::ArbitraryOngoing(k) => format!("arbitrary-ongoing {k}"),
         Slot::ArbitraryCompleted(k) => format!("arbitrary-completed {k}"),
     }

@@ -59,14 +59,20 @@ impl<V: Clone> CallCache<V> {
         // ever-larger buffers mid-close, and each large free makes the
         // allocator consolidate every small chunk freed so far.
         let mut releases = Vec::with_capacity(released);
+        // Index removals are batched: applied together, in bucket order.
+        self.idx.start_batch(released);
         for r in state.refs {
             self.release_ref(r, &mut releases);
         }
-        let in_flight = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.waiters.iter().any(|w| w.session == Some(session)))
-            .count();
+        self.idx.finish_batch();
+        let in_flight = if state.waiting == 0 {
+            0
+        } else {
+            self.entries
+                .iter()
+                .filter(|(_, e)| e.waiters.iter().any(|w| w.session == Some(session)))
+                .count()
+        };
         Ok(SessionClose {
             session,
             released,

@@ -370,7 +370,7 @@ pub struct PendingRelease {
 /// that succeeds never needs the text.
 pub(crate) enum ReleaseLabel {
     /// An entry's kind and storage key (as `Entry::label` prints them).
-    Entry(RunMode, String),
+    Entry(RunMode, super::key::IndexKey),
     /// A fixed label.
     Fixed(&'static str),
 }
@@ -379,7 +379,7 @@ impl fmt::Display for ReleaseLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReleaseLabel::Entry(mode, key) => {
-                write!(f, "{} {}", mode.kind(), super::entry::short(key))
+                write!(f, "{} {}", mode.kind(), super::entry::short(&key.text()))
             }
             ReleaseLabel::Fixed(text) => f.write_str(text),
         }
