@@ -2,6 +2,7 @@
 
 mod common;
 
+use cache_core::id::CallId;
 use cache_core::machine::{CallRequest, Left, Owner, Resolved, RunMode, SessionId};
 use cache_core::trace::Path;
 use cache_core::CallError;
@@ -394,6 +395,26 @@ fn s5_telemetry_once_per_key_except_do_not_cache() {
     finish(&cache);
 }
 
+/// Calls `x(n)` for each `n` in `ns` in session `s`, each resolver returning
+/// `r` as its ID (so every entry shares `r`'s result-call-key list).
+fn session_results_returning(
+    cache: &mut Cache,
+    s: SessionId,
+    r: &CallId,
+    ns: std::ops::Range<i64>,
+    hook: &HookCounter,
+) {
+    for n in ns {
+        let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
+        complete(
+            cache,
+            run.entry,
+            Ok(value(n as u32, hook).with_id(r.clone())),
+        )
+        .ok(run.waiter);
+    }
+}
+
 /// S-1, C-13: a close that removes many entries applies their index
 /// removals as one batch (issue 6); each still removes only its own entry,
 /// so an entry of another holder listed under the same result call key and
@@ -405,15 +426,7 @@ fn s1_batched_close_removes_only_its_own_entries() {
     let r = with_content(id("r"), "R");
     let hook = HookCounter::new();
     // The session's entries all return r, so they share r's and R's lists.
-    for n in 0..50 {
-        let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
-        complete(
-            &mut cache,
-            run.entry,
-            Ok(value(n as u32, &hook).with_id(r.clone())),
-        )
-        .ok(run.waiter);
-    }
+    session_results_returning(&mut cache, s, &r, 0..50, &hook);
     // One more, held by a bare caller, in the middle of those lists.
     let kept = expect_run(cache.begin_call(&anon(), CallRequest::new(id("kept"))));
     let kept_hook = HookCounter::new();
@@ -423,15 +436,7 @@ fn s1_batched_close_removes_only_its_own_entries() {
         Ok(value(99, &kept_hook).with_id(r.clone())),
     )
     .ok(kept.waiter);
-    for n in 50..60 {
-        let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
-        complete(
-            &mut cache,
-            run.entry,
-            Ok(value(n as u32, &hook).with_id(r.clone())),
-        )
-        .ok(run.waiter);
-    }
+    session_results_returning(&mut cache, s, &r, 50..60, &hook);
     assert_eq!(cache.buckets().completed_calls, 2 * 61);
     assert_eq!(cache.buckets().completed_calls_by_content, 61);
 
