@@ -757,3 +757,24 @@ fn inv1_live_refs_count_every_outstanding_ref() {
     assert_eq!(cache.live_refs(), 0);
     finish(&cache);
 }
+
+#[test]
+fn inv9_refs_owned_by_counts_refs_per_owner() {
+    // refs_owned_by() is how a harness asks whether a closed session still
+    // owns refs (INV-9): it must count, per owner, the refs out now.
+    let mut cache = Cache::new(1);
+    let (a, b) = (cache.open_session(), cache.open_session());
+    let hooks = HookCounter::default();
+    let order = expect_run(cache.begin_call(&in_session(a), CallRequest::new(id("k"))));
+    complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
+    expect_hit(cache.begin_call(&in_session(a), CallRequest::new(id("k"))));
+    expect_hit(cache.begin_call(&in_session(b), CallRequest::new(id("k"))));
+    assert_eq!(cache.refs_owned_by(Owner::Session(a)), 2);
+    assert_eq!(cache.refs_owned_by(Owner::Session(b)), 1);
+    assert_eq!(cache.refs_owned_by(Owner::Caller), 0);
+    close(&mut cache, a);
+    assert_eq!(cache.refs_owned_by(Owner::Session(a)), 0);
+    assert_eq!(cache.refs_owned_by(Owner::Session(b)), 1);
+    close(&mut cache, b);
+    finish(&cache);
+}
