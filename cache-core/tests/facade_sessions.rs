@@ -578,3 +578,30 @@ async fn s1_bare_ctx_from_session_ctx_owns_nothing_after_close() {
     drop(r);
     assert_quiescent(&cache);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn s2_a_closed_session_answers_session_closed_before_anything_else() {
+    // S-2 in the facade: a closed session fails with SessionClosed even
+    // when the key has no ID (C-1) or the caller is already cancelled (C-5)
+    // — the facade checks the session first. (The state machine alone
+    // rejects a missing ID first; see c1_missing_id_rejected_before_anything.)
+    let cache = cache();
+    let session = cache.open_session();
+    session.close().unwrap();
+    let (runs, hook) = (Counter::new(), Hook::new());
+    let err = session
+        .call(CallKey::missing(), ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::SessionClosed), "{err:?}");
+    let cancelled = tokio_util::sync::CancellationToken::new();
+    cancelled.cancel();
+    let ctx = session.ctx().with_cancel(cancelled);
+    let err = cache
+        .get_or_init_call(&ctx, key("k"), ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::SessionClosed), "{err:?}");
+    assert_eq!(runs.get(), 0);
+    assert_quiescent(&cache);
+}
