@@ -123,6 +123,23 @@ fn same_seed_same_trace() {
 }
 
 #[test]
+fn the_reference_scenario_file_lists_the_defaults() {
+    // sim/scenarios/reference.toml documents every field with its default.
+    let text = include_str!("../scenarios/reference.toml");
+    assert_eq!(Scenario::parse(text).unwrap(), Scenario::default());
+    // Parsing alone would pass with a field left out (it takes its default):
+    // every field the defaults serialize must be written out.
+    let all = toml::to_string(&Scenario::default()).unwrap();
+    for line in all.lines().filter(|l| l.contains(" = ")) {
+        let field = line.split(" = ").next().unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{field} = "))),
+            "reference.toml lacks `{field}`"
+        );
+    }
+}
+
+#[test]
 fn bad_scenario_names_the_field() {
     let e = Scenario::parse("clients = \"many\"").unwrap_err();
     assert!(e.contains("clients"), "{e}");
