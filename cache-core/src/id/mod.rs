@@ -476,11 +476,6 @@ impl CallId {
         self.inner.recipe.text()
     }
 
-    /// [`CallId::content_key`] on the stack, for lookups.
-    pub fn content_key_text(&self) -> Option<DigestText> {
-        self.inner.parts.content_digest.map(|d| d.text())
-    }
-
     /// The content key: the content digest as text, if there is one.
     pub fn content_key(&self) -> Option<String> {
         self.inner.parts.content_digest.map(|d| d.to_string())
