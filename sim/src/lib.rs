@@ -23,6 +23,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod counting_store;
 pub mod engine;
 pub mod oracle;
 pub mod plan;

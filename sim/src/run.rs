@@ -9,10 +9,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use cache_core::machine::{Buckets, LeakReport};
 use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 
+use crate::counting_store::CountingStore;
 use crate::plan::{FaultKind, Plan};
 use crate::rng::fnv64;
 use crate::scenario::{Scenario, StoreKind};
-use crate::sqlite_lock::{CountingStore, SqliteLock};
+use crate::sqlite_lock::SqliteLock;
 use crate::world::{Plant, Violation, World, EPOCH_MS};
 use crate::{client, engine, oracle};
 
