@@ -255,12 +255,7 @@ impl Indexes {
             .collect();
         order.sort_unstable();
         let at = |word: u64| (word & u64::from(u32::MAX)) as usize;
-        for (i, &word) in order.iter().enumerate() {
-            // The items are read out of order: touching one a few steps
-            // ahead lets its cache miss overlap with the removals between.
-            if let Some(&ahead) = order.get(i + 8) {
-                std::hint::black_box(queue[at(ahead)].hash);
-            }
+        for &word in &order {
             let q = &queue[at(word)];
             self.unlist(q.content, &q.key, q.entry);
         }
