@@ -34,6 +34,8 @@ mod telemetry;
 mod wait;
 
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use clock::{Clock, ManualClock};
@@ -169,7 +171,9 @@ impl CacheBuilder {
                 state: Mutex::new(State {
                     machine,
                     waits: Waits::default(),
+                    generation: 0,
                 }),
+                checked: AtomicU64::new(UNCHECKED),
                 store: self.store,
                 clock: self.clock,
                 telemetry: self.telemetry,
@@ -183,10 +187,40 @@ impl CacheBuilder {
 pub(crate) struct State<V> {
     pub(crate) machine: CallCache<V>,
     pub(crate) waits: Waits<V>,
+    /// Bumped by every mutable access (see [`Locked`]): equal generations
+    /// mean an unchanged state.
+    generation: u64,
+}
+
+/// `Shared::checked` before the first passing check.
+const UNCHECKED: u64 = u64::MAX;
+
+/// The lock's guard. Any change to the state goes through `DerefMut`,
+/// which bumps the generation, so `check_invariants` can skip a state it
+/// has already found sound (the sim checks after every step, and most
+/// steps leave the cache untouched; issue 6).
+pub(crate) struct Locked<'a, V> {
+    guard: MutexGuard<'a, State<V>>,
+}
+
+impl<V> Deref for Locked<'_, V> {
+    type Target = State<V>;
+    fn deref(&self) -> &State<V> {
+        &self.guard
+    }
+}
+
+impl<V> DerefMut for Locked<'_, V> {
+    fn deref_mut(&mut self) -> &mut State<V> {
+        self.guard.generation = self.guard.generation.wrapping_add(1);
+        &mut self.guard
+    }
 }
 
 pub(crate) struct Shared<V> {
     state: Mutex<State<V>>,
+    /// The generation whose state last passed `check_invariants`.
+    checked: AtomicU64,
     /// The machine's bug-zoo switches, fixed at build: read without the lock.
     bugs: crate::bugs::Bugs,
     store: Option<Arc<dyn TtlStore>>,
@@ -201,8 +235,10 @@ impl<V> Shared<V> {
     /// updated in a way we could repair, but poisoning must not turn into
     /// panics in every later caller either: the machine's own invariant
     /// checks report any damage.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State<V>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock(&self) -> Locked<'_, V> {
+        Locked {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 }
 
@@ -359,11 +395,19 @@ impl<V: Clone + Send + 'static> Cache<V> {
     }
 
     /// Checks the machine's invariants (INV-3, INV-10, C-11a) and that the
-    /// facade's own bookkeeping matches it.
+    /// facade's own bookkeeping matches it. A state that already passed and
+    /// has not changed since is not walked again.
     pub fn check_invariants(&self) -> Result<(), Violation> {
         let state = self.shared.lock();
+        if self.shared.checked.load(Ordering::Relaxed) == state.generation {
+            return Ok(());
+        }
         state.machine.check_invariants()?;
-        state.waits.check(&state.machine)
+        state.waits.check(&state.machine)?;
+        self.shared
+            .checked
+            .store(state.generation, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The O-3 leak report.
@@ -595,4 +639,38 @@ pub(crate) fn run_hook<V>(
         shared.metrics().release_hook_error();
         tracing::warn!(target: "cache_core::release", "{e}");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memo in `check_invariants` never hides damage: a change after a
+    /// passing check is walked again (INV-3 fires on a planted corruption).
+    #[tokio::test]
+    async fn check_invariants_walks_again_after_any_change() {
+        let cache: Cache<u32> = Cache::builder(1).build();
+        let key = CallKey::new(CallId::new("k"));
+        let held = cache
+            .get_or_init_call(&Ctx::new(), key, |_| async { Ok(Resolved::value(7)) })
+            .await
+            .unwrap();
+        cache.check_invariants().unwrap();
+        cache.check_invariants().unwrap();
+        assert!(cache.shared.lock().machine.plant_index_corruption());
+        let err = cache.check_invariants().unwrap_err();
+        assert_eq!(err.invariant(), "INV-3", "{err}");
+        drop(held);
+    }
+
+    /// Reading the state does not count as a change; mutating it does.
+    #[test]
+    fn only_mutable_access_bumps_the_generation() {
+        let cache: Cache<u32> = Cache::builder(1).build();
+        let before = cache.shared.lock().generation;
+        assert_eq!(cache.entries(), 0);
+        assert_eq!(cache.shared.lock().generation, before);
+        let _session = cache.open_session();
+        assert_ne!(cache.shared.lock().generation, before);
+    }
 }

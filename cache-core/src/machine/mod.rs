@@ -39,7 +39,7 @@ mod begin;
 mod complete;
 mod cycles;
 pub(crate) mod entry;
-#[cfg(feature = "harness-hooks")]
+#[cfg(any(test, feature = "harness-hooks"))]
 mod hooks;
 mod index;
 mod invariants;
