@@ -157,3 +157,116 @@ fn o3_leak_report_names_class_and_holders() {
     assert!(report.is_clean(), "{report}");
     assert!(report.to_string().contains("no leak"));
 }
+
+/// O-2: a line's keys read back as the decision had them: the call key,
+/// the requested ID's content key, and the storage key when it is not the
+/// call key (otherwise the call key); `Debug` prints the same three.
+#[test]
+fn o2_trace_line_keys_read_back() {
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let content = Digest::of(b"bytes");
+    let id = CallId::new("keyed").with_content_digest(content);
+    let caller = Caller::default();
+
+    let mut req = CallRequest::new(id.clone());
+    req.storage_key = Some("ttl-storage-key".into());
+    let line = cache.begin_call(&caller, req).trace.unwrap();
+    assert_eq!(line.call_key(), id.call_key().to_string());
+    assert_eq!(line.content_key(), Some(content.to_string()));
+    assert_eq!(line.storage_key(), "ttl-storage-key");
+    let debug = format!("{line:?}");
+    assert!(
+        debug.contains(&format!("call: {:?}", line.call_key())),
+        "{debug}"
+    );
+    assert!(
+        debug.contains(&format!("content: Some({:?})", content.to_string())),
+        "{debug}"
+    );
+    assert!(debug.contains("storage: \"ttl-storage-key\""), "{debug}");
+    assert!(debug.contains("path: Miss"), "{debug}");
+
+    // Without its own storage key, the storage key is the call key; an ID
+    // without a content digest has no content key.
+    let plain = CallId::new("plain");
+    let line = cache
+        .begin_call(&caller, CallRequest::new(plain.clone()))
+        .trace
+        .unwrap();
+    assert_eq!(line.storage_key(), plain.call_key().to_string());
+    assert_eq!(line.content_key(), None);
+}
+
+/// Records the `tracing` events emitted on this thread.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(String, tracing::Level, String)>>>);
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let meta = event.metadata();
+        self.0
+            .lock()
+            .unwrap()
+            .push((meta.target().to_string(), *meta.level(), message.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// O-2: every decision of the async API goes out as one `tracing` event at
+/// debug level, target `cache_core::decision`, whose message is the line.
+#[test]
+fn o2_facade_decisions_are_emitted_as_tracing_events() {
+    use cache_core::facade::{Cache, CallKey, Ctx};
+    let recorder = Recorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        rt.block_on(async {
+            let cache: Cache<u8> = Cache::builder(1).build();
+            let key = CallKey::new(CallId::new("traced"));
+            let ctx = Ctx::new();
+            let first = cache
+                .get_or_init_call(&ctx, key.clone(), |_| async { Ok(Resolved::value(1)) })
+                .await
+                .unwrap();
+            let again = cache
+                .get_or_init_call(&ctx, key, |_| async { unreachable!("a hit") })
+                .await
+                .unwrap();
+            assert!(again.hit());
+            drop((first, again));
+        })
+    });
+    let events = recorder.0.lock().unwrap().clone();
+    let decisions: Vec<&(String, tracing::Level, String)> = events
+        .iter()
+        .filter(|(target, _, _)| target == "cache_core::decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "{events:?}");
+    assert!(decisions
+        .iter()
+        .all(|(_, level, _)| *level == tracing::Level::DEBUG));
+    assert!(decisions[0].2.contains(" path=miss "), "{decisions:?}");
+    assert!(decisions[1].2.contains(" path=storage "), "{decisions:?}");
+    assert!(decisions[1].2.contains(" rule=C-3.1"), "{decisions:?}");
+}
