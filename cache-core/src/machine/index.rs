@@ -369,3 +369,69 @@ fn remove_if_same(map: &mut BTreeMap<String, EntryId>, key: &str, entry: EntryId
         map.remove(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::arena::Arena;
+
+    /// A large batch, applied in bucket order, removes exactly the queued
+    /// (key, entry) pairs: an entry sharing a list with a kept one takes
+    /// only itself out (C-13), and the counts follow (C-15).
+    #[test]
+    fn a_large_batch_removes_exactly_what_was_queued() {
+        let mut arena = Arena::default();
+        let ids: Vec<EntryId> = (0..6000).map(|i| EntryId(arena.insert(i))).collect();
+        let key = |i: usize| IndexKey::from_text(&format!("key-{}", i % 5000));
+        let mut idx = Indexes::default();
+        // 5000 keys; keys 0..1000 list two entries (i and i + 5000).
+        for (i, &e) in ids.iter().enumerate() {
+            idx.insert(&Slot::Storage(key(i)), e);
+            if i % 3 == 0 {
+                idx.insert(&Slot::Content(key(i)), e);
+            }
+        }
+        let (storage_before, content_before) = idx.recount();
+        // Remove every even entry below 5000 and every entry above it.
+        let gone = |i: usize| i >= 5000 || i % 2 == 0;
+        let removed: Vec<usize> = (0..ids.len()).filter(|&i| gone(i)).collect();
+        idx.start_batch(removed.len());
+        for &i in &removed {
+            idx.remove(&Slot::Storage(key(i)), ids[i]);
+            if i % 3 == 0 {
+                idx.remove(&Slot::Content(key(i)), ids[i]);
+            }
+        }
+        idx.finish_batch();
+        assert!(idx.queued.is_none());
+        for (i, &e) in ids.iter().enumerate() {
+            let listed = idx
+                .storage_lists()
+                .get(&key(i))
+                .is_some_and(|l| l.contains(&e));
+            assert_eq!(listed, !gone(i), "storage listing of entry {i}");
+            let by_content = idx
+                .content_lists()
+                .get(&key(i))
+                .is_some_and(|l| l.contains(&e));
+            assert_eq!(
+                by_content,
+                !gone(i) && i % 3 == 0,
+                "content listing of entry {i}"
+            );
+        }
+        let content_gone = removed.iter().filter(|&&i| i % 3 == 0).count();
+        assert_eq!(
+            idx.recount(),
+            (
+                storage_before - removed.len(),
+                content_before - content_gone
+            )
+        );
+        assert_eq!(
+            (idx.listed_storage, idx.listed_content),
+            idx.recount(),
+            "running counts"
+        );
+    }
+}
