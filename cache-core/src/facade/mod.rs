@@ -311,14 +311,16 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // no trace). Checked here still: a cancelled caller (the decision
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
-        let asks_first = ttl_ms > 0 || req.id.is_none() || ctx.cancel.is_cancelled();
+        let cancelled = ctx.cancel.is_cancelled();
+        let asks_first = ttl_ms > 0 || req.id.is_none() || cancelled;
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
             }
         }
         if let Some(id) = req.id.as_ref().filter(|_| ttl_ms > 0) {
-            if let Some(choice) = self.ttl_choice(ctx, id, ttl_ms).await {
+            // Boxed for the same reason as the wait below (TTL calls only).
+            if let Some(choice) = Box::pin(self.ttl_choice(ctx, id, ttl_ms)).await {
                 req.storage_key = Some(choice.storage_key().to_string());
                 match choice {
                     StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
@@ -343,11 +345,19 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // The first decision is taken in line: a hit (the common case)
         // returns from here, without building the larger state of a wait
         // or a run (issue 6).
-        let first = self.decide(ctx, &mut begin)?;
+        // Asked once more only if the TTL store may have kept us waiting.
+        let cancelled = if ttl_ms > 0 {
+            ctx.cancel.is_cancelled()
+        } else {
+            cancelled
+        };
+        let first = self.decide(ctx, cancelled, &mut begin)?;
         if let Decision::Hit(served) = first.0 {
             return Ok(CallResult::new(self.shared.clone(), served));
         }
-        self.drive(ctx, first, begin, resolver).await
+        // Boxed: the wait or run state is large, and in line it would make
+        // every call's future (a hit's too) that large to build and move.
+        Box::pin(self.drive(ctx, first, begin, resolver)).await
     }
 
     /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
@@ -364,7 +374,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         let caller = ctx.caller();
         let key = key.to_string();
         let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);
-        let first = self.decide(ctx, &mut begin)?;
+        let first = self.decide(ctx, ctx.cancel.is_cancelled(), &mut begin)?;
         self.drive(ctx, first, begin, init).await
     }
 
@@ -498,13 +508,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
 
     /// One decision under the lock (C-3: every lookup step at once): the
     /// decision with its trace line emitted, its span sent after the lock
-    /// is released, and what to wait on.
+    /// is released, and what to wait on. `cancelled` is the caller's
+    /// cancellation as just read (C-5: a cancelled caller decides nothing).
     fn decide(
         &self,
         ctx: &Ctx,
+        cancelled: bool,
         begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
     ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
-        if ctx.cancel.is_cancelled() {
+        if cancelled {
             return Err(CallError::Cancelled);
         }
         let (decision, wait, span) = {
@@ -549,7 +561,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         loop {
             let (decision, wait) = match next.take() {
                 Some(first) => first,
-                None => self.decide(ctx, &mut begin)?,
+                None => self.decide(ctx, ctx.cancel.is_cancelled(), &mut begin)?,
             };
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
