@@ -1032,3 +1032,32 @@ async fn c4_a_resolver_context_names_its_own_cache_instance() {
     assert_eq!(*seen.lock().unwrap(), Some((7, r.entry())));
     assert_eq!(cache.inspect(|m| m.instance()), 7);
 }
+
+/// `CallResult`'s `Debug` shows the value, how it was served and its entry.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn call_result_debug_shows_value_hit_and_entry() {
+    let cache = cache();
+    let (runs, hook) = (Counter::new(), Hook::new());
+    let first = cache
+        .get_or_init_call(&Ctx::new(), key("k"), ready(&runs, "v", &hook))
+        .await
+        .unwrap();
+    let again = cache
+        .get_or_init_call(&Ctx::new(), key("k"), never())
+        .await
+        .unwrap();
+    let (text, hit) = (format!("{first:?}"), format!("{again:?}"));
+    assert!(text.starts_with("CallResult {"), "{text}");
+    assert!(text.contains("value: Some(\"v\")"), "{text}");
+    assert!(
+        text.contains("hit: false, content_hit: false, detached: false"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("entry: {:?}", first.entry())),
+        "{text}"
+    );
+    assert!(hit.contains("hit: true"), "{hit}");
+    drop((first, again));
+    assert_quiescent(&cache);
+}

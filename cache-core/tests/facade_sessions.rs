@@ -605,3 +605,34 @@ async fn s2_a_closed_session_answers_session_closed_before_anything_else() {
     assert_eq!(runs.get(), 0);
     assert_quiescent(&cache);
 }
+
+/// S-1 with C-12: a close runs every hook even when some fail, counts the
+/// failures in its summary and in the metrics (O-1), and still releases
+/// everything.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn s1_close_counts_failing_release_hooks_and_runs_the_rest() {
+    let cache = cache();
+    let session = cache.open_session();
+    let (bad1, bad2, good) = (Hook::new(), Hook::new(), Hook::new());
+    for (name, resolved) in [
+        (
+            "a",
+            Resolved::value("a".to_string()).with_release(bad1.failing("a: disk on fire")),
+        ),
+        ("b", good.value("b")),
+        (
+            "c",
+            Resolved::value("c".to_string()).with_release(bad2.failing("c: disk on fire")),
+        ),
+    ] {
+        session
+            .call(key(name), move |_| async move { Ok(resolved) })
+            .await
+            .unwrap();
+    }
+    let summary = session.close().unwrap();
+    assert_eq!((summary.released, summary.hook_errors), (3, 2));
+    assert_eq!((bad1.count(), bad2.count(), good.count()), (1, 1, 1));
+    assert_eq!(cache.metrics().release_hook_errors(), 2);
+    assert_quiescent(&cache);
+}

@@ -675,6 +675,32 @@ mod tests {
         drop(held);
     }
 
+    /// The facade's own bookkeeping is checked against the machine (INV-7):
+    /// a resolver token kept for an entry that is gone is reported.
+    #[tokio::test]
+    async fn check_invariants_reports_bookkeeping_the_machine_does_not_have() {
+        let cache: Cache<u32> = Cache::builder(1).build();
+        let key = CallKey::new(CallId::new("k"));
+        let held = cache
+            .get_or_init_call(&Ctx::new(), key, |_| async { Ok(Resolved::value(7)) })
+            .await
+            .unwrap();
+        let entry = held.entry();
+        drop(held);
+        assert!(
+            !cache.inspect(|m| m.contains(entry)),
+            "released and removed"
+        );
+        cache.check_invariants().unwrap();
+        let _stale = cache.shared.lock().waits.call_token(entry);
+        let err = cache.check_invariants().unwrap_err();
+        assert_eq!(err.invariant(), "INV-7", "{err}");
+        assert!(
+            err.to_string().contains("token kept for settled entry"),
+            "{err}"
+        );
+    }
+
     /// Reading the state does not count as a change; mutating it does.
     #[test]
     fn only_mutable_access_bumps_the_generation() {
