@@ -192,6 +192,13 @@ impl Indexes {
         }
     }
 
+    /// The storage lists and their running count, for tests that damage
+    /// them on purpose (the invariant checks must notice).
+    #[cfg(test)]
+    pub(crate) fn storage_lists_mut(&mut self) -> (&mut KeyMap<Ids>, &mut usize) {
+        (&mut self.by_storage, &mut self.listed_storage)
+    }
+
     /// The storage lists (completed calls by storage and result call key).
     pub fn storage_lists(&self) -> &KeyMap<Ids> {
         &self.by_storage

@@ -288,16 +288,9 @@ impl<V: Clone> CallCache<V> {
                         format!("abandoned entry {id} still has waiters or refs"),
                     );
                 }
-                // Only a change-cache init stays indexed once abandoned (K-5).
-                Phase::Abandoned
-                    if !e.slots.is_empty()
-                        && (!self.change_mode || e.mode != RunMode::Arbitrary) =>
-                {
-                    return fail(
-                        "C-9",
-                        format!("abandoned entry {id} ({}) is still indexed", e.label()),
-                    );
-                }
+                // An abandoned entry still indexed (C-9) is found above: every
+                // index accepts only its own phases, and only a change-cache
+                // init stays indexed once abandoned (K-5).
                 _ => {}
             }
         }
@@ -381,5 +374,365 @@ impl<V: Clone> CallCache<V> {
             }
         }
         Ok(())
+    }
+}
+
+/// Every check above fires on the damage it looks for: each test builds
+/// the same healthy cache (which passes), breaks one thing by hand, and
+/// expects that check's rule, invariant and message.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{CallId, Digest};
+    use crate::machine::entry::{Entry, Waiter};
+    use crate::machine::index::Ids;
+    use crate::machine::key::IndexKey;
+    use crate::machine::RefRecord;
+
+    /// A cache with something of every kind in it.
+    struct World {
+        cache: CallCache<u8>,
+        session: SessionId,
+        /// Completed, held by the session; listed by storage and content key.
+        held: EntryId,
+        /// Completed, held only by a ref owned by `outer` (C-11).
+        inner: EntryId,
+        /// Completed, held by a bare caller; owns the ref on `inner`.
+        outer: EntryId,
+        /// In flight with the session waiting, joinable (ongoing index).
+        running: EntryId,
+        /// A completed arbitrary entry, held by the session.
+        arbitrary: EntryId,
+    }
+
+    fn run(cache: &mut CallCache<u8>, caller: &Caller, req: CallRequest) -> RunOrder {
+        match cache.begin_call(caller, req).outcome {
+            Ok(Decision::Run(order)) => order,
+            _ => panic!("a miss"),
+        }
+    }
+
+    fn complete(cache: &mut CallCache<u8>, order: &RunOrder, resolved: Resolved<u8>) -> Handle {
+        let done = cache.complete(order.entry, Ok(resolved)).unwrap();
+        let (_, served) = done.served.into_iter().next().unwrap();
+        served.unwrap().handle
+    }
+
+    fn world() -> World {
+        let mut cache = CallCache::new(1);
+        let session = cache.open_session();
+        let in_session = Caller {
+            session: Some(session),
+            ..Caller::default()
+        };
+        let bare = Caller::default();
+        let id = CallId::new("held").with_content_digest(Digest::of(b"content"));
+        let held = run(&mut cache, &in_session, CallRequest::new(id));
+        complete(&mut cache, &held, Resolved::value(1));
+        let inner = run(&mut cache, &bare, CallRequest::new(CallId::new("inner")));
+        let inner_handle = complete(&mut cache, &inner, Resolved::value(2));
+        let outer = run(&mut cache, &bare, CallRequest::new(CallId::new("outer")));
+        complete(
+            &mut cache,
+            &outer,
+            Resolved::value(3).with_nested(inner_handle),
+        );
+        let running = run(
+            &mut cache,
+            &in_session,
+            CallRequest::new(CallId::new("running")).concurrency_key("c"),
+        );
+        let arbitrary = match cache.begin_arbitrary(&in_session, "arb").outcome {
+            Ok(Decision::Run(order)) => order,
+            _ => panic!("a miss"),
+        };
+        complete(&mut cache, &arbitrary, Resolved::value(4));
+        let w = World {
+            cache,
+            session,
+            held: held.entry,
+            inner: inner.entry,
+            outer: outer.entry,
+            running: running.entry,
+            arbitrary: arbitrary.entry,
+        };
+        w.cache.check_invariants().expect("the world is healthy");
+        w
+    }
+
+    /// Breaks the world with `damage`; the check must report `rule`
+    /// (reported as `invariant`) with `detail` in its message.
+    fn fires(rule: &str, invariant: &str, detail: &str, damage: impl FnOnce(&mut World)) {
+        let mut w = world();
+        damage(&mut w);
+        let v = w.cache.check_invariants().expect_err("the damage is found");
+        assert_eq!((v.rule, v.invariant()), (rule, invariant), "{v}");
+        assert!(v.to_string().contains(detail), "{v}");
+    }
+
+    fn entry(w: &mut World, id: EntryId) -> &mut Entry<u8> {
+        w.cache.entries.get_mut(id.0).unwrap()
+    }
+
+    fn dead(w: &mut World) -> EntryId {
+        let id = EntryId(w.cache.entries.insert(Entry::in_flight(
+            RunMode::Cached,
+            None,
+            IndexKey::from_text("x"),
+            IndexKey::from_text("x"),
+        )));
+        w.cache.entries.remove(id.0);
+        id
+    }
+
+    fn storage_key(w: &mut World, id: EntryId) -> IndexKey {
+        entry(w, id).storage_key.clone()
+    }
+
+    #[test]
+    fn inv3_a_listing_without_a_live_completed_call_is_found() {
+        fires("INV-3", "INV-3", "points at dead entry", |w| {
+            let gone = dead(w);
+            let k = storage_key(w, w.held);
+            w.cache.idx.insert(&Slot::Storage(k), gone);
+        });
+        fires("INV-3", "INV-3", "which is not a completed call", |w| {
+            let k = storage_key(w, w.held);
+            let running = w.running;
+            w.cache.idx.insert(&Slot::Storage(k), running);
+        });
+        fires("INV-3", "INV-3", "whose own keys do not match", |w| {
+            let (k, inner) = (storage_key(w, w.held), w.inner);
+            w.cache.idx.insert(&Slot::Storage(k), inner);
+        });
+        fires("INV-3", "INV-3", "content index", |w| {
+            let k = entry(w, w.held).content_key.clone().unwrap();
+            let inner = w.inner;
+            w.cache.idx.insert(&Slot::Content(k), inner);
+        });
+    }
+
+    #[test]
+    fn inv3_lists_and_their_counts_agree() {
+        fires("INV-3", "INV-3", "the completed buckets count", |w| {
+            *w.cache.idx.storage_lists_mut().1 += 1;
+        });
+        fires("INV-3", "INV-3", "empty storage list under", |w| {
+            let lists = w.cache.idx.storage_lists_mut().0;
+            lists.insert(IndexKey::from_text("empty"), Ids::Many(Vec::new()));
+        });
+        fires("INV-3", "INV-3", "twice in the storage list", |w| {
+            let (k, held) = (storage_key(w, w.held), w.held);
+            let (lists, count) = w.cache.idx.storage_lists_mut();
+            lists.insert(k, Ids::Many(vec![held, held]));
+            *count += 1;
+        });
+    }
+
+    #[test]
+    fn inv3_an_entry_missing_from_an_index_it_records_is_found() {
+        fires("INV-3", "INV-3", "records slot", |w| {
+            // Through the index's own routine, so its counts stay right.
+            let (k, held) = (storage_key(w, w.held), w.held);
+            w.cache.idx.remove(&Slot::Storage(k), held);
+        });
+    }
+
+    #[test]
+    fn inv3_the_in_flight_and_arbitrary_indexes_are_checked() {
+        fires("INV-3", "INV-3", "ongoing index (", |w| {
+            let gone = dead(w);
+            w.cache
+                .idx
+                .ongoing
+                .insert((IndexKey::from_text("elsewhere"), "c".into()), gone);
+        });
+        fires("INV-3", "INV-3", "but still in the ongoing index", |w| {
+            let k = storage_key(w, w.running);
+            let held = w.held;
+            w.cache.idx.ongoing.insert((k, "c".into()), held);
+        });
+        fires("INV-3", "INV-3", "whose own keys do not match", |w| {
+            let k = storage_key(w, w.running);
+            let running = w.running;
+            w.cache.idx.ongoing.insert((k, "other".into()), running);
+        });
+        fires("INV-3", "INV-3", "arbitrary completed index under", |w| {
+            let gone = dead(w);
+            w.cache.idx.arbitrary_completed.insert("arb2".into(), gone);
+        });
+        fires("INV-3", "INV-3", "whose state or keys do not match", |w| {
+            let arbitrary = w.arbitrary;
+            w.cache
+                .idx
+                .arbitrary_ongoing
+                .insert("arb".into(), arbitrary);
+        });
+    }
+
+    #[test]
+    fn inv10_refcounts_match_the_live_refs() {
+        fires("INV-10", "INV-10", "counts 2 refs but 1 are live", |w| {
+            entry(w, w.held).refcount += 1;
+        });
+        fires("INV-10", "INV-10", "refs remain on dead entry", |w| {
+            let gone = dead(w);
+            w.cache.refs.insert(RefRecord {
+                entry: gone,
+                owner: Owner::Caller,
+            });
+        });
+    }
+
+    #[test]
+    fn phases_agree_with_waiters_refs_and_indexes() {
+        fires("C-5", "INV-7", "in flight with no waiter", |w| {
+            entry(w, w.running).waiters.clear();
+            w.cache.sessions.get_mut(&w.session).unwrap().waiting = 0;
+        });
+        fires("INV-3", "INV-3", "still has waiters", |w| {
+            let waiter = Waiter {
+                id: WaiterId(99),
+                session: None,
+                from: None,
+            };
+            entry(w, w.held).waiters.push(waiter);
+        });
+        fires("C-12", "INV-1", "was not removed", |w| {
+            let outer = w.outer;
+            let r = w
+                .cache
+                .refs
+                .iter()
+                .find(|(_, r)| r.entry == outer)
+                .unwrap()
+                .0;
+            w.cache.refs.remove(r);
+            entry(w, outer).refcount = 0;
+        });
+        fires("C-5", "INV-7", "abandoned entry", |w| {
+            // Unindexed first, so only its remaining ref is wrong.
+            let inner = w.inner;
+            let k = storage_key(w, inner);
+            w.cache.idx.remove(&Slot::Storage(k), inner);
+            let e = entry(w, inner);
+            e.slots = Default::default();
+            e.phase = Phase::Abandoned;
+        });
+        fires(
+            "INV-3",
+            "INV-3",
+            "is Abandoned but still in the ongoing index",
+            |w| {
+                // C-9: abandoned, unheld and unwaited, but still indexed.
+                let running = w.running;
+                entry(w, running).waiters.clear();
+                w.cache.sessions.get_mut(&w.session).unwrap().waiting -= 1;
+                entry(w, running).phase = Phase::Abandoned;
+            },
+        );
+    }
+
+    #[test]
+    fn c11a_every_ref_is_recorded_by_exactly_the_owner_it_names() {
+        fires("S-3", "INV-9", "belongs to closed session", |w| {
+            let closed = SessionId(77);
+            let held = w.held;
+            w.cache.refs.insert(RefRecord {
+                entry: held,
+                owner: Owner::Session(closed),
+            });
+            entry(w, held).refcount += 1;
+        });
+        fires("C-11a", "INV-2", "which does not record it", |w| {
+            let (held, session) = (w.held, w.session);
+            w.cache.refs.insert(RefRecord {
+                entry: held,
+                owner: Owner::Session(session),
+            });
+            entry(w, held).refcount += 1;
+        });
+        fires("C-11a", "INV-2", "owns a ref on itself", |w| {
+            let outer = w.outer;
+            let r = RefId(w.cache.refs.insert(RefRecord {
+                entry: outer,
+                owner: Owner::Entry(outer),
+            }));
+            entry(w, outer).owned_refs.push(r);
+            entry(w, outer).refcount += 1;
+        });
+        fires("INV-3", "INV-3", "waits on calls in flight", |w| {
+            w.cache.sessions.get_mut(&w.session).unwrap().waiting += 1;
+        });
+        fires("C-11a", "INV-2", "records ref", |w| {
+            let outer = w.outer;
+            let bare = w
+                .cache
+                .refs
+                .iter()
+                .find(|(_, r)| r.entry == outer)
+                .unwrap()
+                .0;
+            w.cache
+                .sessions
+                .get_mut(&w.session)
+                .unwrap()
+                .refs
+                .insert(RefId(bare));
+        });
+        fires("C-11a", "INV-2", "records ref", |w| {
+            let (held, outer) = (w.held, w.outer);
+            let r = w
+                .cache
+                .refs
+                .iter()
+                .find(|(_, r)| r.entry == held)
+                .unwrap()
+                .0;
+            entry(w, outer).owned_refs.push(RefId(r));
+        });
+    }
+
+    #[test]
+    fn inv2_refcounts_equal_the_handles_a_shadow_counts() {
+        let w = world();
+        let mut expected: BTreeMap<EntryId, u32> = w
+            .cache
+            .entries
+            .iter()
+            .map(|(k, e)| (EntryId(k), e.refcount))
+            .collect();
+        w.cache.check_refcounts(&expected).unwrap();
+        *expected.get_mut(&w.held).unwrap() += 1;
+        let v = w.cache.check_refcounts(&expected).unwrap_err();
+        assert_eq!(v.rule, "INV-2");
+        assert!(v.detail.contains("has refcount 1 but 2 handles"), "{v}");
+        *expected.get_mut(&w.held).unwrap() -= 1;
+        let mut w2 = world();
+        let gone = dead(&mut w2);
+        expected.insert(gone, 1);
+        let v = w.cache.check_refcounts(&expected).unwrap_err();
+        assert!(v.detail.contains("which is gone"), "{v}");
+    }
+
+    #[test]
+    fn violations_name_their_rule_and_the_invariant_it_protects() {
+        let v = |rule| Violation {
+            rule,
+            detail: "d".into(),
+        };
+        for (rule, inv) in [
+            ("INV-4", "INV-4"),
+            ("C-11a", "INV-2"),
+            ("C-5", "INV-7"),
+            ("C-12", "INV-1"),
+            ("C-9", "INV-3"),
+            ("C-4b", "INV-11"),
+            ("S-3", "INV-9"),
+            ("C-13", "INV-3"),
+        ] {
+            assert_eq!(v(rule).invariant(), inv, "{rule}");
+        }
+        assert_eq!(v("C-9").to_string(), "C-9 violated: d");
     }
 }
