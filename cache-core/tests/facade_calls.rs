@@ -1061,3 +1061,27 @@ async fn call_result_debug_shows_value_hit_and_entry() {
     drop((first, again));
     assert_quiescent(&cache);
 }
+
+/// C-5 / C-12: a caller dropped after its answer was sent but before it
+/// read it has left too late to be taken off the call: the ref it was
+/// served is given straight back, so nothing leaks (INV-1).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn c5_a_caller_dropped_with_its_answer_unread_gives_the_ref_back() {
+    let cache = cache();
+    let (runs, gate, hook) = (Counter::new(), Gate::new(), Hook::new());
+    let ctx = Ctx::new();
+    let mut call =
+        Box::pin(cache.get_or_init_call(&ctx, key("k"), gated(&runs, &gate, "v", &hook)));
+    assert!(
+        futures::poll!(call.as_mut()).is_pending(),
+        "the resolver runs"
+    );
+    gate.open();
+    // The resolver task finishes and answers; the caller never looks.
+    while runs.get() == 0 || cache.inspect(|m| m.live_refs()) == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(call);
+    assert_eq!(hook.count(), 1, "the last ref went back and the hook ran");
+    assert_quiescent(&cache);
+}
