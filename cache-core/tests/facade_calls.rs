@@ -1085,3 +1085,40 @@ async fn c5_a_caller_dropped_with_its_answer_unread_gives_the_ref_back() {
     assert_eq!(hook.count(), 1, "the last ref went back and the hook ran");
     assert_quiescent(&cache);
 }
+
+/// C-5: a resolver task dropped unfinished (its runtime shut down) still
+/// answers its waiters, with `Cancelled`, instead of leaving them hanging,
+/// and its entry goes away (INV-1).
+#[test]
+fn c5_a_resolver_dropped_with_its_runtime_answers_its_waiters() {
+    let cache = cache();
+    let (runs, gate, hook) = (Counter::new(), Gate::new(), Hook::new());
+    let ctx = Ctx::new();
+    let mut call =
+        Box::pin(cache.get_or_init_call(&ctx, key("k"), gated(&runs, &gate, "v", &hook)));
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    doomed.block_on(async {
+        assert!(futures::poll!(call.as_mut()).is_pending());
+        while runs.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(doomed);
+    // Paused time: a caller left hanging fails the timeout at once.
+    let after = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let answer =
+        after.block_on(async { tokio::time::timeout(Duration::from_secs(60), call).await });
+    assert!(
+        matches!(answer, Ok(Err(CallError::Cancelled))),
+        "{answer:?}"
+    );
+    assert_eq!(hook.count(), 0, "no value was ever made");
+    assert_quiescent(&cache);
+}
