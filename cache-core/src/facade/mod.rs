@@ -657,16 +657,22 @@ pub(crate) fn run_hook<V>(
 mod tests {
     use super::*;
 
-    /// The memo in `check_invariants` never hides damage: a change after a
-    /// passing check is walked again (INV-3 fires on a planted corruption).
-    #[tokio::test]
-    async fn check_invariants_walks_again_after_any_change() {
+    /// A cache holding one completed call, and the caller's result.
+    async fn held_value() -> (Cache<u32>, CallResult<u32>) {
         let cache: Cache<u32> = Cache::builder(1).build();
         let key = CallKey::new(CallId::new("k"));
         let held = cache
             .get_or_init_call(&Ctx::new(), key, |_| async { Ok(Resolved::value(7)) })
             .await
             .unwrap();
+        (cache, held)
+    }
+
+    /// The memo in `check_invariants` never hides damage: a change after a
+    /// passing check is walked again (INV-3 fires on a planted corruption).
+    #[tokio::test]
+    async fn check_invariants_walks_again_after_any_change() {
+        let (cache, held) = held_value().await;
         cache.check_invariants().unwrap();
         cache.check_invariants().unwrap();
         assert!(cache.shared.lock().machine.plant_index_corruption());
@@ -679,12 +685,7 @@ mod tests {
     /// a resolver token kept for an entry that is gone is reported.
     #[tokio::test]
     async fn check_invariants_reports_bookkeeping_the_machine_does_not_have() {
-        let cache: Cache<u32> = Cache::builder(1).build();
-        let key = CallKey::new(CallId::new("k"));
-        let held = cache
-            .get_or_init_call(&Ctx::new(), key, |_| async { Ok(Resolved::value(7)) })
-            .await
-            .unwrap();
+        let (cache, held) = held_value().await;
         let entry = held.entry();
         drop(held);
         assert!(

@@ -387,7 +387,7 @@ mod tests {
     use crate::machine::entry::{Entry, Waiter};
     use crate::machine::index::Ids;
     use crate::machine::key::IndexKey;
-    use crate::machine::RefRecord;
+    use crate::machine::{arena, RefRecord};
 
     /// A cache with something of every kind in it.
     struct World {
@@ -472,6 +472,16 @@ mod tests {
 
     fn entry(w: &mut World, id: EntryId) -> &mut Entry<u8> {
         w.cache.entries.get_mut(id.0).unwrap()
+    }
+
+    /// The (first) live ref on `entry`.
+    fn ref_on(w: &World, entry: EntryId) -> arena::Key {
+        w.cache
+            .refs
+            .iter()
+            .find(|(_, r)| r.entry == entry)
+            .unwrap()
+            .0
     }
 
     fn dead(w: &mut World) -> EntryId {
@@ -600,13 +610,7 @@ mod tests {
         });
         fires("C-12", "INV-1", "was not removed", |w| {
             let outer = w.outer;
-            let r = w
-                .cache
-                .refs
-                .iter()
-                .find(|(_, r)| r.entry == outer)
-                .unwrap()
-                .0;
+            let r = ref_on(w, outer);
             w.cache.refs.remove(r);
             entry(w, outer).refcount = 0;
         });
@@ -666,13 +670,7 @@ mod tests {
         });
         fires("C-11a", "INV-2", "records ref", |w| {
             let outer = w.outer;
-            let bare = w
-                .cache
-                .refs
-                .iter()
-                .find(|(_, r)| r.entry == outer)
-                .unwrap()
-                .0;
+            let bare = ref_on(w, outer);
             w.cache
                 .sessions
                 .get_mut(&w.session)
@@ -682,13 +680,7 @@ mod tests {
         });
         fires("C-11a", "INV-2", "records ref", |w| {
             let (held, outer) = (w.held, w.outer);
-            let r = w
-                .cache
-                .refs
-                .iter()
-                .find(|(_, r)| r.entry == held)
-                .unwrap()
-                .0;
+            let r = ref_on(w, held);
             entry(w, outer).owned_refs.push(RefId(r));
         });
     }
