@@ -629,6 +629,33 @@ mod tests {
         ));
     }
 
+    /// The up-front count checks assume these smallest encodings; they must
+    /// be exactly the smallest items, or corrupt counts slip through to a
+    /// large allocation (or valid input is refused).
+    #[test]
+    fn the_minimum_lengths_are_those_of_the_smallest_items() {
+        let bare = CallId::new("").encode();
+        assert_eq!(
+            bare.len(),
+            5 + 4 + MIN_LINK_LEN,
+            "header, count, one empty link"
+        );
+        let arg = CallId::new("").with_arg("", Literal::Null).encode();
+        assert_eq!(
+            arg.len() - bare.len(),
+            MIN_ARG_LEN,
+            "an empty name and null"
+        );
+        let scope = CallId::new("")
+            .with_scope(Scope::Client(String::new()))
+            .encode();
+        assert_eq!(
+            scope.len() - bare.len(),
+            MIN_SCOPE_LEN,
+            "a tag and an empty string"
+        );
+    }
+
     #[test]
     fn id6_deep_nesting_rejected() {
         // Built by hand: one link, field "", one argument "" holding 300
