@@ -270,3 +270,68 @@ fn o2_facade_decisions_are_emitted_as_tracing_events() {
     assert!(decisions[1].2.contains(" path=storage "), "{decisions:?}");
     assert!(decisions[1].2.contains(" rule=C-3.1"), "{decisions:?}");
 }
+
+/// O-3: the whole report, every class, phase and kind of slot at once, as
+/// text: what a user reads when a run ends with something alive.
+#[test]
+fn o3_leak_report_text_covers_every_class_phase_and_slot() {
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let session = cache.open_session();
+    let caller = Caller {
+        session: Some(session),
+        ..Caller::default()
+    };
+    let content = Digest::of(b"bytes");
+    // Completed, held by the session, listed by storage and content key.
+    run_to_completion(
+        &mut cache,
+        &caller,
+        CallRequest::new(CallId::new("kept").with_content_digest(content)),
+    );
+    // In flight with the session waiting, joinable under "c" (waiter w1
+    // was the first call's, served and gone).
+    let _joinable = cache.begin_call(
+        &caller,
+        CallRequest::new(CallId::new("stuck")).concurrency_key("c"),
+    );
+    // In flight and run as do-not-cache: in no index at all (C-2).
+    let _detached = cache.begin_call(
+        &caller,
+        CallRequest::new(CallId::new("dnc")).do_not_cache(true),
+    );
+    // An arbitrary entry in flight.
+    let _arbitrary = cache.begin_arbitrary(&caller, "arb-key");
+
+    let report = cache.leak_report();
+    assert_eq!(
+        report.classes(),
+        vec![
+            LeakClass::CompletedRefs,
+            LeakClass::StuckInFlight,
+            LeakClass::Arbitrary,
+            LeakClass::Unindexed
+        ]
+    );
+    let short = |name: &str| CallId::new(name).call_key()["sha256:".len()..][..12].to_string();
+    let content_short = &content.to_string()["sha256:".len()..][..12];
+    let expected = format!(
+        "leak report: 4 index entries (ongoing calls 1, completed calls 1, completed by content 1, ongoing arbitrary 1, completed arbitrary 0); 4 live entries; 1 open sessions
+class: completed-call refs not released
+class: in-flight calls stuck (a waiter or cancel path)
+class: arbitrary entries
+class: unindexed entries (detached results or unregistered calls)
+  e0v0 call {kept} completed refs=1 in=[storage {kept}, content {content_short}]
+    ref r0v0 held by session {session}
+  e1v0 call {stuck} in-flight refs=0 in=[ongoing {stuck}/c]
+    waiter w2 from session {session}
+  e2v0 detached {dnc} in-flight refs=0 in=[]
+    waiter w3 from session {session}
+  e3v0 arbitrary arb-key in-flight refs=0 in=[arbitrary-ongoing arb-key]
+    waiter w4 from session {session}
+",
+        kept = short("kept"),
+        stuck = short("stuck"),
+        dnc = short("dnc"),
+    );
+    assert_eq!(report.to_string(), expected);
+}
