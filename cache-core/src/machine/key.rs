@@ -161,6 +161,7 @@ mod tests {
         assert!(matches!(keys[3].0, Repr::Text(_)));
         for (t, k) in texts.iter().zip(&keys) {
             assert_eq!(k.to_string(), *t);
+            assert_eq!(format!("{k:?}"), format!("{t:?}"));
             assert!(*k == **t);
         }
         for (ti, ki) in texts.iter().zip(&keys) {
@@ -169,5 +170,26 @@ mod tests {
                 assert_eq!(ki == kj, ti == tj);
             }
         }
+    }
+
+    /// The index maps hash keys by their content: distinct keys (digests
+    /// and texts alike) spread over the table instead of sharing a bucket.
+    #[test]
+    fn distinct_keys_hash_apart() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<rustc_hash::FxHasher>::default();
+        let keys: Vec<IndexKey> = (0..64)
+            .map(|i| IndexKey::digest(Digest::of(format!("k{i}").as_bytes())))
+            .chain((0..64).map(|i| IndexKey::from_text(&format!("text-{i}"))))
+            .collect();
+        let hashes: std::collections::BTreeSet<u64> =
+            keys.iter().map(|k| hasher.hash_one(k)).collect();
+        assert_eq!(hashes.len(), keys.len());
+        let same = IndexKey::from_text(&Digest::of(b"k0").to_string());
+        assert_eq!(
+            hasher.hash_one(&same),
+            hasher.hash_one(&keys[0]),
+            "a digest's text is the digest"
+        );
     }
 }
