@@ -335,3 +335,40 @@ class: unindexed entries (detached results or unregistered calls)
     );
     assert_eq!(report.to_string(), expected);
 }
+
+/// C-12: a failing release hook's error names the entry it belonged to
+/// (kind, short storage key, entry id); `PendingRelease` and `Resolved`
+/// print what they hold.
+#[test]
+fn c12_hook_errors_and_pending_releases_name_their_entry() {
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let caller = Caller::default();
+    let id = CallId::new("hooked");
+    let begin = cache.begin_call(&caller, CallRequest::new(id.clone()));
+    let Ok(Decision::Run(order)) = begin.outcome else {
+        panic!("a miss")
+    };
+    let resolved = Resolved::value(5u8).with_release(|| Err("disk on fire".to_string()));
+    let debug = format!("{resolved:?}");
+    assert_eq!(
+        debug,
+        "Resolved { id: None, has_value: true, has_release: true, safe_to_persist: false, nested: [] }"
+    );
+    let done = cache.complete(order.entry, Ok(resolved)).unwrap();
+    let served = done.served.into_iter().next().unwrap().1.unwrap();
+    let mut releases = cache.release(served.handle).unwrap();
+    assert_eq!(releases.len(), 1);
+    let short = &id.call_key()["sha256:".len()..][..12];
+    let release = releases.pop().unwrap();
+    assert_eq!(release.label(), format!("call {short}"));
+    assert_eq!(
+        format!("{release:?}"),
+        format!("PendingRelease({}, call {short})", order.entry)
+    );
+    let err = release.run().unwrap_err();
+    let want = format!("call {short} ({}): disk on fire", order.entry);
+    assert!(
+        matches!(&err, cache_core::CallError::ReleaseHook(m) if *m == want),
+        "{err:?}"
+    );
+}
