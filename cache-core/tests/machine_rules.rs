@@ -415,6 +415,33 @@ fn c4a_do_not_cache_and_forced_retry_still_detect_recursion() {
     finish(&cache);
 }
 
+/// C-4b counts wait-for edges within one instance only: a resolver of
+/// instance 1 joining a call on instance 2 is no cycle, even when the two
+/// entries have the same id in their own arenas.
+#[test]
+fn c4b_a_resolver_of_another_instance_joins_without_a_cycle() {
+    let mut one = Cache::new(1);
+    let mut two = Cache::new(2);
+    let req = |name: &str| CallRequest::new(id(name)).concurrency_key("c");
+    let outer = expect_run(one.begin_call(&anon(), req("outer")));
+    let running = expect_run(two.begin_call(&anon(), req("shared")));
+    assert_eq!(outer.entry, running.entry, "the same id, in two arenas");
+
+    let (joined, outer_on_two) = expect_wait(two.begin_call(&inside(1, &outer), req("shared")));
+    assert_eq!(joined, running.entry);
+    two.check_invariants().unwrap();
+
+    let mut done = complete(&mut two, running.entry, Ok(Resolved::value(1)));
+    let starter = done.ok(running.waiter);
+    let nested = done.ok(outer_on_two);
+    release(&mut two, starter.handle);
+    release(&mut two, nested.handle);
+    let h = complete(&mut one, outer.entry, Ok(Resolved::value(2))).ok(outer.waiter);
+    release(&mut one, h.handle);
+    finish(&one);
+    finish(&two);
+}
+
 #[test]
 fn c4b_sibling_wait_cycle_is_recursive_error() {
     let mut cache = Cache::new(1);
