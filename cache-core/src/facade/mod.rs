@@ -311,8 +311,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // no trace). Checked here still: a cancelled caller (the decision
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
-        let cancelled = ctx.cancel.is_cancelled();
-        let asks_first = ttl_ms > 0 || req.id.is_none() || cancelled;
+        let asks_first = ttl_ms > 0 || req.id.is_none() || ctx.cancel.is_cancelled();
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
@@ -345,13 +344,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // The first decision is taken in line: a hit (the common case)
         // returns from here, without building the larger state of a wait
         // or a run (issue 6).
-        // Asked once more only if the TTL store may have kept us waiting.
-        let cancelled = if ttl_ms > 0 {
-            ctx.cancel.is_cancelled()
-        } else {
-            cancelled
-        };
-        let first = self.decide(ctx, cancelled, &mut begin)?;
+        let first = self.decide(ctx, &mut begin)?;
         if let Decision::Hit(served) = first.0 {
             return Ok(CallResult::new(self.shared.clone(), served));
         }
@@ -374,7 +367,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         let caller = ctx.caller();
         let key = key.to_string();
         let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);
-        let first = self.decide(ctx, ctx.cancel.is_cancelled(), &mut begin)?;
+        let first = self.decide(ctx, &mut begin)?;
         self.drive(ctx, first, begin, init).await
     }
 
@@ -508,15 +501,13 @@ impl<V: Clone + Send + 'static> Cache<V> {
 
     /// One decision under the lock (C-3: every lookup step at once): the
     /// decision with its trace line emitted, its span sent after the lock
-    /// is released, and what to wait on. `cancelled` is the caller's
-    /// cancellation as just read (C-5: a cancelled caller decides nothing).
+    /// is released, and what to wait on.
     fn decide(
         &self,
         ctx: &Ctx,
-        cancelled: bool,
         begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
     ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
-        if cancelled {
+        if ctx.cancel.is_cancelled() {
             return Err(CallError::Cancelled);
         }
         let (decision, wait, span) = {
@@ -561,7 +552,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         loop {
             let (decision, wait) = match next.take() {
                 Some(first) => first,
-                None => self.decide(ctx, ctx.cancel.is_cancelled(), &mut begin)?,
+                None => self.decide(ctx, &mut begin)?,
             };
             match decision {
                 Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),

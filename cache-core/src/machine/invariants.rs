@@ -687,7 +687,7 @@ mod tests {
 
     #[test]
     fn inv2_refcounts_equal_the_handles_a_shadow_counts() {
-        let w = world();
+        let mut w = world();
         let mut expected: BTreeMap<EntryId, u32> = w
             .cache
             .entries
@@ -700,9 +700,7 @@ mod tests {
         assert_eq!(v.rule, "INV-2");
         assert!(v.detail.contains("has refcount 1 but 2 handles"), "{v}");
         *expected.get_mut(&w.held).unwrap() -= 1;
-        let mut w2 = world();
-        let gone = dead(&mut w2);
-        expected.insert(gone, 1);
+        expected.insert(dead(&mut w), 1);
         let v = w.cache.check_refcounts(&expected).unwrap_err();
         assert!(v.detail.contains("which is gone"), "{v}");
     }
