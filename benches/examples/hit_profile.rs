@@ -1,0 +1,86 @@
+//! Counts what one storage hit costs in instructions, which unlike time is
+//! the same on a busy machine: 100k hits over the 1024 hot keys on the
+//! state machine, through the async API, and through moka's future cache
+//! (the bench's baseline), each in a function of its own (`hits_on_…`).
+//!
+//! ```sh
+//! cargo build --release -p benches --example hit_profile
+//! valgrind --tool=callgrind --toggle-collect='*hits_on*' target/release/examples/hit_profile
+//! callgrind_annotate --inclusive=yes callgrind.out.* | grep hits_on
+//! ```
+//!
+//! Each hit takes a ref and gives it back, as in `benches/benches/hits.rs`.
+use std::hint::black_box;
+use std::sync::Arc;
+
+use benches::{facade_with, hot_ids, machine_with, never, runtime, value, Value, HOT_KEYS};
+use cache_core::facade::{Cache, CallKey, Ctx};
+use cache_core::id::CallId;
+use cache_core::machine::{CallCache, CallRequest, Caller, Decision};
+use tokio::runtime::Runtime;
+
+/// Hits per engine.
+const HITS: usize = 100_000;
+
+type Moka = moka::future::Cache<Arc<str>, Value>;
+
+#[inline(never)]
+fn hits_on_machine(machine: &mut CallCache<Value>, ids: &[CallId]) {
+    let caller = Caller::default();
+    for i in 0..HITS {
+        let id = &ids[i % ids.len()];
+        let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
+        let Ok(Decision::Hit(served)) = begin.outcome else {
+            panic!("a hot key hits")
+        };
+        black_box(&served.value);
+        machine.release(served.handle).expect("a live handle");
+    }
+}
+
+#[inline(never)]
+fn hits_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId]) {
+    let ctx = Ctx::new();
+    rt.block_on(async {
+        for i in 0..HITS {
+            let id = &ids[i % ids.len()];
+            let r = cache
+                .get_or_init_call(&ctx, CallKey::new(id.clone()), |_| async { never() })
+                .await
+                .expect("a hot key hits");
+            black_box(r.value());
+        }
+    });
+}
+
+#[inline(never)]
+fn hits_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>]) {
+    rt.block_on(async {
+        for i in 0..HITS {
+            let key = &keys[i % keys.len()];
+            black_box(moka.get_with(key.clone(), async { never() }).await);
+        }
+    });
+}
+
+fn main() {
+    let ids = hot_ids(HOT_KEYS);
+    let v = value();
+    let rt = runtime();
+
+    let mut machine = machine_with(&ids, &v);
+    hits_on_machine(&mut machine, &ids);
+
+    let (cache, _holder) = facade_with(&rt, &ids, &v);
+    hits_on_async_api(&rt, &cache, &ids);
+
+    let keys: Vec<Arc<str>> = ids.iter().map(|id| id.call_key().into()).collect();
+    let moka = Moka::new(HOT_KEYS as u64 * 2);
+    rt.block_on(async {
+        for k in &keys {
+            moka.insert(k.clone(), v.clone()).await;
+        }
+    });
+    hits_on_moka_future(&rt, &moka, &keys);
+    println!("{HITS} hits on each of: the state machine, the async API, moka future");
+}
