@@ -275,11 +275,13 @@ impl<V: Clone> CallCache<V> {
                     .push((w.id, Err(CallError::ClosedDuringExecution)));
                 continue;
             }
+            // The waiter's session owns its ref (S-1), unless the result is
+            // detached (C-2). BUG (session-late-append-leak, breaks S-3):
+            // so does a closed session, which never releases it. One guard
+            // rather than an arm of its own: with the switch off, such an arm
+            // is dead code that no test can tell from its absence.
             let owner = match w.session {
-                // BUG (session-late-append-leak, breaks S-3): the late result
-                // is recorded for the closed session, which never releases it.
-                Some(s) if late_append => Owner::Session(s),
-                Some(s) if !detached => Owner::Session(s),
+                Some(s) if !detached || late_append => Owner::Session(s),
                 _ => Owner::Caller,
             };
             let handle = self.add_ref(held, owner);

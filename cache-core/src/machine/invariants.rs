@@ -61,13 +61,59 @@ impl<V: Clone> CallCache<V> {
         self.check_maps()?;
         self.check_entries()?;
         self.check_refs()?;
-        match self.wait_cycle() {
-            Some(ring) => fail(
+        if let Some(ring) = self.wait_cycle() {
+            return fail(
                 "C-4b",
                 format!("resolvers wait on each other in a cycle: {ring:?}"),
-            ),
-            None => Ok(()),
+            );
         }
+        self.check_wait_edges()
+    }
+
+    /// C-4b's bookkeeping: the wait-for graph the cycle check walks is
+    /// exactly the nested calls still waiting. A resolver's entry lists a
+    /// call it waits on once per waiter it has on that call, and a running
+    /// (or abandoned, still running) resolver's waiter is listed. A stale
+    /// edge could refuse a later call as recursive, a missing one let a
+    /// real cycle through.
+    fn check_wait_edges(&self) -> Result<(), Violation> {
+        let mut waiting: BTreeMap<(EntryId, EntryId), usize> = BTreeMap::new();
+        let mut edges: BTreeMap<(EntryId, EntryId), usize> = BTreeMap::new();
+        for (key, e) in self.entries.iter() {
+            let id = EntryId(key);
+            for from in e.waiters.iter().filter_map(|w| w.from) {
+                *waiting.entry((from, id)).or_default() += 1;
+            }
+            for on in &e.waits_on {
+                *edges.entry((id, *on)).or_default() += 1;
+            }
+        }
+        for (&(from, on), &listed) in &edges {
+            let waiters = waiting.get(&(from, on)).copied().unwrap_or(0);
+            if listed != waiters {
+                return fail(
+                    "C-4b",
+                    format!(
+                        "entry {from}'s resolver is listed as waiting on entry {on} {listed} time(s) but has {waiters} waiter(s) there"
+                    ),
+                );
+            }
+        }
+        for (&(from, on), &waiters) in &waiting {
+            let running = self
+                .entries
+                .get(from.0)
+                .is_some_and(|e| e.phase != Phase::Completed);
+            if running && !edges.contains_key(&(from, on)) {
+                return fail(
+                    "C-4b",
+                    format!(
+                        "entry {from}'s resolver has {waiters} waiter(s) on entry {on} but is not listed as waiting on it"
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// INV-2: each entry's refcount equals the handles a shadow model counts
@@ -497,6 +543,80 @@ mod tests {
 
     fn storage_key(w: &mut World, id: EntryId) -> IndexKey {
         entry(w, id).storage_key.clone()
+    }
+
+    /// `running`'s resolver starts a nested call: the nested entry, with
+    /// the C-4b edge from `running` to it.
+    fn nested_in_running(w: &mut World) -> RunOrder {
+        let inside = Caller {
+            inside: Some((w.cache.instance(), w.running)),
+            ..Caller::default()
+        };
+        run(
+            &mut w.cache,
+            &inside,
+            CallRequest::new(CallId::new("nested")),
+        )
+    }
+
+    #[test]
+    fn c4b_a_nested_call_is_an_edge_until_it_finishes() {
+        let mut w = world();
+        let nested = nested_in_running(&mut w);
+        let running = w.running;
+        assert_eq!(entry(&mut w, running).waits_on, vec![nested.entry]);
+        w.cache
+            .check_invariants()
+            .expect("a live edge with its waiter");
+        // Served, the nested call's waiter is gone and so is the edge
+        // (a stale edge here is what the check below reports).
+        complete(&mut w.cache, &nested, Resolved::value(5));
+        w.cache.check_invariants().expect("no edge, no waiter");
+        assert!(entry(&mut w, running).waits_on.is_empty());
+    }
+
+    #[test]
+    fn c4b_wait_edges_match_the_nested_waiters() {
+        fires("C-4b", "INV-11", "1 waiter(s) there", |w| {
+            let nested = nested_in_running(w).entry;
+            let running = w.running;
+            entry(w, running).waits_on.push(nested);
+        });
+        fires("C-4b", "INV-11", "but is not listed as waiting", |w| {
+            nested_in_running(w);
+            let running = w.running;
+            entry(w, running).waits_on.clear();
+        });
+        fires("C-4b", "INV-11", "0 waiter(s) there", |w| {
+            let (held, running) = (w.held, w.running);
+            entry(w, running).waits_on.push(held);
+        });
+    }
+
+    #[test]
+    fn c4b_the_reported_cycle_is_the_ring_without_the_path_into_it() {
+        let mut w = world();
+        // Resolvers still running with no caller left: abandoned entries.
+        let fresh = |w: &mut World| {
+            let mut e = Entry::in_flight(
+                RunMode::Cached,
+                None,
+                IndexKey::from_text("x"),
+                IndexKey::from_text("x"),
+            );
+            e.phase = Phase::Abandoned;
+            EntryId(w.cache.entries.insert(e))
+        };
+        let (a, b) = (fresh(&mut w), fresh(&mut w));
+        // `running` (walked first) leads into the ring a -> b -> a.
+        let running = w.running;
+        entry(&mut w, running).waits_on.push(a);
+        entry(&mut w, a).waits_on.push(b);
+        entry(&mut w, b).waits_on.push(a);
+        assert_eq!(w.cache.wait_cycle(), Some(vec![a, b]));
+        let v = w.cache.check_invariants().unwrap_err();
+        assert_eq!(v.rule, "C-4b", "{v}");
+        assert!(v.detail.contains("in a cycle"), "{v}");
     }
 
     #[test]
