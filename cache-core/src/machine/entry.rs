@@ -176,3 +176,33 @@ pub fn short(key: &str) -> &str {
     let end = hex.char_indices().nth(12).map_or(hex.len(), |(i, _)| i);
     &hex[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(key: &str) -> Slot {
+        Slot::Storage(IndexKey::from_text(key))
+    }
+
+    /// The common single slot is held inline (no allocation to index or
+    /// unindex an entry, issue 6); more keep their insertion order.
+    #[test]
+    fn one_slot_is_inline_and_more_keep_their_order() {
+        let mut slots = Slots::default();
+        assert!(slots.is_empty());
+        slots.push(storage("a"));
+        assert!(matches!(slots, Slots::One(_)), "{slots:?}");
+        slots.push(storage("b"));
+        slots.push(storage("c"));
+        assert!(matches!(slots, Slots::Many(_)), "{slots:?}");
+        let keys: Vec<String> = slots
+            .iter()
+            .map(|s| match s {
+                Slot::Storage(k) => k.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+}
