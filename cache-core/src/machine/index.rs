@@ -382,6 +382,34 @@ mod tests {
     use super::*;
     use crate::machine::arena::Arena;
 
+    /// A list holds each entry once (an entry is never listed twice under
+    /// one key), keeps one entry inline, and a removal takes out only the
+    /// entry asked for (C-13), saying whether it was there.
+    #[test]
+    fn a_list_holds_each_entry_once_and_removes_only_the_one_asked() {
+        let mut arena = Arena::default();
+        let [a, b, c] = [1, 2, 3].map(|i| EntryId(arena.insert(i)));
+        let mut list = Ids::default();
+        assert!(list.push_unique(a));
+        assert!(matches!(list, Ids::One(_)), "{list:?}");
+        assert!(!list.push_unique(a), "already listed");
+        assert_eq!(&*list, &[a]);
+        assert!(!list.remove(b), "not listed");
+        assert_eq!(&*list, &[a]);
+        assert!(list.push_unique(b));
+        assert!(!list.push_unique(b), "already listed");
+        assert!(!list.push_unique(a), "already listed");
+        assert!(list.push_unique(c));
+        assert_eq!(&*list, &[a, b, c]);
+        assert!(list.remove(b));
+        assert!(!list.remove(b), "removed already");
+        assert_eq!(&*list, &[a, c]);
+        assert!(list.remove(a) && list.remove(c));
+        assert!(list.is_empty());
+        assert!(list.push_unique(c));
+        assert!(matches!(list, Ids::One(_)), "{list:?}");
+    }
+
     /// A large batch, applied in bucket order, removes exactly the queued
     /// (key, entry) pairs: an entry sharing a list with a kept one takes
     /// only itself out (C-13), and the counts follow (C-15).
