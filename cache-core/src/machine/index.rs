@@ -241,6 +241,16 @@ impl Indexes {
     }
 
     fn apply(&mut self, queue: Vec<Queued>) {
+        for i in self.removal_order(&queue) {
+            let q = &queue[i];
+            self.unlist(q.content, &q.key, q.entry);
+        }
+    }
+
+    /// The order a batch is applied in, as positions in `queue`: storage
+    /// removals, then content removals, each group in ascending bucket
+    /// order of its map, ties in queue order.
+    fn removal_order(&self, queue: &[Queued]) -> Vec<usize> {
         // A map's bucket is the low bits of the hash, as many as its bucket
         // count (a power of two, of which the capacity is 7/8) needs.
         let mask = |capacity: usize| (capacity / 7 * 8).next_power_of_two() as u64 - 1;
@@ -261,11 +271,10 @@ impl Indexes {
             })
             .collect();
         order.sort_unstable();
-        let at = |word: u64| (word & u64::from(u32::MAX)) as usize;
-        for &word in &order {
-            let q = &queue[at(word)];
-            self.unlist(q.content, &q.key, q.entry);
-        }
+        order
+            .into_iter()
+            .map(|word| (word & u64::from(u32::MAX)) as usize)
+            .collect()
     }
 
     /// Whether no removal waits in a batch (lookups and counts would see
@@ -408,6 +417,71 @@ mod tests {
         assert!(list.is_empty());
         assert!(list.push_unique(c));
         assert!(matches!(list, Ids::One(_)), "{list:?}");
+    }
+
+    /// A batch queues its removals until it is finished, then applies them
+    /// storage first, content second, each in its map's bucket order.
+    #[test]
+    fn a_batch_is_queued_then_applied_in_bucket_order() {
+        let mut arena = Arena::default();
+        let ids: Vec<EntryId> = (0..3000).map(|i| EntryId(arena.insert(i))).collect();
+        let key = |i: usize| IndexKey::from_text(&format!("key-{i}"));
+        let mut idx = Indexes::default();
+        for (i, &e) in ids.iter().enumerate() {
+            idx.insert(&Slot::Storage(key(i)), e);
+            idx.insert(&Slot::Content(key(i)), e);
+        }
+        idx.start_batch(2 * ids.len());
+        // Queued in reverse, content and storage interleaved.
+        for (i, &e) in ids.iter().enumerate().rev() {
+            idx.remove(&Slot::Content(key(i)), e);
+            idx.remove(&Slot::Storage(key(i)), e);
+        }
+        assert!(!idx.nothing_queued());
+        assert_eq!(idx.storage_lists().len(), ids.len(), "nothing applied yet");
+        let queue = idx.queued.as_deref().expect("a batch is open");
+        assert_eq!(queue.len(), 2 * ids.len());
+        let order = idx.removal_order(queue);
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        assert!(seen.into_iter().eq(0..queue.len()), "a permutation");
+        // Buckets as hashbrown sizes its table: the capacity is 7/8 of a
+        // power of two.
+        let buckets = |cap: usize| (cap * 8 / 7).next_power_of_two() as u64;
+        let storage = buckets(idx.by_storage.capacity());
+        let content = buckets(idx.by_content.capacity());
+        let sort_key = |i: usize| {
+            let q = &queue[i];
+            let n = if q.content { content } else { storage };
+            (q.content, q.hash % n, i)
+        };
+        let keys: Vec<_> = order.iter().map(|&i| sort_key(i)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in bucket order");
+        assert!(!queue[order[0]].content && queue[order[order.len() - 1]].content);
+        idx.finish_batch();
+        assert!(idx.nothing_queued());
+        assert_eq!(idx.recount(), (0, 0));
+        assert!(idx.storage_lists().is_empty() && idx.content_lists().is_empty());
+    }
+
+    /// The `key-only-delete` switch's removal takes the first entry under
+    /// the key, whichever it is (during a batch too).
+    #[test]
+    fn remove_first_takes_whatever_entry_is_listed_first() {
+        let mut arena = Arena::default();
+        let [a, b, c] = [1, 2, 3].map(|i| EntryId(arena.insert(i)));
+        let (k, other) = (IndexKey::from_text("k"), IndexKey::from_text("other"));
+        let mut idx = Indexes::default();
+        idx.insert(&Slot::Storage(k.clone()), a);
+        idx.insert(&Slot::Storage(k.clone()), b);
+        idx.insert(&Slot::Storage(other.clone()), c);
+        idx.start_batch(1);
+        idx.remove(&Slot::Storage(other.clone()), c);
+        idx.remove_first(&Slot::Storage(k.clone()));
+        idx.finish_batch();
+        assert_eq!(idx.storage(&k), Some(b));
+        assert_eq!(idx.storage(&other), None);
+        assert_eq!(idx.recount(), (1, 0));
     }
 
     /// A large batch, applied in bucket order, removes exactly the queued
