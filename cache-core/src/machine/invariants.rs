@@ -31,12 +31,12 @@ impl Violation {
             "C-5" => "INV-7",
             // A completed entry nobody holds that was never removed: a leak.
             "C-12" => "INV-1",
-            // An abandoned call still indexed.
-            "C-9" => "INV-3",
             // Resolvers waiting on each other: nobody ever finishes.
             "C-4b" => "INV-11",
             // A ref kept for a session that has closed.
             "S-3" => "INV-9",
+            // The rest is index bookkeeping: an abandoned call still
+            // indexed (C-9), another entry's slot removed (C-13), …
             _ => "INV-3",
         }
     }
