@@ -726,6 +726,33 @@ mod tests {
                 .arbitrary_ongoing
                 .insert("arb".into(), arbitrary);
         });
+        // Each of the four alone on the completed arbitrary entry: its
+        // phase, mode, key and slot record.
+        let alone: [fn(&mut Entry<u8>); 4] = [
+            |e| e.phase = Phase::Abandoned,
+            |e| e.mode = RunMode::Cached,
+            |e| e.storage_key = IndexKey::from_text("elsewhere"),
+            |e| e.slots = Slots::default(),
+        ];
+        for damage in alone {
+            fires("INV-3", "INV-3", "whose state or keys do not match", |w| {
+                let arbitrary = w.arbitrary;
+                damage(entry(w, arbitrary));
+            });
+        }
+        // Only a change cache keeps an abandoned init indexed (K-5).
+        fires("INV-3", "INV-3", "arbitrary ongoing index under", |w| {
+            let arbitrary = w.arbitrary;
+            w.cache.idx.arbitrary_completed.remove("arb");
+            w.cache
+                .idx
+                .arbitrary_ongoing
+                .insert("arb".into(), arbitrary);
+            let e = entry(w, arbitrary);
+            e.phase = Phase::Abandoned;
+            e.slots = Slots::default();
+            e.slots.push(Slot::ArbitraryOngoing("arb".into()));
+        });
     }
 
     #[test]
@@ -768,6 +795,15 @@ mod tests {
             let k = storage_key(w, inner);
             w.cache.idx.remove(&Slot::Storage(k), inner);
             let e = entry(w, inner);
+            e.slots = Default::default();
+            e.phase = Phase::Abandoned;
+        });
+        fires("C-5", "INV-7", "abandoned entry", |w| {
+            // Unindexed, no refs, but its waiter is still there.
+            let running = w.running;
+            let k = storage_key(w, running);
+            w.cache.idx.remove(&Slot::Ongoing(k, "c".into()), running);
+            let e = entry(w, running);
             e.slots = Default::default();
             e.phase = Phase::Abandoned;
         });
