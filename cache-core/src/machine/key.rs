@@ -167,6 +167,8 @@ mod tests {
         for (ti, ki) in texts.iter().zip(&keys) {
             for (tj, kj) in texts.iter().zip(&keys) {
                 assert_eq!(ki.cmp(kj), ti.cmp(tj), "{ti} vs {tj}");
+                assert_eq!(ki.partial_cmp(kj), ti.partial_cmp(tj), "{ti} vs {tj}");
+                assert_eq!(ki < kj, ti < tj, "{ti} vs {tj}");
                 assert_eq!(ki == kj, ti == tj);
             }
         }
