@@ -102,6 +102,53 @@ fn o2_recursive_decision_is_traced() {
     assert_eq!(cache.entries(), 0);
 }
 
+/// Each class stands on its own: a report with one kind of survivor names
+/// that class only, and a survivor in no index still makes it unclean
+/// (INV-1 counts live entries, not just index entries).
+#[test]
+fn o3_each_leak_class_alone() {
+    let caller = Caller::default();
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let Ok(Decision::Run(dnc)) = cache
+        .begin_call(
+            &caller,
+            CallRequest::new(CallId::new("dnc")).do_not_cache(true),
+        )
+        .outcome
+    else {
+        panic!("a do-not-cache call runs")
+    };
+    let report = cache.leak_report();
+    assert_eq!(report.buckets.total(), 0, "{report}");
+    assert!(!report.is_clean(), "{report}");
+    assert_eq!(report.classes(), vec![LeakClass::Unindexed]);
+    let done = cache.complete(dnc.entry, Ok(Resolved::value(1))).unwrap();
+    let served = done.served.into_iter().next().unwrap().1.unwrap();
+    run_releases(cache.release(served.handle).unwrap()).unwrap();
+    assert!(cache.leak_report().is_clean());
+
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    // Joinable (registered in flight) under a concurrency key.
+    let _stuck = cache.begin_call(
+        &caller,
+        CallRequest::new(CallId::new("stuck")).concurrency_key("c"),
+    );
+    assert_eq!(
+        cache.leak_report().classes(),
+        vec![LeakClass::StuckInFlight]
+    );
+
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let Ok(Decision::Run(arb)) = cache.begin_arbitrary(&caller, "arb").outcome else {
+        panic!("a new arbitrary entry runs")
+    };
+    let done = cache.complete(arb.entry, Ok(Resolved::value(2))).unwrap();
+    let _held = done.served.into_iter().next().unwrap().1.unwrap();
+    let report = cache.leak_report();
+    assert_eq!(report.buckets.completed_arbitrary, 1, "{report}");
+    assert_eq!(report.classes(), vec![LeakClass::Arbitrary]);
+}
+
 #[test]
 fn o3_leak_report_names_class_and_holders() {
     let mut cache: CallCache<u8> = CallCache::new(1);
