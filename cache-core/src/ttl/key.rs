@@ -134,9 +134,11 @@ pub fn choose_storage_key(
 
 /// `⌊now / ttl_ms⌋` (floor, also for negative `now`); `ttl_ms >= 1`.
 fn ttl_window(now: i64, ttl_ms: u64) -> i64 {
+    // In i128: `ttl_ms` may not fit an i64. |window| <= |now| because
+    // ttl_ms >= 1, so the result always fits back: the cast is lossless
+    // (a saturating fallback here would be code that can never run).
     let window = i128::from(now).div_euclid(i128::from(ttl_ms));
-    // |window| <= |now| because ttl_ms >= 1, so this never saturates.
-    i64::try_from(window).unwrap_or(if window < 0 { i64::MIN } else { i64::MAX })
+    window as i64
 }
 
 /// SHA-256 over a length-prefixed serialisation of the fields, as
@@ -385,5 +387,24 @@ mod tests {
         assert_eq!(w.row.expiration, i64::MAX);
         let (_, w) = fresh(choose_storage_key("ck", "s1", i64::MIN, u64::MAX, Ok(None)));
         assert_eq!(w.row.expiration, -1);
+    }
+
+    /// The window is the floor of now / ttl, for negative times and
+    /// TTLs beyond i64 too, and never overflows.
+    #[test]
+    fn t2_the_window_is_the_floor_of_now_over_ttl() {
+        for (now, ttl, window) in [
+            (7, 2, 3),
+            (-7, 2, -4),
+            (-1, 1000, -1),
+            (0, u64::MAX, 0),
+            (-1, u64::MAX, -1),
+            (i64::MAX, u64::MAX, 0),
+            (i64::MIN, u64::MAX, -1),
+            (i64::MAX, 1, i64::MAX),
+            (i64::MIN, 1, i64::MIN),
+        ] {
+            assert_eq!(ttl_window(now, ttl), window, "{now} / {ttl}");
+        }
     }
 }
