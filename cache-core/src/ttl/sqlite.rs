@@ -220,6 +220,40 @@ mod tests {
         }
     }
 
+    /// Which error a failing SQLite call becomes: a lock and a damaged file
+    /// are named as such; while running, an I/O failure (disk, permissions,
+    /// a read-only file) is the store being unavailable, anything else an
+    /// SQL error; while opening, everything else is an open error.
+    #[test]
+    fn sqlite_failures_map_to_the_errors_callers_act_on() {
+        use rusqlite::ffi;
+        let path = Path::new("/ttl.db");
+        let err = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        let run = |code| map_error(path, Phase::Run, err(code));
+        for code in [ffi::SQLITE_BUSY, ffi::SQLITE_LOCKED] {
+            assert!(matches!(run(code), StoreError::Locked { .. }), "{code}");
+        }
+        for code in [ffi::SQLITE_NOTADB, ffi::SQLITE_CORRUPT] {
+            assert!(matches!(run(code), StoreError::Corrupt { .. }), "{code}");
+        }
+        for code in [
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_PERM,
+            ffi::SQLITE_READONLY,
+        ] {
+            let e = run(code);
+            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e}");
+            assert!(e.to_string().contains("/ttl.db"), "{e}");
+        }
+        assert!(matches!(run(ffi::SQLITE_CONSTRAINT), StoreError::Sql(_)));
+        let open = map_error(path, Phase::Open, err(ffi::SQLITE_IOERR));
+        assert!(matches!(open, StoreError::Open { .. }), "{open}");
+        let locked = map_error(path, Phase::Open, err(ffi::SQLITE_BUSY));
+        assert!(matches!(locked, StoreError::Locked { .. }), "{locked}");
+    }
+
     #[test]
     fn t1_rows_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
