@@ -530,13 +530,20 @@ mod tests {
             .0
     }
 
-    fn dead(w: &mut World) -> EntryId {
-        let id = EntryId(w.cache.entries.insert(Entry::in_flight(
+    /// An entry put straight into the arena, in no index, in `phase`.
+    fn stray(w: &mut World, phase: Phase) -> EntryId {
+        let mut e = Entry::in_flight(
             RunMode::Cached,
             None,
             IndexKey::from_text("x"),
             IndexKey::from_text("x"),
-        )));
+        );
+        e.phase = phase;
+        EntryId(w.cache.entries.insert(e))
+    }
+
+    fn dead(w: &mut World) -> EntryId {
+        let id = stray(w, Phase::InFlight);
         w.cache.entries.remove(id.0);
         id
     }
@@ -597,17 +604,10 @@ mod tests {
     fn c4b_the_reported_cycle_is_the_ring_without_the_path_into_it() {
         let mut w = world();
         // Resolvers still running with no caller left: abandoned entries.
-        let fresh = |w: &mut World| {
-            let mut e = Entry::in_flight(
-                RunMode::Cached,
-                None,
-                IndexKey::from_text("x"),
-                IndexKey::from_text("x"),
-            );
-            e.phase = Phase::Abandoned;
-            EntryId(w.cache.entries.insert(e))
-        };
-        let (a, b) = (fresh(&mut w), fresh(&mut w));
+        let (a, b) = (
+            stray(&mut w, Phase::Abandoned),
+            stray(&mut w, Phase::Abandoned),
+        );
         // `running` (walked first) leads into the ring a -> b -> a.
         let running = w.running;
         entry(&mut w, running).waits_on.push(a);
