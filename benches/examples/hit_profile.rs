@@ -13,14 +13,18 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use benches::{facade_with, hot_ids, machine_with, never, runtime, value, Value, HOT_KEYS};
+use benches::{
+    facade_with, hot_ids, ids_named, machine_with, never, runtime, value, Value, HOT_KEYS,
+};
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
-use cache_core::machine::{CallCache, CallRequest, Caller, Decision};
+use cache_core::machine::{CallCache, CallRequest, Caller, Decision, Resolved};
 use tokio::runtime::Runtime;
 
 /// Hits per engine.
 const HITS: usize = 100_000;
+/// Misses per engine (fresh keys).
+const MISSES: usize = 20_000;
 
 type Moka = moka::future::Cache<Arc<str>, Value>;
 
@@ -63,6 +67,36 @@ fn hits_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>]) {
     });
 }
 
+/// Fresh keys, so every call misses, runs its resolver, completes and is
+/// released when its result drops (the `miss_complete_release` bench).
+#[inline(never)]
+fn misses_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId], v: &Value) {
+    let ctx = Ctx::new();
+    rt.block_on(async {
+        for id in ids {
+            let value = v.clone();
+            let r = cache
+                .get_or_init_call(&ctx, CallKey::new(id.clone()), move |_| async move {
+                    Ok(Resolved::value(value))
+                })
+                .await
+                .expect("success");
+            black_box(r.value());
+        }
+    });
+}
+
+#[inline(never)]
+fn misses_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>], v: &Value) {
+    rt.block_on(async {
+        for key in keys {
+            let value = v.clone();
+            black_box(moka.get_with(key.clone(), async move { value }).await);
+            moka.invalidate(key).await;
+        }
+    });
+}
+
 fn main() {
     let ids = hot_ids(HOT_KEYS);
     let v = value();
@@ -83,4 +117,13 @@ fn main() {
     });
     hits_on_moka_future(&rt, &moka, &keys);
     println!("{HITS} hits on each of: the state machine, the async API, moka future");
+
+    let fresh = ids_named("miss", MISSES);
+    let cache: Cache<Value> = Cache::builder(1).build();
+    misses_on_async_api(&rt, &cache, &fresh, &v);
+    assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
+    let keys: Vec<Arc<str>> = fresh.iter().map(|id| id.call_key().into()).collect();
+    let moka = Moka::new(MISSES as u64 * 2);
+    misses_on_moka_future(&rt, &moka, &keys, &v);
+    println!("{MISSES} misses on each of: the async API, moka future");
 }
