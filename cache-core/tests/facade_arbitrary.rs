@@ -380,6 +380,43 @@ async fn k5_blocked_caller_can_cancel_while_waiting() {
     assert_quiescent(&cache);
 }
 
+/// C-5 with K-5: a caller whose block settles in the same instant as its
+/// cancellation fires leaves with the cancellation; it does not go on to
+/// start an init of its own.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn k5_blocked_caller_cancelled_as_the_block_settles_starts_nothing() {
+    let cache = change_cache();
+    let (runs, gate, hook) = (Counter::new(), Gate::new(), Hook::new());
+    let t1 = CancellationToken::new();
+    let first = spawn_arbitrary(
+        &cache,
+        Ctx::new().with_cancel(t1.clone()),
+        "/path",
+        gated(&runs, &gate, "old", &hook),
+    );
+    settle().await;
+    t1.cancel();
+    first.await.unwrap().unwrap_err();
+    let t2 = CancellationToken::new();
+    let (h2, runs2) = (Hook::new(), Counter::new());
+    let blocked = spawn_arbitrary(
+        &cache,
+        Ctx::new().with_cancel(t2.clone()),
+        "/path",
+        ready(&runs2, "new", &h2),
+    );
+    settle().await;
+    // Both before the blocked caller is polled again: the abandoned init
+    // (woken first) settles the block, then the caller sees both at once.
+    gate.open();
+    t2.cancel();
+    assert_eq!(blocked.await.unwrap().unwrap_err(), CallError::Cancelled);
+    settle().await;
+    assert_eq!(runs2.get(), 0, "a cancelled caller starts no init");
+    assert_eq!((runs.get(), hook.count()), (1, 1));
+    assert_quiescent(&cache);
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn k5_s5_blocked_then_run_emits_one_uncached_span() {
     let telemetry = Recording::new();

@@ -460,6 +460,43 @@ fn first_entry(m: &cache_core::machine::CallCache<V>) -> cache_core::machine::En
     m.leak_report().entries[0].entry
 }
 
+/// C-5: a caller already cancelled when it calls leaves at once with the
+/// cancellation: it takes no ref on a stored result and starts no resolver,
+/// for calls and arbitrary entries alike.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn c5_an_already_cancelled_caller_gets_no_hit_and_runs_nothing() {
+    let cache = cache();
+    let (runs, hook) = (Counter::new(), Hook::new());
+    let held = cache
+        .get_or_init_call(&Ctx::new(), key("stored"), ready(&runs, "v", &hook))
+        .await
+        .unwrap();
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let ctx = Ctx::new().with_cancel(cancelled);
+    for k in ["stored", "fresh"] {
+        let err = cache
+            .get_or_init_call(&ctx, key(k), ready(&runs, "v", &hook))
+            .await
+            .unwrap_err();
+        assert_eq!(err, CallError::Cancelled, "{k}");
+    }
+    let err = cache
+        .get_or_init_arbitrary(&ctx, "/path", ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::Cancelled);
+    assert_eq!(runs.get(), 1, "only the first call ran");
+    assert_eq!(
+        cache.inspect(|m| m.refcount(held.entry())),
+        Some(1),
+        "no ref taken for a cancelled caller"
+    );
+    drop(held);
+    assert_eq!(hook.count(), 1);
+    assert_quiescent(&cache);
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn c5_last_waiter_leaving_cancels_the_resolver() {
     let cache = cache();

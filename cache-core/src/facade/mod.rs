@@ -311,11 +311,17 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // no trace). Checked here still: a cancelled caller (the decision
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
-        let asks_first = ttl_ms > 0 || req.id.is_none() || ctx.cancel.is_cancelled();
+        // The token is read once per call: `is_cancelled` takes the token's
+        // own lock, which costs as much as a hit's lookup (issue 6).
+        let cancelled = ctx.cancel.is_cancelled();
+        let asks_first = ttl_ms > 0 || req.id.is_none() || cancelled;
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
             }
+        }
+        if cancelled {
+            return Err(CallError::Cancelled);
         }
         if let Some(id) = req.id.as_ref().filter(|_| ttl_ms > 0) {
             // Boxed for the same reason as the wait below (TTL calls only).
@@ -367,6 +373,9 @@ impl<V: Clone + Send + 'static> Cache<V> {
         let caller = ctx.caller();
         let key = key.to_string();
         let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);
+        if ctx.cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
         let first = self.decide(ctx, &mut begin)?;
         self.drive(ctx, first, begin, init).await
     }
@@ -501,34 +510,27 @@ impl<V: Clone + Send + 'static> Cache<V> {
 
     /// One decision under the lock (C-3: every lookup step at once): the
     /// decision with its trace line emitted, its span sent after the lock
-    /// is released, and what to wait on.
+    /// is released, and what to wait on. The caller has checked its
+    /// cancellation first (C-5).
     fn decide(
         &self,
         ctx: &Ctx,
         begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
     ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
-        if ctx.cancel.is_cancelled() {
-            return Err(CallError::Cancelled);
+        let mut state = self.shared.lock();
+        // Fields are used in place, not moved: a `Begin` is a few hundred
+        // bytes, most of them its trace line (issue 6's hit path).
+        let begin = begin(&mut state.machine);
+        if let Some(trace) = &begin.trace {
+            trace.emit();
         }
-        let (decision, wait, span) = {
-            let mut state = self.shared.lock();
-            let Begin {
-                outcome,
-                trace,
-                telemetry,
-            } = begin(&mut state.machine);
-            if let Some(trace) = &trace {
-                trace.emit();
-            }
-            let decision = outcome?;
-            let span = telemetry.then_some(trace);
-            let wait = state.waits.register(&decision);
-            (decision, wait, span)
-        };
+        let decision = begin.outcome?;
+        let wait = state.waits.register(&decision);
+        drop(state);
         // S-5: spans go out after the lock is released, as `Telemetry`
         // promises: a sink may look at the cache without deadlocking.
-        if let Some(trace) = span {
-            self.span(&trace, ctx, !matches!(decision, Decision::Run(_)));
+        if begin.telemetry {
+            self.span(&begin.trace, ctx, !matches!(decision, Decision::Run(_)));
         }
         Ok((decision, wait))
     }
@@ -552,6 +554,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
         loop {
             let (decision, wait) = match next.take() {
                 Some(first) => first,
+                // After a K-5 block: the caller may have been cancelled since.
+                None if ctx.cancel.is_cancelled() => return Err(CallError::Cancelled),
                 None => self.decide(ctx, &mut begin)?,
             };
             match decision {
@@ -622,6 +626,10 @@ pub(crate) fn run_hooks<V>(
     shared: &Shared<V>,
     releases: Vec<machine::PendingRelease>,
 ) -> Result<(), CallError> {
+    // Most releases free no entry: nothing to walk (issue 6's hit path).
+    if releases.is_empty() {
+        return Ok(());
+    }
     let mut first = Ok(());
     for r in releases {
         if let Err(e) = run_hook(shared, r) {

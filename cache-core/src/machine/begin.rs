@@ -39,7 +39,7 @@ impl<V: Clone> CallCache<V> {
             trace.rule = "C-4";
             return Begin {
                 outcome: Err(CallError::Recursive {
-                    key: storage_key.to_string(),
+                    key: storage_key.to_text(),
                 }),
                 trace: Some(trace),
                 telemetry: false,
@@ -76,7 +76,7 @@ impl<V: Clone> CallCache<V> {
             trace.rule = if req.do_not_cache { "C-2" } else { "S-4" };
             let fresh = format!("do-not-cache:{}:{}", self.instance, self.next_detached);
             self.next_detached += 1;
-            let chain_key = storage_key.to_string();
+            let chain_key = storage_key.to_text();
             let mut entry = Entry::in_flight(mode, Some(id), call_key, storage_key);
             entry.starter = caller.session;
             entry.ttl_write = req.ttl_write;
@@ -139,7 +139,7 @@ impl<V: Clone> CallCache<V> {
             }
         }
         // C-3.4: miss.
-        let text = storage_key.to_string();
+        let text = storage_key.to_text();
         let mut entry = Entry::in_flight(RunMode::Cached, Some(id), call_key, storage_key.clone());
         entry.starter = caller.session;
         entry.ttl_write = req.ttl_write;
@@ -306,7 +306,9 @@ impl<V: Clone> CallCache<V> {
             self.idx.insert(slot, id);
         }
         let waiter = self.add_waiter(caller, id);
-        let mut chain = caller.chain.clone();
+        // Sized once: a clone then a push would allocate twice (issue 6).
+        let mut chain = Vec::with_capacity(caller.chain.len() + 1);
+        chain.extend_from_slice(&caller.chain);
         chain.push(ChainLink {
             instance: self.instance,
             namespace,
@@ -349,7 +351,7 @@ impl<V: Clone> CallCache<V> {
                 let key = self
                     .entries
                     .get(entry.0)
-                    .map(|e| e.storage_key.to_string())
+                    .map(|e| e.storage_key.to_text())
                     .unwrap_or_default();
                 return Err(CallError::Recursive { key });
             }

@@ -213,7 +213,7 @@ impl<V: Clone> CallCache<V> {
         }
         let mut slots = Slots::default();
         if e.mode == RunMode::Arbitrary {
-            slots.push(Slot::ArbitraryCompleted(e.storage_key.to_string()));
+            slots.push(Slot::ArbitraryCompleted(e.storage_key.to_text()));
         } else {
             slots.push(Slot::Storage(e.storage_key.clone()));
             // A TTL-chosen storage key is session-scoped (T-2); indexing the

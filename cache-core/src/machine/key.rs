@@ -53,6 +53,12 @@ impl IndexKey {
         }
     }
 
+    /// The key's text on the heap: what `to_string` gives, without the
+    /// formatting machinery (a miss makes two of these; issue 6).
+    pub fn to_text(&self) -> String {
+        String::from(&*self.text())
+    }
+
     /// The key's text, on the stack for a digest.
     pub fn text(&self) -> KeyText<'_> {
         match &self.0 {
