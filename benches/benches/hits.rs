@@ -8,11 +8,12 @@
 //! the value (dropped at once); the locked map bumps and drops a refcount.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{
-    content_pairs, criterion, facade_with, hot_ids, ids_named, machine_with, never, round_robin,
-    runtime, value, visit, LockedMap, Value, HOT_KEYS,
+    content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, never,
+    round_robin, runtime, value, visit, LockedMap, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
@@ -20,10 +21,10 @@ use cache_core::machine::{run_releases, CallCache, CallRequest, Caller, Decision
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 
-type MokaFuture = moka::future::Cache<std::sync::Arc<str>, Value>;
-type MokaSync = moka::sync::Cache<std::sync::Arc<str>, Value>;
+type MokaFuture = moka::future::Cache<Arc<str>, Value>;
+type MokaSync = moka::sync::Cache<Arc<str>, Value>;
 
-fn moka_keys(ids: &[CallId]) -> Vec<std::sync::Arc<str>> {
+fn moka_keys(ids: &[CallId]) -> Vec<Arc<str>> {
     ids.iter().map(|id| id.call_key().into()).collect()
 }
 
@@ -62,10 +63,12 @@ fn storage_hit(c: &mut Criterion) {
 
     let rt = runtime();
     let (cache, _holder) = facade_with(&rt, &ids, &v);
-    let ctx = Ctx::new();
+    let shared_ids = Arc::new(ids.clone());
     g.bench_function("async_api", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (cache, ids) = (cache.clone(), shared_ids.clone());
+            in_task(&rt, async move {
+                let ctx = Ctx::new();
                 let start = Instant::now();
                 for i in 0..iters {
                     let id = &ids[visit(i, ids.len())];
@@ -88,9 +91,11 @@ fn storage_hit(c: &mut Criterion) {
             moka_s.insert(k.clone(), v.clone());
         }
     });
+    let shared_keys = Arc::new(keys.clone());
     g.bench_function("moka_future_get_with", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (moka_f, keys) = (moka_f.clone(), shared_keys.clone());
+            in_task(&rt, async move {
                 let start = Instant::now();
                 for i in 0..iters {
                     let key = &keys[visit(i, keys.len())];
@@ -134,10 +139,12 @@ fn content_hit(c: &mut Criterion) {
 
     let rt = runtime();
     let (cache, _holder) = facade_with(&rt, &stored, &v);
-    let ctx = Ctx::new();
+    let shared_pairs = Arc::new(pairs.clone());
     g.bench_function("async_api", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (cache, pairs) = (cache.clone(), shared_pairs.clone());
+            in_task(&rt, async move {
+                let ctx = Ctx::new();
                 let start = Instant::now();
                 for i in 0..iters {
                     let id = &pairs[visit(i, pairs.len())].1;
@@ -200,10 +207,12 @@ fn miss_complete_release(c: &mut Criterion) {
 
     let rt = runtime();
     let cache: Cache<Value> = Cache::builder(1).build();
-    let ctx = Ctx::new();
+    let (shared_ids, shared_keys) = (Arc::new(ids.clone()), Arc::new(keys.clone()));
     g.bench_function("async_api", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (cache, ids, v) = (cache.clone(), shared_ids.clone(), v.clone());
+            in_task(&rt, async move {
+                let ctx = Ctx::new();
                 let start = Instant::now();
                 for i in 0..iters {
                     let id = &ids[visit(i, ids.len())];
@@ -226,7 +235,8 @@ fn miss_complete_release(c: &mut Criterion) {
     let moka_f: MokaFuture = MokaFuture::new(8192);
     g.bench_function("moka_future_get_with_invalidate", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (moka_f, keys, v) = (moka_f.clone(), shared_keys.clone(), v.clone());
+            in_task(&rt, async move {
                 let start = Instant::now();
                 for i in 0..iters {
                     let key = &keys[visit(i, keys.len())];
@@ -253,6 +263,7 @@ fn miss_complete_release(c: &mut Criterion) {
 fn waiters(c: &mut Criterion) {
     let ids = ids_named("join", 4096);
     let keys = moka_keys(&ids);
+    let (shared_ids, shared_keys) = (Arc::new(ids), Arc::new(keys));
     let v = value();
     let rt = runtime();
     let mut g = c.benchmark_group("waiters");
@@ -260,10 +271,11 @@ fn waiters(c: &mut Criterion) {
     for n in [1usize, 8, 64, 512] {
         g.throughput(Throughput::Elements(n as u64));
         let cache: Cache<Value> = Cache::builder(1).build();
-        let ctx = Ctx::new();
         g.bench_with_input(BenchmarkId::new("async_api", n), &n, |b, &n| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (cache, ids, v) = (cache.clone(), shared_ids.clone(), v.clone());
+                in_task(&rt, async move {
+                    let ctx = Ctx::new();
                     let start = Instant::now();
                     for i in 0..iters {
                         let key =
@@ -293,7 +305,8 @@ fn waiters(c: &mut Criterion) {
         let moka_f: MokaFuture = MokaFuture::new(8192);
         g.bench_with_input(BenchmarkId::new("moka_future_get_with", n), &n, |b, &n| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (moka_f, keys, v) = (moka_f.clone(), shared_keys.clone(), v.clone());
+                in_task(&rt, async move {
                     let start = Instant::now();
                     for i in 0..iters {
                         let key = &keys[visit(i, keys.len())];

@@ -1,7 +1,9 @@
-//! Counts what one storage hit costs in instructions, which unlike time is
-//! the same on a busy machine: 100k hits over the 1024 hot keys on the
-//! state machine, through the async API, and through moka's future cache
-//! (the bench's baseline), each in a function of its own (`hits_on_…`).
+//! Counts what one storage hit and one miss cost in instructions, which
+//! unlike time is the same on a busy machine: 100k hits over the 1024 hot
+//! keys on the state machine, through the async API, and through moka's
+//! future cache (the bench's baseline); then 20k misses (fresh keys, each
+//! run, completed and released) through the async API and moka. Each runs
+//! in a function of its own (`hits_on_…`, `misses_on_…`).
 //!
 //! ```sh
 //! cargo build --release -p benches --example hit_profile
@@ -9,12 +11,13 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.* | grep hits_on
 //! ```
 //!
-//! Each hit takes a ref and gives it back, as in `benches/benches/hits.rs`.
+//! As in `benches/benches/hits.rs`, each hit takes a ref and gives it back,
+//! and the async loops run on a spawned task (`benches::in_task`).
 use std::hint::black_box;
 use std::sync::Arc;
 
 use benches::{
-    facade_with, hot_ids, ids_named, machine_with, never, runtime, value, Value, HOT_KEYS,
+    facade_with, hot_ids, ids_named, in_task, machine_with, never, runtime, value, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
@@ -43,9 +46,9 @@ fn hits_on_machine(machine: &mut CallCache<Value>, ids: &[CallId]) {
 }
 
 #[inline(never)]
-fn hits_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId]) {
-    let ctx = Ctx::new();
-    rt.block_on(async {
+fn hits_on_async_api(rt: &Runtime, cache: Cache<Value>, ids: Arc<Vec<CallId>>) {
+    in_task(rt, async move {
+        let ctx = Ctx::new();
         for i in 0..HITS {
             let id = &ids[i % ids.len()];
             let r = cache
@@ -58,8 +61,8 @@ fn hits_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId]) {
 }
 
 #[inline(never)]
-fn hits_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>]) {
-    rt.block_on(async {
+fn hits_on_moka_future(rt: &Runtime, moka: Moka, keys: Arc<Vec<Arc<str>>>) {
+    in_task(rt, async move {
         for i in 0..HITS {
             let key = &keys[i % keys.len()];
             black_box(moka.get_with(key.clone(), async { never() }).await);
@@ -70,10 +73,10 @@ fn hits_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>]) {
 /// Fresh keys, so every call misses, runs its resolver, completes and is
 /// released when its result drops (the `miss_complete_release` bench).
 #[inline(never)]
-fn misses_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId], v: &Value) {
-    let ctx = Ctx::new();
-    rt.block_on(async {
-        for id in ids {
+fn misses_on_async_api(rt: &Runtime, cache: Cache<Value>, ids: Arc<Vec<CallId>>, v: Value) {
+    in_task(rt, async move {
+        let ctx = Ctx::new();
+        for id in ids.iter() {
             let value = v.clone();
             let r = cache
                 .get_or_init_call(&ctx, CallKey::new(id.clone()), move |_| async move {
@@ -87,14 +90,18 @@ fn misses_on_async_api(rt: &Runtime, cache: &Cache<Value>, ids: &[CallId], v: &V
 }
 
 #[inline(never)]
-fn misses_on_moka_future(rt: &Runtime, moka: &Moka, keys: &[Arc<str>], v: &Value) {
-    rt.block_on(async {
-        for key in keys {
+fn misses_on_moka_future(rt: &Runtime, moka: Moka, keys: Arc<Vec<Arc<str>>>, v: Value) {
+    in_task(rt, async move {
+        for key in keys.iter() {
             let value = v.clone();
             black_box(moka.get_with(key.clone(), async move { value }).await);
             moka.invalidate(key).await;
         }
     });
+}
+
+fn moka_keys(ids: &[CallId]) -> Arc<Vec<Arc<str>>> {
+    Arc::new(ids.iter().map(|id| id.call_key().into()).collect())
 }
 
 fn main() {
@@ -106,24 +113,23 @@ fn main() {
     hits_on_machine(&mut machine, &ids);
 
     let (cache, _holder) = facade_with(&rt, &ids, &v);
-    hits_on_async_api(&rt, &cache, &ids);
+    hits_on_async_api(&rt, cache, Arc::new(ids.clone()));
 
-    let keys: Vec<Arc<str>> = ids.iter().map(|id| id.call_key().into()).collect();
+    let keys = moka_keys(&ids);
     let moka = Moka::new(HOT_KEYS as u64 * 2);
     rt.block_on(async {
-        for k in &keys {
+        for k in keys.iter() {
             moka.insert(k.clone(), v.clone()).await;
         }
     });
-    hits_on_moka_future(&rt, &moka, &keys);
+    hits_on_moka_future(&rt, moka, keys);
     println!("{HITS} hits on each of: the state machine, the async API, moka future");
 
     let fresh = ids_named("miss", MISSES);
     let cache: Cache<Value> = Cache::builder(1).build();
-    misses_on_async_api(&rt, &cache, &fresh, &v);
+    misses_on_async_api(&rt, cache.clone(), Arc::new(fresh.clone()), v.clone());
     assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
-    let keys: Vec<Arc<str>> = fresh.iter().map(|id| id.call_key().into()).collect();
     let moka = Moka::new(MISSES as u64 * 2);
-    misses_on_moka_future(&rt, &moka, &keys, &v);
+    misses_on_moka_future(&rt, moka, moka_keys(&fresh), v);
     println!("{MISSES} misses on each of: the async API, moka future");
 }
