@@ -1,11 +1,12 @@
 //! Waiting for an outcome, leaving on cancellation, and running resolvers.
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
+use rustc_hash::FxHasher;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -16,21 +17,27 @@ use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Viola
 
 type Outcome<V> = Result<Served<V>, CallError>;
 
+/// A map with a fixed hasher: the same operations give the same layout on
+/// every run, so nothing observable can depend on a hasher seed. Hashed, not
+/// ordered: every miss inserts and removes here, and tree nodes cost an
+/// allocation and a rebalance each time (issue 6). The one walk, in
+/// `check`, sorts what it reports.
+type Map<K, T> = std::collections::HashMap<K, T, BuildHasherDefault<FxHasher>>;
+
 /// The facade's bookkeeping beside the machine: who to wake, and each
-/// in-flight call's cancellation token. Ordered maps: nothing here may depend
-/// on a hasher seed.
+/// in-flight call's cancellation token.
 pub(crate) struct Waits<V> {
-    senders: BTreeMap<WaiterId, (EntryId, oneshot::Sender<Outcome<V>>)>,
-    settle: BTreeMap<EntryId, Vec<oneshot::Sender<()>>>,
-    tokens: BTreeMap<EntryId, CancellationToken>,
+    senders: Map<WaiterId, (EntryId, oneshot::Sender<Outcome<V>>)>,
+    settle: Map<EntryId, Vec<oneshot::Sender<()>>>,
+    tokens: Map<EntryId, CancellationToken>,
 }
 
 impl<V> Default for Waits<V> {
     fn default() -> Self {
         Self {
-            senders: BTreeMap::new(),
-            settle: BTreeMap::new(),
-            tokens: BTreeMap::new(),
+            senders: Map::default(),
+            settle: Map::default(),
+            tokens: Map::default(),
         }
     }
 }
@@ -68,22 +75,31 @@ impl<V> Waits<V> {
 
     /// Every registered waiter is waiting in the machine; every token belongs
     /// to a live entry.
+    /// The first violation in id order, so the report is the same whatever
+    /// the maps' layout.
     pub(crate) fn check<T: Clone>(&self, machine: &CallCache<T>) -> Result<(), Violation> {
-        for (waiter, (entry, _)) in &self.senders {
-            if !machine.waiters(*entry).contains(waiter) {
-                return Err(Violation {
-                    rule: "INV-7",
-                    detail: format!("waiter {waiter} is registered for {entry} but the machine does not have it waiting"),
-                });
-            }
+        let stray_waiter = self
+            .senders
+            .iter()
+            .filter(|(waiter, (entry, _))| !machine.waiters(*entry).contains(waiter))
+            .map(|(waiter, (entry, _))| (*waiter, *entry))
+            .min();
+        if let Some((waiter, entry)) = stray_waiter {
+            return Err(Violation {
+                rule: "INV-7",
+                detail: format!("waiter {waiter} is registered for {entry} but the machine does not have it waiting"),
+            });
         }
-        for entry in self.tokens.keys() {
-            if !machine.contains(*entry) {
-                return Err(Violation {
-                    rule: "INV-7",
-                    detail: format!("resolver token kept for settled entry {entry}"),
-                });
-            }
+        let stray_token = self
+            .tokens
+            .keys()
+            .filter(|entry| !machine.contains(**entry))
+            .min();
+        if let Some(entry) = stray_token {
+            return Err(Violation {
+                rule: "INV-7",
+                detail: format!("resolver token kept for settled entry {entry}"),
+            });
         }
         Ok(())
     }
