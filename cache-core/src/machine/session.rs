@@ -61,7 +61,10 @@ impl<V: Clone> CallCache<V> {
         let mut releases = Vec::with_capacity(released);
         // Index removals are batched: applied together, in bucket order.
         self.idx.start_batch(released);
-        for r in state.refs {
+        // In a vector, so each release can prefetch those a few places on.
+        let refs: Vec<RefId> = state.refs.into_iter().collect();
+        for (i, &r) in refs.iter().enumerate() {
+            self.prefetch_release(&refs[i..]);
             self.release_ref(r, &mut releases);
         }
         self.idx.finish_batch();
