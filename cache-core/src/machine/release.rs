@@ -104,15 +104,15 @@ impl<V: Clone> CallCache<V> {
         // Only the hook (with what its label needs) and the owned refs are
         // kept; the rest of the entry is dropped in its arena slot.
         let taken = self.entries.remove_with(entry.0, |e| {
-            let hook = e.hook.take().map(|h| (h, e.mode, e.storage_key.clone()));
+            let hook = e.hook.take().map(|h| (h, e.mode, e.storage_key.short()));
             (hook, std::mem::take(&mut e.owned_refs))
         });
         let Some((hook, owned)) = taken else {
             return Vec::new();
         };
         if let Some((hook, mode, storage_key)) = hook {
-            // The storage key goes into the label, which is only formatted
-            // if the hook fails.
+            // The storage key's short form goes into the label, which is
+            // only formatted if the hook fails.
             releases.push(PendingRelease {
                 entry,
                 label: ReleaseLabel::Entry(mode, storage_key),
