@@ -8,6 +8,7 @@ pub mod facade;
 pub mod id;
 pub mod machine;
 pub mod metrics;
+pub(crate) mod prefetch;
 pub mod trace;
 pub mod ttl;
 

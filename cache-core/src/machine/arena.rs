@@ -95,6 +95,15 @@ impl<T> Arena<T> {
         slot.value.as_ref()
     }
 
+    /// Prefetches the slot of `key` (its first `max_lines` cache lines)
+    /// without reading it: a hint for a loop about to visit it.
+    #[inline]
+    pub fn prefetch(&self, key: Key, max_lines: usize) {
+        if let Some(slot) = self.slots.get(key.index as usize) {
+            crate::prefetch::lines(slot, max_lines);
+        }
+    }
+
     /// Mutable access to the value under `key`, if the key is current.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
         let slot = self.slots.get_mut(key.index as usize)?;

@@ -163,6 +163,14 @@ impl<V> Entry<V> {
         }
     }
 
+    /// Prefetches the counts of the call IDs this entry holds, which
+    /// removing it will update (see `CallCache::prefetch_release`).
+    pub fn prefetch_ids(&self) {
+        for id in [&self.requested, &self.result_id].into_iter().flatten() {
+            id.prefetch();
+        }
+    }
+
     /// Short label for logs and reports.
     pub fn label(&self) -> String {
         format!("{} {}", self.mode.kind(), short(&self.storage_key.text()))

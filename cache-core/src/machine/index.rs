@@ -113,6 +113,9 @@ pub struct Indexes {
     queued: Option<Vec<Queued>>,
 }
 
+/// How many removals ahead of the one applied a batch prefetches its queue.
+const QUEUE_AHEAD: usize = 8;
+
 /// A storage or content list removal queued by a batch.
 struct Queued {
     /// The key's hash under the map's hasher: where its bucket is.
@@ -241,7 +244,13 @@ impl Indexes {
     }
 
     fn apply(&mut self, queue: Vec<Queued>) {
-        for i in self.removal_order(&queue) {
+        let order = self.removal_order(&queue);
+        for (n, &i) in order.iter().enumerate() {
+            // The queue is read in bucket order, not in the order it was
+            // written: without a hint each read is a miss of its own.
+            if let Some(&ahead) = order.get(n + QUEUE_AHEAD) {
+                crate::prefetch::lines(&queue[ahead], 2);
+            }
             let q = &queue[i];
             self.unlist(q.content, &q.key, q.entry);
         }

@@ -68,6 +68,45 @@ impl IndexKey {
     }
 }
 
+/// How many bytes of a digest a short key keeps: the 12 hex digits that
+/// [`short`](super::entry::short) prints.
+const SHORT_DIGEST: usize = 6;
+
+/// The part of an [`IndexKey`] that a label prints (see
+/// [`short`](super::entry::short)): 16 bytes instead of 40, and no copy of
+/// a long text key.
+pub enum ShortKey {
+    /// A digest's first bytes.
+    Digest([u8; SHORT_DIGEST]),
+    /// The short form of any other key.
+    Text(Box<str>),
+}
+
+impl IndexKey {
+    /// The part of this key a label prints.
+    pub fn short(&self) -> ShortKey {
+        match &self.0 {
+            Repr::Digest(d) => {
+                let mut head = [0u8; SHORT_DIGEST];
+                head.copy_from_slice(&d.as_bytes()[..SHORT_DIGEST]);
+                ShortKey::Digest(head)
+            }
+            Repr::Text(t) => ShortKey::Text(super::entry::short(t).into()),
+        }
+    }
+}
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // A digest's text is lowercase hex (`Digest::parse` accepts no
+            // other), so its first 12 digits are these bytes' hex.
+            ShortKey::Digest(head) => f.write_str(&hex::encode(head)),
+            ShortKey::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 impl Hash for IndexKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -178,6 +217,35 @@ mod tests {
                 assert_eq!(ki == kj, ti == tj);
             }
         }
+    }
+
+    /// A short key prints what `short` prints of the whole key's text, for
+    /// digests and other texts alike, and stays small (one is queued per
+    /// released handle: issue 6).
+    #[test]
+    fn a_short_key_prints_as_the_short_text() {
+        let texts = [
+            Digest::of(b"a").to_string(),
+            "planted-foreign-key".to_string(),
+            "short".to_string(),
+            "sha256:not-hex".to_string(),
+            "ünïcödé-keys-are-cut-at-chars".to_string(),
+            String::new(),
+        ];
+        for t in &texts {
+            let key = IndexKey::from_text(t);
+            assert_eq!(
+                key.short().to_string(),
+                super::super::entry::short(t),
+                "{t}"
+            );
+        }
+        assert!(matches!(
+            IndexKey::from_text(&texts[0]).short(),
+            ShortKey::Digest(_)
+        ));
+        assert_eq!(std::mem::size_of::<ShortKey>(), 16);
+        assert!(std::mem::size_of::<crate::machine::PendingRelease>() <= 48);
     }
 
     /// The index maps hash keys by their content: distinct keys (digests

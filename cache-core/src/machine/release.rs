@@ -6,6 +6,10 @@ use super::CallCache;
 use crate::bugs::Bug;
 use crate::error::CallError;
 
+/// How many releases ahead each prefetch stage of a close runs: enough to
+/// cover a miss to memory with the work of the releases in between.
+const PREFETCH_AHEAD: usize = 4;
+
 impl<V: Clone> CallCache<V> {
     /// C-12: gives back one ref. When the entry has neither refs nor waiters
     /// left, it leaves every index and its hook (plus those of any entries it
@@ -19,6 +23,32 @@ impl<V: Clone> CallCache<V> {
         let mut releases = Vec::new();
         self.release_ref(handle.ref_id, &mut releases);
         Ok(releases)
+    }
+
+    /// Prefetches, one stage per distance, what releasing the refs of
+    /// `upcoming` (the first is released next) will read: a ref's record,
+    /// then its entry, then the entry's call IDs. Each stage reads only what
+    /// the stage before fetched, so the loop has a few misses in flight
+    /// instead of waiting on each in turn: dropping a call ID updates its
+    /// count with an atomic instruction, which waits for every load before
+    /// it to finish (issue 6: half the time of closing 100k handles).
+    pub(super) fn prefetch_release(&self, upcoming: &[RefId]) {
+        if let Some(r) = upcoming.get(3 * PREFETCH_AHEAD) {
+            self.refs.prefetch(r.0, 1);
+        }
+        if let Some(rec) = upcoming
+            .get(2 * PREFETCH_AHEAD)
+            .and_then(|r| self.refs.get(r.0))
+        {
+            self.entries.prefetch(rec.entry.0, usize::MAX);
+        }
+        let entry = upcoming
+            .get(PREFETCH_AHEAD)
+            .and_then(|r| self.refs.get(r.0))
+            .and_then(|rec| self.entries.get(rec.entry.0));
+        if let Some(e) = entry {
+            e.prefetch_ids();
+        }
     }
 
     /// Drops one ref and everything that becomes unheld because of it. Iterative,
@@ -74,15 +104,15 @@ impl<V: Clone> CallCache<V> {
         // Only the hook (with what its label needs) and the owned refs are
         // kept; the rest of the entry is dropped in its arena slot.
         let taken = self.entries.remove_with(entry.0, |e| {
-            let hook = e.hook.take().map(|h| (h, e.mode, e.storage_key.clone()));
+            let hook = e.hook.take().map(|h| (h, e.mode, e.storage_key.short()));
             (hook, std::mem::take(&mut e.owned_refs))
         });
         let Some((hook, owned)) = taken else {
             return Vec::new();
         };
         if let Some((hook, mode, storage_key)) = hook {
-            // The storage key goes into the label, which is only formatted
-            // if the hook fails.
+            // The storage key's short form goes into the label, which is
+            // only formatted if the hook fails.
             releases.push(PendingRelease {
                 entry,
                 label: ReleaseLabel::Entry(mode, storage_key),

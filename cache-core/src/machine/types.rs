@@ -369,8 +369,10 @@ pub struct PendingRelease {
 /// The parts of a [`PendingRelease`]'s label, kept unformatted: a release
 /// that succeeds never needs the text.
 pub(crate) enum ReleaseLabel {
-    /// An entry's kind and storage key (as `Entry::label` prints them).
-    Entry(RunMode, super::key::IndexKey),
+    /// An entry's kind and the part of its storage key that
+    /// `Entry::label` prints: a close queues one per handle, so it is kept
+    /// small (issue 6).
+    Entry(RunMode, super::key::ShortKey),
     /// A fixed label.
     Fixed(&'static str),
 }
@@ -378,9 +380,7 @@ pub(crate) enum ReleaseLabel {
 impl fmt::Display for ReleaseLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReleaseLabel::Entry(mode, key) => {
-                write!(f, "{} {}", mode.kind(), super::entry::short(&key.text()))
-            }
+            ReleaseLabel::Entry(mode, key) => write!(f, "{} {key}", mode.kind()),
             ReleaseLabel::Fixed(text) => f.write_str(text),
         }
     }
