@@ -1,4 +1,4 @@
-//! Closes one session of N handles (default 100k) once, for a profiler:
+//! Closes a session of N handles (default 100k), ROUNDS times (default 1), for a profiler:
 //! the session is built first (each handle a completed entry with a release
 //! hook, as in `benches/benches/sessions.rs`), then only `Session::close`
 //! is worth counting.
@@ -19,26 +19,41 @@ use benches::{fill, ids_named, runtime, value, Value};
 use cache_core::facade::Cache;
 
 fn main() {
-    let n = match std::env::args().nth(1).map(|a| a.parse::<usize>()) {
-        None => 100_000,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: close_profile [HANDLES]   (a positive count, default 100000)");
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let (n, rounds) = match (args.next(), args.next(), args.next()) {
+        (None, None, None) => (100_000, 1),
+        (Some(Ok(n)), None, None) if n > 0 => (n, 1),
+        (Some(Ok(n)), Some(Ok(r)), None) if n > 0 && r > 0 => (n, r),
+        _ => {
+            eprintln!(
+                "usage: close_profile [HANDLES [ROUNDS]]   (positive counts, default 100000 1)"
+            );
             std::process::exit(2);
         }
     };
     let rt = runtime();
     let v = value();
     let ids = ids_named("held", n);
-    let cache: Cache<Value> = Cache::builder(1).build();
-    let session = cache.open_session();
-    rt.block_on(fill(&session, &ids, &v, true));
-    let start = Instant::now();
-    let summary = session.close().expect("an open session closes");
-    let took = start.elapsed();
-    assert_eq!((summary.released, cache.live_entries()), (n, 0));
+    // Each round builds a fresh cache and session, as the bench does, and
+    // times only the close; later rounds show the steady state of the
+    // allocator (a first close also pays for fresh pages).
+    let mut per_handle = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let cache: Cache<Value> = Cache::builder(1).build();
+        let session = cache.open_session();
+        rt.block_on(fill(&session, &ids, &v, true));
+        let start = Instant::now();
+        let summary = session.close().expect("an open session closes");
+        let took = start.elapsed();
+        assert_eq!((summary.released, cache.live_entries()), (n, 0));
+        per_handle.push(took.as_nanos() as f64 / n as f64);
+    }
+    let first = per_handle[0];
+    per_handle.sort_by(f64::total_cmp);
     println!(
-        "closed a session of {n} handles: {:.1} ns/handle",
-        took.as_nanos() as f64 / n as f64
+        "closed {rounds} session(s) of {n} handles: first {first:.1} ns/handle, \
+         fastest {:.1}, median {:.1}",
+        per_handle[0],
+        per_handle[per_handle.len() / 2]
     );
 }
