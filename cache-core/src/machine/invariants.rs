@@ -357,10 +357,7 @@ impl<V: Clone> CallCache<V> {
                         format!("ref {id} on {} belongs to closed session {s}: a late completion was kept instead of released", r.entry),
                     );
                 }
-                Owner::Session(s) => self
-                    .sessions
-                    .get(&s)
-                    .is_some_and(|st| st.refs.contains(&id)),
+                Owner::Session(s) => self.sessions.get(&s).is_some_and(|st| st.refs.contains(id)),
                 Owner::Entry(p) => self
                     .entries
                     .get(p.0)
@@ -400,7 +397,13 @@ impl<V: Clone> CallCache<V> {
                     ),
                 );
             }
-            for id in &st.refs {
+            if !st.refs.is_consistent() {
+                return fail(
+                    "INV-3",
+                    format!("session {s}'s ref list and its positions disagree"),
+                );
+            }
+            for id in st.refs.iter() {
                 if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(*s)) {
                     return fail(
                         "C-11a",
@@ -861,6 +864,15 @@ mod tests {
                 .unwrap()
                 .refs
                 .insert(RefId(bare));
+        });
+        fires("INV-3", "INV-3", "positions disagree", |w| {
+            let bare = RefId(ref_on(w, w.outer));
+            w.cache
+                .sessions
+                .get_mut(&w.session)
+                .unwrap()
+                .refs
+                .plant_stray_position(bare);
         });
         fires("C-11a", "INV-2", "records ref", |w| {
             let (held, outer) = (w.held, w.outer);

@@ -49,7 +49,7 @@ mod report;
 mod session;
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use index::Buckets;
 pub use invariants::Violation;
@@ -74,7 +74,7 @@ struct RefRecord {
 #[derive(Default)]
 struct SessionState {
     /// Refs owned by the session (S-1).
-    refs: BTreeSet<RefId>,
+    refs: session::SessionRefs,
     /// Waiter records of this session on in-flight calls: while it is 0,
     /// a close need not look through every entry for its calls in flight
     /// (S-1a), so closing stays O(its refs) however large the cache.
@@ -244,7 +244,7 @@ impl<V: Clone> CallCache<V> {
         match owner {
             Owner::Session(s) => {
                 if let Some(state) = self.sessions.get_mut(&s) {
-                    state.refs.remove(&ref_id);
+                    state.refs.remove(ref_id);
                 }
             }
             Owner::Entry(parent) => {

@@ -1,9 +1,79 @@
 //! Sessions inside the state machine (S-1 … S-7): refs owned per session,
 //! the forced-retry flags of S-4, and the telemetry-once set of S-5.
 
+use std::hash::BuildHasherDefault;
+
+use rustc_hash::FxHasher;
+
 use super::types::*;
 use super::{CallCache, SessionState};
 use crate::error::CallError;
+
+/// The refs a session owns (S-1), in the order it took them. A close walks
+/// the plain vector: an ordered tree would cost a node walk and a free per
+/// handle (issue 6). A ref given back before the close (a transfer, C-11a,
+/// or a release) leaves in O(1) through its position; the last ref moves
+/// into its place, so the order stays a function of the operations alone.
+#[derive(Default)]
+pub(super) struct SessionRefs {
+    order: Vec<RefId>,
+    /// Where each ref is in `order`. Only looked up, never walked.
+    position: std::collections::HashMap<RefId, usize, BuildHasherDefault<FxHasher>>,
+}
+
+impl SessionRefs {
+    /// Records `r`; a ref already held is not recorded twice.
+    pub(super) fn insert(&mut self, r: RefId) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.position.entry(r) {
+            slot.insert(self.order.len());
+            self.order.push(r);
+        }
+    }
+
+    /// Forgets `r`; whether it was held.
+    pub(super) fn remove(&mut self, r: RefId) -> bool {
+        let Some(pos) = self.position.remove(&r) else {
+            return false;
+        };
+        self.order.swap_remove(pos);
+        if let Some(&moved) = self.order.get(pos) {
+            self.position.insert(moved, pos);
+        }
+        true
+    }
+
+    /// Whether `r` is held.
+    pub(super) fn contains(&self, r: RefId) -> bool {
+        self.position.contains_key(&r)
+    }
+
+    /// How many refs are held.
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The refs, in order.
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, RefId> {
+        self.order.iter()
+    }
+
+    /// Test damage: a position for a ref the vector does not hold.
+    #[cfg(test)]
+    pub(super) fn plant_stray_position(&mut self, r: RefId) {
+        self.position.insert(r, self.order.len());
+    }
+
+    /// Whether the positions name exactly the refs in the vector, each
+    /// where it is (checked with the machine's invariants, INV-3).
+    pub(super) fn is_consistent(&self) -> bool {
+        self.position.len() == self.order.len()
+            && self
+                .order
+                .iter()
+                .enumerate()
+                .all(|(i, r)| self.position.get(r) == Some(&i))
+    }
+}
 
 /// What closing a session did (S-1, S-1a, S-7).
 #[derive(Debug)]
@@ -66,10 +136,10 @@ impl<V: Clone> CallCache<V> {
         let mut releases = Vec::with_capacity(released);
         // Index removals are batched: applied together, in bucket order.
         self.idx.start_batch(released);
-        // In a vector, so each release can prefetch those a few places on;
-        // a small close finds what it reads in the caches, and the hints
-        // would only cost it instructions.
-        let refs: Vec<RefId> = state.refs.into_iter().collect();
+        // Each release can prefetch those a few places on; a small close
+        // finds what it reads in the caches, and the hints would only cost
+        // it instructions.
+        let refs = state.refs.order;
         let prefetch = refs.len() >= PREFETCH_MIN_REFS;
         for (i, &r) in refs.iter().enumerate() {
             if prefetch {
@@ -94,5 +164,46 @@ impl<V: Clone> CallCache<V> {
             in_flight,
             releases,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::arena::Arena;
+
+    fn ref_ids(n: usize) -> Vec<RefId> {
+        let mut arena = Arena::default();
+        (0..n).map(|i| RefId(arena.insert(i))).collect()
+    }
+
+    /// Refs keep the order they were taken in; one given back is replaced
+    /// by the last, every position stays right, and a ref is held once.
+    #[test]
+    fn session_refs_keep_order_and_positions() {
+        let ids = ref_ids(5);
+        let mut refs = SessionRefs::default();
+        for &r in &ids {
+            refs.insert(r);
+        }
+        refs.insert(ids[2]);
+        assert_eq!(refs.len(), 5, "a ref is held once");
+        assert!(refs.remove(ids[1]));
+        assert!(!refs.remove(ids[1]), "gone already");
+        assert_eq!(
+            refs.iter().copied().collect::<Vec<_>>(),
+            vec![ids[0], ids[4], ids[2], ids[3]]
+        );
+        assert!(refs.is_consistent());
+        assert!(refs.remove(ids[3]), "the last one");
+        assert!(refs.remove(ids[0]));
+        assert_eq!(
+            refs.iter().copied().collect::<Vec<_>>(),
+            vec![ids[2], ids[4]]
+        );
+        assert!(refs.is_consistent());
+        assert!(refs.contains(ids[4]) && !refs.contains(ids[0]));
+        refs.plant_stray_position(ids[0]);
+        assert!(!refs.is_consistent(), "a stray position is caught");
     }
 }
