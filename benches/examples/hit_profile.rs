@@ -7,9 +7,14 @@
 //!
 //! ```sh
 //! cargo build --release -p benches --example hit_profile
-//! valgrind --tool=callgrind --toggle-collect='*hits_on*' target/release/examples/hit_profile
-//! callgrind_annotate --inclusive=yes callgrind.out.* | grep hits_on
+//! valgrind --tool=callgrind --toggle-collect='hit_profile::hits_on_async_api' \
+//!     target/release/examples/hit_profile
+//! callgrind_annotate callgrind.out.* | grep 'PROGRAM TOTALS'   # ÷ 100k hits
 //! ```
+//!
+//! Name one function exactly: `--toggle-collect` flips collection at every
+//! match, so a wildcard that also matches the function's closures turns
+//! it off inside them.
 //!
 //! As in `benches/benches/hits.rs`, each hit takes a ref and gives it back,
 //! and the async loops run on a spawned task (`benches::in_task`).
