@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{
-    content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, never,
+    content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, miss, never,
     round_robin, runtime, value, visit, LockedMap, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
@@ -215,16 +215,7 @@ fn miss_complete_release(c: &mut Criterion) {
                 let ctx = Ctx::new();
                 let start = Instant::now();
                 for i in 0..iters {
-                    let id = &ids[visit(i, ids.len())];
-                    let value = v.clone();
-                    let r = cache
-                        .get_or_init_call(&ctx, CallKey::new(id.clone()), move |_| async move {
-                            Ok(Resolved::value(value))
-                        })
-                        .await
-                        .expect("success");
-                    debug_assert!(!r.hit());
-                    black_box(r.value());
+                    miss(&cache, &ctx, &ids[visit(i, ids.len())], &v).await;
                 }
                 start.elapsed()
             })

@@ -22,11 +22,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use benches::{
-    facade_with, hot_ids, ids_named, in_task, machine_with, never, runtime, value, Value, HOT_KEYS,
+    facade_with, hot_ids, ids_named, in_task, machine_with, miss, never, runtime, value, Value,
+    HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
-use cache_core::machine::{CallCache, CallRequest, Caller, Decision, Resolved};
+use cache_core::machine::{CallCache, CallRequest, Caller, Decision};
 use tokio::runtime::Runtime;
 
 /// Hits per engine.
@@ -82,14 +83,7 @@ fn misses_on_async_api(rt: &Runtime, cache: Cache<Value>, ids: Arc<Vec<CallId>>,
     in_task(rt, async move {
         let ctx = Ctx::new();
         for id in ids.iter() {
-            let value = v.clone();
-            let r = cache
-                .get_or_init_call(&ctx, CallKey::new(id.clone()), move |_| async move {
-                    Ok(Resolved::value(value))
-                })
-                .await
-                .expect("success");
-            black_box(r.value());
+            miss(&cache, &ctx, id, &v).await;
         }
     });
 }

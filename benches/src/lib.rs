@@ -175,6 +175,21 @@ pub fn in_task<T: Send + 'static>(
     rt.block_on(async { tokio::spawn(body).await.expect("the bench task panicked") })
 }
 
+/// One miss on the async API, as the miss benches count it: `id` is fresh,
+/// so the call runs a resolver returning `v`, completes, and its only ref
+/// goes back when the result is dropped here.
+pub async fn miss(cache: &Cache<Value>, ctx: &cache_core::facade::Ctx, id: &CallId, v: &Value) {
+    let value = v.clone();
+    let r = cache
+        .get_or_init_call(ctx, CallKey::new(id.clone()), move |_| async move {
+            Ok(Resolved::value(value))
+        })
+        .await
+        .expect("a fresh key resolves");
+    debug_assert!(!r.hit(), "a fresh key misses");
+    std::hint::black_box(r.value());
+}
+
 /// A current-thread tokio runtime, as the sim's hosts and most tests use.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

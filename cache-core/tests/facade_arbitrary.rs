@@ -354,20 +354,26 @@ async fn k5_abandoned_init_blocks_a_new_one_until_it_finishes() {
     assert_quiescent(&cache);
 }
 
+/// K-5's starting point: an init of "/path" whose only caller left, still
+/// running until `gate` opens (it then succeeds with "old").
+async fn abandon_gated_init(cache: &Cache<V>, runs: &Counter, gate: &Gate, hook: &Hook) {
+    let token = CancellationToken::new();
+    let first = spawn_arbitrary(
+        cache,
+        Ctx::new().with_cancel(token.clone()),
+        "/path",
+        gated(runs, gate, "old", hook),
+    );
+    settle().await;
+    token.cancel();
+    assert_eq!(first.await.unwrap().unwrap_err(), CallError::Cancelled);
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn k5_blocked_caller_can_cancel_while_waiting() {
     let cache = change_cache();
     let (runs, gate, hook) = (Counter::new(), Gate::new(), Hook::new());
-    let t1 = CancellationToken::new();
-    let first = spawn_arbitrary(
-        &cache,
-        Ctx::new().with_cancel(t1.clone()),
-        "/path",
-        gated(&runs, &gate, "old", &hook),
-    );
-    settle().await;
-    t1.cancel();
-    first.await.unwrap().unwrap_err();
+    abandon_gated_init(&cache, &runs, &gate, &hook).await;
     let t2 = CancellationToken::new();
     let blocked = spawn_arbitrary(&cache, Ctx::new().with_cancel(t2.clone()), "/path", never());
     settle().await;
@@ -387,16 +393,7 @@ async fn k5_blocked_caller_can_cancel_while_waiting() {
 async fn k5_blocked_caller_cancelled_as_the_block_settles_starts_nothing() {
     let cache = change_cache();
     let (runs, gate, hook) = (Counter::new(), Gate::new(), Hook::new());
-    let t1 = CancellationToken::new();
-    let first = spawn_arbitrary(
-        &cache,
-        Ctx::new().with_cancel(t1.clone()),
-        "/path",
-        gated(&runs, &gate, "old", &hook),
-    );
-    settle().await;
-    t1.cancel();
-    first.await.unwrap().unwrap_err();
+    abandon_gated_init(&cache, &runs, &gate, &hook).await;
     let t2 = CancellationToken::new();
     let (h2, runs2) = (Hook::new(), Counter::new());
     let blocked = spawn_arbitrary(
