@@ -1,9 +1,10 @@
 //! Counts what one storage hit and one miss cost in instructions, which
 //! unlike time is the same on a busy machine: 100k hits over the 1024 hot
-//! keys on the state machine, through the async API, and through moka's
-//! future cache (the bench's baseline); then 20k misses (fresh keys, each
-//! run, completed and released) through the async API and moka. Each runs
-//! in a function of its own (`hits_on_…`, `misses_on_…`).
+//! keys on the state machine, on the locked-map floor, through the async
+//! API, and through moka's future cache (the bench's baseline); then 20k
+//! misses (fresh keys, each run, completed and released) through the async
+//! API and moka. Each runs in a function of its own (`hits_on_…`,
+//! `misses_on_…`).
 //!
 //! ```sh
 //! cargo build --release -p benches --example hit_profile
@@ -22,8 +23,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use benches::{
-    facade_with, hot_ids, ids_named, in_task, machine_with, miss, never, runtime, value, Value,
-    HOT_KEYS,
+    facade_with, hot_ids, ids_named, in_task, machine_with, miss, never, runtime, value, LockedMap,
+    Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
@@ -48,6 +49,15 @@ fn hits_on_machine(machine: &mut CallCache<Value>, ids: &[CallId]) {
         };
         black_box(&served.value);
         machine.release(served.handle).expect("a live handle");
+    }
+}
+
+#[inline(never)]
+fn hits_on_locked_map(floor: &LockedMap, keys: &[Arc<str>]) {
+    for i in 0..HITS {
+        let key = &keys[i % keys.len()];
+        black_box(floor.acquire(key).expect("a hot key hits"));
+        floor.release(key);
     }
 }
 
@@ -110,11 +120,13 @@ fn main() {
 
     let mut machine = machine_with(&ids, &v);
     hits_on_machine(&mut machine, &ids);
+    let keys = moka_keys(&ids);
+    let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
+    hits_on_locked_map(&floor, &keys);
 
     let (cache, _holder) = facade_with(&rt, &ids, &v);
     hits_on_async_api(&rt, cache, Arc::new(ids.clone()));
 
-    let keys = moka_keys(&ids);
     let moka = Moka::new(HOT_KEYS as u64 * 2);
     rt.block_on(async {
         for k in keys.iter() {
@@ -122,7 +134,9 @@ fn main() {
         }
     });
     hits_on_moka_future(&rt, moka, keys);
-    println!("{HITS} hits on each of: the state machine, the async API, moka future");
+    println!(
+        "{HITS} hits on each of: the state machine, the locked-map floor, the async API, moka future"
+    );
 
     let fresh = ids_named("miss", MISSES);
     let cache: Cache<Value> = Cache::builder(1).build();
