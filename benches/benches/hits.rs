@@ -11,22 +11,23 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::paired::{paired, Paired};
+use benches::workloads::{
+    async_hits, async_misses, floor_hits, machine_hits, moka_hits, moka_keys, moka_misses,
+    MokaFuture,
+};
 use benches::{
-    content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, miss, never,
-    round_robin, runtime, value, visit, LockedMap, Value, HOT_KEYS,
+    content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, never, quick,
+    round_robin, runtime, value, visit, write_summary, LockedMap, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
 use cache_core::machine::{run_releases, CallCache, CallRequest, Caller, Decision, Resolved};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
+use tokio::runtime::Runtime;
 
-type MokaFuture = moka::future::Cache<Arc<str>, Value>;
 type MokaSync = moka::sync::Cache<Arc<str>, Value>;
-
-fn moka_keys(ids: &[CallId]) -> Vec<Arc<str>> {
-    ids.iter().map(|id| id.call_key().into()).collect()
-}
 
 /// C-3.1 storage hits over 1024 hot keys.
 fn storage_hit(c: &mut Criterion) {
@@ -37,73 +38,30 @@ fn storage_hit(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
 
     let mut machine = machine_with(&ids, &v);
-    let caller = Caller::default();
     g.bench_function("machine", |b| {
-        round_robin(b, ids.len(), |n| {
-            let id = &ids[n];
-            let begin = machine.begin_call(&caller, CallRequest::new(id.clone()));
-            let Ok(Decision::Hit(served)) = begin.outcome else {
-                panic!("a hot key hits")
-            };
-            black_box(&served.value);
-            let releases = machine.release(served.handle).expect("a live handle");
-            debug_assert!(releases.is_empty());
-        })
+        b.iter_custom(|iters| machine_hits(&mut machine, &ids, iters))
     });
 
     let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
     g.bench_function("locked_map_floor", |b| {
-        round_robin(b, keys.len(), |n| {
-            let key = &keys[n];
-            let got = floor.acquire(key).expect("a hot key hits");
-            black_box(&got);
-            floor.release(key);
-        })
+        b.iter_custom(|iters| floor_hits(&floor, &keys, iters))
     });
 
     let rt = runtime();
     let (cache, _holder) = facade_with(&rt, &ids, &v);
     let shared_ids = Arc::new(ids.clone());
     g.bench_function("async_api", |b| {
-        b.iter_custom(|iters| {
-            let (cache, ids) = (cache.clone(), shared_ids.clone());
-            in_task(&rt, async move {
-                let ctx = Ctx::new();
-                let start = Instant::now();
-                for i in 0..iters {
-                    let id = &ids[visit(i, ids.len())];
-                    let r = cache
-                        .get_or_init_call(&ctx, CallKey::new(id.clone()), |_| async { never() })
-                        .await
-                        .expect("a hot key hits");
-                    black_box(r.value());
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| async_hits(&rt, &cache, &shared_ids, iters))
     });
 
-    let moka_f: MokaFuture = MokaFuture::new(HOT_KEYS as u64 * 2);
+    let moka_f = moka_future_with(&rt, &keys, &v);
     let moka_s: MokaSync = MokaSync::new(HOT_KEYS as u64 * 2);
-    rt.block_on(async {
-        for k in &keys {
-            moka_f.insert(k.clone(), v.clone()).await;
-            moka_s.insert(k.clone(), v.clone());
-        }
-    });
+    for k in &keys {
+        moka_s.insert(k.clone(), v.clone());
+    }
     let shared_keys = Arc::new(keys.clone());
     g.bench_function("moka_future_get_with", |b| {
-        b.iter_custom(|iters| {
-            let (moka_f, keys) = (moka_f.clone(), shared_keys.clone());
-            in_task(&rt, async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    let key = &keys[visit(i, keys.len())];
-                    black_box(moka_f.get_with(key.clone(), async { never() }).await);
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| moka_hits(&rt, &moka_f, &shared_keys, iters))
     });
     g.bench_function("moka_sync_get_with", |b| {
         round_robin(b, keys.len(), |n| {
@@ -112,6 +70,17 @@ fn storage_hit(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// moka's future cache holding `v` under every key.
+fn moka_future_with(rt: &Runtime, keys: &[Arc<str>], v: &Value) -> MokaFuture {
+    let moka: MokaFuture = MokaFuture::new(keys.len() as u64 * 2);
+    rt.block_on(async {
+        for k in keys {
+            moka.insert(k.clone(), v.clone()).await;
+        }
+    });
+    moka
 }
 
 /// C-3.2 content hits: a different recipe with a stored content digest.
@@ -209,35 +178,13 @@ fn miss_complete_release(c: &mut Criterion) {
     let cache: Cache<Value> = Cache::builder(1).build();
     let (shared_ids, shared_keys) = (Arc::new(ids.clone()), Arc::new(keys.clone()));
     g.bench_function("async_api", |b| {
-        b.iter_custom(|iters| {
-            let (cache, ids, v) = (cache.clone(), shared_ids.clone(), v.clone());
-            in_task(&rt, async move {
-                let ctx = Ctx::new();
-                let start = Instant::now();
-                for i in 0..iters {
-                    miss(&cache, &ctx, &ids[visit(i, ids.len())], &v).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| async_misses(&rt, &cache, &shared_ids, &v, iters))
     });
     assert_eq!(cache.live_entries(), 0, "INV-1 after the bench");
 
     let moka_f: MokaFuture = MokaFuture::new(8192);
     g.bench_function("moka_future_get_with_invalidate", |b| {
-        b.iter_custom(|iters| {
-            let (moka_f, keys, v) = (moka_f.clone(), shared_keys.clone(), v.clone());
-            in_task(&rt, async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    let key = &keys[visit(i, keys.len())];
-                    let value = v.clone();
-                    black_box(moka_f.get_with(key.clone(), async move { value }).await);
-                    moka_f.invalidate(key).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| moka_misses(&rt, &moka_f, &shared_keys, &v, iters))
     });
     let moka_s: MokaSync = MokaSync::new(8192);
     g.bench_function("moka_sync_get_with_invalidate", |b| {
@@ -316,9 +263,95 @@ fn waiters(c: &mut Criterion) {
     g.finish();
 }
 
+/// The report's three gated ratios, each measured as a pair in alternating
+/// rounds ([`paired`]): ours and its baseline see the same machine, however
+/// its speed drifts during the run. Written for `ci/bench-report` as
+/// `paired_<name>.json`.
+fn paired_ratios() {
+    let rounds = if quick() { 51 } else { 201 };
+    let round = Duration::from_millis(3);
+    let v = value();
+    let rt = runtime();
+
+    let ids = hot_ids(HOT_KEYS);
+    let keys = moka_keys(&ids);
+    let mut machine = machine_with(&ids, &v);
+    let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
+    report(
+        "storage_hit_machine",
+        paired(
+            rounds,
+            round,
+            |n| machine_hits(&mut machine, &ids, n),
+            |n| floor_hits(&floor, &keys, n),
+        ),
+    );
+
+    let (cache, _holder) = facade_with(&rt, &ids, &v);
+    let moka_f = moka_future_with(&rt, &keys, &v);
+    let (ids, keys) = (Arc::new(ids), Arc::new(keys));
+    report(
+        "storage_hit_async",
+        paired(
+            rounds,
+            round,
+            |n| async_hits(&rt, &cache, &ids, n),
+            |n| moka_hits(&rt, &moka_f, &keys, n),
+        ),
+    );
+
+    let fresh = ids_named("miss", 4096);
+    let fresh_keys = Arc::new(moka_keys(&fresh));
+    let fresh = Arc::new(fresh);
+    let cache: Cache<Value> = Cache::builder(1).build();
+    let moka_f: MokaFuture = MokaFuture::new(8192);
+    report(
+        "miss_async",
+        paired(
+            rounds,
+            round,
+            |n| async_misses(&rt, &cache, &fresh, &v, n),
+            |n| moka_misses(&rt, &moka_f, &fresh_keys, &v, n),
+        ),
+    );
+    assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
+}
+
+/// Writes one paired result and prints it.
+fn report(name: &str, p: Paired) {
+    let path = write_summary(
+        &format!("paired_{name}"),
+        &[
+            ("rounds", p.rounds as f64),
+            ("iters", p.iters as f64),
+            ("ours_ns", p.ours_ns),
+            ("base_ns", p.base_ns),
+            ("ratio", p.ratio),
+        ],
+    )
+    .expect("write the paired summary");
+    println!(
+        "paired {name}: {} rounds of {} iterations: ours {:.1} ns, baseline {:.1} ns, median ratio {:.3} ({})",
+        p.rounds,
+        p.iters,
+        p.ours_ns,
+        p.base_ns,
+        p.ratio,
+        path.display()
+    );
+}
+
 criterion_group! {
     name = hits;
     config = criterion();
     targets = storage_hit, content_hit, miss_complete_release, waiters
 }
-criterion_main!(hits);
+
+fn main() {
+    let listing = std::env::args().any(|a| a == "--list");
+    hits();
+    Criterion::default().configure_from_args().final_summary();
+    if !listing {
+        paired_ratios();
+    }
+}

@@ -5,8 +5,10 @@
 //! from different machines. This crate holds what the bench targets share:
 //! the hot key set (1024 call IDs whose call keys are 71-byte digests,
 //! `sha256:` + 64 hex digits), the locked-map floor, prefilled caches, the
-//! quick-mode criterion configuration, and the little JSON summary writer
-//! the simulator bench uses for figures criterion does not measure.
+//! timed loops behind the gated ratios ([`workloads`]), the paired runner
+//! that measures ours and a baseline in alternating rounds ([`paired`]),
+//! the quick-mode criterion configuration, and the little JSON summary
+//! writer for figures criterion does not measure.
 //!
 //! ```
 //! use benches::{hot_ids, LockedMap, value};
@@ -21,6 +23,9 @@
 //! floor.release(&key); // refcount -1
 //! assert_eq!(floor.refcount(&key), Some(0));
 //! ```
+
+pub mod paired;
+pub mod workloads;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -173,21 +178,6 @@ pub fn in_task<T: Send + 'static>(
     body: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     rt.block_on(async { tokio::spawn(body).await.expect("the bench task panicked") })
-}
-
-/// One miss on the async API, as the miss benches count it: `id` is fresh,
-/// so the call runs a resolver returning `v`, completes, and its only ref
-/// goes back when the result is dropped here.
-pub async fn miss(cache: &Cache<Value>, ctx: &cache_core::facade::Ctx, id: &CallId, v: &Value) {
-    let value = v.clone();
-    let r = cache
-        .get_or_init_call(ctx, CallKey::new(id.clone()), move |_| async move {
-            Ok(Resolved::value(value))
-        })
-        .await
-        .expect("a fresh key resolves");
-    debug_assert!(!r.hit(), "a fresh key misses");
-    std::hint::black_box(r.value());
 }
 
 /// A current-thread tokio runtime, as the sim's hosts and most tests use.
