@@ -351,7 +351,9 @@ fn main() {
     let listing = std::env::args().any(|a| a == "--list");
     hits();
     Criterion::default().configure_from_args().final_summary();
-    if !listing {
+    // `BENCH_PAIRS=0` skips the pairs (a run of one criterion group).
+    let pairs = std::env::var("BENCH_PAIRS").map_or(true, |v| v != "0");
+    if !listing && pairs {
         paired_ratios();
     }
 }
