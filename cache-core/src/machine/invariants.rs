@@ -667,12 +667,12 @@ mod tests {
         });
         fires("INV-3", "INV-3", "empty storage list under", |w| {
             let lists = w.cache.idx.storage_lists_mut().0;
-            lists.insert(IndexKey::from_text("empty"), Ids::Many(Vec::new()));
+            lists.insert(IndexKey::from_text("empty"), Ids::Empty);
         });
         fires("INV-3", "INV-3", "twice in the storage list", |w| {
             let (k, held) = (storage_key(w, w.held), w.held);
             let (lists, count) = w.cache.idx.storage_lists_mut();
-            lists.insert(k, Ids::Many(vec![held, held]));
+            lists.insert(k, Ids::Many(Box::new(vec![held, held])));
             *count += 1;
         });
     }
