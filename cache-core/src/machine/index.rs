@@ -268,8 +268,10 @@ impl Indexes {
         let mask = |capacity: usize| (capacity / 7 * 8).next_power_of_two() as u64 - 1;
         let storage_mask = mask(self.by_storage.capacity());
         let content_mask = mask(self.by_content.capacity());
-        // Sorting 8-byte (content, bucket, position) words, not the items.
-        let mut order: Vec<u64> = queue
+        // Sort words: (content, bucket) in the high half, above every
+        // bucket bit either map uses, and the position in the low half.
+        let bucket_bits = u64::BITS - (storage_mask | content_mask).leading_zeros();
+        let words: Vec<u64> = queue
             .iter()
             .enumerate()
             .map(|(i, q)| {
@@ -279,11 +281,11 @@ impl Indexes {
                     } else {
                         storage_mask
                     };
-                (u64::from(q.content) << 63) | (bucket << 32) | i as u64
+                let key = (u64::from(q.content) << bucket_bits) | bucket;
+                (key << 32) | i as u64
             })
             .collect();
-        order.sort_unstable();
-        order
+        sort_by_high_half(words, bucket_bits + 1)
             .into_iter()
             .map(|word| (word & u64::from(u32::MAX)) as usize)
             .collect()
@@ -398,6 +400,51 @@ fn remove_if_same(map: &mut BTreeMap<String, EntryId>, key: &str, entry: EntryId
     }
 }
 
+/// Below this many words a comparison sort beats the radix sort's fixed
+/// cost (its digit counts are cleared and summed on every pass).
+const RADIX_MIN_WORDS: usize = 1024;
+
+/// Bits in one radix digit: 2048 counts, 16 KiB, stay in L1.
+const RADIX_DIGIT_BITS: u32 = 11;
+
+/// `words`, whose low halves ascend (positions in a queue) and whose high
+/// halves use only their low `key_bits` bits, in ascending order: by high
+/// half, ties in their given order. For a large batch this is an LSD radix
+/// sort of the high halves, two or three sequential passes, rather than a
+/// comparison sort (issue 6: at 100k handles the sort was an eighth of a
+/// session close's instructions).
+fn sort_by_high_half(mut words: Vec<u64>, key_bits: u32) -> Vec<u64> {
+    if words.len() < RADIX_MIN_WORDS {
+        // Whole words: ties on the high half fall to the ascending low half.
+        words.sort_unstable();
+        return words;
+    }
+    let digits = key_bits.div_ceil(RADIX_DIGIT_BITS);
+    let radix_mask = (1u64 << RADIX_DIGIT_BITS) - 1;
+    let mut out = vec![0u64; words.len()];
+    let mut counts = vec![0usize; 1 << RADIX_DIGIT_BITS];
+    for d in 0..digits {
+        let shift = 32 + d * RADIX_DIGIT_BITS;
+        let digit = |w: u64| ((w >> shift) & radix_mask) as usize;
+        counts.fill(0);
+        for &w in &words {
+            counts[digit(w)] += 1;
+        }
+        // Counts become each digit's first place in `out`.
+        let mut next = 0;
+        for c in counts.iter_mut() {
+            next += std::mem::replace(c, next);
+        }
+        for &w in &words {
+            let at = &mut counts[digit(w)];
+            out[*at] = w;
+            *at += 1;
+        }
+        std::mem::swap(&mut words, &mut out);
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +476,34 @@ mod tests {
         assert!(list.is_empty());
         assert!(list.push_unique(c));
         assert!(matches!(list, Ids::One(_)), "{list:?}");
+    }
+
+    /// The radix order is the comparison sort's, on either side of the
+    /// switch between them and over one, two and three digits: by high
+    /// half, ties in position order.
+    #[test]
+    fn sort_by_high_half_orders_as_sorting_whole_words() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for len in [0, 1, 2, RADIX_MIN_WORDS - 1, RADIX_MIN_WORDS, 5000, 70_000] {
+            for key_bits in [1, 7, RADIX_DIGIT_BITS, 18, 2 * RADIX_DIGIT_BITS + 1] {
+                let words: Vec<u64> = (0..len as u64)
+                    .map(|i| ((next() & ((1 << key_bits) - 1)) << 32) | i)
+                    .collect();
+                let mut expected = words.clone();
+                expected.sort_unstable();
+                assert_eq!(
+                    sort_by_high_half(words, key_bits),
+                    expected,
+                    "{len} words, {key_bits} key bits"
+                );
+            }
+        }
     }
 
     /// A batch queues its removals until it is finished, then applies them
