@@ -381,6 +381,19 @@ class: unindexed entries (detached results or unregistered calls)
         dnc = short("dnc"),
     );
     assert_eq!(report.to_string(), expected);
+    // One entry's slots, asked alone, are the report's for it.
+    for e in &report.entries {
+        assert_eq!(cache.slots(e.entry), e.slots, "{}", e.entry);
+    }
+    let gone = run_to_completion(
+        &mut cache,
+        &Caller::default(),
+        CallRequest::new(CallId::new("gone")),
+    );
+    let gone_entry = gone.handle.entry();
+    assert_eq!(cache.slots(gone_entry).len(), 1, "listed by storage key");
+    run_releases(cache.release(gone.handle).unwrap()).unwrap();
+    assert!(cache.slots(gone_entry).is_empty(), "an entry that is gone");
 }
 
 /// C-12: a failing release hook's error names the entry it belonged to

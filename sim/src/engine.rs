@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use cache_core::error::CallError;
 use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
-use cache_core::id::{CallId, Digest, Literal};
 use cache_core::machine::{Owner, Resolved};
 use cache_core::ttl::StoreError;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -89,15 +88,6 @@ fn store_error_text(e: &StoreError) -> String {
         StoreError::Corrupt { .. } => "the TTL store is corrupt".into(),
         StoreError::Locked { .. } => "the TTL store is locked by another connection".into(),
         other => other.to_string(),
-    }
-}
-
-/// The ID of key `k` (with its shared content digest, if any).
-pub fn key_id(world: &World, k: u64) -> CallId {
-    let id = CallId::new("build").with_arg("k", Literal::Int(k as i64));
-    match world.plan.keys[k as usize].content {
-        Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
-        None => id,
     }
 }
 
@@ -313,7 +303,7 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             nested,
             ..
         } => {
-            let ck = CallKey::new(key_id(&world, key))
+            let ck = CallKey::new(world.key_id(key))
                 .concurrency_key(if ckey { "c" } else { "" })
                 .ttl_ms(world.plan.keys[key as usize].ttl_ms)
                 .do_not_cache(dnc);
@@ -442,13 +432,13 @@ fn answer(
                         && !r.content_hit()
                         && v.id_key != key
                     {
-                        reported = Some(key_id(world, key).call_key());
+                        reported = Some(world.key_id(key).call_key());
                     }
                     // C-8: a content hit reports the requested ID; otherwise
                     // the ID the result carries (INV-5).
                     let expected = if r.content_hit() { key } else { v.id_key };
                     let id_ok =
-                        r.is_detached() || reported == Some(key_id(world, expected).call_key());
+                        r.is_detached() || reported == Some(world.key_id(expected).call_key());
                     oracle::check_identity(world, key, v, r.content_hit(), id_ok);
                     if v.key != key && v.id_key == key {
                         world.count("result-id-hits");
@@ -604,13 +594,7 @@ fn registered(eng: &Engine, rctx: &ResolverCtx, change: bool) -> String {
     } else {
         &eng.calls
     };
-    let report = cache.leak_report();
-    let slots = report
-        .entries
-        .iter()
-        .find(|e| e.entry == entry)
-        .map(|e| e.slots.clone())
-        .unwrap_or_default();
+    let slots = cache.inspect(|m| m.slots(entry));
     // The effective concurrency key (the machine scopes it per session on
     // shared TTL keys, T-3): what follows the last '/' of the ongoing slot.
     for slot in &slots {
@@ -639,7 +623,7 @@ async fn body(
     let change = kind == Kind::Change;
     let mut inner: Option<CallResult<Val>> = None;
     if let Some(nk) = nested {
-        let ck = CallKey::new(key_id(world, nk)).concurrency_key("c");
+        let ck = CallKey::new(world.key_id(nk)).concurrency_key("c");
         let quick = Behave {
             outcome: Outcome::Value,
             dur_ms: 20,
@@ -714,7 +698,7 @@ async fn body(
         Outcome::Hang => unreachable!("a hanging resolver only ends by cancellation"),
     };
     if let Some(r) = result_key {
-        resolved = resolved.with_id(key_id(world, r));
+        resolved = resolved.with_id(world.key_id(r));
     }
     if behave.outcome == Outcome::Panic {
         return Ok(resolved);

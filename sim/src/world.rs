@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cache_core::facade::{Cache, ManualClock};
+use cache_core::id::{CallId, Digest, Literal};
 use cache_core::machine::SessionId;
 use cache_core::ttl::{MemoryTtlStore, TtlStore};
 
@@ -110,6 +111,10 @@ pub struct Violation {
 pub struct World {
     /// The plan.
     pub plan: Plan,
+    /// Each key's call ID, by key index: built once, since a digest is a
+    /// SHA-256 and every request and resolver asks for one (issue 6: 6 % of
+    /// a seed's instructions went to rebuilding them).
+    key_ids: Vec<CallId>,
     /// A planted violation, if any.
     pub plant: Option<Plant>,
     /// Bug-zoo switches on in the engine's caches (none by default).
@@ -142,6 +147,16 @@ pub struct World {
     quiet: std::sync::atomic::AtomicBool,
 }
 
+/// The ID of the plan's key `k`: one recipe per key, and a content digest
+/// shared by the keys of its content group (C-3.2).
+fn build_key_id(plan: &Plan, k: usize) -> CallId {
+    let id = CallId::new("build").with_arg("k", Literal::Int(k as i64));
+    match plan.keys[k].content {
+        Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
+        None => id,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -155,8 +170,12 @@ impl World {
         memory: Option<Arc<MemoryTtlStore>>,
     ) -> Self {
         let n = plan.clients.len();
+        let key_ids = (0..plan.keys.len())
+            .map(|k| build_key_id(&plan, k))
+            .collect();
         Self {
             plan,
+            key_ids,
             plant,
             bugs: cache_core::bugs::Bugs::none(),
             now_ms: AtomicU64::new(0),
@@ -178,6 +197,11 @@ impl World {
             last_sent_ms: AtomicU64::new(0),
             quiet: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The ID of key `k` (with its shared content digest, if any).
+    pub fn key_id(&self, k: u64) -> CallId {
+        self.key_ids[k as usize].clone()
     }
 
     /// While set, trace lines are dropped: the teardown of a restarted

@@ -162,6 +162,16 @@ impl<V: Clone> CallCache<V> {
             entries,
         }
     }
+
+    /// One entry's index slots as the O-3 report names them (empty for an
+    /// entry that is gone): what [`CallCache::leak_report`] lists for it,
+    /// without reporting every other entry too.
+    pub fn slots(&self, entry: EntryId) -> Vec<String> {
+        self.entries
+            .get(entry.0)
+            .map(|e| e.slots.iter().map(slot_text).collect())
+            .unwrap_or_default()
+    }
 }
 
 fn slot_text(slot: &Slot) -> String {
