@@ -190,8 +190,11 @@ async fn t7_expiry_is_honoured_inside_one_session() {
     let env = sqlite(&dir);
     let s = env.cache.open_session();
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
-    for (name, safe) in [("safe", true), ("unsafe", false)] {
-        env.clock.set(T0);
+    // Each round starts later than the last: the clock only moves forward
+    // here (a backwards step would be judged on the highest reading, T-7).
+    for (round, (name, safe)) in [("safe", true), ("unsafe", false)].into_iter().enumerate() {
+        let start = T0 + 10 * TTL as i64 * round as i64;
+        env.clock.set(start);
         let k = id(name);
         s.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, safe))
             .await
@@ -202,7 +205,7 @@ async fn t7_expiry_is_honoured_inside_one_session() {
             s.call(ttl_key(&k), never()).await.unwrap().hit(),
             "{name}: stable in its session"
         );
-        env.clock.set(T0 + TTL as i64 + 1);
+        env.clock.set(start + TTL as i64 + 1);
         let again = s
             .call(ttl_key(&k), keyed(&runs, &keys, "new", &hook, safe))
             .await
@@ -217,6 +220,77 @@ async fn t7_expiry_is_honoured_inside_one_session() {
     assert_eq!(runs.get(), 4);
     s.close().unwrap();
     assert_eq!(hook.count(), 4);
+    assert_quiescent(&env.cache);
+}
+
+/// T-7: once the cache has seen a reading past a row's expiry, a clock that
+/// jumps back does not make the row, or the result under it, live again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn t7_a_backwards_clock_never_revives_an_expired_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = sqlite(&dir);
+    let k = id("fetch-latest");
+    let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
+    let a = env.cache.open_session();
+    a.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
+        .await
+        .unwrap();
+    let sk_old = last(&keys);
+
+    // The cache reads a time past the expiry (a call on another key)...
+    env.clock.set(T0 + TTL as i64 + 1);
+    a.call(ttl_key(&id("other")), keyed(&runs, &keys, "x", &hook, true))
+        .await
+        .unwrap();
+    // ...then the clock steps back to well inside the old TTL.
+    env.clock.set(T0 + 1);
+    let b = env.cache.open_session();
+    let r = b
+        .call(ttl_key(&k), keyed(&runs, &keys, "new", &hook, true))
+        .await
+        .unwrap();
+    assert!(!r.hit(), "an expired mapping stays expired (T-7)");
+    assert_eq!(r.value().map(String::as_str), Some("new"));
+    assert_ne!(last(&keys), sk_old);
+    a.close().unwrap();
+    b.close().unwrap();
+    assert_quiescent(&env.cache);
+}
+
+/// T-7: a call that arrives after a row expired is judged at its arrival,
+/// even when the clock steps back while the store is slow to answer.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn t7_a_clock_stepping_back_during_a_slow_store_answer_serves_nothing_expired() {
+    let env = with_store(Arc::new(MemoryTtlStore::new()));
+    let k = id("fetch-latest");
+    let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
+    let a = env.cache.open_session();
+    a.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
+        .await
+        .unwrap();
+    let sk_old = last(&keys);
+
+    env.clock.set(T0 + TTL as i64 + 1);
+    env.store.set_faults(StoreFaults {
+        delay_ms: 50,
+        ..StoreFaults::default()
+    });
+    let clock = env.clock.clone();
+    let step_back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        clock.set(T0 + 1);
+    });
+    let b = env.cache.open_session();
+    let r = b
+        .call(ttl_key(&k), keyed(&runs, &keys, "new", &hook, true))
+        .await
+        .unwrap();
+    step_back.await.unwrap();
+    assert!(!r.hit(), "expired when the call arrived (T-7)");
+    assert_eq!(r.value().map(String::as_str), Some("new"));
+    assert_ne!(last(&keys), sk_old);
+    a.close().unwrap();
+    b.close().unwrap();
     assert_quiescent(&env.cache);
 }
 

@@ -38,6 +38,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use clock::HighWaterClock;
 pub use clock::{Clock, ManualClock};
 pub use ctx::{Ctx, ResolverCtx};
 pub use result::CallResult;
@@ -175,7 +176,7 @@ impl CacheBuilder {
                 }),
                 checked: AtomicU64::new(UNCHECKED),
                 store: self.store,
-                clock: self.clock,
+                clock: HighWaterClock::new(self.clock),
                 telemetry: self.telemetry,
                 metrics: self.metrics,
                 store_deadline_ms: self.store_deadline_ms,
@@ -224,7 +225,8 @@ pub(crate) struct Shared<V> {
     /// The machine's bug-zoo switches, fixed at build: read without the lock.
     bugs: crate::bugs::Bugs,
     store: Option<Arc<dyn TtlStore>>,
-    clock: Arc<dyn Clock>,
+    /// TTL decisions read the highest time seen (T-7).
+    clock: HighWaterClock,
     telemetry: Option<Arc<dyn Telemetry>>,
     metrics: Arc<Metrics>,
     store_deadline_ms: u64,
@@ -464,6 +466,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
     }
 
     /// T-5: deletes expired TTL rows in batches; a no-op without a store.
+    /// "Expired" is judged on the highest clock reading seen (T-7), as
+    /// lookups judge it.
     pub fn gc_ttl(&self) -> Result<usize, StoreError> {
         match &self.shared.store {
             Some(store) => crate::ttl::gc_all(store.as_ref(), self.shared.clock.now_ms()),
@@ -472,8 +476,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
     }
 
     /// T-2: picks the storage key for a TTL'd call; never fails the call.
+    ///
+    /// T-7: expiry is judged on the highest clock reading seen, and the
+    /// clock is read both when the call arrives and after the store has
+    /// answered. A call that arrived after a row expired is never served
+    /// that row's result, even if the clock jumps back while the store is
+    /// slow to answer.
     async fn ttl_choice(&self, ctx: &Ctx, id: &CallId, ttl_ms: u64) -> Option<StorageKeyChoice> {
         let store = self.shared.store.clone()?;
+        let _arrived = self.shared.clock.now_ms();
         let call_key = id.call_key();
         let delay = store.answer_delay_ms();
         let answer = if delay > self.shared.store_deadline_ms {
