@@ -12,4 +12,4 @@ pub(crate) mod prefetch;
 pub mod trace;
 pub mod ttl;
 
-pub use error::CallError;
+pub use error::{CallError, ResolverError};

@@ -2,7 +2,7 @@
 
 use cache_core::id::{CallId, Digest};
 use cache_core::machine::{
-    run_releases, CallCache, CallRequest, Caller, Decision, LeakClass, Owner, Resolved,
+    run_releases, CallCache, CallRequest, Caller, Decision, FlightKey, LeakClass, Owner, Resolved,
 };
 use cache_core::trace::Path;
 
@@ -385,6 +385,28 @@ class: unindexed entries (detached results or unregistered calls)
     for e in &report.entries {
         assert_eq!(cache.slots(e.entry), e.slots, "{}", e.entry);
     }
+    // The typed flight key of each in-flight entry (what INV-4 oracles
+    // read): the ongoing call under its full storage key and concurrency
+    // key, the arbitrary init under its key, nothing for the rest.
+    let flights: Vec<Option<FlightKey>> = report
+        .entries
+        .iter()
+        .map(|e| cache.flight_key(e.entry))
+        .collect();
+    assert_eq!(
+        flights,
+        vec![
+            None,
+            Some(FlightKey::Call {
+                storage_key: CallId::new("stuck").call_key(),
+                concurrency_key: "c".into(),
+            }),
+            None,
+            Some(FlightKey::Arbitrary {
+                key: "arb-key".into(),
+            }),
+        ]
+    );
     let gone = run_to_completion(
         &mut cache,
         &Caller::default(),

@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cache_core::error::CallError;
+use cache_core::error::{CallError, ResolverError};
 use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
-use cache_core::machine::{Owner, Resolved};
+use cache_core::machine::{FlightKey, Resolved};
 use cache_core::ttl::StoreError;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turmoil::net::{TcpListener, TcpStream};
 
-use crate::oracle::{self, HookShadow, RunShadow};
+use crate::failure::{Cause, RunFailure};
+use crate::oracle::{self, FlightClass, Observation, RunShadow, Served};
 use crate::plan::{Behave, OpKind, Outcome};
 use crate::protocol::{Request, IDLE_MS, PORT};
 use crate::world::{Engine, Plant, Val, World};
@@ -131,11 +132,11 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
         tx,
     };
     let sid = conn.calls.id();
-    world.shadow().sessions.insert(
-        (eng.inc, sid),
-        oracle::SessionShadow {
-            open: true,
-            ..Default::default()
+    oracle::observe(
+        &world,
+        Observation::SessionOpened {
+            inc: eng.inc,
+            session: sid,
         },
     );
     world.trace("engine", format!("client{client} connected: session {sid}"));
@@ -229,14 +230,6 @@ impl Conn {
         let sid = self.calls.id();
         let summary = self.calls.close();
         let _ = self.changes.close();
-        let refs_after = self
-            .eng
-            .calls
-            .inspect(|m| m.refs_owned_by(Owner::Session(sid)));
-        if let Some(s) = self.world.shadow().sessions.get_mut(&(self.eng.inc, sid)) {
-            s.open = false;
-            s.handles.clear();
-        }
         match summary {
             Ok(s) => self.world.trace(
                 "engine",
@@ -247,12 +240,14 @@ impl Conn {
             ),
             Err(e) => self.world.trace("engine", format!("{why} {sid}: {e}")),
         }
-        if refs_after != 0 || self.world.plant == Some(Plant::RefsAfterClose) {
-            self.world.violate(
-                "INV-9",
-                format!("session {sid} holds {refs_after} refs after close"),
-            );
-        }
+        oracle::observe(
+            &self.world,
+            Observation::SessionClosed {
+                cache: &self.eng.calls,
+                inc: self.eng.inc,
+                session: sid,
+            },
+        );
     }
 }
 
@@ -270,15 +265,6 @@ fn err_kind(e: &CallError) -> &'static str {
     }
 }
 
-/// The run id named in a resolver's error text (`… run<N>`).
-fn run_of(e: &CallError) -> Option<u64> {
-    let text = match e {
-        CallError::Resolver(t) | CallError::Panicked(t) => t,
-        _ => return None,
-    };
-    text.rsplit("run").next()?.trim().parse().ok()
-}
-
 async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
     let world = conn.world.clone();
     let inc = conn.eng.inc;
@@ -288,10 +274,7 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
     };
     let t0 = world.now();
     let t0_clock = cache_core::facade::Clock::now_ms(&world.clock);
-    if let Some(s) = world.shadow().sessions.get_mut(&(inc, sid)) {
-        s.pending += 1;
-    }
-    *world.shadow().pending.entry(inc).or_default() += 1;
+    oracle::observe(&world, Observation::CallStarted { inc, session: sid });
     let who = format!("client{}", conn.client);
     let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });
     let (res, key, is_call) = match op.kind {
@@ -361,10 +344,7 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
         t0_clock,
         token.is_cancelled(),
     );
-    if let Some(s) = world.shadow().sessions.get_mut(&(inc, sid)) {
-        s.pending -= 1;
-    }
-    *world.shadow().pending.entry(inc).or_default() -= 1;
+    oracle::observe(&world, Observation::CallAnswered { inc, session: sid });
     if world.plant == Some(Plant::SwallowResponse) && req == 3 && conn.client == 0 {
         world.trace("engine", "PLANTED: response swallowed");
         *world.shadow().pending.entry(inc).or_default() += 1;
@@ -373,6 +353,8 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
     let _ = conn.tx.send(line);
 }
 
+/// The answer line for one call's outcome; what was served is reported to
+/// the oracles (planted violations alter it first).
 #[allow(clippy::too_many_arguments)]
 fn answer(
     conn: &Conn,
@@ -389,75 +371,50 @@ fn answer(
     let sid = conn.calls.id();
     match res {
         Ok(r) => {
-            let v = r.value().cloned();
-            let session_owned = !r.holds_ref();
-            if session_owned && on_calls {
-                let mut sh = world.shadow();
-                let open = sh
-                    .sessions
-                    .get(&(conn.eng.inc, sid))
-                    .is_some_and(|s| s.open);
-                if let Some(s) = sh.sessions.get_mut(&(conn.eng.inc, sid)) {
-                    *s.handles.entry(r.entry()).or_default() += 1;
-                    if world.plant == Some(Plant::ShadowExtraHandle) {
-                        *s.handles.entry(r.entry()).or_default() += 1;
-                    }
-                }
-                drop(sh);
-                // A result served while the session was open may reach us
-                // after it closed (the close released it). What S-3 forbids
-                // is a ref that the closed session still owns.
-                let kept = conn
-                    .eng
-                    .calls
-                    .inspect(|m| m.refs_owned_by(Owner::Session(sid)));
-                if !open && kept != 0 {
-                    world.violate(
-                        "INV-9",
-                        format!("closed session {sid} got a result and still owns {kept} refs"),
-                    );
-                }
-            }
-            let mut v = v;
-            if world.plant == Some(Plant::WrongValue) {
-                if let Some(v) = v.as_mut() {
+            let mut v = r.value().cloned();
+            if let Some(v) = v.as_mut() {
+                if world.plant == Some(Plant::WrongValue) {
                     v.key = (key + 1) % world.plan.keys.len() as u64 + 1000;
                 }
-            }
-            if let Some(v) = &v {
-                if is_call {
-                    let mut reported = r.id().map(|i| i.call_key());
-                    if world.plant == Some(Plant::RequestedIdOnStorageHit)
-                        && r.hit()
-                        && !r.content_hit()
-                        && v.id_key != key
-                    {
-                        reported = Some(world.key_id(key).call_key());
-                    }
-                    // C-8: a content hit reports the requested ID; otherwise
-                    // the ID the result carries (INV-5).
-                    let expected = if r.content_hit() { key } else { v.id_key };
-                    let id_ok =
-                        r.is_detached() || reported == Some(world.key_id(expected).call_key());
-                    oracle::check_identity(world, key, v, r.content_hit(), id_ok);
-                    if v.key != key && v.id_key == key {
-                        world.count("result-id-hits");
-                    }
-                    let mut v = v.clone();
-                    if world.plant == Some(Plant::TtlCrossSession)
-                        && world.plan.keys[key as usize].ttl_ms > 0
-                    {
-                        v.session = None;
-                        v.safe = false;
-                        v.made_ms = 0;
-                    }
-                    if !r.content_hit() && !r.is_detached() {
-                        oracle::check_ttl(world, key, &v, sid, t0, t0_clock);
-                    }
-                } else if !v.arbitrary || v.key != key {
-                    world.violate("INV-5", format!("arbitrary a{key} served o{}", v.out));
+                if world.plant == Some(Plant::TtlCrossSession)
+                    && is_call
+                    && world.plan.keys[key as usize].ttl_ms > 0
+                {
+                    v.session = None;
+                    v.safe = false;
+                    v.made_ms = 0;
                 }
             }
+            let mut reported = r.id().map(|i| i.call_key());
+            if world.plant == Some(Plant::RequestedIdOnStorageHit)
+                && r.hit()
+                && !r.content_hit()
+                && v.as_ref().is_some_and(|v| v.id_key != key)
+            {
+                reported = Some(world.key_id(key).call_key());
+            }
+            let owned = (!r.holds_ref() && on_calls).then(|| r.entry());
+            oracle::observe(
+                world,
+                Observation::Served {
+                    served: Served {
+                        cache: &conn.eng.calls,
+                        inc: conn.eng.inc,
+                        session: sid,
+                        req,
+                        key,
+                        is_call,
+                        value: v.as_ref(),
+                        reported_call_key: reported,
+                        hit: r.hit(),
+                        content_hit: r.content_hit(),
+                        detached: r.is_detached(),
+                        t0_ms: t0,
+                        t0_clock,
+                    },
+                    owned,
+                },
+            );
             let flags = format!(
                 "{}{}{}",
                 if r.hit() { "hit" } else { "miss" },
@@ -481,27 +438,27 @@ fn answer(
         Err(e) => {
             let mut e = e;
             if world.plant == Some(Plant::CachedError) {
+                // Serve the error of the first run, long finished.
                 let first = world.shadow().runs.keys().next().copied();
                 if let Some(run) = first {
                     if world.shadow().finished_at(run).is_some_and(|f| f < t0) {
-                        e = CallError::Resolver(format!("planned error run{run}"));
+                        e = CallError::Resolver(ResolverError::new(RunFailure {
+                            run,
+                            cause: Cause::Planned,
+                        }));
                     }
                 }
             }
-            if let Some(run) = run_of(&e) {
-                if world.shadow().finished_at(run).is_some_and(|f| f < t0) {
-                    world.violate(
-                        "INV-6",
-                        format!("r{req} k{key} got the cached error of run{run}"),
-                    );
-                }
-            }
-            if matches!(e, CallError::Cancelled) && !cancelled {
-                world.violate(
-                    "INV-7",
-                    format!("r{req} k{key}: cancelled without cancelling"),
-                );
-            }
+            oracle::observe(
+                world,
+                Observation::Failed {
+                    req,
+                    key,
+                    error: &e,
+                    t0_ms: t0,
+                    caller_cancelled: cancelled,
+                },
+            );
             world.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
             world.count("errors");
             format!("R {req} err {}\n", err_kind(&e))
@@ -530,34 +487,25 @@ fn resolver(
     move |rctx: ResolverCtx| {
         Box::pin(async move {
             let run = world.next_id();
-            let ns = if change { "change" } else { "cache" };
-            let sf_key = (
-                ns.to_string(),
-                rctx.storage_key.clone(),
-                // The concurrency key is not visible to the resolver; the
-                // ongoing index tells whether this entry is registered.
-                registered(&eng, &rctx, change),
-            );
-            let dup = world.shadow().run_start(
-                run,
-                RunShadow {
-                    inc: eng.inc,
-                    key: sf_key,
-                    finished_at: None,
-                    // Planted: the shadow watches a token nobody cancels.
-                    cancel: if world.plant == Some(Plant::ResolverNotCancelled) {
-                        CancellationToken::new()
-                    } else {
-                        rctx.cancel.clone()
+            oracle::observe(
+                &world,
+                Observation::ResolverStarted {
+                    run,
+                    shadow: RunShadow {
+                        inc: eng.inc,
+                        key: flight_class(&eng, &rctx, change),
+                        finished_at: None,
+                        // Planted: the shadow watches a token nobody cancels.
+                        cancel: if world.plant == Some(Plant::ResolverNotCancelled) {
+                            CancellationToken::new()
+                        } else {
+                            rctx.cancel.clone()
+                        },
+                        change,
+                        entry: rctx.entry,
                     },
-                    change,
-                    entry: rctx.entry,
                 },
-                world.plant,
             );
-            if let Some(msg) = dup {
-                world.violate("INV-4", msg);
-            }
             world.trace(
                 "engine",
                 format!(
@@ -568,44 +516,48 @@ fn resolver(
                 ),
             );
             let result = body(&world, &eng, run, key, behave, nested, session, kind, &rctx).await;
-            world.shadow().run_end(run, world.now());
+            oracle::observe(&world, Observation::ResolverEnded { run });
             match &result {
                 Ok(_) => world.trace("engine", format!("run{run} k{key} done")),
                 Err(e) => world.trace("engine", format!("run{run} k{key} {}", err_kind(e))),
             }
             if behave.outcome == Outcome::Panic && result.is_ok() {
-                panic!("planned panic run{run}");
+                // The payload keeps the failure's identity (C-14, INV-6).
+                std::panic::panic_any(ResolverError::new(RunFailure {
+                    run,
+                    cause: Cause::Panicked,
+                }));
             }
             result
         })
     }
 }
 
-/// The singleflight class of an in-flight entry: "c" when it sits in the
-/// ongoing index (a non-empty concurrency key), "" otherwise. Arbitrary
-/// entries always dedupe.
-fn registered(eng: &Engine, rctx: &ResolverCtx, change: bool) -> String {
-    if change {
-        return "k".into();
-    }
-    let entry = rctx.entry.1;
-    let cache = if rctx.entry.0 == eng.changes.inspect(|m| m.instance()) {
+/// The singleflight class of a resolver run (INV-4), from the cache's
+/// typed answer for its entry: the storage key the resolver sees, and the
+/// effective concurrency key its entry is registered under ("" when it is
+/// in no in-flight index, so it never deduplicates; "k" for every
+/// arbitrary or change-cache init, which always do).
+fn flight_class(eng: &Engine, rctx: &ResolverCtx, change: bool) -> FlightClass {
+    let (instance, entry) = rctx.entry;
+    let cache = if instance == eng.changes.inspect(|m| m.instance()) {
         &eng.changes
     } else {
         &eng.calls
     };
-    let slots = cache.inspect(|m| m.slots(entry));
-    // The effective concurrency key (the machine scopes it per session on
-    // shared TTL keys, T-3): what follows the last '/' of the ongoing slot.
-    for slot in &slots {
-        if let Some(rest) = slot.strip_prefix("ongoing ") {
-            return rest.rsplit_once('/').map_or("c", |(_, c)| c).to_string();
-        }
-        if slot.starts_with("arbitrary") {
-            return "arbitrary".into();
-        }
+    let concurrency_key = match cache.inspect(|m| m.flight_key(entry)) {
+        Some(FlightKey::Call {
+            concurrency_key, ..
+        }) => concurrency_key,
+        Some(FlightKey::Arbitrary { .. }) => "k".to_string(),
+        None if change => "k".to_string(),
+        None => String::new(),
+    };
+    FlightClass {
+        namespace: if change { "change" } else { "cache" },
+        storage_key: rctx.storage_key.clone(),
+        concurrency_key,
     }
-    String::new()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -634,10 +586,10 @@ async fn body(
         match eng.calls.get_or_init_call(&rctx.nested(), ck, r).await {
             Ok(r) => inner = Some(r),
             Err(e) => {
-                return Err(CallError::Resolver(format!(
-                    "nested {} run{run}",
-                    err_kind(&e)
-                )))
+                return Err(CallError::Resolver(ResolverError::new(RunFailure {
+                    run,
+                    cause: Cause::Nested(err_kind(&e)),
+                })))
             }
         }
     }
@@ -659,14 +611,14 @@ async fn body(
     };
     if cancelled {
         // INV-7: a resolver is cancelled only when every waiter has left.
-        let cache = if change { &eng.changes } else { &eng.calls };
-        let waiters = cache.inspect(|m| m.waiters(rctx.entry.1));
-        if !waiters.is_empty() {
-            world.violate(
-                "INV-7",
-                format!("run{run} cancelled with waiters {waiters:?}"),
-            );
-        }
+        oracle::observe(
+            world,
+            Observation::ResolverCancelled {
+                run,
+                cache: if change { &eng.changes } else { &eng.calls },
+                entry: rctx.entry.1,
+            },
+        );
         return Err(CallError::Cancelled);
     }
     let out = world.next_id();
@@ -694,7 +646,12 @@ async fn body(
     let mut resolved = match behave.outcome {
         Outcome::Value | Outcome::Panic => mk(Some(val)),
         Outcome::NoValue => mk(None),
-        Outcome::Error => return Err(CallError::Resolver(format!("planned error run{run}"))),
+        Outcome::Error => {
+            return Err(CallError::Resolver(ResolverError::new(RunFailure {
+                run,
+                cause: Cause::Planned,
+            })))
+        }
         Outcome::Hang => unreachable!("a hanging resolver only ends by cancellation"),
     };
     if let Some(r) = result_key {
@@ -705,36 +662,18 @@ async fn body(
     }
     let inner_entry = inner.as_ref().map(|r| r.entry());
     let handle = inner.and_then(|r| r.into_nested());
-    world.shadow().hooks.insert(
-        out,
-        HookShadow {
-            inc: eng.inc,
-            runs: 0,
-        },
-    );
-    let hook_world = world.clone();
     let inc = eng.inc;
-    let nested_entry = handle.as_ref().and(inner_entry);
+    let nested = handle.as_ref().and(inner_entry);
+    oracle::observe(world, Observation::OutputMade { out, inc, nested });
+    let hook_world = world.clone();
     let double = world.plant == Some(Plant::DoubleHook);
     let mut resolved = resolved.safe_to_persist(behave.safe).with_release(move || {
-        let times = if double { 2 } else { 1 };
-        for _ in 0..times {
-            let mut sh = hook_world.shadow();
-            let msg = sh.hook_ran(out);
-            if let Some(e) = nested_entry {
-                if let Some(n) = sh.nested.get_mut(&(inc, e)) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-            drop(sh);
-            if let Some(msg) = msg {
-                hook_world.violate("INV-10", msg);
-            }
+        for _ in 0..if double { 2 } else { 1 } {
+            oracle::observe(&hook_world, Observation::HookRan { out, inc, nested });
         }
         Ok(())
     });
-    if let (Some(h), Some(e)) = (handle, inner_entry) {
-        *world.shadow().nested.entry((inc, e)).or_default() += 1;
+    if let Some(h) = handle {
         resolved = resolved.with_nested(h);
     }
     Ok(resolved)

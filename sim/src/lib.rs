@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod counting_store;
 pub mod engine;
+pub mod failure;
 pub mod oracle;
 pub mod plan;
 pub mod plan_file;

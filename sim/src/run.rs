@@ -92,8 +92,8 @@ fn quiet_planned_panics() {
         std::panic::set_hook(Box::new(move |info| {
             let planned = info
                 .payload()
-                .downcast_ref::<String>()
-                .is_some_and(|s| s.starts_with("planned panic"));
+                .downcast_ref::<cache_core::ResolverError>()
+                .is_some_and(|e| e.downcast_ref::<crate::failure::RunFailure>().is_some());
             if !planned {
                 default(info);
             }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{run_hooks, CallResult, ResolverCtx, Shared};
 use crate::bugs::Bug;
-use crate::error::CallError;
+use crate::error::{CallError, ResolverError};
 use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Violation, WaiterId};
 
 type Outcome<V> = Result<Served<V>, CallError>;
@@ -245,8 +245,7 @@ pub(crate) fn spawn_resolver<V, F, Fut>(
         let run = AssertUnwindSafe(async move { resolver(ctx).await })
             .catch_unwind()
             .await;
-        let outcome =
-            run.unwrap_or_else(|panic| Err(CallError::Panicked(panic_message(panic.as_ref()))));
+        let outcome = run.unwrap_or_else(|panic| Err(CallError::Panicked(panic_error(panic))));
         guard.armed = false;
         finish(&shared, entry, outcome);
     });
@@ -319,12 +318,18 @@ fn finish<V: Clone + Send + 'static>(
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// C-14: a panic's payload as the error every waiter gets; a
+/// [`ResolverError`] payload keeps its identity.
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> ResolverError {
+    let panic = match panic.downcast::<ResolverError>() {
+        Ok(e) => return *e,
+        Err(other) => other,
+    };
     if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
+        ResolverError::msg(*s)
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
+        ResolverError::msg(s.clone())
     } else {
-        "non-string panic payload".to_string()
+        ResolverError::msg("non-string panic payload")
     }
 }

@@ -128,9 +128,9 @@ impl<V: Clone> CallCache<V> {
                     hook,
                 });
             }
-            return Err(CallError::Resolver(format!(
-                "resolver returned an unknown nested handle {bad}"
-            )));
+            return Err(CallError::Resolver(
+                format!("resolver returned an unknown nested handle {bad}").into(),
+            ));
         }
         for h in nested {
             self.transfer(h.ref_id, Owner::Entry(entry));

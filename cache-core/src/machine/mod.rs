@@ -53,7 +53,7 @@ use std::collections::BTreeMap;
 
 pub use index::Buckets;
 pub use invariants::Violation;
-pub use report::{LeakClass, LeakReport, SurvivingEntry};
+pub use report::{FlightKey, LeakClass, LeakReport, SurvivingEntry};
 pub use session::SessionClose;
 pub use types::*;
 

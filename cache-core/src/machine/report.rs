@@ -163,6 +163,21 @@ impl<V: Clone> CallCache<V> {
         }
     }
 
+    /// The singleflight key an in-flight entry is registered under (C-3,
+    /// K-2), or `None` when it is in no in-flight index (no concurrency
+    /// key, completed, or gone). Oracles judge INV-4 on this typed answer.
+    pub fn flight_key(&self, entry: EntryId) -> Option<FlightKey> {
+        let e = self.entries.get(entry.0)?;
+        e.slots.iter().find_map(|slot| match slot {
+            Slot::Ongoing(k, c) => Some(FlightKey::Call {
+                storage_key: k.text().to_string(),
+                concurrency_key: c.clone(),
+            }),
+            Slot::ArbitraryOngoing(k) => Some(FlightKey::Arbitrary { key: k.clone() }),
+            _ => None,
+        })
+    }
+
     /// One entry's index slots as the O-3 report names them (empty for an
     /// entry that is gone): what [`CallCache::leak_report`] lists for it,
     /// without reporting every other entry too.
@@ -172,6 +187,24 @@ impl<V: Clone> CallCache<V> {
             .map(|e| e.slots.iter().map(slot_text).collect())
             .unwrap_or_default()
     }
+}
+
+/// Where an in-flight entry is deduplicated: see [`CallCache::flight_key`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlightKey {
+    /// In the ongoing-calls index under (storage key, effective concurrency
+    /// key: scoped per session on shared TTL keys, T-3).
+    Call {
+        /// The full storage key.
+        storage_key: String,
+        /// The effective concurrency key.
+        concurrency_key: String,
+    },
+    /// An arbitrary entry's init, under its key (K-2).
+    Arbitrary {
+        /// The arbitrary key.
+        key: String,
+    },
 }
 
 fn slot_text(slot: &Slot) -> String {

@@ -212,7 +212,7 @@ pub fn failing(runs: &Counter, msg: &str) -> impl FnOnce(ResolverCtx) -> BoxFut 
     move |_ctx| {
         Box::pin(async move {
             runs.inc();
-            Err(CallError::Resolver(msg))
+            Err(CallError::Resolver(msg.into()))
         })
     }
 }

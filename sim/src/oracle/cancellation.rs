@@ -1,0 +1,54 @@
+//! INV-7: a call's resolver is cancelled iff all its waiters left; a waiter
+//! that did not cancel gets the outcome.
+
+use cache_core::facade::Cache;
+use cache_core::machine::EntryId;
+use cache_core::CallError;
+
+use crate::world::{Engine, Val, World};
+
+/// An error answer: "cancelled" only for a caller that cancelled.
+pub(super) fn failed(world: &World, req: u64, key: u64, error: &CallError, caller_cancelled: bool) {
+    if matches!(error, CallError::Cancelled) && !caller_cancelled {
+        world.violate(
+            "INV-7",
+            format!("r{req} k{key}: cancelled without cancelling"),
+        );
+    }
+}
+
+/// A resolver observed its cancellation: every waiter must have left.
+pub(super) fn resolver_cancelled(world: &World, run: u64, cache: &Cache<Val>, entry: EntryId) {
+    let waiters = cache.inspect(|m| m.waiters(entry));
+    if !waiters.is_empty() {
+        world.violate(
+            "INV-7",
+            format!("run{run} cancelled with waiters {waiters:?}"),
+        );
+    }
+}
+
+/// After every step, the "only if" half the answers cannot show: once every
+/// waiter of a running call has left (and nobody holds it), its resolver's
+/// cancellation has fired.
+pub(super) fn step(world: &World, eng: &Engine) {
+    let running: Vec<(u64, (u64, EntryId), bool)> = world
+        .shadow()
+        .running(eng.inc)
+        .map(|(id, r)| (*id, r.entry, r.cancel.is_cancelled()))
+        .collect();
+    for (run, (instance, entry), cancelled) in running {
+        let cache = super::cache_of(eng, instance);
+        let deserted = cache.inspect(|m| {
+            m.contains(entry) && m.waiters(entry).is_empty() && m.refcount(entry) == Some(0)
+        });
+        if deserted && !cancelled {
+            world.violate(
+                "INV-7",
+                format!(
+                    "run{run}: every waiter of {entry} left but its resolver was not cancelled"
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The oracles (SPEC §9), apart from the hosts that serve (DESIGN: as
+//! TigerBeetle's VOPR keeps its checkers apart from the replica).
+//!
+//! The engine host serves requests and reports what happened as
+//! [`Observation`]s through [`observe`]; it judges nothing itself. Each
+//! invariant's judge lives in its own module and reads the cache only
+//! through typed queries (refcounts, waiters, owners, flight keys) and
+//! typed errors ([`crate::failure::RunFailure`]), never through display
+//! text. [`check_step`] runs after every step, [`check_end`] once at the end.
+//!
+//! | module | judges |
+//! | --- | --- |
+//! | `shadow` | nothing: the shadow model the judges compare against |
+//! | `refcounts` | INV-2 |
+//! | `singleflight` | INV-4 |
+//! | `identity` | INV-5 |
+//! | `errors` | INV-6 |
+//! | `cancellation` | INV-7 |
+//! | `ttl` | INV-8 |
+//! | `sessions` | INV-9 |
+//! | `hooks` | INV-10 |
+//! | `quiescence` | INV-1, INV-11 |
+//!
+//! INV-3 is the cache's own `check_invariants()`, run in [`check_step`];
+//! INV-12 is checked by replaying a seed (`run::check_determinism`).
+
+mod cancellation;
+mod errors;
+mod hooks;
+mod identity;
+mod quiescence;
+mod refcounts;
+mod sessions;
+pub mod shadow;
+mod singleflight;
+mod ttl;
+
+use cache_core::facade::Cache;
+use cache_core::machine::{EntryId, SessionId};
+use cache_core::CallError;
+
+pub use quiescence::check_end;
+pub use shadow::{FlightClass, HookShadow, RunShadow, SessionShadow, Shadow};
+
+use crate::world::{Engine, Plant, Val, World};
+
+/// A call answered with a result, as the host saw it.
+pub struct Served<'a> {
+    /// The call cache of the serving incarnation (typed queries).
+    pub cache: &'a Cache<Val>,
+    /// The serving incarnation.
+    pub inc: u64,
+    /// The caller's session (of the call cache).
+    pub session: SessionId,
+    /// The request id.
+    pub req: u64,
+    /// The requested key index.
+    pub key: u64,
+    /// A call (`false`: an arbitrary or change-cache init).
+    pub is_call: bool,
+    /// The value, if the result has one (C-10).
+    pub value: Option<&'a Val>,
+    /// The call key of the ID the result reports.
+    pub reported_call_key: Option<String>,
+    /// Hit flags and shape.
+    pub hit: bool,
+    /// C-8 content hit.
+    pub content_hit: bool,
+    /// C-2 detached result.
+    pub detached: bool,
+    /// Simulated ms when the call reached the engine.
+    pub t0_ms: u64,
+    /// The engine clock when the call reached the engine (INV-8).
+    pub t0_clock: i64,
+}
+
+/// What a host reports. Each variant is a fact; [`observe`] records it in
+/// the shadow model and has the judges check it.
+pub enum Observation<'a> {
+    /// A connection opened session `session` in incarnation `inc`.
+    SessionOpened {
+        /// Incarnation.
+        inc: u64,
+        /// The session (of the call cache).
+        session: SessionId,
+    },
+    /// A request reached the engine (before the cache is asked).
+    CallStarted {
+        /// Incarnation.
+        inc: u64,
+        /// The caller's session.
+        session: SessionId,
+    },
+    /// The cache answered with a result whose ref the session owns
+    /// (`owned`: a session-owned call-cache result).
+    Served {
+        /// The result.
+        served: Served<'a>,
+        /// The session records a handle to `entry`.
+        owned: Option<EntryId>,
+    },
+    /// The cache answered with an error.
+    Failed {
+        /// Request id.
+        req: u64,
+        /// Requested key index.
+        key: u64,
+        /// The error.
+        error: &'a CallError,
+        /// Simulated ms when the call reached the engine.
+        t0_ms: u64,
+        /// The caller's own cancellation had fired.
+        caller_cancelled: bool,
+    },
+    /// The answer left the engine (or, planted, was swallowed).
+    CallAnswered {
+        /// Incarnation.
+        inc: u64,
+        /// The caller's session.
+        session: SessionId,
+    },
+    /// A resolver run started.
+    ResolverStarted {
+        /// Run id.
+        run: u64,
+        /// What the shadow records of it.
+        shadow: RunShadow,
+    },
+    /// A resolver observed its cancellation.
+    ResolverCancelled {
+        /// Run id.
+        run: u64,
+        /// The cache whose entry it resolves.
+        cache: &'a Cache<Val>,
+        /// The in-flight entry.
+        entry: EntryId,
+    },
+    /// A resolver run returned.
+    ResolverEnded {
+        /// Run id.
+        run: u64,
+    },
+    /// A resolver produced output `out` with a release hook; with `nested`,
+    /// its entry owns a ref on that inner entry (C-11).
+    OutputMade {
+        /// Output id.
+        out: u64,
+        /// Incarnation.
+        inc: u64,
+        /// The inner entry whose ref the output owns.
+        nested: Option<EntryId>,
+    },
+    /// Output `out`'s release hook ran (releasing its nested ref, if any).
+    HookRan {
+        /// Output id.
+        out: u64,
+        /// Incarnation.
+        inc: u64,
+        /// The inner entry whose ref the output owned.
+        nested: Option<EntryId>,
+    },
+    /// A session closed.
+    SessionClosed {
+        /// Its call cache.
+        cache: &'a Cache<Val>,
+        /// Incarnation.
+        inc: u64,
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// Records an observation in the shadow model and judges it.
+pub fn observe(world: &World, obs: Observation<'_>) {
+    match obs {
+        Observation::SessionOpened { inc, session } => {
+            world.shadow().sessions.insert(
+                (inc, session),
+                SessionShadow {
+                    open: true,
+                    ..Default::default()
+                },
+            );
+        }
+        Observation::CallStarted { inc, session } => {
+            let mut sh = world.shadow();
+            if let Some(s) = sh.sessions.get_mut(&(inc, session)) {
+                s.pending += 1;
+            }
+            *sh.pending.entry(inc).or_default() += 1;
+        }
+        Observation::Served { served, owned } => {
+            if let Some(entry) = owned {
+                let open = {
+                    let mut sh = world.shadow();
+                    let open = sh.session_open(served.inc, served.session);
+                    if let Some(s) = sh.sessions.get_mut(&(served.inc, served.session)) {
+                        let extra = u32::from(world.plant == Some(Plant::ShadowExtraHandle));
+                        *s.handles.entry(entry).or_default() += 1 + extra;
+                    }
+                    open
+                };
+                sessions::served(world, served.cache, served.session, open);
+            }
+            if let Some(v) = served.value {
+                if served.is_call {
+                    identity::call_served(world, &served, v);
+                    if !served.content_hit && !served.detached {
+                        ttl::served(world, &served, v);
+                    }
+                } else {
+                    identity::arbitrary_served(world, served.key, v);
+                }
+            }
+        }
+        Observation::Failed {
+            req,
+            key,
+            error,
+            t0_ms,
+            caller_cancelled,
+        } => {
+            errors::failed(world, req, key, error, t0_ms);
+            cancellation::failed(world, req, key, error, caller_cancelled);
+        }
+        Observation::CallAnswered { inc, session } => {
+            let mut sh = world.shadow();
+            if let Some(s) = sh.sessions.get_mut(&(inc, session)) {
+                s.pending -= 1;
+            }
+            *sh.pending.entry(inc).or_default() -= 1;
+        }
+        Observation::ResolverStarted { run, shadow } => {
+            singleflight::run_started(world, run, shadow)
+        }
+        Observation::ResolverCancelled { run, cache, entry } => {
+            cancellation::resolver_cancelled(world, run, cache, entry)
+        }
+        Observation::ResolverEnded { run } => {
+            let now = world.now();
+            if let Some(r) = world.shadow().runs.get_mut(&run) {
+                r.finished_at = Some(now);
+            }
+        }
+        Observation::OutputMade { out, inc, nested } => {
+            let mut sh = world.shadow();
+            sh.hooks.insert(out, HookShadow { inc, runs: 0 });
+            if let Some(e) = nested {
+                *sh.nested.entry((inc, e)).or_default() += 1;
+            }
+        }
+        Observation::HookRan { out, inc, nested } => {
+            if let Some(e) = nested {
+                if let Some(n) = world.shadow().nested.get_mut(&(inc, e)) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            hooks::hook_ran(world, out);
+        }
+        Observation::SessionClosed {
+            cache,
+            inc,
+            session,
+        } => {
+            if let Some(s) = world.shadow().sessions.get_mut(&(inc, session)) {
+                s.open = false;
+                s.handles.clear();
+            }
+            sessions::closed(world, cache, session);
+        }
+    }
+}
+
+/// Short form of a key for messages.
+pub fn short(k: &str) -> &str {
+    &k[..k.len().min(10)]
+}
+
+/// The engine cache with this instance id.
+fn cache_of(eng: &Engine, instance: u64) -> &Cache<Val> {
+    if eng.calls.inspect(|m| m.instance()) == instance {
+        &eng.calls
+    } else {
+        &eng.changes
+    }
+}
+
+/// Checks after every step: the cache's own checks (INV-3 and the rules
+/// each protects, reported under its invariant), INV-2 and INV-7's "only
+/// if" half.
+pub fn check_step(world: &World) {
+    let Some(eng) = world.engine() else { return };
+    plant_damage(world, &eng);
+    for (name, cache) in [("calls", &eng.calls), ("changes", &eng.changes)] {
+        if let Err(v) = cache.check_invariants() {
+            world.violate(v.invariant(), format!("{name}: {v}"));
+        }
+    }
+    refcounts::step(world, &eng);
+    cancellation::step(world, &eng);
+}
+
+/// Planted violations that damage the cache itself (through the
+/// `harness-hooks` feature), for the oracles' self-tests.
+fn plant_damage(world: &World, eng: &Engine) {
+    if world.plant == Some(Plant::IndexCorruption) && world.now() > 200 {
+        eng.calls.plant_index_corruption();
+    }
+    if world.plant == Some(Plant::WaitCycle) && world.now() > 200 {
+        eng.calls.plant_wait_cycle();
+    }
+}

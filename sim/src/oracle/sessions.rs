@@ -1,0 +1,34 @@
+//! INV-9: after `close()` a session holds no refs, and a call that
+//! finishes after its session closed leaks nothing (S-1, S-3).
+
+use cache_core::facade::Cache;
+use cache_core::machine::{Owner, SessionId};
+
+use crate::world::{Plant, Val, World};
+
+/// A session closed; `cache` is its call cache.
+pub(super) fn closed(world: &World, cache: &Cache<Val>, sid: SessionId) {
+    let refs_after = cache.inspect(|m| m.refs_owned_by(Owner::Session(sid)));
+    if refs_after != 0 || world.plant == Some(Plant::RefsAfterClose) {
+        world.violate(
+            "INV-9",
+            format!("session {sid} holds {refs_after} refs after close"),
+        );
+    }
+}
+
+/// A session-owned result was served. One served while the session was
+/// open may reach us after it closed (the close released it); what S-3
+/// forbids is a ref that the closed session still owns.
+pub(super) fn served(world: &World, cache: &Cache<Val>, sid: SessionId, open: bool) {
+    if open {
+        return;
+    }
+    let kept = cache.inspect(|m| m.refs_owned_by(Owner::Session(sid)));
+    if kept != 0 {
+        world.violate(
+            "INV-9",
+            format!("closed session {sid} got a result and still owns {kept} refs"),
+        );
+    }
+}
