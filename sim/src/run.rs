@@ -30,7 +30,7 @@ pub const LAST_REQUEST_MS: u64 = 2 * crate::protocol::ANSWER_MS + 2_000;
 /// speed: 10 ms ran about 3× faster than 2 ms, 20 ms about 1.7×
 /// faster than 10 ms. Detection did not suffer either time: with every
 /// bug-zoo switch on, the first 40 seeds of each scenario fail 616 times at
-/// 20 ms against 572 at 10 ms (README, "Bug zoo").
+/// 20 ms against 572 at 10 ms (docs/bug-zoo.md).
 pub const TICK_MS: u64 = 20;
 /// Normal message latency bounds, simulated ms: two ticks wide, so that
 /// messages still overtake each other across ticks.
