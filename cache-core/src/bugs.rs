@@ -56,7 +56,8 @@ pub enum Bug {
 }
 
 impl Bug {
-    /// Every switch, in the order of the issue that asked for them.
+    /// Every switch, in a fixed order (the order `cache-sim zoo` hunts and
+    /// lists them in).
     pub const ALL: [Bug; 9] = [
         Bug::DupCompletionDiscard,
         Bug::SessionLateAppendLeak,

@@ -1,4 +1,13 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## The rules
+//!
+//! Every rule id cited in these docs, in the trace lines and in the errors
+//! (C-7, T-4, INV-1 …) is defined in `docs/SPEC.md` at the root of the
+//! repository ([`../docs/SPEC.md`](../docs/SPEC.md) from this crate's
+//! directory); `docs/DESIGN.md` beside it describes how the state machine,
+//! the async facade and the simulation harness fit together. A runnable
+//! tour of the async API is `cargo run -p cache-core --example quickstart`.
 #![warn(missing_docs)]
 pub mod bugs;
 #[cfg(feature = "driver")]

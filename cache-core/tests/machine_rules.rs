@@ -733,7 +733,7 @@ fn inv2_check_refcounts_detects_mismatch() {
 
 #[test]
 fn a_second_completion_of_a_settled_call_is_refused() {
-    // Found by cargo-mutants (issue 5): `complete` on an entry that already
+    // Found by cargo-mutants: `complete` on an entry that already
     // completed — still alive because a caller holds it — must be refused,
     // not applied again (C-6: one result per run; INV-10: one hook run).
     let mut cache = Cache::new(1);

@@ -416,7 +416,7 @@ fn session_results_returning(
 }
 
 /// S-1, C-13: a close that removes many entries applies their index
-/// removals as one batch (issue 6); each still removes only its own entry,
+/// removals as one batch (applied in bucket order for speed); each still removes only its own entry,
 /// so an entry of another holder listed under the same result call key and
 /// content key stays there.
 #[test]

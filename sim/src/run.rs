@@ -27,10 +27,10 @@ pub const DRAIN_MS: u64 = 20_000;
 pub const LAST_REQUEST_MS: u64 = 2 * crate::protocol::ANSWER_MS + 2_000;
 /// Turmoil tick, simulated ms. Every tick polls every host's runtime (about
 /// 1 µs each, mostly inside turmoil and tokio), so the tick sets the sim's
-/// speed (issue 6): 10 ms ran about 3× faster than 2 ms, 20 ms about 1.7×
+/// speed: 10 ms ran about 3× faster than 2 ms, 20 ms about 1.7×
 /// faster than 10 ms. Detection did not suffer either time: with every
 /// bug-zoo switch on, the first 40 seeds of each scenario fail 616 times at
-/// 20 ms against 572 at 10 ms (README, "Bug zoo").
+/// 20 ms against 572 at 10 ms (docs/bug-zoo.md).
 pub const TICK_MS: u64 = 20;
 /// Normal message latency bounds, simulated ms: two ticks wide, so that
 /// messages still overtake each other across ticks.

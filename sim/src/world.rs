@@ -112,8 +112,8 @@ pub struct World {
     /// The plan.
     pub plan: Plan,
     /// Each key's call ID, by key index: built once, since a digest is a
-    /// SHA-256 and every request and resolver asks for one (issue 6: 6 % of
-    /// a seed's instructions went to rebuilding them).
+    /// SHA-256 and every request and resolver asks for one (rebuilding them
+    /// took 6 % of a seed's instructions).
     key_ids: Vec<CallId>,
     /// A planted violation, if any.
     pub plant: Option<Plant>,

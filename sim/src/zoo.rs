@@ -1,6 +1,6 @@
-//! Hunting the bug zoo (issue 5): with one switch on, walk the default
-//! sweep's runs in a fixed order until a seed fails, and say which invariant
-//! named it.
+//! Hunting the bug zoo, a measure of the harness's power: with one switch
+//! on, walk the default sweep's runs in a fixed order until a seed fails,
+//! and say which invariant named it.
 //!
 //! The order interleaves the named scenarios — seed 0 of each, then seed 1
 //! of each, … — so "runs needed" counts simulations of the same set the

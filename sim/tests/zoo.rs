@@ -1,7 +1,8 @@
-//! The bug zoo (issue 5): with each switch on, the default sweep (the first
-//! 40 of the seeds of every named scenario that `sweep.rs` runs clean)
-//! must fail, and its first violation must name an invariant the broken
-//! rule protects. The failing seed must fail the same way on replay (INV-12).
+//! The bug zoo, the harness's claim to power (DESIGN principle 6): with
+//! each switch on, the default sweep (the first 40 of the seeds of every
+//! named scenario that `sweep.rs` runs clean) must fail, and its first
+//! violation must name an invariant the broken rule protects. The failing
+//! seed must fail the same way on replay (INV-12).
 //!
 //! No switch is special-cased anywhere in the harness: the oracles and the
 //! workload are the ones every sweep uses.

@@ -199,7 +199,7 @@ const UNCHECKED: u64 = u64::MAX;
 /// The lock's guard. Any change to the state goes through `DerefMut`,
 /// which bumps the generation, so `check_invariants` can skip a state it
 /// has already found sound (the sim checks after every step, and most
-/// steps leave the cache untouched; issue 6).
+/// steps leave the cache untouched, so most checks are skipped).
 pub(crate) struct Locked<'a, V> {
     guard: MutexGuard<'a, State<V>>,
 }
@@ -314,7 +314,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         // loop would say `Cancelled`) and a key without an ID (C-1 would
         // come first in the decision).
         // The token is read once per call: `is_cancelled` takes the token's
-        // own lock, which costs as much as a hit's lookup (issue 6).
+        // own lock, which costs as much as a hit's lookup.
         let cancelled = ctx.cancel.is_cancelled();
         let asks_first = ttl_ms > 0 || req.id.is_none() || cancelled;
         if let Some(session) = ctx.session.filter(|_| asks_first) {
@@ -351,7 +351,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         };
         // The first decision is taken in line: a hit (the common case)
         // returns from here, without building the larger state of a wait
-        // or a run (issue 6).
+        // or a run, which a hit never needs.
         let first = self.decide(ctx, &mut begin)?;
         if let Decision::Hit(served) = first.0 {
             return Ok(CallResult::new(self.shared.clone(), served));
@@ -530,7 +530,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
     ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
         let mut state = self.shared.lock();
         // Fields are used in place, not moved: a `Begin` is a few hundred
-        // bytes, most of them its trace line (issue 6's hit path).
+        // bytes, most of them its trace line, and each move is a copy a hit
+        // would pay.
         let begin = begin(&mut state.machine);
         if let Some(trace) = &begin.trace {
             trace.emit();
@@ -637,7 +638,8 @@ pub(crate) fn run_hooks<V>(
     shared: &Shared<V>,
     releases: Vec<machine::PendingRelease>,
 ) -> Result<(), CallError> {
-    // Most releases free no entry: nothing to walk (issue 6's hit path).
+    // Most releases free no entry: skip the hook walk, which every hit's
+    // release would otherwise pay.
     if releases.is_empty() {
         return Ok(());
     }

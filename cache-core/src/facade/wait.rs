@@ -20,7 +20,7 @@ type Outcome<V> = Result<Served<V>, CallError>;
 /// A map with a fixed hasher: the same operations give the same layout on
 /// every run, so nothing observable can depend on a hasher seed. Hashed, not
 /// ordered: every miss inserts and removes here, and tree nodes cost an
-/// allocation and a rebalance each time (issue 6). The one walk, in
+/// allocation and a rebalance each time. The one walk, in
 /// `check`, sorts what it reports.
 type Map<K, T> = std::collections::HashMap<K, T, BuildHasherDefault<FxHasher>>;
 

@@ -93,7 +93,7 @@ impl std::ops::Deref for DigestText {
 }
 
 /// Each byte's two lowercase hex digits: one load per byte instead of two
-/// nibble lookups (every miss formats its storage key; issue 6).
+/// nibble lookups (every miss formats its storage key).
 const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut pairs = [[0u8; 2]; 256];

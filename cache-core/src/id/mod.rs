@@ -226,7 +226,7 @@ pub struct CallId {
 
 // `repr(C)` keeps the recipe digest first, in the cache line of the Arc's
 // counts: a lookup that has just cloned the ID reads its call key without
-// touching another line (issue 6).
+// touching another line.
 #[repr(C)]
 struct Inner {
     /// Cached: derived from `parts` by [`digest::recipe_digest`].
@@ -446,8 +446,8 @@ impl CallId {
     }
 
     /// Prefetches the line holding this ID's reference counts, which a
-    /// clone or a drop is about to update (a session close drops 100k IDs:
-    /// issue 6). Only a hint: nothing observable changes.
+    /// clone or a drop is about to update (a large session close drops 100k
+    /// IDs, each a likely cache miss). Only a hint: nothing observable changes.
     #[inline(always)]
     pub(crate) fn prefetch(&self) {
         let data = Arc::as_ptr(&self.inner).cast::<u8>();

@@ -306,7 +306,7 @@ impl<V: Clone> CallCache<V> {
             self.idx.insert(slot, id);
         }
         let waiter = self.add_waiter(caller, id);
-        // Sized once: a clone then a push would allocate twice (issue 6).
+        // Sized once: a clone then a push would allocate twice on every miss.
         let mut chain = Vec::with_capacity(caller.chain.len() + 1);
         chain.extend_from_slice(&caller.chain);
         chain.push(ChainLink {

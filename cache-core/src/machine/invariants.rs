@@ -20,7 +20,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// The numbered invariant (section 8) the broken rule protects, so a
+    /// The numbered invariant (SPEC §9) the broken rule protects, so a
     /// harness can report every internal check under an `INV-n` id.
     pub fn invariant(&self) -> &'static str {
         match self.rule {

@@ -5,7 +5,7 @@
 //! call keys, content keys, and the storage keys the TTL rules derive (T-2).
 //! Held as text, each one is a 71-byte heap string per index, per slot and
 //! per entry field: a hit formats and hashes 71 bytes, and removing an entry
-//! frees half a dozen strings (issue 6). Held as the digest's 32 raw bytes
+//! frees half a dozen strings. Held as the digest's 32 raw bytes
 //! it is `Copy`-cheap, hashes in four words and is compared inline.
 //!
 //! The mapping is one to one: [`Digest::parse`] accepts only the canonical
@@ -54,7 +54,8 @@ impl IndexKey {
     }
 
     /// The key's text on the heap: what `to_string` gives, without the
-    /// formatting machinery (a miss makes two of these; issue 6).
+    /// formatting machinery (a miss makes two of these, so the formatter's
+    /// overhead showed on the miss path).
     pub fn to_text(&self) -> String {
         String::from(&*self.text())
     }
@@ -221,7 +222,7 @@ mod tests {
 
     /// A short key prints what `short` prints of the whole key's text, for
     /// digests and other texts alike, and stays small (one is queued per
-    /// released handle: issue 6).
+    /// released handle, 100k of them for a large session close).
     #[test]
     fn a_short_key_prints_as_the_short_text() {
         let texts = [

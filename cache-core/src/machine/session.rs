@@ -11,7 +11,7 @@ use crate::error::CallError;
 
 /// The refs a session owns (S-1), in the order it took them. A close walks
 /// the plain vector: an ordered tree would cost a node walk and a free per
-/// handle (issue 6). A ref given back before the close (a transfer, C-11a,
+/// handle. A ref given back before the close (a transfer, C-11a,
 /// or a release) leaves in O(1) through its position; the last ref moves
 /// into its place, so the order stays a function of the operations alone.
 #[derive(Default)]
@@ -94,8 +94,8 @@ pub struct SessionClose {
 }
 
 /// From how many refs a close prefetches ahead: about where its records
-/// (some 500 bytes a handle) outgrow a 2 MiB L2 cache (issue 6: at 1k
-/// handles the hints cost more than they save).
+/// (some 500 bytes a handle) outgrow a 2 MiB L2 cache (at 1k handles the
+/// hints cost more than they save).
 const PREFETCH_MIN_REFS: usize = 4096;
 
 impl<V: Clone> CallCache<V> {

@@ -371,7 +371,7 @@ pub struct PendingRelease {
 pub(crate) enum ReleaseLabel {
     /// An entry's kind and the part of its storage key that
     /// `Entry::label` prints: a close queues one per handle, so it is kept
-    /// small (issue 6).
+    /// small (a 100k-handle close queues 100k of them).
     Entry(RunMode, super::key::ShortKey),
     /// A fixed label.
     Fixed(&'static str),
