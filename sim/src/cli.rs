@@ -164,7 +164,7 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
     let o = run_seed(seed, &s, None);
-    std::fs::write(svg, report::svg(&o)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
+    std::fs::write(svg, report::svg(&o, &s)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
     println!(
         "wrote {svg}: {} samples over {} ms",
         o.samples.len(),
