@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -236,9 +236,28 @@ struct Dispenser {
     stop: AtomicBool,
     range: SeedRange,
     scenarios: usize,
+    /// Failing seeds so far, and `--max-failures`: counted by the workers
+    /// themselves, so that a worker never takes a seed after the last
+    /// allowed failure (the printing thread would see it too late).
+    failures: AtomicU64,
+    max_failures: Option<u64>,
 }
 
 impl Dispenser {
+    /// Seeds not yet handed out.
+    fn any_left(&self) -> bool {
+        let (i, _) = *self.next.lock().unwrap_or_else(|e| e.into_inner());
+        self.range.get(i).is_some()
+    }
+
+    /// A seed failed: stop handing out seeds at `--max-failures`.
+    fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.max_failures.is_some_and(|m| n >= m) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn take(&self) -> Option<(usize, u64)> {
         if self.stop.load(Ordering::SeqCst) {
             return None;
@@ -317,6 +336,9 @@ fn worker(w: usize, disp: &Dispenser, swept: &[Swept], tx: &mpsc::Sender<Msg>) {
                 (0, Some(f))
             }
         };
+        if failure.is_some() {
+            disp.failed();
+        }
         let finished = Msg::Finished {
             worker: w,
             scenario: sc,
@@ -453,6 +475,8 @@ pub fn sweep(
         stop: AtomicBool::new(false),
         range,
         scenarios: swept.len(),
+        failures: AtomicU64::new(0),
+        max_failures: a.max_failures,
     });
     let (tx, rx) = mpsc::channel();
     for w in 0..jobs {
@@ -476,7 +500,6 @@ pub fn sweep(
     };
     // Seeds in flight: worker -> (scenario, seed, wall secs at start).
     let mut running: BTreeMap<usize, (usize, u64, f64)> = BTreeMap::new();
-    let mut stopped_early = false;
     let mut interrupted = false;
     loop {
         if interrupt.load(Ordering::SeqCst) {
@@ -502,10 +525,6 @@ pub fn sweep(
                 let began = running.remove(&worker).map_or(0.0, |r| r.2);
                 let wall_ms = ((wall.elapsed_secs() - began).max(0.0) * 1000.0) as u64;
                 t.finished(scenario, seed, sim_ms, wall_ms, failure);
-                if a.max_failures.is_some_and(|m| t.failures >= m) && !stopped_early {
-                    stopped_early = true;
-                    disp.stop.store(true, Ordering::SeqCst);
-                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -513,6 +532,9 @@ pub fn sweep(
         t.bar.set_message(progress_message(&t, &running, wall));
     }
     t.bar.finish_and_clear();
+    // Stopped by --max-failures (the worker that saw the last allowed
+    // failure stopped the dispenser) with seeds left to run.
+    let stopped_early = !interrupted && disp.stop.load(Ordering::SeqCst) && disp.any_left();
     // Completion order depends on the threads; the list does not.
     t.failing.sort_by_key(|f| (f.scenario, f.seed));
     let abandoned: Vec<(usize, u64)> = running.values().map(|&(sc, seed, _)| (sc, seed)).collect();
