@@ -25,7 +25,7 @@ Exit codes:
 #[command(
     name = "cache-sim",
     version,
-    about = "Deterministic turmoil simulations of the shared result cache",
+    about = "Deterministic turmoil simulations of the shared result cache (rules and invariants: docs/SPEC.md)",
     long_about = "Deterministic turmoil simulations of the shared result cache: seeded \
 clients, sessions and faults, checked by oracles for the invariants INV-1 … INV-12. \
 The rules (C-*, S-*, T-*, …) and invariants (§9) are specified in docs/SPEC.md.",
