@@ -1,33 +1,16 @@
 //! The CLI's commands, as library functions (the binary only parses
 //! arguments and reads the wall clock).
 
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
 use crate::plan::Plan;
 use crate::run::{run_plan, run_seed, RunOutcome};
 use crate::scenario::Scenario;
+pub use crate::sweep::{sweep, Format, SweepArgs, Verdict};
 use crate::{report, shrink};
 
 /// Wall-clock time, supplied by the binary (the library never reads it).
 pub trait WallClock: Sync {
     /// Seconds since the sweep started.
     fn elapsed_secs(&self) -> f64;
-}
-
-/// `cache-sim run` arguments.
-pub struct SweepArgs {
-    /// Number of seeds.
-    pub seeds: u64,
-    /// First seed.
-    pub first_seed: u64,
-    /// `K/N`.
-    pub shard: Option<String>,
-    /// Scenario, client override and bug-zoo switches.
-    pub setup: Setup,
-    /// Parallel simulations.
-    pub jobs: usize,
 }
 
 /// What picks a simulation's setup on the command line.
@@ -99,70 +82,6 @@ pub fn failure_text(o: &RunOutcome, s: &Scenario, replay: &str) -> String {
     }
     t.push_str(&format!("  replay: {replay}\n"));
     t
-}
-
-fn parse_shard(shard: &Option<String>) -> Result<(u64, u64), String> {
-    let Some(sh) = shard else { return Ok((0, 1)) };
-    let (k, n) = sh
-        .split_once('/')
-        .ok_or_else(|| format!("bad --shard {sh:?}: expected K/N"))?;
-    let k: u64 = k
-        .parse()
-        .map_err(|_| format!("bad --shard {sh:?}: K is not a number"))?;
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("bad --shard {sh:?}: N is not a number"))?;
-    if n == 0 || k >= n {
-        return Err(format!("bad --shard {sh:?}: need 0 <= K < N"));
-    }
-    Ok((k, n))
-}
-
-/// `cache-sim run`: sweeps seeds; `Ok(true)` if every seed passed.
-pub fn sweep(a: &SweepArgs, wall: &dyn WallClock) -> Result<bool, String> {
-    let s = a.setup.load()?;
-    let (k, n) = parse_shard(&a.shard)?;
-    let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.seeds)
-        .filter(|seed| seed % n == k)
-        .collect();
-    let bar = indicatif::ProgressBar::new(seeds.len() as u64);
-    if !std::io::stderr().is_terminal() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let next = AtomicU64::new(0);
-    let sim_ms = AtomicU64::new(0);
-    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let jobs = a.jobs.max(1);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(&seed) = seeds.get(i) else { break };
-                let o = run_seed(seed, &s, None);
-                sim_ms.fetch_add(o.sim_ms, Ordering::SeqCst);
-                if !o.passed() {
-                    let again = replay_cmd(seed, &s, a.setup.scenario.as_deref());
-                    let text = failure_text(&o, &s, &again);
-                    bar.suspend(|| eprint!("{text}"));
-                    failures.lock().unwrap().push(text);
-                }
-                bar.inc(1);
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let secs = wall.elapsed_secs().max(1e-9);
-    let failed = failures.lock().unwrap().len();
-    let sim_secs = sim_ms.load(Ordering::SeqCst) as f64 / 1000.0;
-    println!(
-        "seeds {} failures {} seeds/s {:.1} sim/wall {:.1}x (scenario {})",
-        seeds.len(),
-        failed,
-        seeds.len() as f64 / secs,
-        sim_secs / secs,
-        s.name
-    );
-    Ok(failed == 0)
 }
 
 /// What `cache-sim replay` runs: a seed's generated plan, or a plan file.
@@ -245,7 +164,7 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
     let o = run_seed(seed, &s, None);
-    std::fs::write(svg, report::svg(&o)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
+    std::fs::write(svg, report::svg(&o, &s)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
     println!(
         "wrote {svg}: {} samples over {} ms",
         o.samples.len(),

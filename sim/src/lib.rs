@@ -36,6 +36,7 @@ pub mod run;
 pub mod scenario;
 pub mod shrink;
 pub mod sqlite_lock;
+pub mod sweep;
 pub mod world;
 pub mod zoo;
 

@@ -1,17 +1,35 @@
 //! `cache-sim`: run, replay, shrink and report deterministic simulations.
 //!
 //! The only wall-clock reads of the sim crate live here, in [`wall`], to
-//! print seeds per second and the simulated-to-wall time ratio.
+//! print seeds per second, the simulated-to-wall time ratio and each
+//! seed's wall time; and the only signal handler, which turns Ctrl-C and
+//! SIGTERM into a clean stop of `cache-sim run`.
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand, ValueEnum};
 use sim::cli;
+
+/// The exit codes, in every command's help.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every seed passed (replay, shrink, report: the seed passed)
+  1    a seed failed
+  2    bad input: a flag, a scenario file, or a seed range with no seed
+  130  run only: interrupted by Ctrl-C or SIGTERM; seeds in flight are
+       abandoned and the failing seeds and summary so far are printed
+       (a second Ctrl-C exits at once)";
 
 #[derive(Parser)]
 #[command(
     name = "cache-sim",
     version,
-    about = "Deterministic turmoil simulations of the shared result cache (SPEC §9–§10)"
+    about = "Deterministic turmoil simulations of the shared result cache (rules and invariants: docs/SPEC.md)",
+    long_about = "Deterministic turmoil simulations of the shared result cache: seeded \
+clients, sessions and faults, checked by oracles for the invariants INV-1 … INV-12. \
+The rules (C-*, S-*, T-*, …) and invariants (§9) are specified in docs/SPEC.md.",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,28 +39,54 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Sweep seeds; exits 0 only if every seed passes.
+    ///
+    /// Failures are reported in full for the first few (--details), then
+    /// one line each; the last lines list every failing seed with its
+    /// scenario, invariant and replay command, then the summary line
+    /// `seeds N failures F seeds/s X sim/wall Yx (scenario S) …`. On a
+    /// terminal, stderr shows a progress line.
+    #[command(after_help = EXIT_CODES)]
     Run {
-        /// Number of seeds.
+        /// Number of seeds (per scenario), at least 1; the last seed,
+        /// first-seed + seeds - 1, must fit in u64. Seeds are handed out
+        /// one by one: any count runs in constant memory.
         #[arg(long, default_value_t = 100)]
         seeds: u64,
         /// First seed.
         #[arg(long, default_value_t = 0)]
         first_seed: u64,
         /// Run only shard K of N (K/N, 0-based): seeds with seed % N == K.
+        /// A shard with no seed in the range is an error.
         #[arg(long)]
         shard: Option<String>,
-        /// A named scenario (standard, ttl-heavy, cancel-storm, restart-heavy, nested-heavy) or a TOML file.
+        /// A named scenario (standard, ttl-heavy, cancel-storm,
+        /// restart-heavy, nested-heavy), a TOML file, or `all`: every named
+        /// scenario, interleaved seed by seed (seed 0 of each, then seed 1…).
         #[arg(long)]
         scenario: Option<String>,
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
         /// Turn on a bug-zoo switch (repeatable): the sweep must fail.
-        #[arg(long = "bug", value_name = "NAME")]
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
         bugs: Vec<String>,
-        /// Simulations run in parallel (whole simulations on threads).
+        /// Simulations run in parallel (whole simulations on threads);
+        /// 0 means one per core.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Stop after this many failing seeds (at least 1): no new seed is
+        /// started, seeds in flight finish and are reported.
+        #[arg(long, value_name = "N")]
+        max_failures: Option<u64>,
+        /// Failures reported in full (seed, swarm, leak report, last trace
+        /// lines); later ones get one line each.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        details: u64,
+        /// `human`, or `json`: one JSON object per finished seed on stdout
+        /// ({"type":"seed",…}), then one {"type":"summary",…}; nothing else
+        /// on stdout.
+        #[arg(long, value_enum, default_value_t = OutFormat::Human)]
+        format: OutFormat,
     },
     /// Replay one seed, or a plan file written by `shrink`: the full trace
     /// on stdout (simulated time only).
@@ -64,7 +108,7 @@ enum Cmd {
         #[arg(long)]
         clients: Option<usize>,
         /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME")]
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
         bugs: Vec<String>,
     },
     /// Shrink a failing seed's plan, print the minimal plan and write it to
@@ -83,14 +127,14 @@ enum Cmd {
         #[arg(long)]
         clients: Option<usize>,
         /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME")]
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
         bugs: Vec<String>,
     },
     /// Hunt the bug zoo: with each switch on, sweep until a seed fails and
     /// print a Markdown row (switch, rule, invariant, seed, runs, time).
     Zoo {
         /// Only this switch (repeatable); default: every switch.
-        #[arg(long = "bug", value_name = "NAME")]
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
         bugs: Vec<String>,
         /// Seeds per named scenario to try before giving up.
         #[arg(long, default_value_t = 40)]
@@ -108,9 +152,39 @@ enum Cmd {
         #[arg(long)]
         scenario: Option<String>,
         /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME")]
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
         bugs: Vec<String>,
     },
+}
+
+/// `--format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    /// Reports for people.
+    Human,
+    /// JSON lines for tools.
+    Json,
+}
+
+/// `--bug`'s values: every bug-zoo switch by name (listed in `--help`).
+fn bug_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(cache_core::bugs::Bug::ALL.map(|b| b.name()))
+}
+
+/// Raised by the Ctrl-C / SIGTERM handler; `cache-sim run` polls it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// First signal: ask the sweep to stop and print what it has. Second: the
+/// sweep did not get there (or the user is in a hurry): exit at once.
+fn catch_interrupts() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("cache-sim: warning: cannot catch Ctrl-C/SIGTERM ({e}); an interrupted run prints no summary");
+    }
 }
 
 fn main() -> ExitCode {
@@ -124,20 +198,34 @@ fn main() -> ExitCode {
             clients,
             bugs,
             jobs,
-        } => cli::sweep(
-            &cli::SweepArgs {
-                seeds,
-                first_seed,
-                shard,
-                setup: cli::Setup {
-                    scenario,
-                    clients,
-                    bugs,
+            max_failures,
+            details,
+            format,
+        } => {
+            catch_interrupts();
+            cli::sweep(
+                &cli::SweepArgs {
+                    seeds,
+                    first_seed,
+                    shard,
+                    setup: cli::Setup {
+                        scenario,
+                        clients,
+                        bugs,
+                    },
+                    jobs,
+                    max_failures,
+                    details,
+                    format: match format {
+                        OutFormat::Human => cli::Format::Human,
+                        OutFormat::Json => cli::Format::Json,
+                    },
                 },
-                jobs,
-            },
-            &wall::Timer::start(),
-        ),
+                &wall::Timer::start(),
+                &INTERRUPTED,
+            )
+            .map(|v| v.exit_code())
+        }
         Cmd::Replay {
             seed,
             plan,
@@ -157,7 +245,8 @@ fn main() -> ExitCode {
                 bugs,
             },
             trace.as_deref(),
-        ),
+        )
+        .map(code),
         Cmd::Shrink {
             seed,
             out,
@@ -172,8 +261,9 @@ fn main() -> ExitCode {
                 bugs,
             },
             out.as_deref(),
-        ),
-        Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()),
+        )
+        .map(code),
+        Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()).map(code),
         Cmd::Report {
             seed,
             svg,
@@ -187,15 +277,24 @@ fn main() -> ExitCode {
                 bugs,
             },
             &svg,
-        ),
+        )
+        .map(code),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(c) => ExitCode::from(c),
         Err(e) => {
             eprintln!("cache-sim: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// 0 if the seed (or every switch) passed, 1 otherwise.
+fn code(passed: bool) -> u8 {
+    if passed {
+        0
+    } else {
+        1
     }
 }
 
