@@ -188,6 +188,7 @@ fn catch_interrupts() {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let args = Cli::parse();
     let result = match args.cmd {
         Cmd::Run {
@@ -315,5 +316,17 @@ mod wall {
         fn elapsed_secs(&self) -> f64 {
             self.0.elapsed().as_secs_f64()
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`cache-sim run ... |
+/// head`) would panic; the default action ends the process quietly, as
+/// every Unix filter does.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; it
+    // only resets one signal's disposition to the system default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
