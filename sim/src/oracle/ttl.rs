@@ -1,7 +1,6 @@
-//! INV-8: a TTL'd result reused by another session must have been safe to
-//! persist and not expired when the call arrived (T-3, T-7).
-
-use cache_core::machine::SessionId;
+//! INV-8: no TTL'd result is served after its TTL expired — to another
+//! session or to the session that made it (T-7) — and none is reused by
+//! another session unless it was safe to persist (T-3).
 
 use super::Served;
 use crate::world::{Val, World};
@@ -10,11 +9,14 @@ use crate::world::{Val, World};
 pub(super) fn served(world: &World, s: &Served<'_>, v: &Val) {
     let key = s.key;
     let ttl = i64::try_from(world.plan.keys[key as usize].ttl_ms).unwrap_or(i64::MAX);
-    if ttl == 0 || v.session == Some(s.session) || v.made_ms >= s.t0_ms || v.key != key {
+    // A result made after the call arrived is fresh; one produced for
+    // another key reached this one through its result call key (C-6).
+    if ttl == 0 || v.made_ms >= s.t0_ms || v.key != key {
         return;
     }
-    let session: SessionId = s.session;
-    if !v.safe {
+    let session = s.session;
+    let own = v.session == Some(session);
+    if !own && !v.safe {
         world.violate(
             "INV-8",
             format!(
@@ -28,8 +30,9 @@ pub(super) fn served(world: &World, s: &Served<'_>, v: &Val) {
         world.violate(
             "INV-8",
             format!(
-                "k{key}: result o{} reused by {session} after its TTL expired",
-                v.out
+                "k{key}: result o{} reused by {session}{} after its TTL expired",
+                v.out,
+                if own { " (its own session)" } else { "" }
             ),
         );
     }
