@@ -323,7 +323,8 @@ impl Plan {
         let mut faults = Vec::new();
         for (&kind, &rate) in &swarm.enabled {
             // The float-to-int cast saturates; the cap bounds the allocation.
-            let n = ((rate * heal_at_ms as f64 / 1000.0).round() as u64).clamp(1, MAX_FAULTS_PER_KIND);
+            let n =
+                ((rate * heal_at_ms as f64 / 1000.0).round() as u64).clamp(1, MAX_FAULTS_PER_KIND);
             for _ in 0..n {
                 let dur = frng.range(50, s.faults.max_duration_ms.max(50)) as i64;
                 let arg = match kind {

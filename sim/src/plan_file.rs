@@ -189,8 +189,7 @@ impl PlanFile {
     pub fn parse(text: &str) -> Result<PlanFile, String> {
         // The format first: a file of another format gets that error, not
         // one about a field this version does not know.
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| format!("bad plan file: {e}"))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| format!("bad plan file: {e}"))?;
         match table.get("format") {
             Some(toml::Value::Integer(n)) if READS.iter().any(|r| i64::from(*r) == *n) => {}
             Some(v) => {

@@ -330,8 +330,8 @@ impl Scenario {
     /// sets no field, or does not set `name`, is an error — it would run as
     /// the defaults while reports call it `standard`.
     pub fn parse_file(text: &str, path: &str) -> Result<Scenario, String> {
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| format!("{path}: bad scenario: {e}"))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| format!("{path}: bad scenario: {e}"))?;
         if table.is_empty() {
             return Err(format!(
                 "empty scenario file {path}: it sets no field; give a named scenario ({}) or \
@@ -393,7 +393,9 @@ impl Scenario {
                 "",
                 "name",
                 format!("{:?}", self.name),
-                &format!("1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - (it goes into file names)"),
+                &format!(
+                    "1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - (it goes into file names)"
+                ),
             );
         }
         for (key, v, lo, hi) in [
@@ -442,8 +444,20 @@ impl Scenario {
         for (table, key, v, lo, hi) in [
             ("resolver", "max_duration_ms", r.max_duration_ms, 1, MAX_MS),
             ("calls", "ttl_max_ms", c.ttl_max_ms, 1, MAX_MS),
-            ("calls", "ttl_min_ms", c.ttl_min_ms, 1, c.ttl_max_ms.min(MAX_MS)),
-            ("faults", "max_duration_ms", f.max_duration_ms, MIN_FAULT_MS, MAX_MS),
+            (
+                "calls",
+                "ttl_min_ms",
+                c.ttl_min_ms,
+                1,
+                c.ttl_max_ms.min(MAX_MS),
+            ),
+            (
+                "faults",
+                "max_duration_ms",
+                f.max_duration_ms,
+                MIN_FAULT_MS,
+                MAX_MS,
+            ),
         ] {
             if !(lo..=hi).contains(&v) {
                 let range = if key == "ttl_min_ms" {
@@ -456,8 +470,22 @@ impl Scenario {
         }
         let o = &self.ops;
         let weights = [
-            ("ops", [o.call, o.nested, o.arbitrary, o.change, o.close, o.reconnect].to_vec()),
-            ("resolver", [r.value, r.no_value, r.error, r.panic, r.hang].to_vec()),
+            (
+                "ops",
+                [
+                    o.call,
+                    o.nested,
+                    o.arbitrary,
+                    o.change,
+                    o.close,
+                    o.reconnect,
+                ]
+                .to_vec(),
+            ),
+            (
+                "resolver",
+                [r.value, r.no_value, r.error, r.panic, r.hang].to_vec(),
+            ),
         ];
         for (table, w) in weights {
             // In u64: six u32 weights cannot wrap it.

@@ -114,8 +114,14 @@ fn scenario(b: Bounds) -> impl Strategy<Value = Scenario> {
             ..Scenario::default()
         };
         let o = &mut s.ops;
-        [o.call, o.nested, o.arbitrary, o.change, o.close, o.reconnect] =
-            [ow[0], ow[1], ow[2], ow[3], ow[4], ow[5]];
+        [
+            o.call,
+            o.nested,
+            o.arbitrary,
+            o.change,
+            o.close,
+            o.reconnect,
+        ] = [ow[0], ow[1], ow[2], ow[3], ow[4], ow[5]];
         let r = &mut s.resolver;
         [r.value, r.no_value, r.error, r.panic, r.hang] = [rw[0], rw[1], rw[2], rw[3], rw[4]];
         r.max_duration_ms = max_dur;
@@ -310,7 +316,10 @@ fn out_of_range_scenario_fields_are_named() {
             "[resolver]\nmax_duration_ms = 4611686018427387904",
             "`[resolver] max_duration_ms`",
         ),
-        ("[resolver]\nmax_duration_ms = 0", "`[resolver] max_duration_ms`"),
+        (
+            "[resolver]\nmax_duration_ms = 0",
+            "`[resolver] max_duration_ms`",
+        ),
         (
             "[calls]\nttl_min_ms = 9223372036854775806\nttl_max_ms = 9223372036854775807",
             "`[calls] ttl_max_ms`",
@@ -321,7 +330,10 @@ fn out_of_range_scenario_fields_are_named() {
         ("[faults]\nrate = inf", "`[faults] rate`"),
         ("[faults]\nrate = 100.5", "`[faults] rate`"),
         ("[faults]\nenable = nan", "`[faults] enable`"),
-        ("[faults]\nmax_duration_ms = 10", "`[faults] max_duration_ms`"),
+        (
+            "[faults]\nmax_duration_ms = 10",
+            "`[faults] max_duration_ms`",
+        ),
         ("[resolver]\ndeaf = -0.1", "`[resolver] deaf`"),
         ("[calls]\ncancel = 2.0", "`[calls] cancel`"),
         ("ops_per_client = 0", "`ops_per_client`"),
@@ -359,7 +371,11 @@ fn weights_sum_without_wrapping() {
     )
     .unwrap();
     let plan = Plan::generate(3, &s);
-    assert!(plan.clients.iter().flatten().all(|op| matches!(op.kind, OpKind::Call { .. })));
+    assert!(plan
+        .clients
+        .iter()
+        .flatten()
+        .all(|op| matches!(op.kind, OpKind::Call { .. })));
 }
 
 #[test]
@@ -400,9 +416,16 @@ fn scenario_files_must_set_something_and_name_themselves() {
     let path = write_tmp(&dir, "ok.toml", "name = \"mine\"\nclients = 2\n");
     let s = Scenario::load(Some(&path)).unwrap();
     assert_eq!((s.name.as_str(), s.clients), ("mine", 2));
-    let path = write_tmp(&dir, "bad.toml", "name = \"mine\"\n[calls]\nttl_max_ms = 0\n");
+    let path = write_tmp(
+        &dir,
+        "bad.toml",
+        "name = \"mine\"\n[calls]\nttl_max_ms = 0\n",
+    );
     let e = Scenario::load(Some(&path)).unwrap_err();
-    assert!(e.contains(&path) && e.contains("`[calls] ttl_max_ms`"), "{e}");
+    assert!(
+        e.contains(&path) && e.contains("`[calls] ttl_max_ms`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -447,7 +470,10 @@ fn fault(kind: FaultKind, arg: i64) -> Fault {
 #[test]
 fn out_of_range_plan_fields_are_named() {
     let call_gap = plan_err(|f| f.plan.clients[0][0].gap_ms = i64::MAX as u64);
-    assert!(call_gap.contains("`plan.clients[0].ops[0].gap_ms`"), "{call_gap}");
+    assert!(
+        call_gap.contains("`plan.clients[0].ops[0].gap_ms`"),
+        "{call_gap}"
+    );
     assert!(call_gap.contains("0..=1000000000"), "{call_gap}");
 
     let e = plan_err(|f| f.plan.heal_at_ms = 0);
@@ -456,7 +482,10 @@ fn out_of_range_plan_fields_are_named() {
     assert!(e.contains("`plan.heal_at_ms`"), "{e}");
 
     let e = plan_err(|f| f.plan.faults = vec![fault(FaultKind::Partition, -50)]);
-    assert!(e.contains("`plan.faults[0].arg`") && e.contains("partition"), "{e}");
+    assert!(
+        e.contains("`plan.faults[0].arg`") && e.contains("partition"),
+        "{e}"
+    );
     let e = plan_err(|f| f.plan.faults = vec![fault(FaultKind::Latency, 0)]);
     assert!(e.contains("`plan.faults[0].arg`"), "{e}");
     let e = plan_err(|f| f.plan.faults = vec![fault(FaultKind::StoreError, MAX_STORE_ERRORS + 1)]);
@@ -502,7 +531,10 @@ fn out_of_range_plan_fields_are_named() {
             },
         })
     });
-    assert!(e.contains("`plan.clients[1].ops[4].kind.arbitrary.key`"), "{e}");
+    assert!(
+        e.contains("`plan.clients[1].ops[4].kind.arbitrary.key`"),
+        "{e}"
+    );
 
     // The scenario inside a plan file is checked with its full path.
     let e = plan_err(|f| f.scenario.faults.rate = f64::NAN);
@@ -531,9 +563,14 @@ fn boundary_plan_values_are_accepted() {
 #[test]
 fn plan_files_have_one_key_fault_and_operation_per_line() {
     let (plan, s) = small();
-    let text = PlanFile::new(plan.clone(), &s, Some("INV-1")).to_toml().unwrap();
+    let text = PlanFile::new(plan.clone(), &s, Some("INV-1"))
+        .to_toml()
+        .unwrap();
     let ops: usize = plan.clients.iter().map(Vec::len).sum();
-    assert!(ops > 0 && !plan.faults.is_empty(), "a plan with ops and faults");
+    assert!(
+        ops > 0 && !plan.faults.is_empty(),
+        "a plan with ops and faults"
+    );
     let op_lines = text.lines().filter(|l| l.starts_with("    { gap_ms = "));
     assert_eq!(op_lines.count(), ops);
     assert!(text.lines().all(|l| l.matches("gap_ms").count() <= 1));
