@@ -212,6 +212,14 @@ pub fn run(input: &SimInput) -> Result<bool, String> {
     let Some(plan) = plan(input) else {
         return Ok(false);
     };
+    // The mapping above keeps every value within the plan-file ranges (the
+    // ranges a replayed plan file is held to); a plan outside them is a bug
+    // of this mapping, not of the cache.
+    if let Err(e) = plan.check(plan.clients.len(), plan.keys.len() as u64) {
+        return Err(format!(
+            "the input maps to a plan outside the plan-file ranges: {e}"
+        ));
+    }
     let outcome = run_plan(plan, &Scenario::default(), None);
     if outcome.passed() {
         return Ok(true);

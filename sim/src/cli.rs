@@ -149,7 +149,10 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
         result.plan.size(),
         result.runs
     );
-    print!("{}", result.plan);
+    print!(
+        "{}",
+        crate::plan_file::PlanFile::new(result.plan.clone(), &s, Some(result.inv)).to_toml()?
+    );
     let default_out = format!("shrunk-{}-{seed}.toml", s.name);
     let out = out.unwrap_or(&default_out);
     let file = crate::plan_file::PlanFile::new(result.plan, &s, Some(result.inv));

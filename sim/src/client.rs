@@ -212,6 +212,7 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
     cl.connect().await;
     for (i, op) in ops.iter().enumerate().skip(start) {
         world.set_progress(c, i);
+        world.note_pause(op.gap_ms);
         cl.idle(op.gap_ms).await;
         match &op.kind {
             OpKind::Call {

@@ -8,7 +8,25 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
-use crate::scenario::{KeyDist, Scenario, StoreKind};
+use crate::scenario::{
+    KeyDist, Scenario, StoreKind, MAX_FAULT_RATE, MAX_KEY_SPACE, MAX_MS, MAX_OPS_PER_CLIENT,
+};
+
+/// Most faults of one kind in a generated plan. The generator draws about
+/// `rate × heal_at_ms / 1000` of each enabled kind; without a cap a long
+/// plan (`max_gap_ms` near its bound) would ask for billions of them and
+/// abort allocating. Every plan of the named scenarios stays far below it,
+/// so their plans (and the golden traces) are unchanged.
+pub const MAX_FAULTS_PER_KIND: u64 = 10_000;
+/// Most faults in a plan (file): the cap of every kind.
+pub const MAX_FAULTS: usize = MAX_FAULTS_PER_KIND as usize * FaultKind::ALL.len();
+/// Latest healing time: the longest horizon the generator can reach
+/// ([`MAX_OPS_PER_CLIENT`] operations of `max_gap_ms + max_duration_ms / 2`,
+/// both at [`MAX_MS`]).
+pub const MAX_HEAL_MS: u64 = MAX_OPS_PER_CLIENT as u64 * (MAX_MS + MAX_MS / 2);
+/// Most store failures one `store-error` fault injects (in memory: the next
+/// `arg` operations fail; SQLite: the write lock is held `arg` × 100 ms).
+pub const MAX_STORE_ERRORS: i64 = 1000;
 
 /// What a resolver does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +215,10 @@ pub struct Plan {
     pub seed: u64,
     /// Key properties, by key index.
     pub keys: Vec<KeyProps>,
-    /// Each client's operations.
+    /// Each client's operations. In a plan file: one `[[plan.clients]]`
+    /// table per client (`client = <index>`, `ops = [ …one per line… ]`);
+    /// the one-line nested array of format 1 is still read.
+    #[serde(with = "client_tables")]
     pub clients: Vec<Vec<Op>>,
     /// Faults, by time.
     pub faults: Vec<Fault>,
@@ -259,7 +280,9 @@ impl Plan {
                 let ops: Vec<Op> = (0..s.ops_per_client)
                     .map(|_| {
                         let gap_ms = rng.below(s.max_gap_ms + 1);
-                        t += gap_ms + s.resolver.max_duration_ms / 2;
+                        // Saturating: cannot wrap within the documented
+                        // ranges (at most MAX_HEAL_MS), nor outside them.
+                        t = u64::saturating_add(t, gap_ms + s.resolver.max_duration_ms / 2);
                         let o = &s.ops;
                         let kind = match rng.weighted(&[
                             o.call,
@@ -299,7 +322,9 @@ impl Plan {
         let mut frng = Rng::new(seed, "faults");
         let mut faults = Vec::new();
         for (&kind, &rate) in &swarm.enabled {
-            let n = ((rate * heal_at_ms as f64 / 1000.0).round() as u64).max(1);
+            // The float-to-int cast saturates; the cap bounds the allocation.
+            let n =
+                ((rate * heal_at_ms as f64 / 1000.0).round() as u64).clamp(1, MAX_FAULTS_PER_KIND);
             for _ in 0..n {
                 let dur = frng.range(50, s.faults.max_duration_ms.max(50)) as i64;
                 let arg = match kind {
@@ -336,6 +361,295 @@ impl Plan {
     /// Operations plus faults: the size shrinking reduces.
     pub fn size(&self) -> usize {
         self.clients.iter().map(Vec::len).sum::<usize>() + self.faults.len()
+    }
+
+    /// The longest run of any resolver in the plan, simulated ms (0 without
+    /// calls; hanging resolvers end by cancellation and do not count).
+    pub fn longest_resolver_ms(&self) -> u64 {
+        self.clients
+            .iter()
+            .flatten()
+            .filter_map(|op| match &op.kind {
+                OpKind::Call { behave, .. } | OpKind::Arbitrary { behave, .. } => {
+                    (behave.outcome != Outcome::Hang).then_some(behave.dur_ms)
+                }
+                OpKind::Close | OpKind::Reconnect => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The highest message latency a `latency` fault of the plan sets,
+    /// simulated ms (0 without one): a message sent under it may arrive
+    /// that much later, even after healing.
+    pub fn longest_latency_ms(&self) -> u64 {
+        self.faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::Latency)
+            .map(|f| latency_ms(f.arg))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks every field against its documented range (module docs of
+    /// `plan_file`, `docs/plan-files.md`) for a scenario of `clients` client
+    /// hosts and `key_space` keys. The error names the field by its path in
+    /// a plan file (`plan.clients[2].ops[5].gap_ms`) and its range.
+    pub fn check(&self, clients: usize, key_space: u64) -> Result<(), String> {
+        let bad = |field: String, why: String| Err(format!("`{field}` {why}"));
+        let in_range = |field: String, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                bad(field, format!("is {v}, must be in {lo}..={hi}"))
+            }
+        };
+        in_range("plan.heal_at_ms".into(), self.heal_at_ms, 1, MAX_HEAL_MS)?;
+        if self.clients.len() != clients {
+            return bad(
+                "plan.clients".into(),
+                format!(
+                    "has {} clients, scenario.clients is {clients}",
+                    self.clients.len()
+                ),
+            );
+        }
+        if self.keys.len() as u64 != key_space {
+            return bad(
+                "plan.keys".into(),
+                format!(
+                    "has {} keys, scenario.key_space is {key_space}",
+                    self.keys.len()
+                ),
+            );
+        }
+        let nkeys = key_space.min(MAX_KEY_SPACE);
+        let key_in = |field: String, k: u64| {
+            if k < nkeys {
+                Ok(())
+            } else {
+                bad(field, format!("is {k}, the plan has keys 0..{nkeys}"))
+            }
+        };
+        for (k, p) in self.keys.iter().enumerate() {
+            if p.ttl_ms > MAX_MS {
+                return bad(
+                    format!("plan.keys[{k}].ttl_ms"),
+                    format!("is {}, must be 0 (no TTL) or in 1..={MAX_MS}", p.ttl_ms),
+                );
+            }
+            if let Some(r) = p.result_key {
+                key_in(format!("plan.keys[{k}].result_key"), r)?;
+                if r == k as u64 {
+                    return bad(
+                        format!("plan.keys[{k}].result_key"),
+                        "is the key itself; leave it out instead".into(),
+                    );
+                }
+            }
+        }
+        for (c, ops) in self.clients.iter().enumerate() {
+            if ops.len() > MAX_OPS_PER_CLIENT {
+                return bad(
+                    format!("plan.clients[{c}].ops"),
+                    format!("has {} operations, at most {MAX_OPS_PER_CLIENT}", ops.len()),
+                );
+            }
+            for (i, op) in ops.iter().enumerate() {
+                let at = format!("plan.clients[{c}].ops[{i}]");
+                in_range(format!("{at}.gap_ms"), op.gap_ms, 0, MAX_MS)?;
+                let (key, nested, behave, cancel) = match &op.kind {
+                    OpKind::Call {
+                        key,
+                        nested,
+                        behave,
+                        cancel_ms,
+                        ..
+                    } => (*key, *nested, behave, *cancel_ms),
+                    OpKind::Arbitrary { key, behave, .. } => (*key, None, behave, None),
+                    OpKind::Close | OpKind::Reconnect => continue,
+                };
+                let kind = match &op.kind {
+                    OpKind::Call { .. } => "call",
+                    _ => "arbitrary",
+                };
+                key_in(format!("{at}.kind.{kind}.key"), key)?;
+                if let Some(n) = nested {
+                    key_in(format!("{at}.kind.{kind}.nested"), n)?;
+                }
+                in_range(
+                    format!("{at}.kind.{kind}.behave.dur_ms"),
+                    behave.dur_ms,
+                    0,
+                    MAX_MS,
+                )?;
+                if let Some(ms) = cancel {
+                    in_range(format!("{at}.kind.{kind}.cancel_ms"), ms, 0, MAX_MS)?;
+                }
+            }
+        }
+        if self.faults.len() > MAX_FAULTS {
+            return bad(
+                "plan.faults".into(),
+                format!("has {} faults, at most {MAX_FAULTS}", self.faults.len()),
+            );
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            in_range(format!("plan.faults[{i}].at_ms"), f.at_ms, 0, MAX_HEAL_MS)?;
+            if f.client >= clients {
+                return bad(
+                    format!("plan.faults[{i}].client"),
+                    format!("is {}, the scenario has clients 0..{clients}", f.client),
+                );
+            }
+            let (lo, hi) = f.kind.arg_range();
+            if !(lo..=hi).contains(&f.arg) {
+                return bad(
+                    format!("plan.faults[{i}].arg"),
+                    format!(
+                        "is {}, a {} fault's arg ({}) must be in {lo}..={hi}",
+                        f.arg,
+                        f.kind.name(),
+                        f.kind.arg_meaning()
+                    ),
+                );
+            }
+        }
+        for (kind, rate) in &self.swarm.enabled {
+            if !(0.0..=MAX_FAULT_RATE).contains(rate) {
+                return bad(
+                    format!("plan.swarm.enabled.{}", kind.name()),
+                    format!(
+                        "is {rate}, must be a finite rate in 0..={MAX_FAULT_RATE} events per \
+                         simulated second"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message latency bound a `latency` fault with `arg` sets, ms.
+pub fn latency_ms(arg: i64) -> u64 {
+    u64::try_from(arg).unwrap_or(0) / 4 + 5
+}
+
+impl FaultKind {
+    /// The range of a fault's `arg` (checked on load).
+    pub fn arg_range(self) -> (i64, i64) {
+        let max = MAX_MS as i64;
+        match self {
+            FaultKind::Partition
+            | FaultKind::Latency
+            | FaultKind::ClientCrash
+            | FaultKind::StoreSlow => (1, max),
+            FaultKind::StoreError => (1, MAX_STORE_ERRORS),
+            FaultKind::ClockJump => (-max, max),
+            // Not read; the generator writes a duration there.
+            FaultKind::DropConnection | FaultKind::EngineRestart => (0, max),
+        }
+    }
+
+    /// What a fault's `arg` means, for errors and docs.
+    pub fn arg_meaning(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "how long the client is cut off, ms",
+            FaultKind::Latency => "how long latency is raised, ms (to arg / 4 + 5 ms)",
+            FaultKind::ClientCrash => "how long the client stays down, ms",
+            FaultKind::StoreSlow => "how long the store is slow, ms (answers take 2 × arg ms)",
+            FaultKind::StoreError => {
+                "how many store operations fail (SQLite: the lock is held arg × 100 ms)"
+            }
+            FaultKind::ClockJump => "the jump of the engine's clock, ms, negative: backwards",
+            FaultKind::DropConnection | FaultKind::EngineRestart => "not used",
+        }
+    }
+}
+
+/// The file shape of [`Plan::clients`]: one table per client
+/// (`[[plan.clients]]`, `client = <index>`, `ops = [ … ]`), so that a plan
+/// file has one operation per line. Format 1 wrote a nested array on one
+/// line; it is still read.
+mod client_tables {
+    use std::fmt;
+
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Op;
+
+    #[derive(Serialize)]
+    struct ClientRef<'a> {
+        client: usize,
+        ops: &'a [Op],
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ClientTable {
+        client: usize,
+        ops: Vec<Op>,
+    }
+
+    pub fn serialize<S: Serializer>(clients: &[Vec<Op>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            clients
+                .iter()
+                .enumerate()
+                .map(|(client, ops)| ClientRef { client, ops }),
+        )
+    }
+
+    /// One client: a table (format 2) or a bare array of operations (format 1).
+    struct OneClient(Option<usize>, Vec<Op>);
+
+    impl<'de> Deserialize<'de> for OneClient {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OneClient;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a [[plan.clients]] table with `client` and `ops`")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OneClient, A::Error> {
+                    let t = ClientTable::deserialize(MapAccessDeserializer::new(map))?;
+                    Ok(OneClient(Some(t.client), t.ops))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<OneClient, A::Error> {
+                    let ops = Vec::<Op>::deserialize(SeqAccessDeserializer::new(seq))?;
+                    Ok(OneClient(None, ops))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<Op>>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<Vec<Op>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[[plan.clients]] tables, one per client")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Vec<Op>>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(OneClient(client, ops)) = seq.next_element()? {
+                    let i = out.len();
+                    if client.is_some_and(|c| c != i) {
+                        return Err(A::Error::custom(format!(
+                            "`plan.clients[{i}].client` is {}, must be {i}: clients are listed \
+                             in order",
+                            client.unwrap_or_default()
+                        )));
+                    }
+                    out.push(ops);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 

@@ -10,7 +10,7 @@ use cache_core::machine::{Buckets, LeakReport};
 use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 
 use crate::counting_store::CountingStore;
-use crate::plan::{FaultKind, Plan};
+use crate::plan::{latency_ms, FaultKind, Plan};
 use crate::rng::fnv64;
 use crate::scenario::{Scenario, StoreKind};
 use crate::sqlite_lock::SqliteLock;
@@ -25,6 +25,18 @@ pub const DRAIN_MS: u64 = 20_000;
 /// issue requests after healing; each one extends the deadline by this
 /// bound, never more, so a call that hangs is still reported (INV-11).
 pub const LAST_REQUEST_MS: u64 = 2 * crate::protocol::ANSWER_MS + 2_000;
+/// Slack after the longest resolver a request may still start or join:
+/// the answer travels back, the entry completes and its session settles.
+/// With the named scenarios' resolvers (at most a few hundred ms) the bound
+/// it gives stays below [`LAST_REQUEST_MS`], so only plans with long
+/// resolvers (up to `MAX_MS`) get a later end.
+pub const RESOLVER_SLACK_MS: u64 = 2_000;
+/// Metrics timeline cadence, simulated ms (ticks are 20 ms, so every fifth).
+const SAMPLE_MS: u64 = 100;
+/// Most samples kept: a long run halves its timeline's resolution rather
+/// than growing it without bound (10 samples per simulated second of a run
+/// of up to 10^13 ms would not fit in memory).
+const MAX_SAMPLES: usize = 4096;
 /// Turmoil tick, simulated ms. Every tick polls every host's runtime (about
 /// 1 µs each, mostly inside turmoil and tokio), so the tick sets the sim's
 /// speed: 10 ms ran about 3× faster than 2 ms, 20 ms about 1.7×
@@ -162,7 +174,21 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     let mut crashed = vec![false; names.len()];
     let mut healed = false;
     let mut samples = Vec::new();
-    let drain_until = plan.heal_at_ms + DRAIN_MS;
+    // When the run gives up waiting (and reports INV-11 if a client is still
+    // running): all in saturating arithmetic, from the plan's own longest
+    // times, so that no legitimate plan ends while a resolver, a message or
+    // a client pause is still under way.
+    let drain_until = plan.heal_at_ms.saturating_add(DRAIN_MS);
+    // A resolver starts at most one message latency after the last request;
+    // a deaf one runs to its end, after waiting for a nested call that may
+    // have joined another long run.
+    let after_request = LAST_REQUEST_MS.max(
+        plan.longest_resolver_ms()
+            .saturating_mul(2)
+            .saturating_add(plan.longest_latency_ms())
+            .saturating_add(RESOLVER_SLACK_MS),
+    );
+    let mut sample_every = SAMPLE_MS;
     let mut now;
     let mut restart_pending = false;
     loop {
@@ -180,12 +206,12 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
             let fired = match f.kind {
                 FaultKind::Partition if !crashed[f.client] => {
                     sim.partition("engine", name.as_str());
-                    repairs.push((now + f.arg as u64, f.kind, f.client));
+                    repairs.push((now.saturating_add(dur(f.arg)), f.kind, f.client));
                     true
                 }
                 FaultKind::Latency => {
-                    sim.set_max_message_latency(Duration::from_millis(f.arg as u64 / 4 + 5));
-                    repairs.push((now + f.arg as u64, f.kind, 0));
+                    sim.set_max_message_latency(Duration::from_millis(latency_ms(f.arg)));
+                    repairs.push((now.saturating_add(dur(f.arg)), f.kind, 0));
                     true
                 }
                 FaultKind::DropConnection if !crashed[f.client] => {
@@ -197,7 +223,7 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                     // restarted: it resumes its plan with a new session.
                     sim.crash(name.as_str());
                     crashed[f.client] = true;
-                    repairs.push((now + f.arg as u64, f.kind, f.client));
+                    repairs.push((now.saturating_add(dur(f.arg)), f.kind, f.client));
                     true
                 }
                 FaultKind::EngineRestart if !restart_pending => {
@@ -212,7 +238,8 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                 FaultKind::StoreError => match (&world.memory, &mut sqlite_lock) {
                     (Some(m), _) => {
                         let mut faults = m.faults();
-                        faults.fail_next += f.arg as u32;
+                        let n = u32::try_from(f.arg.max(0)).unwrap_or(u32::MAX);
+                        faults.fail_next = faults.fail_next.saturating_add(n);
                         m.set_faults(faults);
                         true
                     }
@@ -220,7 +247,8 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                     // `arg` × 100 ms.
                     (None, Some(lock)) if !lock.is_held() => match lock.hold() {
                         Ok(()) => {
-                            repairs.push((now + f.arg as u64 * 100, f.kind, 0));
+                            let held = dur(f.arg).saturating_mul(100);
+                            repairs.push((now.saturating_add(held), f.kind, 0));
                             true
                         }
                         Err(e) => {
@@ -232,9 +260,9 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
                 },
                 FaultKind::StoreSlow => world.memory.as_ref().is_some_and(|m| {
                     let mut faults = m.faults();
-                    faults.delay_ms = f.arg as u64 * 2;
+                    faults.delay_ms = dur(f.arg).saturating_mul(2);
                     m.set_faults(faults);
-                    repairs.push((now + f.arg as u64, f.kind, 0));
+                    repairs.push((now.saturating_add(dur(f.arg)), f.kind, 0));
                     true
                 }),
                 FaultKind::ClockJump => {
@@ -269,8 +297,13 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
             }
             world.trace("sim", "heal: faults repaired");
         }
-        if now % 50 == 0 {
+        if now % sample_every == 0 {
             samples.extend(sample(&world, now));
+            if samples.len() >= MAX_SAMPLES {
+                // Keep the samples on the coarser grid.
+                sample_every = sample_every.saturating_mul(2);
+                samples.retain(|s: &Sample| s.at_ms % sample_every == 0);
+            }
         }
         if let Err(e) = sim.step() {
             world.violate("INV-10", format!("a host failed: {e}"));
@@ -283,7 +316,10 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         if world.all_done() && quiescent(&world) {
             break;
         }
-        if now > drain_until.max(world.last_sent_ms() + LAST_REQUEST_MS) {
+        let end = drain_until
+            .max(world.last_sent_ms().saturating_add(after_request))
+            .max(world.busy_until_ms().saturating_add(LAST_REQUEST_MS));
+        if now > end {
             break;
         }
     }
@@ -318,6 +354,12 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
     drop(sim);
     drop(eng);
     outcome
+}
+
+/// A fault's `arg` as a duration, ms (checked plans never have a negative
+/// one; a negative one would be 0, never a wrapped huge value).
+fn dur(arg: i64) -> u64 {
+    u64::try_from(arg).unwrap_or(0)
 }
 
 /// The metrics of the running engine's call cache now (for `report`).

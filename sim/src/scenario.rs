@@ -233,6 +233,25 @@ impl Default for Scenario {
     }
 }
 
+/// Upper bound of every time field, simulated ms: 10^9 ms is about 11.6
+/// days. A run may get slow near it, but nothing the harness computes from
+/// such values can overflow: sums of up to [`MAX_OPS_PER_CLIENT`] of them
+/// stay far below `u64::MAX` and `i64::MAX`.
+pub const MAX_MS: u64 = 1_000_000_000;
+/// Most client hosts.
+pub const MAX_CLIENTS: usize = 64;
+/// Most operations per client.
+pub const MAX_OPS_PER_CLIENT: usize = 10_000;
+/// Most distinct call keys.
+pub const MAX_KEY_SPACE: u64 = 1000;
+/// Highest fault rate, events per simulated second.
+pub const MAX_FAULT_RATE: f64 = 100.0;
+/// Shortest fault window the generator draws (`[faults] max_duration_ms`
+/// may not go below it).
+pub const MIN_FAULT_MS: u64 = 50;
+/// Longest scenario name: it goes into file names (`shrunk-<name>-<seed>.toml`).
+pub const MAX_NAME_LEN: usize = 64;
+
 /// The named scenarios shipped with the crate.
 pub const NAMED: &[&str] = &[
     "standard",
@@ -241,6 +260,34 @@ pub const NAMED: &[&str] = &[
     "restart-heavy",
     "nested-heavy",
 ];
+
+/// How a scenario field is named in errors: its TOML table and key, both as
+/// a table header (`[resolver] max_duration_ms`, to find it in a file) and
+/// as a dotted key (`resolver.max_duration_ms`). `prefix` is the table the
+/// scenario itself sits in (`scenario` inside a plan file).
+fn field(prefix: &str, table: &str, key: &str) -> String {
+    let t = match (prefix.is_empty(), table.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => table.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{table}"),
+    };
+    if t.is_empty() {
+        format!("`{key}`")
+    } else {
+        format!("`[{t}] {key}` ({t}.{key})")
+    }
+}
+
+/// Whether `name` is a valid scenario name: 1 to [`MAX_NAME_LEN`] of
+/// `[A-Za-z0-9_-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 impl Scenario {
     /// A named scenario (see [`NAMED`]).
@@ -272,66 +319,193 @@ impl Scenario {
     }
 
     /// Parses and validates a TOML scenario; the error names the field.
+    /// Fields left out take their defaults (`sim/scenarios/reference.toml`).
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let s: Scenario = toml::from_str(text).map_err(|e| format!("bad scenario: {e}"))?;
         s.validate()?;
         Ok(s)
     }
 
-    /// A named scenario, or a TOML file if `arg` names an existing path.
+    /// Parses a scenario *file*: like [`Scenario::parse`], but a file that
+    /// sets no field, or does not set `name`, is an error — it would run as
+    /// the defaults while reports call it `standard`.
+    pub fn parse_file(text: &str, path: &str) -> Result<Scenario, String> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| format!("{path}: bad scenario: {e}"))?;
+        if table.is_empty() {
+            return Err(format!(
+                "empty scenario file {path}: it sets no field; give a named scenario ({}) or \
+                 a file that sets at least `name` (every field is listed with its default \
+                 in sim/scenarios/reference.toml)",
+                NAMED.join(", ")
+            ));
+        }
+        if !table.contains_key("name") {
+            return Err(format!(
+                "{path}: bad scenario: field `name` is missing: a scenario file names itself \
+                 (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -; it labels reports and shrunk plan files)"
+            ));
+        }
+        Scenario::parse(text).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// A named scenario, or a TOML file if `arg` names an existing path;
+    /// anything else is an error listing the named scenarios.
     pub fn load(arg: Option<&str>) -> Result<Scenario, String> {
         match arg {
             None => Scenario::named("standard"),
             Some(a) if NAMED.contains(&a) => Scenario::named(a),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read scenario file {path}: {e}"))?;
-                Scenario::parse(&text).map_err(|e| format!("{path}: {e}"))
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!(
+                            "unknown scenario {path:?}: neither a named scenario ({}) nor an \
+                             existing file",
+                            NAMED.join(", ")
+                        )
+                    } else {
+                        format!("cannot read scenario file {path}: {e}")
+                    }
+                })?;
+                Scenario::parse_file(&text, path)
             }
         }
     }
 
-    /// Checks every field; the error names the first bad one.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        let bad = |field: &str, why: &str| Err(format!("bad scenario: field `{field}` {why}"));
-        if self.clients == 0 || self.clients > 64 {
-            return bad("clients", "must be in 1..=64");
+    /// Checks every field against its documented range
+    /// (`sim/scenarios/reference.toml`); the error names the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.validate_in("")
+    }
+
+    /// [`Scenario::validate`] for a scenario that sits in table `prefix` of
+    /// a bigger file (`scenario` in a plan file), so that errors name the
+    /// field by its full path there.
+    pub fn validate_in(&self, prefix: &str) -> Result<(), String> {
+        let bad = |table: &str, key: &str, value: String, range: &str| {
+            Err(format!(
+                "bad scenario: field {} is {value}, must be {range}",
+                field(prefix, table, key)
+            ))
+        };
+        if !valid_name(&self.name) {
+            return bad(
+                "",
+                "name",
+                format!("{:?}", self.name),
+                &format!(
+                    "1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - (it goes into file names)"
+                ),
+            );
         }
-        if self.key_space == 0 || self.key_space > 1000 {
-            return bad("key_space", "must be in 1..=1000");
-        }
-        if self.ops_per_client > 10_000 {
-            return bad("ops_per_client", "must be at most 10000");
-        }
-        for (field, p) in [
-            ("calls.concurrency_key", self.calls.concurrency_key),
-            ("calls.do_not_cache", self.calls.do_not_cache),
-            ("calls.ttl_key", self.calls.ttl_key),
-            ("calls.safe_to_persist", self.calls.safe_to_persist),
-            ("calls.shared_content", self.calls.shared_content),
-            ("calls.cancel", self.calls.cancel),
-            ("calls.retry", self.calls.retry),
-            ("calls.result_id", self.calls.result_id),
-            ("faults.enable", self.faults.enable),
-            ("resolver.deaf", self.resolver.deaf),
+        for (key, v, lo, hi) in [
+            ("clients", self.clients as u64, 1, MAX_CLIENTS as u64),
+            (
+                "ops_per_client",
+                self.ops_per_client as u64,
+                1,
+                MAX_OPS_PER_CLIENT as u64,
+            ),
+            ("key_space", self.key_space, 1, MAX_KEY_SPACE),
+            ("max_gap_ms", self.max_gap_ms, 0, MAX_MS),
         ] {
-            if !(0.0..=1.0).contains(&p) {
-                return bad(field, "must be a probability in 0..=1");
+            if !(lo..=hi).contains(&v) {
+                return bad("", key, v.to_string(), &format!("in {lo}..={hi}"));
             }
         }
-        if self.calls.ttl_min_ms == 0 || self.calls.ttl_min_ms > self.calls.ttl_max_ms {
-            return bad("calls.ttl_min_ms", "must be > 0 and <= calls.ttl_max_ms");
+        let c = &self.calls;
+        let r = &self.resolver;
+        let f = &self.faults;
+        for (table, key, p) in [
+            ("calls", "concurrency_key", c.concurrency_key),
+            ("calls", "do_not_cache", c.do_not_cache),
+            ("calls", "ttl_key", c.ttl_key),
+            ("calls", "safe_to_persist", c.safe_to_persist),
+            ("calls", "shared_content", c.shared_content),
+            ("calls", "cancel", c.cancel),
+            ("calls", "retry", c.retry),
+            ("calls", "result_id", c.result_id),
+            ("faults", "enable", f.enable),
+            ("resolver", "deaf", r.deaf),
+        ] {
+            // NaN fails `contains` too.
+            if !(0.0..=1.0).contains(&p) {
+                return bad(table, key, p.to_string(), "a finite probability in 0..=1");
+            }
         }
-        if self.faults.rate < 0.0 || self.faults.rate > 100.0 {
-            return bad("faults.rate", "must be in 0..=100");
+        if !(0.0..=MAX_FAULT_RATE).contains(&f.rate) {
+            return bad(
+                "faults",
+                "rate",
+                f.rate.to_string(),
+                &format!("a finite rate in 0..={MAX_FAULT_RATE} events per simulated second"),
+            );
+        }
+        for (table, key, v, lo, hi) in [
+            ("resolver", "max_duration_ms", r.max_duration_ms, 1, MAX_MS),
+            ("calls", "ttl_max_ms", c.ttl_max_ms, 1, MAX_MS),
+            (
+                "calls",
+                "ttl_min_ms",
+                c.ttl_min_ms,
+                1,
+                c.ttl_max_ms.min(MAX_MS),
+            ),
+            (
+                "faults",
+                "max_duration_ms",
+                f.max_duration_ms,
+                MIN_FAULT_MS,
+                MAX_MS,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                let range = if key == "ttl_min_ms" {
+                    format!("in 1..=[calls] ttl_max_ms ({})", c.ttl_max_ms)
+                } else {
+                    format!("in {lo}..={hi}")
+                };
+                return bad(table, key, v.to_string(), &range);
+            }
         }
         let o = &self.ops;
-        if o.call + o.nested + o.arbitrary + o.change + o.close + o.reconnect == 0 {
-            return bad("ops", "needs at least one non-zero weight");
-        }
-        let r = &self.resolver;
-        if r.value + r.no_value + r.error + r.panic + r.hang == 0 {
-            return bad("resolver", "needs at least one non-zero weight");
+        let weights = [
+            (
+                "ops",
+                [
+                    o.call,
+                    o.nested,
+                    o.arbitrary,
+                    o.change,
+                    o.close,
+                    o.reconnect,
+                ]
+                .to_vec(),
+            ),
+            (
+                "resolver",
+                [r.value, r.no_value, r.error, r.panic, r.hang].to_vec(),
+            ),
+        ];
+        for (table, w) in weights {
+            // In u64: six u32 weights cannot wrap it.
+            if w.iter().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+                let names = if table == "ops" {
+                    "call, nested, arbitrary, change, close, reconnect"
+                } else {
+                    "value, no_value, error, panic, hang"
+                };
+                let t = if prefix.is_empty() {
+                    table.to_string()
+                } else {
+                    format!("{prefix}.{table}")
+                };
+                return Err(format!(
+                    "bad scenario: the weights in `[{t}]` ({names}) are all 0; each is in \
+                     0..={}, and at least one must be non-zero",
+                    u32::MAX
+                ));
+            }
         }
         Ok(())
     }

@@ -144,6 +144,7 @@ pub struct World {
     progress: Mutex<Vec<usize>>,
     ids: AtomicU64,
     last_sent_ms: AtomicU64,
+    busy_until_ms: AtomicU64,
     quiet: std::sync::atomic::AtomicBool,
 }
 
@@ -195,6 +196,7 @@ impl World {
             progress: Mutex::new(vec![0; n]),
             ids: AtomicU64::new(1),
             last_sent_ms: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
             quiet: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -218,7 +220,11 @@ impl World {
     /// Moves simulated time (the outer loop, once per step).
     pub fn set_now(&self, ms: u64) {
         self.now_ms.store(ms, Ordering::SeqCst);
-        let t = EPOCH_MS + ms as i64 + *lock(&self.jump_ms);
+        // Saturating: plan ranges keep this far from the i64 limits, but a
+        // harness wrap would show up as a violation the cache did not commit.
+        let t = EPOCH_MS
+            .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+            .saturating_add(*lock(&self.jump_ms));
         self.clock.set(t);
         self.clock_hw.fetch_max(t, Ordering::SeqCst);
     }
@@ -231,7 +237,10 @@ impl World {
 
     /// A clock jump (fault).
     pub fn jump(&self, ms: i64) {
-        *lock(&self.jump_ms) += ms;
+        {
+            let mut j = lock(&self.jump_ms);
+            *j = j.saturating_add(ms);
+        }
         self.set_now(self.now());
     }
 
@@ -326,6 +335,19 @@ impl World {
     /// Simulated ms of the last request any client sent.
     pub fn last_sent_ms(&self) -> u64 {
         self.last_sent_ms.load(Ordering::SeqCst)
+    }
+
+    /// A client starts a pause of `ms` before its next operation: the run
+    /// may not end before the pause does (a long `gap_ms` after healing is
+    /// not a hang, INV-11).
+    pub fn note_pause(&self, ms: u64) {
+        self.busy_until_ms
+            .fetch_max(self.now().saturating_add(ms), Ordering::SeqCst);
+    }
+
+    /// Simulated ms at which the latest client pause started so far ends.
+    pub fn busy_until_ms(&self) -> u64 {
+        self.busy_until_ms.load(Ordering::SeqCst)
     }
 
     /// Marks client `c` finished.

@@ -68,7 +68,7 @@ fn malformed_plan_files_get_errors_naming_the_field() {
     let err = PlanFile::parse("format = 1\n[scenario\n").unwrap_err();
     assert!(err.starts_with("bad plan file"), "{err}");
 
-    let err = PlanFile::parse(&file_text().replace("format = 1", "format = 9")).unwrap_err();
+    let err = PlanFile::parse(&file_text().replace("format = 2", "format = 9")).unwrap_err();
     assert!(err.contains("`format`"), "{err}");
 
     let err = PlanFile::parse(&format!("surprise = true\n{}", file_text())).unwrap_err();
