@@ -135,6 +135,12 @@ fn plan_replay_cmd(path: &str, extra_bugs: &[String]) -> String {
 /// writes it to a plan file (`out`, default `shrunk-<scenario>-<seed>.toml`)
 /// that `cache-sim replay --plan` runs.
 pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, String> {
+    // Checked before any work: the plan file could not record this seed.
+    if seed > i64::MAX as u64 {
+        return Err(format!(
+            "bad --seed {seed}: shrink writes a plan file, whose seed is a TOML integer (at most 2^63-1)"
+        ));
+    }
     let s = setup.load()?;
     let arg = setup.scenario.as_deref();
     let plan = Plan::generate(seed, &s);

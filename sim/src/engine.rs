@@ -384,6 +384,12 @@ fn answer(
                     v.safe = false;
                     v.made_ms = 0;
                 }
+                let ttl = world.plan.keys[key as usize].ttl_ms;
+                if world.plant == Some(Plant::TtlExpiredOwnSession) && is_call && ttl > 0 {
+                    v.session = Some(sid);
+                    v.made_ms = 0;
+                    v.made_clock = t0_clock.saturating_sub(ttl as i64 + 1);
+                }
             }
             let mut reported = r.id().map(|i| i.call_key());
             if world.plant == Some(Plant::RequestedIdOnStorageHit)

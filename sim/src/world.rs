@@ -42,6 +42,9 @@ pub enum Plant {
     ResolverNotCancelled,
     /// INV-8: the engine reports a cross-session TTL hit on an unsafe result.
     TtlCrossSession,
+    /// INV-8: a session is served its own TTL'd result made longer than its
+    /// TTL before the call arrived (T-7 inside one session).
+    TtlExpiredOwnSession,
     /// INV-9: a session still reports refs after close.
     RefsAfterClose,
     /// INV-10: a release hook runs twice.

@@ -309,3 +309,14 @@ fn ctrl_c_prints_the_summary_so_far() {
         "every finished seed before it"
     );
 }
+
+#[test]
+fn shrink_refuses_a_seed_its_plan_file_cannot_hold_before_any_work() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cache-sim"))
+        .args(["shrink", "--seed", "9223372036854775808"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--seed"), "{err}");
+}

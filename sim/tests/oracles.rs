@@ -73,6 +73,12 @@ fn inv8_ttl_cross_session_is_reported() {
 }
 
 #[test]
+fn inv8_own_session_result_past_its_ttl_is_reported() {
+    // T-7 holds inside the session that made a result, too.
+    assert_eq!(first_inv(Plant::TtlExpiredOwnSession), "INV-8");
+}
+
+#[test]
 fn inv9_refs_after_close_are_reported() {
     assert_eq!(first_inv(Plant::RefsAfterClose), "INV-9");
 }
