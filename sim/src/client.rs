@@ -9,8 +9,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use turmoil::net::TcpStream;
 
+use crate::oracle::{self, Observation};
 use crate::plan::OpKind;
-use crate::protocol::{Request, ANSWER_MS, PING_MS, PORT};
+use crate::protocol::{ErrKind, Request, Response, ANSWER_MS, PING_MS, PORT};
 use crate::world::World;
 
 struct Conn {
@@ -34,7 +35,7 @@ struct Client {
 
 /// What waiting for an answer gave.
 enum Answer {
-    Line(String),
+    Got(Result<String, ErrKind>),
     Lost(&'static str),
 }
 
@@ -107,15 +108,19 @@ impl Client {
             let slice = Duration::from_millis(PING_MS);
             match tokio::time::timeout(slice, conn.lines.next_line()).await {
                 Ok(Ok(Some(l))) => {
-                    if l.starts_with(&format!("R {req} ")) {
-                        // INV-7: a waiter that did not cancel gets the outcome.
-                        if l.ends_with(" err cancelled") && !cancelled {
-                            self.world.violate(
-                                "INV-7",
-                                format!("{} r{req}: cancelled without cancelling", self.name),
+                    if let Some(Response::Answer { req: r, result }) = Response::parse(&l) {
+                        if r == req {
+                            oracle::observe(
+                                &self.world,
+                                Observation::ClientAnswered {
+                                    client: &self.name,
+                                    req,
+                                    result: &result,
+                                    cancelled,
+                                },
                             );
+                            return Answer::Got(result);
                         }
-                        return Answer::Line(l);
                     }
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => return Answer::Lost("connection lost"),
@@ -141,7 +146,11 @@ impl Client {
         }
     }
 
-    async fn request(&mut self, op: usize, cancel_ms: Option<u64>) -> Option<String> {
+    async fn request(
+        &mut self,
+        op: usize,
+        cancel_ms: Option<u64>,
+    ) -> Option<Result<String, ErrKind>> {
         self.connect().await;
         let req = self.next_req;
         self.next_req += 1;
@@ -156,7 +165,7 @@ impl Client {
         self.trace(format!("r{req} op{op} sent"));
         self.world.note_sent();
         match self.wait(req, cancel_ms).await {
-            Answer::Line(l) => Some(l),
+            Answer::Got(result) => Some(result),
             Answer::Lost(why) => {
                 self.trace(format!("r{req} lost: {why}"));
                 self.world.count("lost-answers");
@@ -171,7 +180,7 @@ impl Client {
             if conn.send(Request::Close).await {
                 let until = tokio::time::timeout(Duration::from_millis(ANSWER_MS), async {
                     while let Ok(Some(l)) = conn.lines.next_line().await {
-                        if l == "CLOSED" {
+                        if Response::parse(&l) == Some(Response::Closed) {
                             return true;
                         }
                     }
@@ -219,9 +228,7 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
                 cancel_ms, retry, ..
             } => {
                 let answer = cl.request(i, *cancel_ms).await;
-                let failed = answer
-                    .as_deref()
-                    .is_some_and(|a| a.contains(" err resolver") || a.contains(" err panicked"));
+                let failed = matches!(answer, Some(Err(kind)) if kind.from_resolver());
                 if failed && *retry {
                     cl.trace(format!("retries op{i}"));
                     cl.request(i, None).await;

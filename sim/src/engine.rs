@@ -19,7 +19,7 @@ use turmoil::net::{TcpListener, TcpStream};
 use crate::failure::{Cause, RunFailure};
 use crate::oracle::{self, FlightClass, Observation, RunShadow, Served};
 use crate::plan::{Behave, OpKind, Outcome};
-use crate::protocol::{Request, IDLE_MS, PORT};
+use crate::protocol::{ErrKind, Request, Response, IDLE_MS, PORT};
 use crate::world::{Engine, Plant, Val, World};
 
 /// The engine host's software (called again on every restart).
@@ -195,7 +195,7 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
             }
             Some(Request::Close) => {
                 conn.close("close");
-                let _ = wr.write_all(b"CLOSED\n").await;
+                let _ = wr.write_all(Response::Closed.line().as_bytes()).await;
                 return;
             }
             Some(Request::Ping) | Some(Request::Hello(_)) | None => {}
@@ -252,17 +252,7 @@ impl Conn {
 }
 
 fn err_kind(e: &CallError) -> &'static str {
-    match e {
-        CallError::Cancelled => "cancelled",
-        CallError::Resolver(_) => "resolver",
-        CallError::Panicked(_) => "panicked",
-        CallError::Recursive { .. } => "recursive",
-        CallError::SessionClosed => "session-closed",
-        CallError::ClosedDuringExecution => "closed-during-execution",
-        CallError::InvalidKey(_) => "invalid-key",
-        CallError::UnknownHandle(_) | CallError::Unknown { .. } => "unknown",
-        CallError::ReleaseHook(_) => "release-hook",
-    }
+    ErrKind::of(e).as_str()
 }
 
 async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
@@ -436,10 +426,18 @@ fn answer(
             );
             world.count(if r.hit() { "hits" } else { "misses" });
             if world.plant == Some(Plant::SpuriousCancel) && r.hit() {
-                return format!("R {req} err cancelled\n");
+                return Response::Answer {
+                    req,
+                    result: Err(ErrKind::Cancelled),
+                }
+                .line();
             }
             drop(r);
-            format!("R {req} ok {shown}\n")
+            Response::Answer {
+                req,
+                result: Ok(shown),
+            }
+            .line()
         }
         Err(e) => {
             let mut e = e;
@@ -467,7 +465,11 @@ fn answer(
             );
             world.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
             world.count("errors");
-            format!("R {req} err {}\n", err_kind(&e))
+            Response::Answer {
+                req,
+                result: Err(ErrKind::of(&e)),
+            }
+            .line()
         }
     }
 }

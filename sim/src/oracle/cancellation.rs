@@ -5,6 +5,7 @@ use cache_core::facade::Cache;
 use cache_core::machine::EntryId;
 use cache_core::CallError;
 
+use crate::protocol::ErrKind;
 use crate::world::{Engine, Val, World};
 
 /// An error answer: "cancelled" only for a caller that cancelled.
@@ -13,6 +14,24 @@ pub(super) fn failed(world: &World, req: u64, key: u64, error: &CallError, calle
         world.violate(
             "INV-7",
             format!("r{req} k{key}: cancelled without cancelling"),
+        );
+    }
+}
+
+/// A client got an answer: "cancelled" only if it sent a cancel (the
+/// engine-side check above sees the cache's error; this one sees what
+/// crossed the wire).
+pub(super) fn client_answered(
+    world: &World,
+    client: &str,
+    req: u64,
+    result: &Result<String, ErrKind>,
+    cancelled: bool,
+) {
+    if *result == Err(ErrKind::Cancelled) && !cancelled {
+        world.violate(
+            "INV-7",
+            format!("{client} r{req}: cancelled without cancelling"),
         );
     }
 }

@@ -42,6 +42,7 @@ use cache_core::CallError;
 pub use quiescence::check_end;
 pub use shadow::{FlightClass, HookShadow, RunShadow, SessionShadow, Shadow};
 
+use crate::protocol::ErrKind;
 use crate::world::{Engine, Plant, Val, World};
 
 /// A call answered with a result, as the host saw it.
@@ -159,6 +160,17 @@ pub enum Observation<'a> {
         /// The inner entry whose ref the output owned.
         nested: Option<EntryId>,
     },
+    /// A client got the answer to its request `req`.
+    ClientAnswered {
+        /// The client's name.
+        client: &'a str,
+        /// The request.
+        req: u64,
+        /// What it got.
+        result: &'a Result<String, ErrKind>,
+        /// The client had sent a cancel for it.
+        cancelled: bool,
+    },
     /// A session closed.
     SessionClosed {
         /// Its call cache.
@@ -257,6 +269,12 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             }
             hooks::hook_ran(world, out);
         }
+        Observation::ClientAnswered {
+            client,
+            req,
+            result,
+            cancelled,
+        } => cancellation::client_answered(world, client, req, result, cancelled),
         Observation::SessionClosed {
             cache,
             inc,
