@@ -146,6 +146,7 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
                             nested: nested.map(key),
                             cancel_ms: cancel.map(|c| 1 + u64::from(c % 40) * 10),
                             retry: *retry,
+                            pipelined: false,
                         },
                         SimKind::Arbitrary {
                             key: k,
@@ -155,6 +156,7 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
                             key: key(*k),
                             change: *change,
                             behave: behave(*b),
+                            cancel_ms: None,
                         },
                         SimKind::Close => OpKind::Close,
                         SimKind::Reconnect => OpKind::Reconnect,

@@ -2,6 +2,7 @@
 //! a time (one connection = one session), reconnecting after drops, timeouts
 //! and engine restarts, and retrying failed calls when its plan says so.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use turmoil::net::TcpStream;
 
 use crate::oracle::{self, Observation};
 use crate::plan::OpKind;
-use crate::protocol::{ErrKind, Request, Response, ANSWER_MS, PING_MS, PORT};
+use crate::protocol::{Request, Response, ANSWER_MS, PING_MS, PORT};
 use crate::world::World;
 
 struct Conn {
@@ -31,12 +32,23 @@ struct Client {
     name: String,
     conn: Option<Conn>,
     next_req: u64,
+    /// Calls sent and not yet answered, by request id: several when the
+    /// plan pipelines them.
+    pending: BTreeMap<u64, Pending>,
 }
 
-/// What waiting for an answer gave.
-enum Answer {
-    Got(Result<String, ErrKind>),
-    Lost(&'static str),
+/// A call waiting for its answer.
+struct Pending {
+    /// Its operation in the plan.
+    op: usize,
+    /// Cancel after this long without an answer.
+    cancel_ms: Option<u64>,
+    /// Retry once after a resolver failure (S-4).
+    retry: bool,
+    /// Waited so far, ms.
+    waited: u64,
+    /// A cancel was sent.
+    cancelled: bool,
 }
 
 impl Client {
@@ -47,6 +59,15 @@ impl Client {
     fn drop_conn(&mut self, why: &str) {
         if self.conn.take().is_some() {
             self.trace(format!("drops connection ({why})"));
+        }
+        self.lose_pending(why);
+    }
+
+    /// Every call still waiting lost its answer with the connection.
+    fn lose_pending(&mut self, why: &str) {
+        for req in std::mem::take(&mut self.pending).into_keys() {
+            self.trace(format!("r{req} lost: {why}"));
+            self.world.count("lost-answers");
         }
     }
 
@@ -74,12 +95,17 @@ impl Client {
         }
     }
 
-    /// Sleeps `ms`, pinging the engine so that it keeps the session.
+    /// Sleeps `ms`, pinging the engine so that it keeps the session; the
+    /// answers of pipelined calls are read as they come.
     async fn idle(&mut self, ms: u64) {
         let mut left = ms;
         while left > 0 {
             let step = left.min(PING_MS);
-            tokio::time::sleep(Duration::from_millis(step)).await;
+            if self.pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(step)).await;
+            } else {
+                self.read_for(step).await;
+            }
             left -= step;
             self.check_drop_flag();
             if let Some(conn) = self.conn.as_mut() {
@@ -96,61 +122,9 @@ impl Client {
         }
     }
 
-    /// Waits for the answer to `req`, cancelling after `cancel_ms`.
-    async fn wait(&mut self, req: u64, cancel_ms: Option<u64>) -> Answer {
-        let mut waited = 0;
-        let mut cancelled = false;
-        loop {
-            self.check_drop_flag();
-            let Some(conn) = self.conn.as_mut() else {
-                return Answer::Lost("connection dropped");
-            };
-            let slice = Duration::from_millis(PING_MS);
-            match tokio::time::timeout(slice, conn.lines.next_line()).await {
-                Ok(Ok(Some(l))) => {
-                    if let Some(Response::Answer { req: r, result }) = Response::parse(&l) {
-                        if r == req {
-                            oracle::observe(
-                                &self.world,
-                                Observation::ClientAnswered {
-                                    client: &self.name,
-                                    req,
-                                    result: &result,
-                                    cancelled,
-                                },
-                            );
-                            return Answer::Got(result);
-                        }
-                    }
-                }
-                Ok(Ok(None)) | Ok(Err(_)) => return Answer::Lost("connection lost"),
-                Err(_) => {
-                    waited += PING_MS;
-                    if !conn.send(Request::Ping).await {
-                        return Answer::Lost("ping failed");
-                    }
-                }
-            }
-            if let Some(ms) = cancel_ms {
-                if !cancelled && waited >= ms {
-                    cancelled = true;
-                    self.trace(format!("cancels r{req}"));
-                    if let Some(conn) = self.conn.as_mut() {
-                        let _ = conn.send(Request::Cancel(req)).await;
-                    }
-                }
-            }
-            if waited >= ANSWER_MS {
-                return Answer::Lost("no answer");
-            }
-        }
-    }
-
-    async fn request(
-        &mut self,
-        op: usize,
-        cancel_ms: Option<u64>,
-    ) -> Option<Result<String, ErrKind>> {
+    /// Sends operation `op` as a new request; its id, or `None` when the
+    /// send failed (the connection is dropped).
+    async fn send(&mut self, op: usize, cancel_ms: Option<u64>, retry: bool) -> Option<u64> {
         self.connect().await;
         let req = self.next_req;
         self.next_req += 1;
@@ -164,40 +138,180 @@ impl Client {
         }
         self.trace(format!("r{req} op{op} sent"));
         self.world.note_sent();
-        match self.wait(req, cancel_ms).await {
-            Answer::Got(result) => Some(result),
-            Answer::Lost(why) => {
-                self.trace(format!("r{req} lost: {why}"));
-                self.world.count("lost-answers");
-                self.drop_conn(why);
-                None
-            }
+        self.pending.insert(
+            req,
+            Pending {
+                op,
+                cancel_ms,
+                retry,
+                waited: 0,
+                cancelled: false,
+            },
+        );
+        Some(req)
+    }
+
+    /// Runs operation `op` and waits for its answer (and its retry's).
+    async fn request(&mut self, op: usize, cancel_ms: Option<u64>, retry: bool) {
+        let mut target = self.send(op, cancel_ms, retry).await;
+        while let Some(req) = target {
+            target = self.wait_for(req).await;
         }
     }
 
-    async fn close(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            if conn.send(Request::Close).await {
-                let until = tokio::time::timeout(Duration::from_millis(ANSWER_MS), async {
-                    while let Ok(Some(l)) = conn.lines.next_line().await {
-                        if Response::parse(&l) == Some(Response::Closed) {
-                            return true;
-                        }
-                    }
-                    false
-                })
-                .await;
-                self.trace(format!(
-                    "close: {}",
-                    if until == Ok(true) {
-                        "closed"
-                    } else {
-                        "no answer"
-                    }
-                ));
+    /// Reads answers until `req` is answered or lost; the id of its retry
+    /// when it failed and its plan retries it.
+    async fn wait_for(&mut self, req: u64) -> Option<u64> {
+        while self.pending.contains_key(&req) {
+            if let Some((answered, retry)) = self.read_one().await {
+                if answered == req {
+                    return retry;
+                }
             }
         }
+        None
+    }
+
+    /// Reads the answers of pipelined calls for `ms` (an idle step).
+    async fn read_for(&mut self, ms: u64) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while !self.pending.is_empty() {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            match tokio::time::timeout(until - now, conn.lines.next_line()).await {
+                Ok(Ok(Some(l))) => {
+                    self.answered(&l, true).await;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => self.drop_conn("connection lost"),
+                Err(_) => {}
+            }
+        }
+        for p in self.pending.values_mut() {
+            p.waited += ms;
+        }
+        self.cancel_due().await;
+    }
+
+    /// Waits one ping interval for a line: the request it answered and its
+    /// retry, if any. Sends the cancels that are due and gives up on calls
+    /// that waited too long.
+    async fn read_one(&mut self) -> Option<(u64, Option<u64>)> {
+        self.check_drop_flag();
+        let Some(conn) = self.conn.as_mut() else {
+            self.lose_pending("connection dropped");
+            return None;
+        };
+        let slice = Duration::from_millis(PING_MS);
+        let got = match tokio::time::timeout(slice, conn.lines.next_line()).await {
+            Ok(Ok(Some(l))) => self.answered(&l, true).await,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                self.drop_conn("connection lost");
+                return None;
+            }
+            Err(_) => {
+                for p in self.pending.values_mut() {
+                    p.waited += PING_MS;
+                }
+                if !conn.send(Request::Ping).await {
+                    self.drop_conn("ping failed");
+                    return None;
+                }
+                None
+            }
+        };
+        self.cancel_due().await;
+        got
+    }
+
+    /// Sends the cancels that are due; drops the connection when a call
+    /// waited longer than any answer takes.
+    async fn cancel_due(&mut self) {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.cancelled && p.cancel_ms.is_some_and(|ms| p.waited >= ms))
+            .map(|(r, _)| *r)
+            .collect();
+        for req in due {
+            let Some(p) = self.pending.get_mut(&req) else {
+                continue;
+            };
+            p.cancelled = true;
+            let init = matches!(
+                self.world.plan.clients[self.c][p.op].kind,
+                OpKind::Arbitrary { .. }
+            );
+            self.world
+                .count(if init { "cancel:init" } else { "cancel:call" });
+            self.trace(format!("cancels r{req}"));
+            if let Some(conn) = self.conn.as_mut() {
+                let _ = conn.send(Request::Cancel(req)).await;
+            }
+        }
+        if self.pending.values().any(|p| p.waited >= ANSWER_MS) {
+            self.drop_conn("no answer");
+        }
+    }
+
+    /// One line from the engine: if it answers a pending call, the oracles
+    /// see it, and a resolver failure the plan retries is sent again.
+    async fn answered(&mut self, line: &str, may_retry: bool) -> Option<(u64, Option<u64>)> {
+        let Some(Response::Answer { req, result }) = Response::parse(line) else {
+            return None;
+        };
+        let p = self.pending.remove(&req)?;
+        oracle::observe(
+            &self.world,
+            Observation::ClientAnswered {
+                client: &self.name,
+                req,
+                result: &result,
+                cancelled: p.cancelled,
+            },
+        );
+        let mut retry = None;
+        if may_retry && p.retry && matches!(result, Err(kind) if kind.from_resolver()) {
+            self.trace(format!("retries op{}", p.op));
+            retry = self.send(p.op, None, false).await;
+        }
+        Some((req, retry))
+    }
+
+    /// Closes the session (S-1). Answers of pipelined calls that arrive
+    /// before the engine confirms are seen (not retried: the session is
+    /// going); the rest are lost with the session.
+    async fn close(&mut self) {
+        let sent = match self.conn.as_mut() {
+            Some(conn) => conn.send(Request::Close).await,
+            None => false,
+        };
+        if sent {
+            let until = tokio::time::Instant::now() + Duration::from_millis(ANSWER_MS);
+            let mut closed = false;
+            while let Some(conn) = self.conn.as_mut() {
+                match tokio::time::timeout_at(until, conn.lines.next_line()).await {
+                    Ok(Ok(Some(l))) if Response::parse(&l) == Some(Response::Closed) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(Ok(Some(l))) => {
+                        self.answered(&l, false).await;
+                    }
+                    _ => break,
+                }
+            }
+            self.trace(format!(
+                "close: {}",
+                if closed { "closed" } else { "no answer" }
+            ));
+        }
         self.conn = None;
+        self.lose_pending("session closed");
     }
 }
 
@@ -213,6 +327,7 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
         name: format!("client{c}"),
         conn: None,
         next_req: 1,
+        pending: BTreeMap::new(),
     };
     let start = world.progress(c);
     if start > 0 {
@@ -225,19 +340,22 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
         cl.idle(op.gap_ms).await;
         match &op.kind {
             OpKind::Call {
-                cancel_ms, retry, ..
+                cancel_ms,
+                retry,
+                pipelined,
+                ..
             } => {
-                let answer = cl.request(i, *cancel_ms).await;
-                let failed = matches!(answer, Some(Err(kind)) if kind.from_resolver());
-                if failed && *retry {
-                    cl.trace(format!("retries op{i}"));
-                    cl.request(i, None).await;
+                if *pipelined {
+                    cl.send(i, *cancel_ms, *retry).await;
+                } else {
+                    cl.request(i, *cancel_ms, *retry).await;
                 }
             }
-            OpKind::Arbitrary { .. } => {
-                cl.request(i, None).await;
+            OpKind::Arbitrary { cancel_ms, .. } => {
+                cl.request(i, *cancel_ms, false).await;
             }
             OpKind::Close => {
+                // Pipelined calls still in flight race the close (S-1a).
                 cl.connect().await;
                 cl.close().await;
                 cl.connect().await;
@@ -247,6 +365,10 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
                 cl.connect().await;
             }
         }
+    }
+    // Pipelined calls get their answers before the final close.
+    while let Some(&req) = cl.pending.keys().next() {
+        cl.wait_for(req).await;
     }
     cl.connect().await;
     cl.close().await;

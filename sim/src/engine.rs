@@ -194,7 +194,13 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
                 }
             }
             Some(Request::Close) => {
+                // The session closes with its pipelined calls still in
+                // flight (S-1a, S-3); then, the client being gone, their
+                // waiters leave, as on a disconnect.
                 conn.close("close");
+                for t in conn.tokens.lock().unwrap().values() {
+                    t.cancel();
+                }
                 let _ = wr.write_all(Response::Closed.line().as_bytes()).await;
                 return;
             }
@@ -264,7 +270,19 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
     };
     let t0 = world.now();
     let t0_clock = cache_core::facade::Clock::now_ms(&world.clock);
-    oracle::observe(&world, Observation::CallStarted { inc, session: sid });
+    // The TTL'd call key this request asks for, if any (coverage counts).
+    let ttl_key = match op.kind {
+        OpKind::Call { key, .. } if world.plan.keys[key as usize].ttl_ms > 0 => Some(key),
+        _ => None,
+    };
+    oracle::observe(
+        &world,
+        Observation::CallStarted {
+            inc,
+            session: sid,
+            ttl_key,
+        },
+    );
     let who = format!("client{}", conn.client);
     let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });
     let (res, key, is_call) = match op.kind {
@@ -300,6 +318,7 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             key,
             change,
             behave,
+            ..
         } => {
             let (cache, session) = if change {
                 (&conn.eng.changes, &conn.changes)
@@ -334,7 +353,14 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
         t0_clock,
         token.is_cancelled(),
     );
-    oracle::observe(&world, Observation::CallAnswered { inc, session: sid });
+    oracle::observe(
+        &world,
+        Observation::CallAnswered {
+            inc,
+            session: sid,
+            ttl_key,
+        },
+    );
     if world.plant == Some(Plant::SwallowResponse) && req == 3 && conn.client == 0 {
         world.trace("engine", "PLANTED: response swallowed");
         *world.shadow().pending.entry(inc).or_default() += 1;

@@ -79,6 +79,10 @@ pub enum OpKind {
         cancel_ms: Option<u64>,
         /// Retry once after an error.
         retry: bool,
+        /// Sent without waiting for the answer before the next operation:
+        /// the session has several calls in flight at once.
+        #[serde(default, skip_serializing_if = "is_false")]
+        pipelined: bool,
     },
     /// An arbitrary entry (`change`: on the change cache, K-5).
     Arbitrary {
@@ -88,6 +92,9 @@ pub enum OpKind {
         change: bool,
         /// Init behaviour.
         behave: Behave,
+        /// The client cancels after this many ms (K-4, K-5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancel_ms: Option<u64>,
     },
     /// Close the session (S-1) and open a new one.
     Close,
@@ -246,6 +253,11 @@ fn behave(rng: &mut Rng, s: &Scenario) -> Behave {
     }
 }
 
+/// Serde: a flag left out when false.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn key(rng: &mut Rng, s: &Scenario) -> u64 {
     match s.key_dist {
         KeyDist::Uniform => rng.below(s.key_space),
@@ -261,6 +273,8 @@ impl Plan {
         // Result IDs come from their own stream, so that adding them left
         // every other draw (and so every older plan) as it was.
         let mut id_rng = Rng::new(seed, "result-ids");
+        // Pipelining and cancelled inits likewise: their own stream.
+        let mut wrng = Rng::new(seed, "workload");
         let keys = (0..s.key_space)
             .map(|k| KeyProps {
                 content: rng.chance(s.calls.shared_content).then(|| rng.below(2)),
@@ -302,11 +316,15 @@ impl Plan {
                                     .chance(s.calls.cancel)
                                     .then(|| rng.range(1, s.resolver.max_duration_ms.max(1))),
                                 retry: rng.chance(s.calls.retry),
+                                pipelined: wrng.chance(s.calls.pipeline),
                             },
                             k @ (2 | 3) => OpKind::Arbitrary {
                                 key: key(&mut rng, s),
                                 change: k == 3,
                                 behave: behave(&mut rng, s),
+                                cancel_ms: wrng
+                                    .chance(s.calls.cancel_init)
+                                    .then(|| wrng.range(1, s.resolver.max_duration_ms.max(1))),
                             },
                             4 => OpKind::Close,
                             _ => OpKind::Reconnect,
@@ -466,7 +484,12 @@ impl Plan {
                         cancel_ms,
                         ..
                     } => (*key, *nested, behave, *cancel_ms),
-                    OpKind::Arbitrary { key, behave, .. } => (*key, None, behave, None),
+                    OpKind::Arbitrary {
+                        key,
+                        behave,
+                        cancel_ms,
+                        ..
+                    } => (*key, None, behave, *cancel_ms),
                     OpKind::Close | OpKind::Reconnect => continue,
                 };
                 let kind = match &op.kind {

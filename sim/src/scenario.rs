@@ -111,6 +111,13 @@ pub struct CallMix {
     /// A key's resolvers return another key's ID (result call key ≠ call
     /// key, C-6).
     pub result_id: f64,
+    /// The client does not wait for a call's answer before its next
+    /// operation: a session has several calls in flight at once, and a
+    /// close may race them (S-1a, S-3).
+    pub pipeline: f64,
+    /// The client cancels an arbitrary or change-cache init after a while
+    /// (K-4, K-5).
+    pub cancel_init: f64,
     /// TTL bounds, simulated ms.
     pub ttl_min_ms: u64,
     /// TTL bounds, simulated ms.
@@ -128,6 +135,8 @@ impl Default for CallMix {
             cancel: 0.08,
             retry: 0.5,
             result_id: 0.1,
+            pipeline: 0.2,
+            cancel_init: 0.08,
             ttl_min_ms: 100,
             ttl_max_ms: 2000,
         }
@@ -425,6 +434,8 @@ impl Scenario {
             ("calls", "cancel", c.cancel),
             ("calls", "retry", c.retry),
             ("calls", "result_id", c.result_id),
+            ("calls", "pipeline", c.pipeline),
+            ("calls", "cancel_init", c.cancel_init),
             ("faults", "enable", f.enable),
             ("resolver", "deaf", r.deaf),
         ] {

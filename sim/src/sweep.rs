@@ -296,6 +296,8 @@ enum Msg {
         seed: u64,
         sim_ms: u64,
         failure: Option<FailureReport>,
+        /// What the seed exercised (faults fired, workload cases met).
+        counters: BTreeMap<String, u64>,
     },
 }
 
@@ -314,8 +316,8 @@ fn worker(w: usize, disp: &Dispenser, swept: &[Swept], tx: &mpsc::Sender<Msg>) {
         // A panic of the harness itself (not a planned resolver panic,
         // which the simulation catches) fails this seed, not the sweep.
         let ran = catch_unwind(AssertUnwindSafe(|| run_seed(seed, &sw.scenario, None)));
-        let (sim_ms, failure) = match ran {
-            Ok(o) => (o.sim_ms, failure_of(&o, sw, replay)),
+        let (sim_ms, failure, counters) = match ran {
+            Ok(o) => (o.sim_ms, failure_of(&o, sw, replay), o.counters),
             Err(p) => {
                 let why = p
                     .downcast_ref::<String>()
@@ -333,7 +335,7 @@ fn worker(w: usize, disp: &Dispenser, swept: &[Swept], tx: &mpsc::Sender<Msg>) {
                     text,
                     replay,
                 };
-                (0, Some(f))
+                (0, Some(f), BTreeMap::new())
             }
         };
         if failure.is_some() {
@@ -345,6 +347,7 @@ fn worker(w: usize, disp: &Dispenser, swept: &[Swept], tx: &mpsc::Sender<Msg>) {
             seed,
             sim_ms,
             failure,
+            counters,
         };
         if tx.send(finished).is_err() {
             return;
@@ -379,6 +382,9 @@ struct Tally<'a> {
     failures: u64,
     sim_ms: u64,
     failing: Vec<Failing>,
+    /// Counters summed over the seeds: how often each fault fired and each
+    /// interesting case of a rule occurred ("0" is a finding).
+    coverage: BTreeMap<String, u64>,
     bar: indicatif::ProgressBar,
 }
 
@@ -496,6 +502,10 @@ pub fn sweep(
         failures: 0,
         sim_ms: 0,
         failing: Vec::new(),
+        coverage: crate::oracle::CASES
+            .iter()
+            .map(|(case, _)| (case.to_string(), 0))
+            .collect(),
         bar,
     };
     // Seeds in flight: worker -> (scenario, seed, wall secs at start).
@@ -521,7 +531,12 @@ pub fn sweep(
                 seed,
                 sim_ms,
                 failure,
+                counters,
             }) => {
+                for (k, v) in counters {
+                    let n = t.coverage.entry(k).or_default();
+                    *n = n.saturating_add(v);
+                }
                 let began = running.remove(&worker).map_or(0.0, |r| r.2);
                 let wall_ms = ((wall.elapsed_secs() - began).max(0.0) * 1000.0) as u64;
                 t.finished(scenario, seed, sim_ms, wall_ms, failure);
@@ -579,6 +594,9 @@ pub fn sweep(
                     );
                 }
             }
+            let coverage: Vec<String> =
+                t.coverage.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("coverage: {}", coverage.join(", "));
             let mut extra = format!(" jobs {jobs}");
             if stopped_early {
                 extra.push_str(&format!(
@@ -622,6 +640,7 @@ pub fn sweep(
                     })
                     .collect(),
                 jobs,
+                coverage: &t.coverage,
             };
             println!("{}", json_line(&summary));
         }
@@ -668,6 +687,8 @@ struct SummaryLine<'a> {
     /// Seeds in flight when interrupted.
     abandoned: Vec<SeedId<'a>>,
     jobs: usize,
+    /// Counters summed over the seeds (faults fired, workload cases met).
+    coverage: &'a BTreeMap<String, u64>,
 }
 
 /// A failing seed in the summary.

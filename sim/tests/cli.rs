@@ -15,6 +15,8 @@ use sim::scenario::NAMED;
 /// A switch that fails every one of the first seeds of `standard`
 /// (`cache-sim zoo`: standard seed 0, INV-6).
 const QUICK_BUG: &str = "errors-cached-in-session";
+/// The first of a run of seeds that each fail with [`QUICK_BUG`] (INV-6).
+const QUICK_FIRST: &str = "1";
 
 fn cache_sim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cache-sim"))
@@ -117,6 +119,8 @@ fn a_billion_seeds_stop_at_the_first_failure() {
     let start = Instant::now();
     let o = cache_sim(&[
         "run",
+        "--first-seed",
+        QUICK_FIRST,
         "--seeds",
         "1000000000",
         "--max-failures",
@@ -133,14 +137,19 @@ fn a_billion_seeds_stop_at_the_first_failure() {
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     let n = lines.len();
-    assert!(n >= 3, "{out}");
-    assert_eq!(lines[n - 3], "failing seeds: 1");
+    assert!(n >= 4, "{out}");
+    assert_eq!(lines[n - 4], "failing seeds: 1");
     assert!(
-        lines[n - 2].starts_with("  standard seed 0 INV-6: cargo run")
-            && lines[n - 2].ends_with(&format!("replay --seed 0 --bug {QUICK_BUG}")),
+        lines[n - 3].starts_with(&format!("  standard seed {QUICK_FIRST} INV-6: cargo run"))
+            && lines[n - 3].ends_with(&format!("replay --seed {QUICK_FIRST} --bug {QUICK_BUG}")),
         "{}",
-        lines[n - 2]
+        lines[n - 3]
     );
+    // What the seeds exercised, every case of sim::oracle::CASES named.
+    assert!(lines[n - 2].starts_with("coverage: "), "{}", lines[n - 2]);
+    for (case, _) in sim::oracle::CASES {
+        assert!(lines[n - 2].contains(&format!("{case} ")), "{case}");
+    }
     assert!(
         lines[n - 1].starts_with("seeds 1 failures 1 seeds/s ")
             && lines[n - 1].contains("(scenario standard)")
@@ -152,7 +161,17 @@ fn a_billion_seeds_stop_at_the_first_failure() {
 
 #[test]
 fn after_the_first_details_each_failure_gets_one_line() {
-    let o = cache_sim(&["run", "--seeds", "4", "--bug", QUICK_BUG, "--details", "1"]);
+    let o = cache_sim(&[
+        "run",
+        "--first-seed",
+        QUICK_FIRST,
+        "--seeds",
+        "4",
+        "--bug",
+        QUICK_BUG,
+        "--details",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let out = stdout(&o);
     assert_eq!(out.matches("  last trace lines:").count(), 1, "{out}");
@@ -163,13 +182,13 @@ fn after_the_first_details_each_failure_gets_one_line() {
     assert_eq!(one_liners, 3, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     let n = lines.len();
-    assert_eq!(lines[n - 6], "failing seeds: 4");
+    assert_eq!(lines[n - 7], "failing seeds: 4");
     // Listed in seed order, whatever order the seeds finished in.
-    for (i, seed) in (0..4).enumerate() {
+    for (i, seed) in (1..5).enumerate() {
         assert!(
-            lines[n - 5 + i].starts_with(&format!("  standard seed {seed} INV-6: ")),
+            lines[n - 6 + i].starts_with(&format!("  standard seed {seed} INV-6: ")),
             "{}",
-            lines[n - 5 + i]
+            lines[n - 6 + i]
         );
     }
     assert!(lines[n - 1].starts_with("seeds 4 failures 4 seeds/s "));
@@ -200,6 +219,10 @@ fn json_output_is_one_object_per_seed_and_a_summary() {
     assert_eq!(summary["interrupted"], false);
     assert!(summary["seeds_per_sec"].as_f64().is_some());
     assert!(summary["sim_wall_ratio"].as_f64().is_some());
+    // Coverage: every case named, faults fired counted.
+    for (case, _) in sim::oracle::CASES {
+        assert!(summary["coverage"][case].as_u64().is_some(), "{case}");
+    }
 
     let o = cache_sim(&["run", "--seeds", "2", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

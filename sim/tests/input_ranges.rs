@@ -283,6 +283,7 @@ fn long_resolvers_and_pauses_after_healing_are_not_violations() {
             nested: Some(1),
             cancel_ms: None,
             retry: false,
+            pipelined: false,
         },
     };
     plan.heal_at_ms = 1;
@@ -528,6 +529,7 @@ fn out_of_range_plan_fields_are_named() {
                     safe: false,
                     deaf: false,
                 },
+                cancel_ms: None,
             },
         })
     });

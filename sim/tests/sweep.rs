@@ -98,6 +98,20 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         fired.get("result-id-hits").copied().unwrap_or(0) > 0,
         "no call was served through a result call key: {fired:?}"
     );
+    // The workload reaches the cases its rules are about.
+    for case in [
+        "session-calls-overlapping",
+        "ttl-key-twice-in-one-session",
+        "close-with-calls-in-flight",
+        "closed-during-execution",
+        "cancel:call",
+        "cancel:init",
+    ] {
+        assert!(
+            fired.get(case).copied().unwrap_or(0) > 0,
+            "the default sweep never met {case}: {fired:?}"
+        );
+    }
     // Crashed clients come back and resume their plans.
     assert!(
         fired.get("client-restarts").copied().unwrap_or(0) > 0,

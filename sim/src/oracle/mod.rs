@@ -91,6 +91,8 @@ pub enum Observation<'a> {
         inc: u64,
         /// The caller's session.
         session: SessionId,
+        /// The key, when it is a call of a TTL'd key.
+        ttl_key: Option<u64>,
     },
     /// The cache answered with a result whose ref the session owns
     /// (`owned`: a session-owned call-cache result).
@@ -119,6 +121,8 @@ pub enum Observation<'a> {
         inc: u64,
         /// The caller's session.
         session: SessionId,
+        /// The key, when it is a call of a TTL'd key.
+        ttl_key: Option<u64>,
     },
     /// A resolver run started.
     ResolverStarted {
@@ -194,12 +198,31 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 },
             );
         }
-        Observation::CallStarted { inc, session } => {
+        Observation::CallStarted {
+            inc,
+            session,
+            ttl_key,
+        } => {
+            let mut coverage = Vec::new();
             let mut sh = world.shadow();
             if let Some(s) = sh.sessions.get_mut(&(inc, session)) {
                 s.pending += 1;
+                if s.pending >= 2 {
+                    coverage.push("session-calls-overlapping");
+                }
+                if let Some(k) = ttl_key {
+                    let n = s.ttl_keys.entry(k).or_default();
+                    *n += 1;
+                    if *n >= 2 {
+                        coverage.push("ttl-key-twice-in-one-session");
+                    }
+                }
             }
             *sh.pending.entry(inc).or_default() += 1;
+            drop(sh);
+            for what in coverage {
+                world.count(what);
+            }
         }
         Observation::Served { served, owned } => {
             if let Some(entry) = owned {
@@ -232,13 +255,30 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             t0_ms,
             caller_cancelled,
         } => {
+            match ErrKind::of(error) {
+                ErrKind::ClosedDuringExecution => world.count("closed-during-execution"),
+                ErrKind::Recursive => world.count("recursive-call-refused"),
+                _ => {}
+            }
             errors::failed(world, req, key, error, t0_ms);
             cancellation::failed(world, req, key, error, caller_cancelled);
         }
-        Observation::CallAnswered { inc, session } => {
+        Observation::CallAnswered {
+            inc,
+            session,
+            ttl_key,
+        } => {
             let mut sh = world.shadow();
             if let Some(s) = sh.sessions.get_mut(&(inc, session)) {
                 s.pending -= 1;
+                if let Some(k) = ttl_key {
+                    if let Some(n) = s.ttl_keys.get_mut(&k) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.ttl_keys.remove(&k);
+                        }
+                    }
+                }
             }
             *sh.pending.entry(inc).or_default() -= 1;
         }
@@ -280,14 +320,53 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             inc,
             session,
         } => {
-            if let Some(s) = world.shadow().sessions.get_mut(&(inc, session)) {
-                s.open = false;
-                s.handles.clear();
+            let in_flight = match world.shadow().sessions.get_mut(&(inc, session)) {
+                Some(s) => {
+                    s.open = false;
+                    s.handles.clear();
+                    s.pending
+                }
+                None => 0,
+            };
+            if in_flight > 0 {
+                world.count("close-with-calls-in-flight");
             }
             sessions::closed(world, cache, session);
         }
     }
 }
+
+/// The interesting cases of the rules that the workload must reach, as
+/// counted in a run's counters (faults count as `fault:<kind>`). A sweep
+/// reports each, zeros included: a case never met is a gap in the search.
+pub const CASES: &[(&str, &str)] = &[
+    (
+        "session-calls-overlapping",
+        "a session has two or more calls in flight (S-1a)",
+    ),
+    (
+        "ttl-key-twice-in-one-session",
+        "one TTL'd key called twice at once in one session (T-2)",
+    ),
+    (
+        "close-with-calls-in-flight",
+        "a session closes while its calls run (S-1a, S-3)",
+    ),
+    (
+        "closed-during-execution",
+        "a call finishes after its session closed (S-3)",
+    ),
+    ("cancel:call", "a client cancels a call (C-5)"),
+    (
+        "cancel:init",
+        "a client cancels an arbitrary or change-cache init (K-4, K-5)",
+    ),
+    ("result-id-hits", "a hit through a result call key (C-6)"),
+    (
+        "recursive-call-refused",
+        "a call chain revisiting a storage key is refused (C-4)",
+    ),
+];
 
 /// Short form of a key for messages.
 pub fn short(k: &str) -> &str {

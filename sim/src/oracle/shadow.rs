@@ -15,6 +15,8 @@ pub struct SessionShadow {
     pub handles: BTreeMap<EntryId, u32>,
     /// Calls of the session not yet answered.
     pub pending: u32,
+    /// Of those, calls of TTL'd keys, by key.
+    pub ttl_keys: BTreeMap<u64, u32>,
     /// Still open.
     pub open: bool,
 }
