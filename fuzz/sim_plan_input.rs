@@ -147,6 +147,7 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
                             cancel_ms: cancel.map(|c| 1 + u64::from(c % 40) * 10),
                             retry: *retry,
                             pipelined: false,
+                            nests: Vec::new(),
                         },
                         SimKind::Arbitrary {
                             key: k,

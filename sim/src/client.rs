@@ -22,7 +22,15 @@ struct Conn {
 
 impl Conn {
     async fn send(&mut self, r: Request) -> bool {
-        self.wr.write_all(r.line().as_bytes()).await.is_ok()
+        // Bounded: a partition leaves turmoil's in-flight segments unacked,
+        // and once they fill up a write would wait forever; a real client
+        // gives up on a stuck write and reconnects.
+        let line = r.line();
+        let write = self.wr.write_all(line.as_bytes());
+        matches!(
+            tokio::time::timeout(Duration::from_millis(ANSWER_MS), write).await,
+            Ok(Ok(()))
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use crate::failure::{Cause, RunFailure};
 use crate::oracle::{self, FlightClass, Observation, RunShadow, Served};
-use crate::plan::{Behave, OpKind, Outcome};
+use crate::plan::{Behave, Nest, OpKind, Outcome};
 use crate::protocol::{ErrKind, Request, Response, IDLE_MS, PORT};
 use crate::world::{Engine, Plant, Val, World};
 
@@ -154,7 +154,10 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
         };
         let l = match event {
             Event::Write(out) => {
-                if wr.write_all(out.as_bytes()).await.is_err() {
+                // Bounded as the client's writes are: a client cut off for
+                // long fills the link, and the engine drops it (S-6).
+                let write = wr.write_all(out.as_bytes());
+                if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
                     world.trace("engine", format!("client{client} write failed ({sid})"));
                     break;
                 }
@@ -201,7 +204,9 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
                 for t in conn.tokens.lock().unwrap().values() {
                     t.cancel();
                 }
-                let _ = wr.write_all(Response::Closed.line().as_bytes()).await;
+                let line = Response::Closed.line();
+                let closed = wr.write_all(line.as_bytes());
+                let _ = tokio::time::timeout(idle, closed).await;
                 return;
             }
             Some(Request::Ping) | Some(Request::Hello(_)) | None => {}
@@ -292,21 +297,29 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             dnc,
             behave,
             nested,
+            nests,
             ..
         } => {
+            let ttl_ms = world.plan.keys[key as usize].ttl_ms;
             let ck = CallKey::new(world.key_id(key))
                 .concurrency_key(if ckey { "c" } else { "" })
-                .ttl_ms(world.plan.keys[key as usize].ttl_ms)
+                .ttl_ms(ttl_ms)
                 .do_not_cache(dnc);
             let ctx = conn.calls.ctx().with_cancel(token.clone());
             let r = resolver(
                 &world,
                 &conn.eng,
-                key,
-                behave,
-                nested,
-                Some(sid),
-                Kind::Call,
+                Job {
+                    key,
+                    behave,
+                    nested,
+                    nests,
+                    session: Some(sid),
+                    kind: Kind::Call,
+                    // A TTL'd call's storage key is not its call key, so a
+                    // nested call of the same key does not revisit it.
+                    chain: if ttl_ms == 0 { vec![key] } else { Vec::new() },
+                },
             );
             (
                 conn.eng.calls.get_or_init_call(&ctx, ck, r).await,
@@ -331,7 +344,19 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             } else {
                 Kind::Arbitrary
             };
-            let r = resolver(&world, &conn.eng, key, behave, None, Some(sid), kind);
+            let r = resolver(
+                &world,
+                &conn.eng,
+                Job {
+                    key,
+                    behave,
+                    nested: None,
+                    nests: Vec::new(),
+                    session: Some(sid),
+                    kind,
+                    chain: Vec::new(),
+                },
+            );
             let name = format!("{}{key}", if change { "path/" } else { "a" });
             (
                 cache.get_or_init_arbitrary(&ctx, &name, r).await,
@@ -504,20 +529,37 @@ fn answer(
 type ResolverFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resolved<Val>, CallError>> + Send>>;
 
-/// A resolver following `behave`; with `nested`, it first calls the cache
-/// for that key (C-11) and hands the inner ref to its result.
+/// What one resolver run does.
+#[derive(Clone, Debug)]
+struct Job {
+    /// The key it resolves.
+    key: u64,
+    /// Its behaviour.
+    behave: Behave,
+    /// It first calls the cache for this key (C-11) and hands the inner
+    /// ref to its result.
+    nested: Option<u64>,
+    /// Nested calls later in its run.
+    nests: Vec<Nest>,
+    /// The session whose call runs it (none for nested calls).
+    session: Option<cache_core::machine::SessionId>,
+    /// What it resolves.
+    kind: Kind,
+    /// The keys of the calls it runs inside whose storage key is their call
+    /// key, itself included: calling one again must be refused (C-4).
+    chain: Vec<u64>,
+}
+
+/// A resolver doing `job`.
 fn resolver(
     world: &Arc<World>,
     eng: &Engine,
-    key: u64,
-    behave: Behave,
-    nested: Option<u64>,
-    session: Option<cache_core::machine::SessionId>,
-    kind: Kind,
+    job: Job,
 ) -> impl FnOnce(ResolverCtx) -> ResolverFuture + Send + 'static {
     let world = world.clone();
     let eng = eng.clone();
-    let change = kind == Kind::Change;
+    let change = job.kind == Kind::Change;
+    let (key, behave) = (job.key, job.behave);
     move |rctx: ResolverCtx| {
         Box::pin(async move {
             let run = world.next_id();
@@ -549,7 +591,7 @@ fn resolver(
                     if behave.deaf { ", deaf" } else { "" }
                 ),
             );
-            let result = body(&world, &eng, run, key, behave, nested, session, kind, &rctx).await;
+            let result = body(&world, &eng, run, &job, &rctx).await;
             oracle::observe(&world, Observation::ResolverEnded { run });
             match &result {
                 Ok(_) => world.trace("engine", format!("run{run} k{key} done")),
@@ -594,55 +636,60 @@ fn flight_class(eng: &Engine, rctx: &ResolverCtx, change: bool) -> FlightClass {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn body(
     world: &Arc<World>,
     eng: &Engine,
     run: u64,
-    key: u64,
-    behave: Behave,
-    nested: Option<u64>,
-    session: Option<cache_core::machine::SessionId>,
-    kind: Kind,
+    job: &Job,
     rctx: &ResolverCtx,
 ) -> Result<Resolved<Val>, CallError> {
+    let (key, behave, kind, session) = (job.key, job.behave, job.kind, job.session);
     let change = kind == Kind::Change;
+    let nested_failed = |e: &CallError| {
+        CallError::Resolver(ResolverError::new(RunFailure {
+            run,
+            cause: Cause::Nested(err_kind(e)),
+        }))
+    };
     let mut inner: Option<CallResult<Val>> = None;
-    if let Some(nk) = nested {
-        let ck = CallKey::new(world.key_id(nk)).concurrency_key("c");
-        let quick = Behave {
-            outcome: Outcome::Value,
-            dur_ms: 20,
-            safe: true,
-            deaf: false,
+    if let Some(nk) = job.nested {
+        let quick = Nest {
+            key: nk,
+            after_ms: 0,
+            dnc: false,
+            fails: false,
+            retry: false,
+            then: None,
         };
-        let r = resolver(world, eng, nk, quick, None, None, Kind::Call);
-        match eng.calls.get_or_init_call(&rctx.nested(), ck, r).await {
+        match nested_call(world, eng, run, job, &quick, rctx).await {
             Ok(r) => inner = Some(r),
-            Err(e) => {
-                return Err(CallError::Resolver(ResolverError::new(RunFailure {
-                    run,
-                    cause: Cause::Nested(err_kind(&e)),
-                })))
-            }
+            Err(e) => return Err(nested_failed(&e)),
         }
     }
-    let sleep = async {
-        match behave.outcome {
-            Outcome::Hang => std::future::pending::<()>().await,
-            _ => tokio::time::sleep(Duration::from_millis(behave.dur_ms)).await,
+    // The run's time, with its later nested calls made at their moments.
+    let mut elapsed = 0;
+    let mut cancelled = false;
+    for n in &job.nests {
+        let at = n.after_ms.min(behave.dur_ms);
+        cancelled = pause(rctx, behave.deaf, Some(at - elapsed.min(at))).await;
+        elapsed = elapsed.max(at);
+        if cancelled {
+            break;
         }
-    };
-    let cancelled = if behave.deaf {
-        sleep.await;
-        false
-    } else {
-        tokio::select! {
-            biased;
-            _ = rctx.cancel.cancelled() => true,
-            _ = sleep => false,
+        world.count("nested-later-in-run");
+        // Its result is dropped at once: only the first nested call's ref
+        // goes into this result (C-11).
+        if let Err(e) = nested_call(world, eng, run, job, n, rctx).await {
+            return Err(nested_failed(&e));
         }
-    };
+    }
+    if !cancelled {
+        let rest = match behave.outcome {
+            Outcome::Hang => None,
+            _ => Some(behave.dur_ms.saturating_sub(elapsed)),
+        };
+        cancelled = pause(rctx, behave.deaf, rest).await;
+    }
     if cancelled {
         // INV-7: a resolver is cancelled only when every waiter has left.
         oracle::observe(
@@ -711,6 +758,92 @@ async fn body(
         resolved = resolved.with_nested(h);
     }
     Ok(resolved)
+}
+
+/// Waits `ms` (forever for `None`) unless cancelled first; `true` when
+/// cancelled. A deaf resolver does not look at its cancellation (C-5a).
+async fn pause(rctx: &ResolverCtx, deaf: bool, ms: Option<u64>) -> bool {
+    let sleep = async {
+        match ms {
+            None => std::future::pending::<()>().await,
+            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    };
+    if deaf {
+        sleep.await;
+        return false;
+    }
+    tokio::select! {
+        biased;
+        _ = rctx.cancel.cancelled() => true,
+        _ = sleep => false,
+    }
+}
+
+/// One nested call of run `run` (C-11), retried once after a resolver
+/// failure when `n` says so. The oracles see each answer: a call of a key
+/// in the chain must be refused (C-4, C-4a).
+async fn nested_call(
+    world: &Arc<World>,
+    eng: &Engine,
+    run: u64,
+    job: &Job,
+    n: &Nest,
+    rctx: &ResolverCtx,
+) -> Result<CallResult<Val>, CallError> {
+    let revisits = job.chain.contains(&n.key);
+    let mut chain = job.chain.clone();
+    chain.push(n.key);
+    let inner = Job {
+        key: n.key,
+        behave: Behave {
+            outcome: if n.fails {
+                Outcome::Error
+            } else {
+                Outcome::Value
+            },
+            dur_ms: 20,
+            safe: true,
+            deaf: false,
+        },
+        nested: n.then,
+        nests: Vec::new(),
+        session: None,
+        kind: Kind::Call,
+        chain,
+    };
+    if n.dnc {
+        world.count("nested-do-not-cache");
+    }
+    let mut attempts = if n.retry { 2 } else { 1 };
+    loop {
+        attempts -= 1;
+        let ck = CallKey::new(world.key_id(n.key))
+            .concurrency_key("c")
+            .do_not_cache(n.dnc);
+        let r = resolver(world, eng, inner.clone());
+        let res = eng.calls.get_or_init_call(&rctx.nested(), ck, r).await;
+        let mut seen = res.as_ref().err().map(ErrKind::of);
+        if world.plant == Some(Plant::RecursionNotRefused) && revisits {
+            seen = None;
+        }
+        oracle::observe(
+            world,
+            Observation::NestedAnswered {
+                run,
+                key: n.key,
+                chain: &job.chain,
+                revisits,
+                error: seen,
+            },
+        );
+        match res {
+            Err(e) if attempts > 0 && ErrKind::of(&e).from_resolver() => {
+                world.count("nested-retry");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What a resolver resolves.

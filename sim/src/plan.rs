@@ -24,6 +24,8 @@ pub const MAX_FAULTS: usize = MAX_FAULTS_PER_KIND as usize * FaultKind::ALL.len(
 /// ([`MAX_OPS_PER_CLIENT`] operations of `max_gap_ms + max_duration_ms / 2`,
 /// both at [`MAX_MS`]).
 pub const MAX_HEAL_MS: u64 = MAX_OPS_PER_CLIENT as u64 * (MAX_MS + MAX_MS / 2);
+/// Most later nested calls of one resolver in a plan (file).
+pub const MAX_NESTS: usize = 16;
 /// Most store failures one `store-error` fault injects (in memory: the next
 /// `arg` operations fail; SQLite: the write lock is held `arg` × 100 ms).
 pub const MAX_STORE_ERRORS: i64 = 1000;
@@ -83,6 +85,9 @@ pub enum OpKind {
         /// the session has several calls in flight at once.
         #[serde(default, skip_serializing_if = "is_false")]
         pipelined: bool,
+        /// Nested calls the resolver makes later in its run.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nests: Vec<Nest>,
     },
     /// An arbitrary entry (`change`: on the change cache, K-5).
     Arbitrary {
@@ -100,6 +105,26 @@ pub enum OpKind {
     Close,
     /// Drop the connection without closing (S-6) and reconnect.
     Reconnect,
+}
+
+/// A nested call a resolver makes during its run (C-11). Its key may
+/// revisit the chain it runs in (then it must be refused, C-4 / C-4a), or
+/// close a cycle with another client's calls (C-4b).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nest {
+    /// The key it calls.
+    pub key: u64,
+    /// When: this many ms into the resolver's run.
+    pub after_ms: u64,
+    /// C-2: a do-not-cache nested call.
+    pub dnc: bool,
+    /// The nested resolver fails (C-9).
+    pub fails: bool,
+    /// Calls once more after a resolver failure.
+    pub retry: bool,
+    /// The nested resolver itself first calls this key (a second level).
+    pub then: Option<u64>,
 }
 
 /// One timed client operation: wait `gap_ms`, then act.
@@ -253,6 +278,25 @@ fn behave(rng: &mut Rng, s: &Scenario) -> Behave {
     }
 }
 
+/// The later nested calls of a nesting resolver: none to two, at any time
+/// of its run, some do-not-cache, some failing and retried, some nesting a
+/// level deeper.
+fn nests(rng: &mut Rng, s: &Scenario) -> Vec<Nest> {
+    let n = rng.below(3);
+    let mut nests: Vec<Nest> = (0..n)
+        .map(|_| Nest {
+            key: key(rng, s),
+            after_ms: rng.below(s.resolver.max_duration_ms.max(1)),
+            dnc: rng.chance(s.calls.do_not_cache * 2.0),
+            fails: rng.chance(0.2),
+            retry: rng.chance(s.calls.retry),
+            then: rng.chance(0.3).then(|| key(rng, s)),
+        })
+        .collect();
+    nests.sort_by_key(|n| n.after_ms);
+    nests
+}
+
 /// Serde: a flag left out when false.
 fn is_false(b: &bool) -> bool {
     !*b
@@ -317,6 +361,11 @@ impl Plan {
                                     .then(|| rng.range(1, s.resolver.max_duration_ms.max(1))),
                                 retry: rng.chance(s.calls.retry),
                                 pipelined: wrng.chance(s.calls.pipeline),
+                                nests: if k == 1 {
+                                    nests(&mut wrng, s)
+                                } else {
+                                    Vec::new()
+                                },
                             },
                             k @ (2 | 3) => OpKind::Arbitrary {
                                 key: key(&mut rng, s),
@@ -508,6 +557,22 @@ impl Plan {
                 )?;
                 if let Some(ms) = cancel {
                     in_range(format!("{at}.kind.{kind}.cancel_ms"), ms, 0, MAX_MS)?;
+                }
+                if let OpKind::Call { nests, .. } = &op.kind {
+                    if nests.len() > MAX_NESTS {
+                        return bad(
+                            format!("{at}.kind.call.nests"),
+                            format!("has {} nested calls, at most {MAX_NESTS}", nests.len()),
+                        );
+                    }
+                    for (j, n) in nests.iter().enumerate() {
+                        let nat = format!("{at}.kind.call.nests[{j}]");
+                        key_in(format!("{nat}.key"), n.key)?;
+                        in_range(format!("{nat}.after_ms"), n.after_ms, 0, MAX_MS)?;
+                        if let Some(t) = n.then {
+                            key_in(format!("{nat}.then"), t)?;
+                        }
+                    }
                 }
             }
         }

@@ -45,6 +45,9 @@ pub enum Plant {
     /// INV-8: a session is served its own TTL'd result made longer than its
     /// TTL before the call arrived (T-7 inside one session).
     TtlExpiredOwnSession,
+    /// INV-11 (C-4): a nested call that revisits its chain is reported as
+    /// served instead of refused.
+    RecursionNotRefused,
     /// INV-9: a session still reports refs after close.
     RefsAfterClose,
     /// INV-10: a release hook runs twice.

@@ -284,6 +284,7 @@ fn long_resolvers_and_pauses_after_healing_are_not_violations() {
             cancel_ms: None,
             retry: false,
             pipelined: false,
+            nests: Vec::new(),
         },
     };
     plan.heal_at_ms = 1;

@@ -94,6 +94,20 @@ fn inv11_swallowed_response_is_reported() {
 }
 
 #[test]
+fn c4_a_revisit_that_is_not_refused_is_reported() {
+    let s = Scenario::named("nested-heavy").unwrap();
+    let inv = (0..40)
+        .find_map(|seed| {
+            run_seed(seed, &s, Some(Plant::RecursionNotRefused))
+                .violations
+                .into_iter()
+                .find(|v| v.detail.starts_with("C-4:"))
+        })
+        .map(|v| v.inv);
+    assert_eq!(inv, Some("INV-11"));
+}
+
+#[test]
 fn inv12_nondeterminism_is_reported() {
     let s = Scenario::named("standard").unwrap();
     let err = check_determinism(1, &s, Some(Plant::Nondeterminism)).unwrap_err();

@@ -106,6 +106,10 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         "closed-during-execution",
         "cancel:call",
         "cancel:init",
+        "recursive-call-refused",
+        "nested-later-in-run",
+        "nested-do-not-cache",
+        "nested-retry",
     ] {
         assert!(
             fired.get(case).copied().unwrap_or(0) > 0,

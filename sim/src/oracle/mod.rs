@@ -20,6 +20,7 @@
 //! | `sessions` | INV-9 |
 //! | `hooks` | INV-10 |
 //! | `quiescence` | INV-1, INV-11 |
+//! | `recursion` | C-4 / C-4a, reported under INV-11 |
 //!
 //! INV-3 is the cache's own `check_invariants()`, run in [`check_step`];
 //! INV-12 is checked by replaying a seed (`run::check_determinism`).
@@ -29,6 +30,7 @@ mod errors;
 mod hooks;
 mod identity;
 mod quiescence;
+mod recursion;
 mod refcounts;
 mod sessions;
 pub mod shadow;
@@ -164,6 +166,19 @@ pub enum Observation<'a> {
         /// The inner entry whose ref the output owned.
         nested: Option<EntryId>,
     },
+    /// A resolver's nested call answered (C-11).
+    NestedAnswered {
+        /// The resolver run that made it.
+        run: u64,
+        /// The key it called.
+        key: u64,
+        /// The keys of the run's chain whose storage key is their call key.
+        chain: &'a [u64],
+        /// `key` is in the chain: the call revisits a storage key (C-4).
+        revisits: bool,
+        /// Its error, if it failed.
+        error: Option<ErrKind>,
+    },
     /// A client got the answer to its request `req`.
     ClientAnswered {
         /// The client's name.
@@ -255,10 +270,8 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             t0_ms,
             caller_cancelled,
         } => {
-            match ErrKind::of(error) {
-                ErrKind::ClosedDuringExecution => world.count("closed-during-execution"),
-                ErrKind::Recursive => world.count("recursive-call-refused"),
-                _ => {}
+            if ErrKind::of(error) == ErrKind::ClosedDuringExecution {
+                world.count("closed-during-execution");
             }
             errors::failed(world, req, key, error, t0_ms);
             cancellation::failed(world, req, key, error, caller_cancelled);
@@ -309,6 +322,13 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             }
             hooks::hook_ran(world, out);
         }
+        Observation::NestedAnswered {
+            run,
+            key,
+            chain,
+            revisits,
+            error,
+        } => recursion::nested_answered(world, run, key, chain, revisits, error),
         Observation::ClientAnswered {
             client,
             req,
@@ -365,6 +385,22 @@ pub const CASES: &[(&str, &str)] = &[
     (
         "recursive-call-refused",
         "a call chain revisiting a storage key is refused (C-4)",
+    ),
+    (
+        "wait-cycle-refused",
+        "a join that would close a wait-for cycle is refused (C-4b)",
+    ),
+    (
+        "nested-later-in-run",
+        "a resolver calls the cache later in its run (C-11)",
+    ),
+    (
+        "nested-do-not-cache",
+        "a resolver makes a do-not-cache call (C-2, C-4a)",
+    ),
+    (
+        "nested-retry",
+        "a resolver calls again after a nested failure (C-9, C-4a)",
     ),
 ];
 
