@@ -29,6 +29,8 @@
 mod clock;
 mod ctx;
 mod executor;
+#[cfg(test)]
+mod protocol_shuttle;
 mod result;
 mod session;
 mod telemetry;

@@ -15,7 +15,7 @@ use crate::bugs::Bug;
 use crate::error::{CallError, ResolverError};
 use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Violation, WaiterId};
 
-type Outcome<V> = Result<Served<V>, CallError>;
+pub(super) type Outcome<V> = Result<Served<V>, CallError>;
 
 /// A map with a fixed hasher: the same operations give the same layout on
 /// every run, so nothing observable can depend on a hasher seed. Hashed, not
@@ -185,15 +185,15 @@ pub(crate) async fn settled<V>(
 }
 
 /// A registered waiter; dropping it unanswered is leaving (C-5).
-struct Waiting<V: Clone> {
-    shared: Arc<Shared<V>>,
-    entry: EntryId,
-    waiter: WaiterId,
-    rx: Option<oneshot::Receiver<Outcome<V>>>,
+pub(super) struct Waiting<V: Clone> {
+    pub(super) shared: Arc<Shared<V>>,
+    pub(super) entry: EntryId,
+    pub(super) waiter: WaiterId,
+    pub(super) rx: Option<oneshot::Receiver<Outcome<V>>>,
 }
 
 impl<V: Clone> Waiting<V> {
-    fn leave(&mut self) {
+    pub(super) fn leave(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
         let releases = {
             let mut state = self.shared.lock();
@@ -248,7 +248,9 @@ pub(crate) fn spawn_resolver<V, F, Fut>(
         let outcome = run.unwrap_or_else(|panic| Err(CallError::Panicked(panic_error(panic))));
         guard.armed = false;
         if let Some(write) = finish(&shared, entry, outcome) {
-            persist(&shared, write).await;
+            // Boxed: only TTL'd results pay for the write's state; every
+            // resolver task would otherwise carry it.
+            Box::pin(persist(&shared, write)).await;
         }
     });
 }
@@ -275,7 +277,7 @@ impl<V: Clone + Send + 'static> Drop for Unfinished<V> {
 /// the lock. Returns the TTL write to make (T-3, T-4), if any: the waiters
 /// are answered first, so a slow store delays no caller.
 #[must_use = "the TTL write must be made (T-4)"]
-fn finish<V: Clone + Send + 'static>(
+pub(super) fn finish<V: Clone + Send + 'static>(
     shared: &Arc<Shared<V>>,
     entry: EntryId,
     outcome: Result<Resolved<V>, CallError>,
