@@ -175,7 +175,7 @@ fn miss_complete_release(c: &mut Criterion) {
     });
 
     let rt = runtime();
-    let cache: Cache<Value> = Cache::builder(1).build();
+    let cache: Cache<Value> = Cache::builder().build();
     let (shared_ids, shared_keys) = (Arc::new(ids.clone()), Arc::new(keys.clone()));
     g.bench_function("async_api", |b| {
         b.iter_custom(|iters| async_misses(&rt, &cache, &shared_ids, &v, iters))
@@ -208,7 +208,7 @@ fn waiters(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(300));
     for n in [1usize, 8, 64, 512] {
         g.throughput(Throughput::Elements(n as u64));
-        let cache: Cache<Value> = Cache::builder(1).build();
+        let cache: Cache<Value> = Cache::builder().build();
         g.bench_with_input(BenchmarkId::new("async_api", n), &n, |b, &n| {
             b.iter_custom(|iters| {
                 let (cache, ids, v) = (cache.clone(), shared_ids.clone(), v.clone());
@@ -303,7 +303,7 @@ fn paired_ratios() {
     let fresh = ids_named("miss", 4096);
     let fresh_keys = Arc::new(moka_keys(&fresh));
     let fresh = Arc::new(fresh);
-    let cache: Cache<Value> = Cache::builder(1).build();
+    let cache: Cache<Value> = Cache::builder().build();
     let moka_f: MokaFuture = MokaFuture::new(8192);
     report(
         "miss_async",

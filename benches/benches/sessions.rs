@@ -69,14 +69,14 @@ fn session_close(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("facade", n), &n, |b, _| {
             b.iter_custom(|iters| {
                 (0..iters)
-                    .map(|_| timed_close(&rt, &Cache::builder(1).build(), ids, &v))
+                    .map(|_| timed_close(&rt, &Cache::builder().build(), ids, &v))
                     .sum()
             })
         });
         if n == 100_000 {
             // One cache kept across samples, as a service keeps it: each
             // sample opens, fills and closes a session on it.
-            let cache: Cache<Value> = Cache::builder(1).build();
+            let cache: Cache<Value> = Cache::builder().build();
             g.bench_with_input(BenchmarkId::new("facade_long_lived", n), &n, |b, _| {
                 b.iter_custom(|iters| (0..iters).map(|_| timed_close(&rt, &cache, ids, &v)).sum())
             });

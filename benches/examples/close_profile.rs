@@ -42,7 +42,7 @@ fn main() {
     let mut per_handle = Vec::with_capacity(rounds);
     let mut faults = Some(0);
     for _ in 0..rounds {
-        let cache: Cache<Value> = Cache::builder(1).build();
+        let cache: Cache<Value> = Cache::builder().build();
         let session = cache.open_session();
         rt.block_on(fill(&session, &ids, &v, true));
         let faults_before = minor_faults();

@@ -100,7 +100,7 @@ fn main() {
 
     let fresh = ids_named("miss", MISSES);
     let fresh_keys = Arc::new(moka_keys(&fresh));
-    let cache: Cache<Value> = Cache::builder(1).build();
+    let cache: Cache<Value> = Cache::builder().build();
     misses_on_async_api(&rt, &cache, &Arc::new(fresh), &v);
     assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
     let moka = MokaFuture::new(MISSES as u64 * 2);

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(SqliteTtlStore::open(dir.join("ttl.db"))?);
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let cache: Cache<String> = Cache::builder(1)
+    let cache: Cache<String> = Cache::builder()
         .ttl_store(store)
         .clock(clock.clone())
         .build();

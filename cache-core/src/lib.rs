@@ -7,7 +7,8 @@
 //! repository ([`../docs/SPEC.md`](../docs/SPEC.md) from this crate's
 //! directory); `docs/DESIGN.md` beside it describes how the state machine,
 //! the async facade and the simulation harness fit together. A runnable
-//! tour of the async API is `cargo run -p cache-core --example quickstart`.
+//! tour of the async API is `cargo run -p cache-core --example quickstart`;
+//! the service guide above is compiled and run as a doc test.
 #![warn(missing_docs)]
 pub mod bugs;
 #[cfg(feature = "driver")]

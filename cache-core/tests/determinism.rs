@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cache_core::facade::{Cache, CallKey, ManualClock};
+use cache_core::facade::{Cache, CallKey, Inline, ManualClock};
 use cache_core::id::CallId;
 use cache_core::machine::Resolved;
 use cache_core::ttl::MemoryTtlStore;
@@ -24,6 +24,15 @@ const FORBIDDEN: &[&str] = &[
     "spawn_blocking",
     "HashMap",
     "HashSet",
+];
+
+/// The only places the core may touch OS time or threads: the service's
+/// defaults, which a simulation never uses (it injects a `ManualClock` and
+/// the `Inline` executor; `sim_builds_its_caches_with_injected_time_and_inline_store_calls`
+/// checks that it does). Each must still be found, so a stale entry fails.
+const SERVICE_DEFAULTS: &[(&str, &str)] = &[
+    ("facade/clock.rs", "SystemTime"),
+    ("facade/executor.rs", "spawn_blocking"),
 ];
 
 fn scan(dir: &Path, hits: &mut Vec<String>) {
@@ -64,11 +73,74 @@ fn t6_core_source_reads_no_os_time_entropy_or_threads() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut hits = Vec::new();
     scan(&src, &mut hits);
+    for (file, token) in SERVICE_DEFAULTS {
+        let before = hits.len();
+        hits.retain(|h| {
+            !(h.contains(&format!("src/{file}:")) && h.ends_with(&format!(": {token}")))
+        });
+        assert!(
+            hits.len() < before,
+            "{file} no longer uses {token}: drop it from SERVICE_DEFAULTS"
+        );
+    }
     assert!(
         hits.is_empty(),
         "non-deterministic constructs in cache-core/src:\n{}",
         hits.join("\n")
     );
+}
+
+/// The simulation reaches the service defaults only if it builds a cache
+/// without choosing its clock and executor: every cache it builds names
+/// both, and it never names the system clock or the blocking pool.
+#[test]
+fn sim_builds_its_caches_with_injected_time_and_inline_store_calls() {
+    let engine = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/src/engine.rs");
+    let text = std::fs::read_to_string(&engine).unwrap();
+    let builds: Vec<&str> = text.split("Cache::builder()").skip(1).collect();
+    assert!(
+        !builds.is_empty(),
+        "no Cache::builder() in {}",
+        engine.display()
+    );
+    for (n, rest) in builds.iter().enumerate() {
+        let chain = &rest[..rest
+            .find(".build()")
+            .expect("a builder chain ends in build()")];
+        for needed in [
+            ".clock(",
+            ".blocking_executor(",
+            "Inline",
+            ".instance_id_for_replay(",
+        ] {
+            assert!(
+                chain.contains(needed),
+                "sim cache {n} is built without {needed}: {chain}"
+            );
+        }
+    }
+    let sim = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/src");
+    let mut named = Vec::new();
+    for token in ["SystemClock", "TokioBlocking"] {
+        let mut hits = Vec::new();
+        grep(&sim, token, &mut hits);
+        named.extend(hits);
+    }
+    assert!(
+        named.is_empty(),
+        "the sim names a service default: {named:?}"
+    );
+}
+
+fn grep(dir: &Path, token: &str, hits: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            grep(&path, token, hits);
+        } else if std::fs::read_to_string(&path).unwrap().contains(token) {
+            hits.push(path.display().to_string());
+        }
+    }
 }
 
 #[test]
@@ -103,7 +175,8 @@ fn t6_scanner_allows_only_fixed_hasher_maps() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn t6_ttl_expiry_follows_the_injected_clock_only() {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let cache: Cache<u32> = Cache::builder(1)
+    let cache: Cache<u32> = Cache::builder()
+        .blocking_executor(Arc::new(Inline))
         .ttl_store(Arc::new(MemoryTtlStore::new()))
         .clock(clock.clone())
         .build();

@@ -12,7 +12,7 @@ use facade_common::*;
 use tokio_util::sync::CancellationToken;
 
 fn change_cache() -> Cache<V> {
-    Cache::builder(1).change_cache().build()
+    Cache::builder().change_cache().build()
 }
 
 // ---- arbitrary entries -------------------------------------------------
@@ -273,7 +273,7 @@ async fn k3_change_cache_release_runs_hook_after_last_ref() {
             })
         }
     };
-    session.arbitrary("/p", init).await.unwrap();
+    let _ = session.arbitrary("/p", init).await.unwrap();
     let bare = cache
         .get_or_init_arbitrary(&Ctx::new(), "/p", never())
         .await
@@ -417,7 +417,7 @@ async fn k5_blocked_caller_cancelled_as_the_block_settles_starts_nothing() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn k5_s5_blocked_then_run_emits_one_uncached_span() {
     let telemetry = Recording::new();
-    let cache: Cache<V> = Cache::builder(1)
+    let cache: Cache<V> = Cache::builder()
         .change_cache()
         .telemetry(telemetry.clone())
         .build();

@@ -249,7 +249,7 @@ async fn c9_every_waiter_gets_the_error() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn c4_recursive_call_detected_other_keys_and_instances_allowed() {
     let cache = cache();
-    let other: Cache<V> = Cache::builder(2).build();
+    let other: Cache<V> = Cache::builder().build();
     let outcomes = Log::new();
     let (h_outer, h_b, h_other) = (Hook::new(), Hook::new(), Hook::new());
     let inner_runs = Counter::new();
@@ -1005,7 +1005,7 @@ async fn c12_s5_hooks_and_telemetry_run_outside_the_lock() {
     // A release hook or a telemetry sink that looks at the cache must not
     // deadlock (C-12: hooks outside the lock; S-5: spans outside the lock).
     let telemetry = Arc::new(LockProbe::default());
-    let cache: Cache<V> = Cache::builder(1).telemetry(telemetry.clone()).build();
+    let cache: Cache<V> = Cache::builder().telemetry(telemetry.clone()).build();
     *telemetry.cache.lock().unwrap() = Some(cache.clone());
     let hook_saw_free_lock = Arc::new(Mutex::new(None));
     let resolver = {
@@ -1055,7 +1055,7 @@ impl cache_core::facade::Telemetry for LockProbe {
 async fn c4_a_resolver_context_names_its_own_cache_instance() {
     // C-4 and C-4b tell "the same key on this cache" from "on another one"
     // by the instance a resolver context names: it must be the cache's own.
-    let cache: Cache<V> = Cache::builder(7).build();
+    let cache: Cache<V> = Cache::builder().instance_id_for_replay(7).build();
     let seen = Arc::new(Mutex::new(None));
     let (seen2, hook) = (seen.clone(), Hook::new());
     let r = cache

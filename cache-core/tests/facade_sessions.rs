@@ -26,13 +26,17 @@ async fn s1_close_releases_every_recorded_ref_once() {
     assert!(a2.hit());
     assert!(!a.holds_ref() && !b.holds_ref(), "the session owns them");
     assert_eq!(session.refs(), 3);
-    // Dropping or releasing a session-owned result does not release it.
+    // Dropping a session-owned result leaves its ref with the session;
+    // releasing it early gives the ref back and takes it off the session's
+    // list (C-11a), so the close does not release it again.
     drop(a);
+    assert_eq!(session.refs(), 3);
     a2.release().unwrap();
+    assert_eq!(session.refs(), 2);
     assert_eq!(cache.entries(), 2);
     assert_eq!((h1.count(), h2.count()), (0, 0));
     let summary = session.close().unwrap();
-    assert_eq!(summary.released, 3);
+    assert_eq!(summary.released, 2);
     assert_eq!(summary.in_flight, 0);
     assert_eq!(summary.hook_errors, 0);
     assert!(!session.is_open());
@@ -265,8 +269,8 @@ async fn s4_cancellation_and_recursion_do_not_force_a_retry() {
     // Another session caches both keys; s1's next calls are plain hits.
     let s2 = cache.open_session();
     let h = Hook::new();
-    s2.call(key("k"), ready(&runs, "k", &h)).await.unwrap();
-    s2.call(key("r"), ready(&runs, "r", &h)).await.unwrap();
+    let _ = s2.call(key("k"), ready(&runs, "k", &h)).await.unwrap();
+    let _ = s2.call(key("r"), ready(&runs, "r", &h)).await.unwrap();
     let before = runs.get();
     assert!(s1.call(key("k"), never()).await.unwrap().hit());
     assert!(s1.call(key("r"), never()).await.unwrap().hit());
@@ -312,21 +316,21 @@ async fn s4_error_then_no_value_stays_no_value() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn s5_telemetry_once_per_key_per_session() {
     let telemetry = Recording::new();
-    let cache: Cache<V> = Cache::builder(1).telemetry(telemetry.clone()).build();
+    let cache: Cache<V> = Cache::builder().telemetry(telemetry.clone()).build();
     let (s1, s2) = (cache.open_session(), cache.open_session());
     let (runs, hook) = (Counter::new(), Hook::new());
     let (a, b, d, e, r) = (id("a"), id("b"), id("d"), id("e"), id("r"));
 
-    s1.call(key("a"), ready(&runs, "a", &hook)).await.unwrap();
-    s1.call(key("a"), never()).await.unwrap();
-    s1.call(key("a"), never()).await.unwrap();
-    s2.call(key("a"), never()).await.unwrap();
+    let _ = s1.call(key("a"), ready(&runs, "a", &hook)).await.unwrap();
+    let _ = s1.call(key("a"), never()).await.unwrap();
+    let _ = s1.call(key("a"), never()).await.unwrap();
+    let _ = s2.call(key("a"), never()).await.unwrap();
     let spans = telemetry.for_key(&a.call_key());
     assert_eq!(spans.len(), 2, "once per key per session: {spans:?}");
     assert_eq!((spans[0].session, spans[0].cached), (Some(s1.id()), false));
     assert_eq!((spans[1].session, spans[1].cached), (Some(s2.id()), true));
 
-    s1.call(key("b"), ready(&runs, "b", &hook)).await.unwrap();
+    let _ = s1.call(key("b"), ready(&runs, "b", &hook)).await.unwrap();
     assert_eq!(telemetry.for_key(&b.call_key()).len(), 1);
 
     // Do-not-cache calls are always emitted, and never cached.
@@ -344,10 +348,11 @@ async fn s5_telemetry_once_per_key_per_session() {
     // A scope that asks for repeated telemetry.
     let mut repeat = key("r");
     repeat.repeat_telemetry = true;
-    s1.call(repeat.clone(), ready(&runs, "r", &hook))
+    let _ = s1
+        .call(repeat.clone(), ready(&runs, "r", &hook))
         .await
         .unwrap();
-    s1.call(repeat.clone(), never()).await.unwrap();
+    let _ = s1.call(repeat.clone(), never()).await.unwrap();
     let spans = telemetry.for_key(&r.call_key());
     assert_eq!(
         spans.iter().map(|s| s.cached).collect::<Vec<_>>(),
@@ -357,8 +362,8 @@ async fn s5_telemetry_once_per_key_per_session() {
     // An error, then the forced retry: every resolver run emits one span,
     // the retry included, with cached=false; the later hit emits none.
     s1.call(key("e"), failing(&runs, "boom")).await.unwrap_err();
-    s1.call(key("e"), ready(&runs, "e", &hook)).await.unwrap();
-    s1.call(key("e"), never()).await.unwrap();
+    let _ = s1.call(key("e"), ready(&runs, "e", &hook)).await.unwrap();
+    let _ = s1.call(key("e"), never()).await.unwrap();
     let spans = telemetry.for_key(&e.call_key());
     assert_eq!(
         spans.iter().map(|s| s.cached).collect::<Vec<_>>(),
@@ -460,7 +465,8 @@ async fn s6_connected_clients_counts_open_sessions_and_drop_closes() {
     let s2 = cache.open_session();
     assert_eq!(cache.connected_clients(), 2);
     let hook = Hook::new();
-    s1.call(key("k"), ready(&Counter::new(), "v", &hook))
+    let _ = s1
+        .call(key("k"), ready(&Counter::new(), "v", &hook))
         .await
         .unwrap();
     // A dropped connection closes its session and releases its refs.
@@ -486,13 +492,15 @@ async fn s7_close_summary_reports_entries_before_and_after() {
     let cache = cache();
     let (s1, s2) = (cache.open_session(), cache.open_session());
     let (runs, hook) = (Counter::new(), Hook::new());
-    s1.call(key("mine"), ready(&runs, "m", &hook))
+    let _ = s1
+        .call(key("mine"), ready(&runs, "m", &hook))
         .await
         .unwrap();
-    s1.call(key("shared"), ready(&runs, "s", &hook))
+    let _ = s1
+        .call(key("shared"), ready(&runs, "s", &hook))
         .await
         .unwrap();
-    s2.call(key("shared"), never()).await.unwrap();
+    let _ = s2.call(key("shared"), never()).await.unwrap();
     assert_eq!(cache.entries(), 2);
     let summary = s1.close().unwrap();
     assert_eq!(summary.session, s1.id());
@@ -522,7 +530,7 @@ async fn o1_metrics_text_reports_the_current_entries() {
             Box::pin(async move { Ok(hook.value("v").with_id(returned)) })
         }
     };
-    session.call(key("alias"), resolver).await.unwrap();
+    let _ = session.call(key("alias"), resolver).await.unwrap();
     assert_eq!(cache.entries(), 3);
     let text = cache.metrics_text();
     assert_eq!(
@@ -625,7 +633,7 @@ async fn s1_close_counts_failing_release_hooks_and_runs_the_rest() {
             Resolved::value("c".to_string()).with_release(bad2.failing("c: disk on fire")),
         ),
     ] {
-        session
+        let _ = session
             .call(key(name), move |_| async move { Ok(resolved) })
             .await
             .unwrap();

@@ -6,7 +6,7 @@ mod facade_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::facade::{Cache, CallKey, ManualClock, ResolverCtx, Session};
+use cache_core::facade::{Cache, CallKey, Inline, ManualClock, ResolverCtx, Session};
 use cache_core::id::CallId;
 use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 use facade_common::*;
@@ -22,7 +22,8 @@ struct Env<S> {
 
 fn with_store<S: TtlStore + 'static>(store: Arc<S>) -> Env<S> {
     let clock = ManualClock::new(T0);
-    let cache = Cache::builder(1)
+    let cache = Cache::builder()
+        .blocking_executor(Arc::new(Inline))
         .ttl_store(store.clone())
         .clock(Arc::new(clock.clone()))
         .build();
@@ -73,7 +74,8 @@ async fn t2_second_session_reuses_the_persisted_storage_key() {
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
 
     let a = env.cache.open_session();
-    a.call(ttl_key(&k), keyed(&runs, &keys, "v1", &hook, true))
+    let _ = a
+        .call(ttl_key(&k), keyed(&runs, &keys, "v1", &hook, true))
         .await
         .unwrap();
     let sk_a = last(&keys);
@@ -99,7 +101,8 @@ async fn t2_second_session_reuses_the_persisted_storage_key() {
     // Memory is gone, the mapping is not: a third session resolves again
     // under the same persisted storage key.
     let c = env.cache.open_session();
-    c.call(ttl_key(&k), keyed(&runs, &keys, "v2", &hook, true))
+    let _ = c
+        .call(ttl_key(&k), keyed(&runs, &keys, "v2", &hook, true))
         .await
         .unwrap();
     assert_eq!(last(&keys), sk_a);
@@ -121,7 +124,8 @@ async fn t2_persisted_mapping_survives_an_engine_restart() {
     {
         let env = sqlite(&dir);
         let s = env.cache.open_session();
-        s.call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, true))
+        let _ = s
+            .call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, true))
             .await
             .unwrap();
         s.close().unwrap();
@@ -130,7 +134,8 @@ async fn t2_persisted_mapping_survives_an_engine_restart() {
     let env = sqlite(&dir);
     env.clock.advance(TTL as i64 / 2);
     let s = env.cache.open_session();
-    s.call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, true))
+    let _ = s
+        .call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, true))
         .await
         .unwrap();
     let seen = keys.events();
@@ -147,7 +152,8 @@ async fn t7_expiry_forces_a_fresh_storage_key() {
     let k = id("fetch-latest");
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
     let a = env.cache.open_session();
-    a.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
+    let _ = a
+        .call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
         .await
         .unwrap();
     let sk_a = last(&keys);
@@ -196,7 +202,8 @@ async fn t7_expiry_is_honoured_inside_one_session() {
         let start = T0 + 10 * TTL as i64 * round as i64;
         env.clock.set(start);
         let k = id(name);
-        s.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, safe))
+        let _ = s
+            .call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, safe))
             .await
             .unwrap();
         let first = last(&keys);
@@ -232,14 +239,16 @@ async fn t7_a_backwards_clock_never_revives_an_expired_mapping() {
     let k = id("fetch-latest");
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
     let a = env.cache.open_session();
-    a.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
+    let _ = a
+        .call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
         .await
         .unwrap();
     let sk_old = last(&keys);
 
     // The cache reads a time past the expiry (a call on another key)...
     env.clock.set(T0 + TTL as i64 + 1);
-    a.call(ttl_key(&id("other")), keyed(&runs, &keys, "x", &hook, true))
+    let _ = a
+        .call(ttl_key(&id("other")), keyed(&runs, &keys, "x", &hook, true))
         .await
         .unwrap();
     // ...then the clock steps back to well inside the old TTL.
@@ -265,7 +274,8 @@ async fn t7_a_clock_stepping_back_during_a_slow_store_answer_serves_nothing_expi
     let k = id("fetch-latest");
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
     let a = env.cache.open_session();
-    a.call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
+    let _ = a
+        .call(ttl_key(&k), keyed(&runs, &keys, "old", &hook, true))
         .await
         .unwrap();
     let sk_old = last(&keys);
@@ -358,12 +368,13 @@ async fn t3_t7_session_scoped_results_are_not_reachable_through_the_content_key(
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
     let unsafe_id = id("whoami").with_content_digest(digest("same bytes"));
     let (a, b) = (env.cache.open_session(), env.cache.open_session());
-    a.call(
-        ttl_key(&unsafe_id),
-        keyed(&runs, &keys, "alice", &hook, false),
-    )
-    .await
-    .unwrap();
+    let _ = a
+        .call(
+            ttl_key(&unsafe_id),
+            keyed(&runs, &keys, "alice", &hook, false),
+        )
+        .await
+        .unwrap();
     let rb = b
         .call(
             ttl_key(&unsafe_id),
@@ -378,7 +389,8 @@ async fn t3_t7_session_scoped_results_are_not_reachable_through_the_content_key(
     assert_eq!(rb.value().map(String::as_str), Some("bob"));
 
     let safe_id = id("latest").with_content_digest(digest("other bytes"));
-    a.call(ttl_key(&safe_id), keyed(&runs, &keys, "old", &hook, true))
+    let _ = a
+        .call(ttl_key(&safe_id), keyed(&runs, &keys, "old", &hook, true))
         .await
         .unwrap();
     env.clock.advance(TTL as i64 + 1);
@@ -455,13 +467,15 @@ async fn t2_one_failed_select_degrades_one_call() {
         ..StoreFaults::default()
     });
     let s = env.cache.open_session();
-    s.call(ttl_key(&k), keyed(&runs, &keys, "a", &hook, true))
+    let _ = s
+        .call(ttl_key(&k), keyed(&runs, &keys, "a", &hook, true))
         .await
         .unwrap();
     assert_eq!(env.cache.metrics().ttl_store_failures(), 1);
     assert!(env.store.rows().is_empty());
     // Healed: the next call gets a fresh, persistable key.
-    s.call(ttl_key(&k), keyed(&runs, &keys, "b", &hook, true))
+    let _ = s
+        .call(ttl_key(&k), keyed(&runs, &keys, "b", &hook, true))
         .await
         .unwrap();
     assert_eq!(env.store.rows().len(), 1);
@@ -476,7 +490,8 @@ async fn t2_one_failed_select_degrades_one_call() {
 async fn t2_slow_store_answer_beyond_the_deadline_degrades() {
     let store = Arc::new(MemoryTtlStore::new());
     let clock = ManualClock::new(T0);
-    let cache: Cache<V> = Cache::builder(1)
+    let cache: Cache<V> = Cache::builder()
+        .blocking_executor(Arc::new(Inline))
         .ttl_store(store.clone())
         .clock(Arc::new(clock))
         .store_deadline_ms(100)
@@ -511,7 +526,8 @@ async fn t2_slow_store_answer_beyond_the_deadline_degrades() {
     });
     let k2 = id("fetch-2");
     let started = tokio::time::Instant::now();
-    s.call(ttl_key(&k2), keyed(&runs, &keys, "ok", &hook, true))
+    let _ = s
+        .call(ttl_key(&k2), keyed(&runs, &keys, "ok", &hook, true))
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(50));
@@ -524,7 +540,8 @@ async fn t2_slow_store_answer_beyond_the_deadline_degrades() {
         ..StoreFaults::default()
     });
     let k3 = id("fetch-3");
-    s.call(ttl_key(&k3), keyed(&runs, &keys, "edge", &hook, true))
+    let _ = s
+        .call(ttl_key(&k3), keyed(&runs, &keys, "edge", &hook, true))
         .await
         .unwrap();
     assert_eq!(cache.metrics().ttl_store_failures(), 1, "not degraded");
@@ -552,7 +569,7 @@ async fn t3_failed_ttl_write_keeps_the_result_session_scoped() {
         }
     };
     let (a, b) = (env.cache.open_session(), env.cache.open_session());
-    a.call(ttl_key(&k), resolver).await.unwrap();
+    let _ = a.call(ttl_key(&k), resolver).await.unwrap();
     assert_eq!(
         env.cache.metrics().ttl_store_failures(),
         1,
@@ -637,7 +654,8 @@ async fn t2_ttl_without_a_store_is_ignored() {
     let k = id("fetch");
     let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
     let (a, b) = (cache.open_session(), cache.open_session());
-    a.call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, false))
+    let _ = a
+        .call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, false))
         .await
         .unwrap();
     assert_eq!(last(&keys), k.call_key());
@@ -693,6 +711,6 @@ async fn t5_gc_ttl_deletes_only_expired_rows_on_the_cache_clock() {
     });
     assert!(env.cache.gc_ttl().is_err());
     // Without a store there is nothing to collect.
-    let bare: Cache<V> = Cache::builder(2).build();
+    let bare: Cache<V> = Cache::builder().build();
     assert_eq!(bare.gc_ttl(), Ok(0));
 }

@@ -776,9 +776,9 @@ fn inv1_live_refs_count_every_outstanding_ref() {
     let hooks = HookCounter::default();
     let order = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id("k"))));
     assert_eq!(cache.live_refs(), 0, "a waiter holds no ref yet");
-    complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
+    let _ = complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
     assert_eq!(cache.live_refs(), 1);
-    expect_hit(cache.begin_call(&in_session(s), CallRequest::new(id("k"))));
+    let _ = expect_hit(cache.begin_call(&in_session(s), CallRequest::new(id("k"))));
     assert_eq!(cache.live_refs(), 2);
     assert_eq!(close(&mut cache, s), 2);
     assert_eq!(cache.live_refs(), 0);
@@ -793,9 +793,9 @@ fn inv9_refs_owned_by_counts_refs_per_owner() {
     let (a, b) = (cache.open_session(), cache.open_session());
     let hooks = HookCounter::default();
     let order = expect_run(cache.begin_call(&in_session(a), CallRequest::new(id("k"))));
-    complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
-    expect_hit(cache.begin_call(&in_session(a), CallRequest::new(id("k"))));
-    expect_hit(cache.begin_call(&in_session(b), CallRequest::new(id("k"))));
+    let _ = complete(&mut cache, order.entry, Ok(value(1, &hooks))).ok(order.waiter);
+    let _ = expect_hit(cache.begin_call(&in_session(a), CallRequest::new(id("k"))));
+    let _ = expect_hit(cache.begin_call(&in_session(b), CallRequest::new(id("k"))));
     assert_eq!(cache.refs_owned_by(Owner::Session(a)), 2);
     assert_eq!(cache.refs_owned_by(Owner::Session(b)), 1);
     assert_eq!(cache.refs_owned_by(Owner::Caller), 0);

@@ -406,7 +406,7 @@ fn session_results_returning(
 ) {
     for n in ns {
         let run = expect_run(cache.begin_call(&in_session(s), CallRequest::new(id_n("x", n))));
-        complete(
+        let _ = complete(
             cache,
             run.entry,
             Ok(value(n as u32, hook).with_id(r.clone())),

@@ -37,7 +37,7 @@ fn o2_trace_lines_name_path_keys_and_session() {
     let Ok(Decision::Run(order)) = miss.outcome else {
         panic!()
     };
-    cache.complete(order.entry, Ok(Resolved::value(1))).unwrap();
+    let _ = cache.complete(order.entry, Ok(Resolved::value(1))).unwrap();
     let text = line.to_string();
     let short = &a.call_key()["sha256:".len()..][..12];
     assert!(text.starts_with(&format!("call={short} ")), "{text}");
@@ -64,7 +64,7 @@ fn o2_trace_lines_name_path_keys_and_session() {
     let Ok(Decision::Run(order)) = dnc.outcome else {
         panic!()
     };
-    cache
+    let _ = cache
         .complete(
             order.entry,
             Err(cache_core::CallError::Resolver("boom".into())),
@@ -289,7 +289,7 @@ fn o2_facade_decisions_are_emitted_as_tracing_events() {
         .unwrap();
     tracing::subscriber::with_default(recorder.clone(), || {
         rt.block_on(async {
-            let cache: Cache<u8> = Cache::builder(1).build();
+            let cache: Cache<u8> = Cache::builder().build();
             let key = CallKey::new(CallId::new("traced"));
             let ctx = Ctx::new();
             let first = cache
@@ -330,7 +330,7 @@ fn o3_leak_report_text_covers_every_class_phase_and_slot() {
     };
     let content = Digest::of(b"bytes");
     // Completed, held by the session, listed by storage and content key.
-    run_to_completion(
+    let _ = run_to_completion(
         &mut cache,
         &caller,
         CallRequest::new(CallId::new("kept").with_content_digest(content)),

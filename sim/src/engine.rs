@@ -28,12 +28,16 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
         let clock = Arc::new(world.clock.clone());
         Engine {
             inc,
-            calls: Cache::builder(inc * 2)
+            calls: Cache::builder()
+                .instance_id_for_replay(inc * 2)
+                .blocking_executor(Arc::new(cache_core::facade::Inline))
                 .ttl_store(world.store.clone())
                 .clock(clock.clone())
                 .bugs(world.bugs)
                 .build(),
-            changes: Cache::builder(inc * 2 + 1)
+            changes: Cache::builder()
+                .instance_id_for_replay(inc * 2 + 1)
+                .blocking_executor(Arc::new(cache_core::facade::Inline))
                 .change_cache()
                 .clock(clock)
                 .bugs(world.bugs)

@@ -205,7 +205,9 @@ impl Driver {
     fn new(change: bool) -> Self {
         let clock = ManualClock::new(1_000_000);
         let store = Arc::new(MemoryTtlStore::new());
-        let mut builder = Cache::builder(INSTANCE)
+        let mut builder = Cache::builder()
+            .instance_id_for_replay(INSTANCE)
+            .blocking_executor(Arc::new(crate::facade::Inline))
             .clock(Arc::new(clock.clone()))
             .ttl_store(store.clone());
         if change {

@@ -1,7 +1,11 @@
-//! Injected time (T-6): the crate never reads the system clock.
+//! Injected time (T-6). The crate reads the operating system's clock in
+//! one place only, [`SystemClock`], the default of a service's cache; a
+//! simulation injects a [`ManualClock`] (or its own [`Clock`]) instead, so
+//! nothing it can reach reads OS time.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of "now", in milliseconds since the Unix epoch.
 ///
@@ -10,6 +14,28 @@ use std::sync::Arc;
 pub trait Clock: Send + Sync {
     /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
+}
+
+/// The wall clock: `std::time::SystemTime`, in milliseconds since the Unix
+/// epoch. The default clock of [`Cache::builder`](super::Cache::builder).
+///
+/// The only place the crate reads OS time. A simulation must not use it (its
+/// traces would depend on when it ran); it injects a [`ManualClock`].
+/// A wall clock can step backwards (NTP); TTL decisions are judged on the
+/// highest reading seen (T-7), so a step back never revives an expired row.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        // Before the epoch (a badly set clock) reads as negative time rather
+        // than failing: TTL arithmetic saturates, and T-7 keeps the mark.
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(after) => ms(after),
+            Err(before) => -ms(before.duration()),
+        }
+    }
 }
 
 /// A clock that only moves when told to. Clones share one time.
@@ -66,6 +92,20 @@ impl HighWaterClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The system clock reads the wall clock: after 2020 and within a few
+    /// seconds of `SystemTime::now()` read here.
+    #[test]
+    fn system_clock_reads_wall_time() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let now = SystemClock.now_ms();
+        assert!(now >= before, "{now} < {before}");
+        assert!(now - before < 5_000, "{now} is far from {before}");
+        assert!(now > 1_577_836_800_000, "{now} is before 2020");
+    }
 
     #[test]
     fn t7_high_water_never_moves_back() {

@@ -8,7 +8,7 @@
 //! use cache_core::machine::Resolved;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let cache: Cache<String> = Cache::builder(1).build();
+//! let cache: Cache<String> = Cache::builder().build();
 //! let session = cache.open_session();
 //! let key = CallKey::new(CallId::new("greeting"));
 //!
@@ -28,6 +28,9 @@
 
 mod clock;
 mod ctx;
+mod executor;
+#[cfg(test)]
+mod protocol_shuttle;
 mod result;
 mod session;
 mod telemetry;
@@ -39,8 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use clock::HighWaterClock;
-pub use clock::{Clock, ManualClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use ctx::{Ctx, ResolverCtx};
+pub use executor::{BlockingExecutor, BlockingJob, Inline, TokioBlocking};
 pub use result::CallResult;
 pub use session::{CloseSummary, Session};
 pub use telemetry::{Span, Telemetry};
@@ -51,7 +55,7 @@ use crate::bugs::Bugs;
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
-    self, Begin, CallCache, CallRequest, Decision, LeakReport, Resolved, Violation,
+    self, Begin, CallCache, CallRequest, Decision, EntryId, LeakReport, Resolved, Violation,
 };
 use crate::metrics::Metrics;
 use crate::ttl::{choose_storage_key, StorageKeyChoice, StoreError, TtlStore};
@@ -105,11 +109,35 @@ impl CallKey {
         self.do_not_cache = yes;
         self
     }
+    /// Sets `repeat_telemetry` (S-5: a span on every call, not once per key
+    /// per session).
+    pub fn repeat_telemetry(mut self, yes: bool) -> Self {
+        self.repeat_telemetry = yes;
+        self
+    }
 }
+
+/// A completed entry and its refcount, as [`Cache::completed`] reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The entry.
+    pub entry: EntryId,
+    /// Refs held on it now (sessions, callers, parent entries).
+    pub refcount: u32,
+}
+
+/// Instance ids the cache assigns itself have this bit set; ids chosen with
+/// [`CacheBuilder::instance_id_for_replay`] below 2^63 never meet them.
+const ASSIGNED_INSTANCE: u64 = 1 << 63;
+
+/// The next self-assigned instance id (process-wide, C-4).
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// Builds a [`Cache`].
 pub struct CacheBuilder {
-    instance: u64,
+    /// Chosen for replay; `None`: the cache assigns one.
+    instance: Option<u64>,
+    executor: Arc<dyn BlockingExecutor>,
     change_mode: bool,
     store: Option<Arc<dyn TtlStore>>,
     clock: Arc<dyn Clock>,
@@ -132,9 +160,27 @@ impl CacheBuilder {
         self.store = Some(store);
         self
     }
-    /// The clock (T-6). Default: a [`ManualClock`] at 0.
+    /// The clock (T-6). Default: the [`SystemClock`]; a simulation
+    /// injects its own (a [`ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+    /// Where TTL store calls run. Default: [`TokioBlocking`] (the blocking
+    /// pool, so SQLite never stalls an async worker); a simulation passes
+    /// [`Inline`] so that no thread is involved and its runs repeat exactly.
+    pub fn blocking_executor(mut self, executor: Arc<dyn BlockingExecutor>) -> Self {
+        self.executor = executor;
+        self
+    }
+    /// Fixes this cache's instance id instead of letting the cache assign
+    /// one, so a replayed run names its instances the same way every time
+    /// (they appear in resolver contexts, recursion chains and do-not-cache
+    /// storage keys). For simulations and replay only: two caches given the
+    /// same id treat each other's keys as recursion (C-4). Self-assigned ids
+    /// have the top bit set, so an id below 2^63 never collides with one.
+    pub fn instance_id_for_replay(mut self, id: u64) -> Self {
+        self.instance = Some(id);
         self
     }
     /// The telemetry sink (S-5).
@@ -152,17 +198,23 @@ impl CacheBuilder {
         self.change_mode = true;
         self
     }
-    /// A store answer slower than this counts as a failure (T-2). Default 1000 ms.
+    /// A store answer slower than this counts as a failure (T-2), measured
+    /// on tokio time from when the store call is handed to the executor (a
+    /// simulated store's `answer_delay_ms` counts against it too). Default
+    /// 1000 ms.
     pub fn store_deadline_ms(mut self, ms: u64) -> Self {
         self.store_deadline_ms = ms;
         self
     }
     /// The cache.
     pub fn build<V: Clone + Send + 'static>(self) -> Cache<V> {
+        let instance = self
+            .instance
+            .unwrap_or_else(|| ASSIGNED_INSTANCE | NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed));
         let machine = if self.change_mode {
-            CallCache::new_change_cache(self.instance)
+            CallCache::new_change_cache(instance)
         } else {
-            CallCache::new(self.instance)
+            CallCache::new(instance)
         };
         #[cfg(feature = "bug-zoo")]
         let machine = machine.with_bugs(self.bugs);
@@ -176,6 +228,7 @@ impl CacheBuilder {
                 }),
                 checked: AtomicU64::new(UNCHECKED),
                 store: self.store,
+                executor: self.executor,
                 clock: HighWaterClock::new(self.clock),
                 telemetry: self.telemetry,
                 metrics: self.metrics,
@@ -225,6 +278,8 @@ pub(crate) struct Shared<V> {
     /// The machine's bug-zoo switches, fixed at build: read without the lock.
     bugs: crate::bugs::Bugs,
     store: Option<Arc<dyn TtlStore>>,
+    /// Where store calls run.
+    executor: Arc<dyn BlockingExecutor>,
     /// TTL decisions read the highest time seen (T-7).
     clock: HighWaterClock,
     telemetry: Option<Arc<dyn Telemetry>>,
@@ -258,13 +313,17 @@ impl<V> Clone for Cache<V> {
 }
 
 impl Cache<()> {
-    /// Starts building a cache; `instance` tells instances apart (C-4).
-    pub fn builder(instance: u64) -> CacheBuilder {
+    /// Starts building a cache with a service's defaults: the
+    /// [`SystemClock`], store calls on tokio's blocking pool
+    /// ([`TokioBlocking`]) and an instance id of its own (C-4: the same key
+    /// on two caches is not recursion).
+    pub fn builder() -> CacheBuilder {
         CacheBuilder {
-            instance,
+            instance: None,
+            executor: Arc::new(TokioBlocking),
             change_mode: false,
             store: None,
-            clock: Arc::new(ManualClock::new(0)),
+            clock: Arc::new(SystemClock),
             telemetry: None,
             metrics: Arc::new(Metrics::new()),
             store_deadline_ms: 1000,
@@ -398,6 +457,29 @@ impl<V: Clone + Send + 'static> Cache<V> {
         self.shared.lock().machine.buckets()
     }
 
+    /// This cache's instance id (C-4): self-assigned, or the one given to
+    /// [`CacheBuilder::instance_id_for_replay`].
+    pub fn instance_id(&self) -> u64 {
+        self.shared.lock().machine.instance()
+    }
+
+    /// The completed call stored under `id`'s call key, with its refcount;
+    /// `None` if there is none (never stored, released, or stored only under
+    /// a session-scoped TTL key, T-2). Read-only: it takes no ref.
+    pub fn completed(&self, id: &CallId) -> Option<EntryInfo> {
+        let state = self.shared.lock();
+        let entry = state.machine.completed_call(id)?;
+        let refcount = state.machine.refcount(entry)?;
+        Some(EntryInfo { entry, refcount })
+    }
+
+    /// How many callers wait on the in-flight call `entry` (a resolver finds
+    /// its own in `ResolverCtx::entry`); `None` once it has completed or is
+    /// gone. 0 means every waiter left and the resolver was told to stop (C-5).
+    pub fn waiters(&self, entry: EntryId) -> Option<usize> {
+        self.shared.lock().machine.waiter_count(entry)
+    }
+
     /// Entries alive in any state (0 at quiescence, INV-1).
     pub fn live_entries(&self) -> usize {
         self.shared.lock().machine.live_entries()
@@ -468,11 +550,32 @@ impl<V: Clone + Send + 'static> Cache<V> {
     /// T-5: deletes expired TTL rows in batches; a no-op without a store.
     /// "Expired" is judged on the highest clock reading seen (T-7), as
     /// lookups judge it.
+    ///
+    /// This calls the store on the calling thread, which a simulation wants
+    /// (and a synchronous caller may); an async service calls
+    /// [`Cache::collect_expired_ttl`] instead, which does not block its worker.
     pub fn gc_ttl(&self) -> Result<usize, StoreError> {
         match &self.shared.store {
             Some(store) => crate::ttl::gc_all(store.as_ref(), self.shared.clock.now_ms()),
             None => Ok(0),
         }
+    }
+
+    /// T-5 as [`Cache::gc_ttl`], run on the cache's [`BlockingExecutor`] and
+    /// given up (as a store failure) after the store deadline. A GC that
+    /// outlives the deadline still finishes on its thread; the rows it
+    /// deletes stay deleted.
+    pub async fn collect_expired_ttl(&self) -> Result<usize, StoreError> {
+        let Some(store) = self.shared.store.clone() else {
+            return Ok(0);
+        };
+        let now = self.shared.clock.now_ms();
+        executor::run_store(
+            self.shared.executor.as_ref(),
+            self.shared.store_deadline(),
+            move || crate::ttl::gc_all(store.as_ref(), now),
+        )
+        .await
     }
 
     /// T-2: picks the storage key for a TTL'd call; never fails the call.
@@ -486,21 +589,27 @@ impl<V: Clone + Send + 'static> Cache<V> {
         let store = self.shared.store.clone()?;
         let _arrived = self.shared.clock.now_ms();
         let call_key = id.call_key();
+        // A simulated store reports its injected slowness instead of taking
+        // it: it is waited out on the (simulated) clock and counts against
+        // the deadline. What remains of the deadline bounds the real call.
         let delay = store.answer_delay_ms();
-        let answer = if delay > self.shared.store_deadline_ms {
-            tokio::time::sleep(std::time::Duration::from_millis(
-                self.shared.store_deadline_ms,
-            ))
-            .await;
+        let deadline = self.shared.store_deadline_ms;
+        let answer = if delay > deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(deadline)).await;
             Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.shared.store_deadline_ms
+                "no answer within {deadline} ms"
             )))
         } else {
             if delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             }
-            store.select(&call_key)
+            let key = call_key.clone();
+            executor::run_store(
+                self.shared.executor.as_ref(),
+                std::time::Duration::from_millis(deadline - delay),
+                move || store.select(&key),
+            )
+            .await
         };
         let session = ctx
             .session
@@ -630,6 +739,12 @@ impl<V> Shared<V> {
     pub(crate) fn store(&self) -> Option<&Arc<dyn TtlStore>> {
         self.store.as_ref()
     }
+    pub(crate) fn executor(&self) -> &dyn BlockingExecutor {
+        self.executor.as_ref()
+    }
+    pub(crate) fn store_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.store_deadline_ms)
+    }
 }
 
 /// Runs release hooks outside the lock; failures are counted and logged, and
@@ -671,7 +786,7 @@ mod tests {
 
     /// A cache holding one completed call, and the caller's result.
     async fn held_value() -> (Cache<u32>, CallResult<u32>) {
-        let cache: Cache<u32> = Cache::builder(1).build();
+        let cache: Cache<u32> = Cache::builder().build();
         let key = CallKey::new(CallId::new("k"));
         let held = cache
             .get_or_init_call(&Ctx::new(), key, |_| async { Ok(Resolved::value(7)) })
@@ -717,7 +832,7 @@ mod tests {
     /// Reading the state does not count as a change; mutating it does.
     #[test]
     fn only_mutable_access_bumps_the_generation() {
-        let cache: Cache<u32> = Cache::builder(1).build();
+        let cache: Cache<u32> = Cache::builder().build();
         let before = cache.shared.lock().generation;
         assert_eq!(cache.entries(), 0);
         assert_eq!(cache.shared.lock().generation, before);

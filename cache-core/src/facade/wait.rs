@@ -15,7 +15,7 @@ use crate::bugs::Bug;
 use crate::error::{CallError, ResolverError};
 use crate::machine::{CallCache, Decision, EntryId, Left, Resolved, Served, Violation, WaiterId};
 
-type Outcome<V> = Result<Served<V>, CallError>;
+pub(super) type Outcome<V> = Result<Served<V>, CallError>;
 
 /// A map with a fixed hasher: the same operations give the same layout on
 /// every run, so nothing observable can depend on a hasher seed. Hashed, not
@@ -185,15 +185,15 @@ pub(crate) async fn settled<V>(
 }
 
 /// A registered waiter; dropping it unanswered is leaving (C-5).
-struct Waiting<V: Clone> {
-    shared: Arc<Shared<V>>,
-    entry: EntryId,
-    waiter: WaiterId,
-    rx: Option<oneshot::Receiver<Outcome<V>>>,
+pub(super) struct Waiting<V: Clone> {
+    pub(super) shared: Arc<Shared<V>>,
+    pub(super) entry: EntryId,
+    pub(super) waiter: WaiterId,
+    pub(super) rx: Option<oneshot::Receiver<Outcome<V>>>,
 }
 
 impl<V: Clone> Waiting<V> {
-    fn leave(&mut self) {
+    pub(super) fn leave(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
         let releases = {
             let mut state = self.shared.lock();
@@ -247,7 +247,11 @@ pub(crate) fn spawn_resolver<V, F, Fut>(
             .await;
         let outcome = run.unwrap_or_else(|panic| Err(CallError::Panicked(panic_error(panic))));
         guard.armed = false;
-        finish(&shared, entry, outcome);
+        if let Some(write) = finish(&shared, entry, outcome) {
+            // Boxed: only TTL'd results pay for the write's state; every
+            // resolver task would otherwise carry it.
+            Box::pin(persist(&shared, write)).await;
+        }
     });
 }
 
@@ -262,25 +266,29 @@ struct Unfinished<V: Clone + Send + 'static> {
 impl<V: Clone + Send + 'static> Drop for Unfinished<V> {
     fn drop(&mut self) {
         if self.armed {
-            finish(&self.shared, self.entry, Err(CallError::Cancelled));
+            // A failed outcome is never persisted (T-3): nothing to write.
+            let none = finish(&self.shared, self.entry, Err(CallError::Cancelled));
+            debug_assert!(none.is_none(), "a failure is never persisted (T-3)");
         }
     }
 }
 
-/// Applies a resolver's outcome: wakes the waiters, runs hooks outside the
-/// lock, and makes the TTL write (T-3, T-4).
-fn finish<V: Clone + Send + 'static>(
+/// Applies a resolver's outcome: wakes the waiters and runs hooks outside
+/// the lock. Returns the TTL write to make (T-3, T-4), if any: the waiters
+/// are answered first, so a slow store delays no caller.
+#[must_use = "the TTL write must be made (T-4)"]
+pub(super) fn finish<V: Clone + Send + 'static>(
     shared: &Arc<Shared<V>>,
     entry: EntryId,
     outcome: Result<Resolved<V>, CallError>,
-) {
+) -> Option<crate::ttl::PreparedWrite> {
     let (releases, persist) = {
         let mut state = shared.lock();
         let completion = match state.machine.complete(entry, outcome) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(target: "cache_core::facade", "completion refused: {e}");
-                return;
+                return None;
             }
         };
         state.waits.tokens.remove(&entry);
@@ -306,14 +314,28 @@ fn finish<V: Clone + Send + 'static>(
         (releases, completion.persist)
     };
     let _ = run_hooks(shared, releases);
-    if let (Some(write), Some(store)) = (persist, shared.store()) {
-        match store.compare_and_upsert(&write.call_key, &write.row, write.compare.as_deref()) {
-            Ok(true) => {}
-            Ok(false) => shared.metrics().ttl_write_lost(),
-            Err(e) => {
-                shared.metrics().ttl_store_failure();
-                tracing::warn!(target: "cache_core::ttl", "TTL write failed, result stays session-scoped (T-2): {e}");
-            }
+    persist
+}
+
+/// T-4: makes a TTL write on the cache's executor, within the store
+/// deadline. A failure (a late answer included) leaves the result
+/// session-scoped (T-2); a late write may still land afterwards, which
+/// T-4's compare-and-upsert makes as safe as any other racing writer.
+async fn persist<V>(shared: &Shared<V>, write: crate::ttl::PreparedWrite) {
+    let Some(store) = shared.store().cloned() else {
+        return;
+    };
+    let answer =
+        super::executor::run_store(shared.executor(), shared.store_deadline(), move || {
+            store.compare_and_upsert(&write.call_key, &write.row, write.compare.as_deref())
+        })
+        .await;
+    match answer {
+        Ok(true) => {}
+        Ok(false) => shared.metrics().ttl_write_lost(),
+        Err(e) => {
+            shared.metrics().ttl_store_failure();
+            tracing::warn!(target: "cache_core::ttl", "TTL write failed, result stays session-scoped (T-2): {e}");
         }
     }
 }

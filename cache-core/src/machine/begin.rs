@@ -287,6 +287,7 @@ impl<V: Clone> CallCache<V> {
             content_hit,
             detached: false,
             session_owned: owner != Owner::Caller,
+            safe_to_persist: entry.safe_to_persist,
         }
     }
 

@@ -258,9 +258,9 @@ impl<V: Clone> CallCache<V> {
         done: &mut Completion<V>,
     ) {
         let waiters = self.take_waiters(entry);
-        let (value, id) = {
+        let (value, id, safe_to_persist) = {
             let h = self.entries.get(held.0).expect("held entry is alive");
-            (h.value.clone(), h.result_id.clone())
+            (h.value.clone(), h.result_id.clone(), h.safe_to_persist)
         };
         for w in waiters {
             let session_open = w.session.is_none_or(|s| self.sessions.contains_key(&s));
@@ -293,6 +293,7 @@ impl<V: Clone> CallCache<V> {
                 content_hit: false,
                 detached,
                 session_owned: owner != Owner::Caller,
+                safe_to_persist,
             };
             done.served.push((w.id, Ok(served)));
         }

@@ -593,7 +593,7 @@ mod tests {
             entry(w, running).waits_on.push(nested);
         });
         fires("C-4b", "INV-11", "but is not listed as waiting", |w| {
-            nested_in_running(w);
+            let _ = nested_in_running(w);
             let running = w.running;
             entry(w, running).waits_on.clear();
         });

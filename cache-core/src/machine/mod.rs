@@ -180,6 +180,29 @@ impl<V: Clone> CallCache<V> {
         self.entries.get(entry.0).map(|e| e.refcount)
     }
 
+    /// The completed call stored under `id`'s call key (C-3.1: the entry a
+    /// storage hit on `id` would serve, when no TTL picked another storage
+    /// key), if any. A read-only query: it takes no ref.
+    pub fn completed_call(&self, id: &crate::id::CallId) -> Option<EntryId> {
+        self.idx.storage(&IndexKey::digest(id.recipe_digest()))
+    }
+
+    /// The completed call stored under the storage key `storage_key` (a
+    /// call key's text, or a session-scoped key a TTL picked, T-2), if any.
+    pub fn completed_under(&self, storage_key: &str) -> Option<EntryId> {
+        self.idx.storage(&IndexKey::from_text(storage_key))
+    }
+
+    /// How many callers wait on the in-flight `entry` (0 once abandoned);
+    /// `None` when it is not in flight (completed, or gone). Unlike
+    /// [`CallCache::waiters`] it allocates nothing.
+    pub fn waiter_count(&self, entry: EntryId) -> Option<usize> {
+        self.entries
+            .get(entry.0)
+            .filter(|e| e.phase != entry::Phase::Completed)
+            .map(|e| e.waiters.len())
+    }
+
     /// Whether an entry is still alive (in flight, abandoned, or held).
     pub fn contains(&self, entry: EntryId) -> bool {
         self.entries.contains(entry.0)

@@ -76,6 +76,7 @@ impl SessionRefs {
 }
 
 /// What closing a session did (S-1, S-1a, S-7).
+#[must_use = "a session close carries release hooks to run"]
 #[derive(Debug)]
 pub struct SessionClose {
     /// The session that closed.

@@ -264,6 +264,7 @@ impl RunMode {
 }
 
 /// The decision for one caller, taken atomically (C-3).
+#[must_use = "a decision must be carried out: a hit holds a ref, a wait or a run registered a waiter"]
 #[derive(Debug)]
 pub enum Decision<V> {
     /// A completed entry was found (storage or content hit).
@@ -286,6 +287,7 @@ pub enum Decision<V> {
 }
 
 /// What the caller needs to start a resolver.
+#[must_use = "a run order names an in-flight entry that must be completed"]
 #[derive(Clone, Debug)]
 pub struct RunOrder {
     /// The new in-flight entry; pass it to `complete`.
@@ -302,6 +304,7 @@ pub struct RunOrder {
 
 /// The outcome of `begin`: the decision, its trace line (O-2), and whether the
 /// call should emit telemetry (S-5).
+#[must_use = "a begin carries a decision that must be carried out"]
 #[derive(Debug)]
 pub struct Begin<V> {
     /// The decision, or the error that stopped the call before anything ran.
@@ -313,6 +316,7 @@ pub struct Begin<V> {
 }
 
 /// A result handed to one caller.
+#[must_use = "a served result holds a ref that must be released"]
 #[derive(Debug)]
 pub struct Served<V> {
     /// The ref the caller now holds (owned by its session, or by the caller).
@@ -330,9 +334,13 @@ pub struct Served<V> {
     pub detached: bool,
     /// The ref is owned by the caller's session (S-1): the session releases it.
     pub session_owned: bool,
+    /// T-3: the resolver marked the result safe to persist through the TTL
+    /// store (whether or not a TTL write was made for it).
+    pub safe_to_persist: bool,
 }
 
 /// What `complete` decided, for the caller to carry out outside the lock.
+#[must_use = "a completion carries results to deliver and release hooks to run"]
 pub struct Completion<V> {
     /// One outcome per waiter that was still waiting, in arrival order.
     pub served: Vec<(WaiterId, Result<Served<V>, CallError>)>,
@@ -345,6 +353,7 @@ pub struct Completion<V> {
 }
 
 /// What `leave` did.
+#[must_use = "the last waiter leaving must cancel the resolver; a served waiter must release"]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Left {
     /// The waiter was removed; others remain, the resolver keeps running (C-5).
@@ -357,6 +366,7 @@ pub enum Left {
 }
 
 /// A release hook to run outside the lock (C-12).
+#[must_use = "a release hook must run exactly once"]
 pub struct PendingRelease {
     /// The entry it belonged to.
     pub entry: EntryId,
@@ -406,6 +416,7 @@ impl fmt::Debug for PendingRelease {
 }
 
 /// Runs every hook, returning the first error (all hooks run regardless).
+#[must_use = "a release hook's error is returned to the releaser (C-12)"]
 pub fn run_releases(releases: Vec<PendingRelease>) -> Result<(), CallError> {
     let mut first = Ok(());
     for release in releases {

@@ -32,7 +32,7 @@ pub type Call = Result<CallResult<V>, CallError>;
 
 /// A plain cache, instance 1.
 pub fn cache() -> Cache<V> {
-    Cache::builder(1).build()
+    Cache::builder().build()
 }
 
 /// A call ID for `name`.
