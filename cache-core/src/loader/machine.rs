@@ -192,6 +192,10 @@ pub struct WriteOrder {
     pub mode: WriteMode,
     /// The write sequence when the data was read or the load began (L-7).
     pub started_seq: u64,
+    /// The jitter drawn for this write, ms: the local copy's cap
+    /// (`local_ttl_ms`) gets it too, so local copies written at one instant
+    /// do not all expire at one instant either (L-8).
+    pub jitter_ms: i64,
 }
 
 /// How the remote answered a [`WriteOrder`].
@@ -441,7 +445,7 @@ impl<P: Clone> LoaderMachine<P> {
             self.counters.placeholder_hits += 1;
         }
         let seq = self.write_seq;
-        self.write_local(key, record.clone(), seq, now_ms);
+        self.write_local(key, record.clone(), seq, now_ms, 0);
         RemoteRead::Live(record)
     }
 
@@ -515,7 +519,8 @@ impl<P: Clone> LoaderMachine<P> {
         rand: u64,
         started_seq: u64,
     ) -> WriteOrder {
-        let life = ttl_ms.max(1).saturating_add(self.jitter(rand));
+        let jitter_ms = self.jitter(rand);
+        let life = ttl_ms.max(1).saturating_add(jitter_ms);
         let mode = match payload {
             Payload::Placeholder => WriteMode::IfAbsent,
             Payload::Value(_) => WriteMode::Always,
@@ -529,6 +534,7 @@ impl<P: Clone> LoaderMachine<P> {
             ttl_ms: u64::try_from(life).unwrap_or(1),
             mode,
             started_seq,
+            jitter_ms,
         }
     }
 
@@ -573,17 +579,32 @@ impl<P: Clone> LoaderMachine<P> {
                 }
                 self.write_seq += 1;
                 let seq = self.write_seq;
-                self.write_local(&order.key, order.record.clone(), seq, now_ms);
+                self.write_local(
+                    &order.key,
+                    order.record.clone(),
+                    seq,
+                    now_ms,
+                    order.jitter_ms,
+                );
                 true
             }
         }
     }
 
-    fn write_local(&mut self, key: &str, mut record: Record, seq: u64, now_ms: i64) {
+    fn write_local(
+        &mut self,
+        key: &str,
+        mut record: Record,
+        seq: u64,
+        now_ms: i64,
+        jitter_ms: i64,
+    ) {
         if self.closed || !record.is_live(now_ms) {
             return;
         }
-        let cap = now_ms.saturating_add(self.cfg.local_ttl_ms);
+        let cap = now_ms
+            .saturating_add(self.cfg.local_ttl_ms)
+            .saturating_add(jitter_ms);
         record.expires_at_ms = record.expires_at_ms.min(cap);
         self.local.put(
             key.to_string(),
