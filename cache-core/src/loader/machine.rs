@@ -806,3 +806,226 @@ impl<P: Clone> LoaderMachine<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MachineConfig {
+        MachineConfig {
+            refresh_interval_ms: 100,
+            refresh_concurrency: 2,
+            refresh_tasks_max: 3,
+            refresh_idle_ms: 1_000,
+            ..MachineConfig::default()
+        }
+    }
+
+    fn single(k: &str) -> FlightKey {
+        FlightKey::Single(k.into())
+    }
+
+    #[test]
+    fn linv1_holds_through_begin_join_refresh_settle() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(cfg());
+        let lead = m.begin(single("k"), false).unwrap();
+        assert!(matches!(
+            lead,
+            Begin::Lead {
+                waiter: Some(_),
+                ..
+            }
+        ));
+        let join = m.begin(single("k"), false).unwrap();
+        assert_eq!(join.flight(), lead.flight());
+        assert_eq!(
+            m.begin(single("k"), true),
+            Some(Begin::Join {
+                flight: lead.flight(),
+                waiter: None
+            })
+        );
+        assert_eq!(m.flights(), 1);
+        m.check_invariants(0).unwrap();
+        assert_eq!(m.settle(lead.flight()).len(), 2);
+        assert_eq!(
+            m.settle(lead.flight()),
+            Vec::<WaiterId>::new(),
+            "idempotent"
+        );
+        m.check_invariants(0).unwrap();
+    }
+
+    #[test]
+    fn linv1_planted_second_flight_for_one_key_is_caught() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(cfg());
+        let first = m.begin(single("k"), false).unwrap().flight();
+        // Plant: a second flight for the same key, as a lost index entry would allow.
+        m.by_id.insert(
+            first + 100,
+            Flight {
+                key: single("k"),
+                waiters: BTreeSet::new(),
+                refresh: false,
+                started_seq: 0,
+            },
+        );
+        assert_eq!(m.check_invariants(0).unwrap_err().rule, "LINV-1");
+    }
+
+    #[test]
+    fn linv4_refresh_bounds_hold_and_planted_violations_are_caught() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(cfg());
+        for k in ["a", "b", "c", "d"] {
+            m.add_task(k, (), 0);
+        }
+        assert_eq!(m.tasks(), 3);
+        assert_eq!(m.counters().refresh_tasks_rejected, 1);
+        let due = m.due(100);
+        assert_eq!(due.len(), 2, "concurrency 2");
+        for (k, ()) in &due {
+            m.begin(single(k), true).unwrap();
+        }
+        assert!(m.due(100).is_empty(), "no room until a refresh ends");
+        m.check_invariants(100).unwrap();
+
+        // Plant: a third refresh flight beyond the concurrency bound.
+        let mut over = LoaderMachine::<()>::new(cfg());
+        for k in ["a", "b", "c"] {
+            over.begin(single(k), true).unwrap();
+        }
+        assert_eq!(over.check_invariants(0).unwrap_err().rule, "LINV-4");
+
+        // Plant: a task kept past its idle window.
+        let mut idle = LoaderMachine::<()>::new(cfg());
+        idle.add_task("a", (), 0);
+        assert_eq!(idle.check_invariants(5_000).unwrap_err().rule, "LINV-4");
+        idle.due(5_000);
+        idle.check_invariants(5_000).unwrap();
+        assert_eq!(idle.tasks(), 0);
+
+        // Plant: tasks beyond the maximum.
+        let mut many = LoaderMachine::<()>::new(cfg());
+        for k in ["a", "b", "c", "d"] {
+            many.tasks.insert(
+                k.into(),
+                Task {
+                    payload: (),
+                    next_due_ms: 0,
+                    last_read_ms: 0,
+                },
+            );
+        }
+        assert_eq!(many.check_invariants(0).unwrap_err().rule, "LINV-4");
+
+        // Close: nothing remains, nothing runs.
+        m.close();
+        m.check_invariants(100).unwrap();
+        assert!(m.begin(single("z"), false).is_none());
+        assert!(m.due(10_000).is_empty());
+        // Plant: a task surviving close.
+        m.tasks.insert(
+            "x".into(),
+            Task {
+                payload: (),
+                next_due_ms: 0,
+                last_read_ms: 100,
+            },
+        );
+        assert_eq!(m.check_invariants(100).unwrap_err().rule, "LINV-4");
+    }
+
+    #[test]
+    fn linv6_counters_conserve_and_a_planted_drift_is_caught() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(MachineConfig {
+            has_remote: true,
+            ..cfg()
+        });
+        assert_eq!(m.read_local("k", 0), LocalRead::Miss);
+        let f = m.begin(single("k"), false).unwrap().flight();
+        assert_eq!(m.remote_read("k", Ok(None), 0), RemoteRead::Miss);
+        assert!(m.load_started(f));
+        let order = m
+            .load_finished(f, "k", LoadOutcome::Value(b"v".to_vec()), None, 0, 3)
+            .unwrap();
+        assert!(m.write_applied(&order, RemoteWrite::Done(true), 0));
+        m.settle(f);
+        assert_eq!(m.read_local("k", 1), LocalRead::Value(b"v".to_vec()));
+        let rec = Record::value(b"w".to_vec(), 10_000).encode();
+        assert!(matches!(
+            m.remote_read("j", Ok(Some(rec)), 1),
+            RemoteRead::Live(_)
+        ));
+        let f = m.begin(single("e"), false).unwrap().flight();
+        assert!(m.load_started(f));
+        assert!(m
+            .load_finished(f, "e", LoadOutcome::Failed, None, 1, 0)
+            .is_none());
+        let c = m.counters();
+        assert_eq!(
+            (c.hit, c.local_hit, c.remote_hit, c.loads, c.load_failures),
+            (2, 1, 1, 2, 1)
+        );
+        m.check_invariants(1).unwrap();
+
+        m.counters.hit += 1; // plant
+        assert_eq!(m.check_invariants(1).unwrap_err().rule, "LINV-6");
+        m.counters.hit -= 1;
+        m.counters.load_failures = m.counters.loads + 1; // plant
+        assert_eq!(m.check_invariants(1).unwrap_err().rule, "LINV-6");
+    }
+
+    #[test]
+    fn l4_a_failed_remote_write_leaves_the_local_tier_alone() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(MachineConfig {
+            has_remote: true,
+            ..cfg()
+        });
+        let order = m.prepare_set("k", b"v".to_vec(), None, 0, 0);
+        assert!(!m.write_applied(&order, RemoteWrite::Failed, 0));
+        assert_eq!(m.read_local("k", 0), LocalRead::Miss);
+        assert_eq!(m.counters().remote_write_failures, 1);
+    }
+
+    #[test]
+    fn l7_placeholder_skips_a_value_written_after_the_load_began() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(MachineConfig {
+            not_found_ttl_ms: Some(500),
+            ..cfg()
+        });
+        let f = m.begin(single("k"), false).unwrap().flight();
+        let set = m.prepare_set("k", b"real".to_vec(), None, 0, 0);
+        assert!(m.write_applied(&set, RemoteWrite::NoRemote, 0));
+        assert!(m.load_started(f));
+        let ph = m
+            .load_finished(f, "k", LoadOutcome::NotFound, None, 1, 0)
+            .unwrap();
+        assert_eq!(ph.mode, WriteMode::IfAbsent);
+        m.write_applied(&ph, RemoteWrite::NoRemote, 1);
+        assert_eq!(m.read_local("k", 2), LocalRead::Value(b"real".to_vec()));
+    }
+
+    #[test]
+    fn l3_remote_copy_never_outlives_the_remote_record_and_expired_records_miss() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(MachineConfig {
+            has_remote: true,
+            ..cfg()
+        });
+        let rec = Record::value(b"v".to_vec(), 1_000);
+        m.remote_read("k", Ok(Some(rec.encode())), 400);
+        assert_eq!(m.local().peek("k").unwrap().record.expires_at_ms, 1_000);
+        assert_eq!(
+            m.read_local("k", 1_000),
+            LocalRead::Miss,
+            "LINV-3: not at its expiry"
+        );
+        assert_eq!(
+            m.remote_read("j", Ok(Some(rec.encode())), 1_000),
+            RemoteRead::Miss
+        );
+        assert_eq!(
+            m.remote_read("x", Ok(Some(b"junk".to_vec())), 0),
+            RemoteRead::Corrupt
+        );
+    }
+}
