@@ -53,7 +53,9 @@ proptest! {
     ) {
         let (ka, kb) = (Key::new(a), Key::new(b));
         let (sa, sb) = (stored_key(&na, &ka), stored_key(&nb, &kb));
-        prop_assert_eq!((sa == sb), (na == nb && ka == kb));
+        let same_stored = sa == sb;
+        let same_key = na == nb && ka == kb;
+        prop_assert_eq!(same_stored, same_key);
         prop_assert_eq!(parse_stored_key(&sa), Some((na, ka)));
     }
 }
