@@ -16,6 +16,8 @@ pub mod driver;
 pub mod error;
 pub mod facade;
 pub mod id;
+/// The read-through loader with local and remote tiers (SPEC §7).
+pub mod loader;
 pub mod machine;
 pub mod metrics;
 pub(crate) mod prefetch;

@@ -1,0 +1,1231 @@
+//! The thin async API over the machine (DESIGN principle 2 for SPEC §7):
+//! one lock around [`LoaderMachine`], loaders spawned detached on the
+//! current tokio runtime, outcomes sent to waiters, cancellation when the
+//! last waiter leaves, refresh tasks driven by tokio timers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::bus::{EventBus, EventKind};
+use super::counters::{encode_prometheus, Counters};
+use super::error::LoaderError;
+use super::keys::{lock_key, parse_stored_key, stored_key, FlightKey, Key};
+use super::machine::{
+    Begin, FlightId, LoadOutcome, LoaderMachine, LocalRead, RemoteRead, RemoteWrite, Violation,
+    WaiterId, WriteMode, WriteOrder,
+};
+use super::options::{check_ttl, CallOptions, LoaderOptions};
+use super::record::Payload;
+use super::remote::{Remote, RemoteError};
+use super::rng::SplitMix64;
+use crate::error::ResolverError;
+use crate::facade::Clock;
+
+/// A loader function for one key.
+type LoadFn<V> = Arc<dyn Fn(Key) -> BoxFuture<'static, Result<V, ResolverError>> + Send + Sync>;
+/// A loader function for a batch.
+type BatchFn<V> =
+    Box<dyn FnOnce(Vec<Key>) -> BoxFuture<'static, Result<BTreeMap<Key, V>, ResolverError>> + Send>;
+
+/// What a refresh task re-runs.
+struct RefreshJob<V> {
+    load: LoadFn<V>,
+    ttl_ms: Option<i64>,
+}
+
+impl<V> Clone for RefreshJob<V> {
+    fn clone(&self) -> Self {
+        Self {
+            load: self.load.clone(),
+            ttl_ms: self.ttl_ms,
+        }
+    }
+}
+
+/// Which tier answered a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The local tier.
+    Local,
+    /// The remote tier.
+    Remote,
+    /// The loader.
+    Loader,
+}
+
+/// A value and how it was obtained.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<V> {
+    /// The value.
+    pub value: V,
+    /// Which tier answered (for a joined flight: what the flight found).
+    pub source: Source,
+    /// Whether this caller joined a flight another caller led (L-2).
+    pub joined: bool,
+    /// A remote write failed: the value is good but was not cached (L-4).
+    pub warning: Option<RemoteError>,
+}
+
+impl<V> Loaded<V> {
+    /// The value.
+    pub fn into_value(self) -> V {
+        self.value
+    }
+}
+
+/// What `load_many` gives back (L-13).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch<V> {
+    /// Values found or loaded, by key.
+    pub values: BTreeMap<Key, V>,
+    /// Keys the tiers or the loader said are not found.
+    pub not_found: Vec<Key>,
+    /// The loader's failure, if it failed (the hits are still in `values`).
+    pub error: Option<LoaderError>,
+    /// A remote write failed (L-4).
+    pub warning: Option<RemoteError>,
+}
+
+/// A single-key flight's outcome: value, source, remote write warning.
+type SingleOutcome<V> = Result<(V, Source, Option<RemoteError>), LoaderError>;
+/// A batch flight's outcome: each missing key's value, or `None` for not found.
+type BatchOutcome<V> = Result<(BTreeMap<Key, Option<V>>, Option<RemoteError>), LoaderError>;
+
+enum Outcome<V> {
+    Single(SingleOutcome<V>),
+    Batch(BatchOutcome<V>),
+    /// The flight ended without an outcome of its own (close).
+    Ended(LoaderError),
+}
+
+impl<V: Clone> Clone for Outcome<V> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Single(o) => Self::Single(o.clone()),
+            Self::Batch(o) => Self::Batch(o.clone()),
+            Self::Ended(e) => Self::Ended(e.clone()),
+        }
+    }
+}
+
+struct State<V> {
+    machine: LoaderMachine<RefreshJob<V>>,
+    senders: BTreeMap<WaiterId, oneshot::Sender<Outcome<V>>>,
+    tokens: BTreeMap<FlightId, CancellationToken>,
+    rng: SplitMix64,
+    ticker: bool,
+}
+
+struct Inner<V> {
+    opts: LoaderOptions,
+    state: Mutex<State<V>>,
+    remote: Option<Arc<dyn Remote>>,
+    bus: Option<Arc<dyn EventBus>>,
+    clock: Arc<dyn Clock>,
+    high: AtomicI64,
+    closed: CancellationToken,
+    live_tasks: AtomicUsize,
+    tasks_done: Notify,
+}
+
+/// Builds a [`Loader`].
+pub struct LoaderBuilder<V> {
+    opts: LoaderOptions,
+    clock: Arc<dyn Clock>,
+    remote: Option<Arc<dyn Remote>>,
+    bus: Option<Arc<dyn EventBus>>,
+    _v: std::marker::PhantomData<fn() -> V>,
+}
+
+impl<V> LoaderBuilder<V>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// With a remote tier.
+    pub fn remote(mut self, remote: Arc<dyn Remote>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// With an event bus between nodes (L-11).
+    pub fn bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Builds the loader; the first bad option is named (L-8). Needs a tokio
+    /// runtime when a bus is configured (its subscriber runs on it).
+    pub fn build(self) -> Result<Loader<V>, LoaderError> {
+        let has_remote = self.remote.is_some();
+        self.opts.validate(has_remote)?;
+        if self.bus.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(LoaderError::InvalidOption {
+                field: "bus",
+                reason: "an event bus needs a tokio runtime to subscribe on; build inside one"
+                    .into(),
+            });
+        }
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                machine: LoaderMachine::new(self.opts.machine_config(has_remote)),
+                senders: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                rng: SplitMix64::new(self.opts.seed),
+                ticker: false,
+            }),
+            opts: self.opts,
+            remote: self.remote,
+            bus: self.bus,
+            clock: self.clock,
+            high: AtomicI64::new(i64::MIN),
+            closed: CancellationToken::new(),
+            live_tasks: AtomicUsize::new(0),
+            tasks_done: Notify::new(),
+        });
+        if let Some(bus) = &inner.bus {
+            let rx = bus.subscribe(&inner.opts.node);
+            spawn_tracked(&inner, subscriber(Arc::downgrade(&inner), rx));
+        }
+        Ok(Loader { inner })
+    }
+}
+
+/// The read-through loader of SPEC §7: a local tier, an optional remote
+/// tier, single flight per key, not-found placeholders, refresh-ahead and
+/// invalidation events between nodes. Clones share one loader.
+pub struct Loader<V> {
+    inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Loader<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Counts a spawned task until it ends, so `close` can wait for quiescence (LINV-8).
+fn spawn_tracked<V: Send + Sync + 'static>(
+    inner: &Arc<Inner<V>>,
+    fut: impl Future<Output = ()> + Send + 'static,
+) {
+    inner.live_tasks.fetch_add(1, Ordering::SeqCst);
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        fut.await;
+        if let Some(inner) = weak.upgrade() {
+            inner.live_tasks.fetch_sub(1, Ordering::SeqCst);
+            inner.tasks_done.notify_waiters();
+        }
+    });
+}
+
+async fn subscriber<V>(inner: Weak<Inner<V>>, mut rx: super::bus::Subscription)
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let Some(closed) = inner.upgrade().map(|i| i.closed.clone()) else {
+        return;
+    };
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = closed.cancelled() => return,
+            e = rx.recv() => e,
+        };
+        let (Some(event), Some(inner)) = (event, inner.upgrade()) else {
+            return;
+        };
+        inner.lock().machine.event_received(&event);
+    }
+}
+
+async fn ticker<V>(inner: Weak<Inner<V>>, period: Duration, closed: CancellationToken)
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    loop {
+        tokio::select! {
+            biased;
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        Loader { inner }.run_due_refreshes();
+    }
+}
+
+/// Leaves the flight if the caller stops waiting before its outcome (L-2).
+struct LeaveGuard<V> {
+    inner: Arc<Inner<V>>,
+    flight: FlightId,
+    waiter: WaiterId,
+    armed: bool,
+}
+
+impl<V> Drop for LeaveGuard<V> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.inner.lock();
+        state.senders.remove(&self.waiter);
+        if state.machine.leave(self.flight, self.waiter) {
+            if let Some(token) = state.tokens.get(&self.flight) {
+                token.cancel();
+            }
+        }
+    }
+}
+
+impl<V> Inner<V> {
+    fn lock(&self) -> MutexGuard<'_, State<V>> {
+        // The machine is only changed by whole method calls, none of which
+        // runs user code: a poisoned lock still holds a consistent machine.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Now, as the highest reading the clock has given (T-7 for the loader):
+    /// a backwards jump never makes an expired record live again (LINV-3).
+    fn now(&self) -> i64 {
+        let now = self.clock.now_ms();
+        self.high.fetch_max(now, Ordering::SeqCst).max(now)
+    }
+
+    fn not_found(&self) -> Option<ResolverError> {
+        self.opts.not_found.as_ref().map(|n| n.error.clone())
+    }
+}
+
+impl<V> Loader<V>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// A builder with `opts`, judging every lifetime on `clock` (T-6).
+    pub fn builder(opts: LoaderOptions, clock: Arc<dyn Clock>) -> LoaderBuilder<V> {
+        LoaderBuilder {
+            opts,
+            clock,
+            remote: None,
+            bus: None,
+            _v: std::marker::PhantomData,
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &LoaderOptions {
+        &self.inner.opts
+    }
+
+    /// The stored key of `key` in this cache (L-5).
+    pub fn stored_key(&self, key: &Key) -> String {
+        stored_key(&self.inner.opts.name, key)
+    }
+
+    /// The counters (L-15).
+    pub fn counters(&self) -> Counters {
+        self.inner.lock().machine.counters()
+    }
+
+    /// The counters in Prometheus text format (L-15).
+    pub fn metrics_text(&self) -> String {
+        encode_prometheus(&self.inner.opts.name, &self.counters())
+    }
+
+    /// How many refresh tasks exist (L-9).
+    pub fn refresh_tasks(&self) -> usize {
+        self.inner.lock().machine.tasks()
+    }
+
+    /// How many flights are in the air.
+    pub fn flights(&self) -> usize {
+        self.inner.lock().machine.flights()
+    }
+
+    /// How many background tasks (flights, ticker, subscriber) still run (LINV-8).
+    pub fn background_tasks(&self) -> usize {
+        self.inner.live_tasks.load(Ordering::SeqCst)
+    }
+
+    /// The live local record of `key`, if any (for tests and oracles; no counters move).
+    pub fn local_record(&self, key: &Key) -> Option<super::record::Record> {
+        let stored = self.stored_key(key);
+        let now = self.inner.now();
+        let state = self.inner.lock();
+        state
+            .machine
+            .local()
+            .peek(&stored)
+            .filter(|e| e.record.is_live(now))
+            .map(|e| e.record.clone())
+    }
+
+    /// LINV-1, LINV-4, LINV-6 on the machine, plus: every registered waiter
+    /// and cancellation token belongs to a flight in the air.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
+        let now = self.inner.now();
+        let state = self.inner.lock();
+        state.machine.check_invariants(now)?;
+        if let Some(id) = state
+            .tokens
+            .keys()
+            .find(|f| state.machine.flight_key(**f).is_none())
+        {
+            return Err(Violation {
+                rule: "LINV-8",
+                detail: format!("cancellation token kept for settled flight {id}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn trace(&self, stored: &str, path: &'static str, flight: &'static str, refresh: bool) {
+        tracing::debug!(
+            target: "cache_core::loader",
+            cache = %self.inner.opts.name,
+            key = %stored,
+            path,
+            flight,
+            refresh,
+            "loader read"
+        );
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, LoaderError> {
+        self.inner
+            .opts
+            .codec
+            .decode(bytes)
+            .map_err(LoaderError::Codec)
+    }
+
+    /// Reads `key` through the tiers, calling `loader` on a miss (L-1 … L-4).
+    ///
+    /// Local tier, then remote tier, then one loader call per key per node
+    /// (L-1): concurrent callers join the flight in the air, refreshes
+    /// included, and all get the same value or error (L-2). The loader runs
+    /// on a spawned task; dropping this future leaves the flight, which is
+    /// cancelled only when its last waiter has left.
+    pub async fn once<F, Fut>(
+        &self,
+        key: impl Into<Key>,
+        call: CallOptions,
+        loader: F,
+    ) -> Result<Loaded<V>, LoaderError>
+    where
+        F: Fn(Key) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, ResolverError>> + Send + 'static,
+    {
+        let key = key.into();
+        if let Some(ttl) = call.ttl_ms {
+            check_ttl("ttl_ms", ttl)?;
+        }
+        if self.inner.closed.is_cancelled() {
+            return Err(LoaderError::Closed);
+        }
+        let stored = self.stored_key(&key);
+        let load: LoadFn<V> = Arc::new(move |k| Box::pin(loader(k)));
+        let now = self.inner.now();
+        if !call.skip_local {
+            let read = self.inner.lock().machine.read_local(&stored, now);
+            match read {
+                LocalRead::Value(bytes) => match self.decode(&bytes) {
+                    Ok(value) => {
+                        self.trace(&stored, "local", "none", false);
+                        return Ok(Loaded {
+                            value,
+                            source: Source::Local,
+                            joined: false,
+                            warning: None,
+                        });
+                    }
+                    Err(_) => {
+                        // L-14: drop the bad copy, read on past it once.
+                        self.inner.lock().machine.corrupt(&stored);
+                    }
+                },
+                LocalRead::Placeholder => {
+                    self.trace(&stored, "local-placeholder", "none", false);
+                    return Err(self.not_found_error());
+                }
+                LocalRead::Miss => {}
+            }
+        } else {
+            self.inner.lock().machine.touch(&stored, now);
+        }
+        if call.refresh {
+            self.add_task(
+                &stored,
+                RefreshJob {
+                    load: load.clone(),
+                    ttl_ms: call.ttl_ms,
+                },
+            );
+        }
+        let (begin, rx) = {
+            let mut state = self.inner.lock();
+            let Some(begin) = state
+                .machine
+                .begin(FlightKey::Single(stored.clone()), false)
+            else {
+                return Err(LoaderError::Closed);
+            };
+            let (tx, rx) = oneshot::channel();
+            if let Some(w) = begin.waiter() {
+                state.senders.insert(w, tx);
+            }
+            if let Begin::Lead { flight, .. } = begin {
+                let token = CancellationToken::new();
+                state.tokens.insert(flight, token.clone());
+                drop(state);
+                let this = self.clone();
+                let (k, s) = (key.clone(), stored.clone());
+                spawn_tracked(&self.inner, async move {
+                    this.fly_single(flight, k, s, load, call.ttl_ms, false, token)
+                        .await;
+                });
+            }
+            (begin, rx)
+        };
+        let joined = matches!(begin, Begin::Join { .. });
+        self.trace(
+            &stored,
+            "flight",
+            if joined { "joined" } else { "led" },
+            call.refresh,
+        );
+        match self.wait(begin, rx).await? {
+            Outcome::Single(Ok((value, source, warning))) => Ok(Loaded {
+                value,
+                source,
+                joined,
+                warning,
+            }),
+            Outcome::Single(Err(e)) | Outcome::Ended(e) => Err(e),
+            Outcome::Batch(_) => Err(LoaderError::Cancelled),
+        }
+    }
+
+    fn not_found_error(&self) -> LoaderError {
+        match self.inner.not_found() {
+            Some(e) => LoaderError::NotFound(e),
+            None => LoaderError::Miss,
+        }
+    }
+
+    /// Waits for a flight's outcome, leaving it on drop or wait timeout (L-2).
+    async fn wait(
+        &self,
+        begin: Begin,
+        rx: oneshot::Receiver<Outcome<V>>,
+    ) -> Result<Outcome<V>, LoaderError> {
+        let Some(waiter) = begin.waiter() else {
+            return Err(LoaderError::Cancelled);
+        };
+        let mut guard = LeaveGuard {
+            inner: self.inner.clone(),
+            flight: begin.flight(),
+            waiter,
+            armed: true,
+        };
+        let got = match self.inner.opts.wait_timeout_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(LoaderError::WaitTimeout { after_ms: ms }),
+            },
+            None => rx.await,
+        };
+        guard.armed = false;
+        // A dropped sender: the flight ended without answering (close).
+        got.map_err(|_| {
+            if self.inner.closed.is_cancelled() {
+                LoaderError::Closed
+            } else {
+                LoaderError::Cancelled
+            }
+        })
+    }
+
+    fn add_task(&self, stored: &str, job: RefreshJob<V>) {
+        let now = self.inner.now();
+        let start_ticker = {
+            let mut state = self.inner.lock();
+            let added = state.machine.add_task(stored, job, now);
+            let start = added && !state.ticker;
+            if start {
+                state.ticker = true;
+            }
+            start
+        };
+        if start_ticker {
+            let period = Duration::from_millis(
+                u64::try_from(self.inner.opts.refresh_interval_ms)
+                    .unwrap_or(1)
+                    .max(1),
+            );
+            let closed = self.inner.closed.clone();
+            spawn_tracked(
+                &self.inner,
+                ticker(Arc::downgrade(&self.inner), period, closed),
+            );
+        }
+    }
+
+    /// Runs the refreshes due now (L-9). The ticker calls this every
+    /// refresh interval; a simulation or test may call it directly after
+    /// moving its clock. Returns how many refresh flights it started.
+    pub fn run_due_refreshes(&self) -> usize {
+        let now = self.inner.now();
+        let mut started = 0;
+        let due = self.inner.lock().machine.due(now);
+        for (stored, job) in due {
+            let Some((_, key)) = parse_stored_key(&stored) else {
+                continue;
+            };
+            let mut state = self.inner.lock();
+            let Some(begin) = state.machine.begin(FlightKey::Single(stored.clone()), true) else {
+                return started;
+            };
+            let Begin::Lead { flight, .. } = begin else {
+                continue; // L-1: joined the flight in the air
+            };
+            let token = CancellationToken::new();
+            state.tokens.insert(flight, token.clone());
+            drop(state);
+            started += 1;
+            let this = self.clone();
+            spawn_tracked(&self.inner, async move {
+                this.fly_single(flight, key, stored, job.load, job.ttl_ms, true, token)
+                    .await;
+            });
+        }
+        started
+    }
+
+    /// Answers every waiter of `flight` with `outcome` and ends it.
+    fn settle(&self, flight: FlightId, outcome: Outcome<V>) {
+        let mut state = self.inner.lock();
+        state.tokens.remove(&flight);
+        let waiters = state.machine.settle(flight);
+        let senders: Vec<_> = waiters
+            .into_iter()
+            .filter_map(|w| state.senders.remove(&w))
+            .collect();
+        drop(state);
+        for tx in senders {
+            // A waiter that left in between dropped its receiver: nothing to do.
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    /// One single-key flight, from the remote read to the answer (L-1 … L-10).
+    #[allow(clippy::too_many_arguments)]
+    async fn fly_single(
+        &self,
+        flight: FlightId,
+        key: Key,
+        stored: String,
+        load: LoadFn<V>,
+        ttl_ms: Option<i64>,
+        refresh: bool,
+        token: CancellationToken,
+    ) {
+        let outcome = self
+            .single_body(flight, key, &stored, load, ttl_ms, refresh, &token)
+            .await;
+        self.settle(flight, Outcome::Single(outcome));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn single_body(
+        &self,
+        flight: FlightId,
+        key: Key,
+        stored: &str,
+        load: LoadFn<V>,
+        ttl_ms: Option<i64>,
+        refresh: bool,
+        token: &CancellationToken,
+    ) -> SingleOutcome<V> {
+        if let Some(remote) = self.inner.remote.clone() {
+            let read_remote = if refresh {
+                // L-10: one node per window refreshes from the loader; the
+                // others bring their local copy in line with the remote.
+                let window = u64::try_from(self.inner.opts.refresh_interval_ms).unwrap_or(1);
+                let got = remote
+                    .lock(&lock_key(stored), &self.inner.opts.node, window)
+                    .await
+                    .unwrap_or(false);
+                !got
+            } else {
+                true
+            };
+            if read_remote {
+                let answer = tokio::select! {
+                    biased;
+                    _ = token.cancelled() => return Err(LoaderError::Cancelled),
+                    a = remote.get(stored) => a,
+                };
+                let now = self.inner.now();
+                let read =
+                    self.inner
+                        .lock()
+                        .machine
+                        .remote_read(stored, answer.map_err(|_| ()), now);
+                match read {
+                    RemoteRead::Live(record) => match record.payload {
+                        Payload::Value(bytes) => match self.decode(&bytes) {
+                            Ok(v) => return Ok((v, Source::Remote, None)),
+                            Err(_) => {
+                                self.inner.lock().machine.corrupt(stored);
+                                let _ = remote.delete(stored).await;
+                            }
+                        },
+                        Payload::Placeholder => return Err(self.not_found_error()),
+                    },
+                    RemoteRead::Corrupt => {
+                        let _ = remote.delete(stored).await;
+                    }
+                    RemoteRead::Miss | RemoteRead::Failed => {}
+                }
+                if refresh && self.inner.lock().machine.waiters(flight) == 0 {
+                    // Not the refresher and nobody waits: nothing to load.
+                    return Err(LoaderError::Cancelled);
+                }
+            }
+        }
+        if !self.inner.lock().machine.load_started(flight) {
+            return Err(LoaderError::Closed);
+        }
+        let result = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(LoaderError::Cancelled),
+            r = AssertUnwindSafe(load(key)).catch_unwind() => r,
+        };
+        // From here on the flight is not cancelled: its write completes or
+        // is dropped whole, never half-made (L-2).
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => Err(ResolverError::msg(format!(
+                "loader panicked: {}",
+                panic_text(&panic)
+            ))),
+        };
+        let (outcome, answer) = match result {
+            Ok(v) => match self.inner.opts.codec.encode(&v) {
+                Ok(bytes) => (LoadOutcome::Value(bytes), Ok(v)),
+                Err(e) => {
+                    return Err(LoaderError::Codec(e));
+                }
+            },
+            Err(e) if self.inner.opts.not_found.as_ref().is_some_and(|n| n.is(&e)) => {
+                let err = self
+                    .inner
+                    .not_found()
+                    .map_or(LoaderError::Miss, LoaderError::NotFound);
+                (LoadOutcome::NotFound, Err(err))
+            }
+            Err(e) => (LoadOutcome::Failed, Err(LoaderError::Loader(e))),
+        };
+        let now = self.inner.now();
+        let order = {
+            let mut state = self.inner.lock();
+            let rand = state.rng.next_u64();
+            state
+                .machine
+                .load_finished(flight, stored, outcome, ttl_ms, now, rand)
+        };
+        let mut warning = None;
+        if let Some(order) = order {
+            let (mutated, w) = self.apply_write(&order).await;
+            warning = w;
+            if mutated {
+                let kind = if refresh {
+                    EventKind::Refresh
+                } else {
+                    EventKind::Load
+                };
+                self.publish(kind, vec![stored.to_string()]).await;
+            }
+        }
+        answer.map(|v| (v, Source::Loader, warning))
+    }
+
+    /// Writes the remote first, then the local tier if the remote took it (L-4).
+    async fn apply_write(&self, order: &WriteOrder) -> (bool, Option<RemoteError>) {
+        if self.inner.closed.is_cancelled() {
+            return (false, None);
+        }
+        let (remote, warning) = match &self.inner.remote {
+            None => (RemoteWrite::NoRemote, None),
+            Some(r) => {
+                let res = match order.mode {
+                    WriteMode::Always => r
+                        .set(&order.key, order.record.encode(), order.ttl_ms)
+                        .await
+                        .map(|()| true),
+                    WriteMode::IfAbsent => {
+                        r.set_if_absent(&order.key, order.record.encode(), order.ttl_ms)
+                            .await
+                    }
+                };
+                match res {
+                    Ok(b) => (RemoteWrite::Done(b), None),
+                    Err(e) => (RemoteWrite::Failed, Some(e)),
+                }
+            }
+        };
+        let now = self.inner.now();
+        let mutated = self.inner.lock().machine.write_applied(order, remote, now);
+        (mutated, warning)
+    }
+
+    /// Publishes one event for a mutation (L-11).
+    async fn publish(&self, kind: EventKind, keys: Vec<String>) {
+        let Some(bus) = self.inner.bus.clone() else {
+            return;
+        };
+        let event = self.inner.lock().machine.emit(kind, keys);
+        if bus.publish(event).await.is_err() {
+            self.inner.lock().machine.emit_failed();
+        }
+    }
+
+    /// The value of `key` from the tiers, without a loader: [`LoaderError::Miss`]
+    /// when no tier has it, [`LoaderError::NotFound`] for a placeholder.
+    pub async fn get(&self, key: impl Into<Key>) -> Result<V, LoaderError> {
+        let key = key.into();
+        if self.inner.closed.is_cancelled() {
+            return Err(LoaderError::Closed);
+        }
+        let stored = self.stored_key(&key);
+        let now = self.inner.now();
+        let read = self.inner.lock().machine.read_local(&stored, now);
+        match read {
+            LocalRead::Value(bytes) => match self.decode(&bytes) {
+                Ok(v) => return Ok(v),
+                Err(_) => self.inner.lock().machine.corrupt(&stored),
+            },
+            LocalRead::Placeholder => return Err(self.not_found_error()),
+            LocalRead::Miss => {}
+        }
+        let Some(remote) = self.inner.remote.clone() else {
+            return Err(LoaderError::Miss);
+        };
+        let answer = remote.get(&stored).await;
+        let failure = answer.as_ref().err().cloned();
+        let now = self.inner.now();
+        let read = self
+            .inner
+            .lock()
+            .machine
+            .remote_read(&stored, answer.map_err(|_| ()), now);
+        match read {
+            RemoteRead::Live(record) => match record.payload {
+                Payload::Value(bytes) => match self.decode(&bytes) {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        self.inner.lock().machine.corrupt(&stored);
+                        let _ = remote.delete(&stored).await;
+                        Err(e)
+                    }
+                },
+                Payload::Placeholder => Err(self.not_found_error()),
+            },
+            RemoteRead::Corrupt => {
+                let _ = remote.delete(&stored).await;
+                Err(LoaderError::Miss)
+            }
+            RemoteRead::Miss => Err(LoaderError::Miss),
+            RemoteRead::Failed => Err(LoaderError::RemoteUnavailable(failure.unwrap_or(
+                RemoteError::Unavailable {
+                    op: "get",
+                    detail: "unknown".into(),
+                },
+            ))),
+        }
+    }
+
+    /// Whether a live value (not a placeholder, L-6) is in a tier.
+    pub async fn exists(&self, key: impl Into<Key>) -> Result<bool, LoaderError> {
+        match self.get(key).await {
+            Ok(_) => Ok(true),
+            Err(LoaderError::Miss | LoaderError::NotFound(_) | LoaderError::Codec(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` under `key` in every tier (L-7: overwrites a
+    /// placeholder). The remote first: if it fails, nothing changes locally
+    /// and the error is returned (L-4).
+    pub async fn set(
+        &self,
+        key: impl Into<Key>,
+        value: V,
+        call: CallOptions,
+    ) -> Result<(), LoaderError> {
+        let key = key.into();
+        if let Some(ttl) = call.ttl_ms {
+            check_ttl("ttl_ms", ttl)?;
+        }
+        if self.inner.closed.is_cancelled() {
+            return Err(LoaderError::Closed);
+        }
+        let stored = self.stored_key(&key);
+        let bytes = self
+            .inner
+            .opts
+            .codec
+            .encode(&value)
+            .map_err(LoaderError::Codec)?;
+        let now = self.inner.now();
+        let order = {
+            let mut state = self.inner.lock();
+            let rand = state.rng.next_u64();
+            state
+                .machine
+                .prepare_set(&stored, bytes, call.ttl_ms, now, rand)
+        };
+        let (mutated, warning) = self.apply_write(&order).await;
+        if mutated {
+            self.publish(EventKind::Set, vec![stored]).await;
+        }
+        match warning {
+            Some(e) => Err(LoaderError::RemoteUnavailable(e)),
+            None if self.inner.closed.is_cancelled() => Err(LoaderError::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes `key` from every tier and cancels its refresh task (L-9).
+    pub async fn delete(&self, key: impl Into<Key>) -> Result<(), LoaderError> {
+        let key = key.into();
+        if self.inner.closed.is_cancelled() {
+            return Err(LoaderError::Closed);
+        }
+        let stored = self.stored_key(&key);
+        self.inner.lock().machine.delete(&stored);
+        if let Some(remote) = &self.inner.remote {
+            remote
+                .delete(&stored)
+                .await
+                .map_err(LoaderError::RemoteUnavailable)?;
+        }
+        self.publish(EventKind::Delete, vec![stored]).await;
+        Ok(())
+    }
+
+    /// Loads many keys (L-13): hits from the tiers; one loader call with
+    /// exactly the de-duplicated keys that missed every tier; each missed
+    /// key becomes a value, or a placeholder when the loader's map lacks it
+    /// and not-found caching is on. On failure no tier changes and the hits
+    /// are returned with the error. Concurrent batches with the same missing
+    /// set share one loader call.
+    pub async fn load_many<F, Fut>(&self, keys: Vec<Key>, call: CallOptions, loader: F) -> Batch<V>
+    where
+        F: FnOnce(Vec<Key>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<BTreeMap<Key, V>, ResolverError>> + Send + 'static,
+    {
+        let mut out = Batch {
+            values: BTreeMap::new(),
+            not_found: Vec::new(),
+            error: None,
+            warning: None,
+        };
+        if let Some(ttl) = call.ttl_ms {
+            if let Err(e) = check_ttl("ttl_ms", ttl) {
+                out.error = Some(e);
+                return out;
+            }
+        }
+        if self.inner.closed.is_cancelled() {
+            out.error = Some(LoaderError::Closed);
+            return out;
+        }
+        let keys: BTreeSet<Key> = keys.into_iter().collect();
+        let now = self.inner.now();
+        let mut remote_wanted = Vec::new();
+        for key in keys {
+            let stored = self.stored_key(&key);
+            let read = if call.skip_local {
+                LocalRead::Miss
+            } else {
+                self.inner.lock().machine.read_local(&stored, now)
+            };
+            match read {
+                LocalRead::Value(bytes) => match self.decode(&bytes) {
+                    Ok(v) => {
+                        out.values.insert(key, v);
+                    }
+                    Err(_) => {
+                        self.inner.lock().machine.corrupt(&stored);
+                        remote_wanted.push((key, stored));
+                    }
+                },
+                LocalRead::Placeholder => out.not_found.push(key),
+                LocalRead::Miss => remote_wanted.push((key, stored)),
+            }
+        }
+        let mut missing = Vec::new();
+        match &self.inner.remote {
+            Some(remote) if !remote_wanted.is_empty() => {
+                let stored: Vec<String> = remote_wanted.iter().map(|(_, s)| s.clone()).collect();
+                let answers = remote.multi_get(&stored).await;
+                let now = self.inner.now();
+                for (i, (key, stored)) in remote_wanted.into_iter().enumerate() {
+                    let answer = match &answers {
+                        Ok(a) => Ok(a.get(i).cloned().flatten()),
+                        Err(_) => Err(()),
+                    };
+                    let read = self.inner.lock().machine.remote_read(&stored, answer, now);
+                    match read {
+                        RemoteRead::Live(record) => match record.payload {
+                            Payload::Value(bytes) => match self.decode(&bytes) {
+                                Ok(v) => {
+                                    out.values.insert(key, v);
+                                }
+                                Err(_) => {
+                                    self.inner.lock().machine.corrupt(&stored);
+                                    let _ = remote.delete(&stored).await;
+                                    missing.push((key, stored));
+                                }
+                            },
+                            Payload::Placeholder => out.not_found.push(key),
+                        },
+                        RemoteRead::Corrupt => {
+                            let _ = remote.delete(&stored).await;
+                            missing.push((key, stored));
+                        }
+                        RemoteRead::Miss | RemoteRead::Failed => missing.push((key, stored)),
+                    }
+                }
+            }
+            _ => missing = remote_wanted,
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        let fk = FlightKey::batch(missing.iter().map(|(_, s)| s.clone()).collect());
+        let loader: BatchFn<V> = Box::new(move |ks| Box::pin(loader(ks)));
+        let (begin, rx) = {
+            let mut state = self.inner.lock();
+            let Some(begin) = state.machine.begin(fk, false) else {
+                out.error = Some(LoaderError::Closed);
+                return out;
+            };
+            let (tx, rx) = oneshot::channel();
+            if let Some(w) = begin.waiter() {
+                state.senders.insert(w, tx);
+            }
+            if let Begin::Lead { flight, .. } = begin {
+                let token = CancellationToken::new();
+                state.tokens.insert(flight, token.clone());
+                drop(state);
+                let this = self.clone();
+                let missing = missing.clone();
+                spawn_tracked(&self.inner, async move {
+                    let outcome = this
+                        .batch_body(flight, missing, loader, call.ttl_ms, &token)
+                        .await;
+                    this.settle(flight, Outcome::Batch(outcome));
+                });
+            }
+            (begin, rx)
+        };
+        match self.wait(begin, rx).await {
+            Ok(Outcome::Batch(Ok((loaded, warning)))) => {
+                out.warning = warning;
+                for (key, v) in loaded {
+                    match v {
+                        Some(v) => {
+                            out.values.insert(key, v);
+                        }
+                        None => out.not_found.push(key),
+                    }
+                }
+            }
+            Ok(Outcome::Batch(Err(e)) | Outcome::Ended(e)) | Err(e) => out.error = Some(e),
+            Ok(Outcome::Single(_)) => out.error = Some(LoaderError::Cancelled),
+        }
+        out.not_found.sort();
+        out
+    }
+
+    async fn batch_body(
+        &self,
+        flight: FlightId,
+        missing: Vec<(Key, String)>,
+        loader: BatchFn<V>,
+        ttl_ms: Option<i64>,
+        token: &CancellationToken,
+    ) -> BatchOutcome<V> {
+        if !self.inner.lock().machine.load_started(flight) {
+            return Err(LoaderError::Closed);
+        }
+        let keys: Vec<Key> = missing.iter().map(|(k, _)| k.clone()).collect();
+        let result = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(LoaderError::Cancelled),
+            r = AssertUnwindSafe(loader(keys)).catch_unwind() => r,
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => Err(ResolverError::msg(format!(
+                "loader panicked: {}",
+                panic_text(&panic)
+            ))),
+        };
+        let mut loaded = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let now = self.inner.now();
+                let stored = missing.first().map(|(_, s)| s.clone()).unwrap_or_default();
+                self.inner.lock().machine.load_finished(
+                    flight,
+                    &stored,
+                    LoadOutcome::Failed,
+                    ttl_ms,
+                    now,
+                    0,
+                );
+                return Err(LoaderError::Loader(e));
+            }
+        };
+        // Encode everything first: a value that cannot be encoded fails the
+        // batch before any tier changes (L-13).
+        let mut outcomes = Vec::new();
+        for (key, stored) in &missing {
+            let outcome = match loaded.get(key) {
+                Some(v) => LoadOutcome::Value(
+                    self.inner
+                        .opts
+                        .codec
+                        .encode(v)
+                        .map_err(LoaderError::Codec)?,
+                ),
+                None => LoadOutcome::NotFound,
+            };
+            outcomes.push((key.clone(), stored.clone(), outcome));
+        }
+        let now = self.inner.now();
+        let orders: Vec<(Key, Option<WriteOrder>)> = {
+            let mut state = self.inner.lock();
+            outcomes
+                .into_iter()
+                .map(|(key, stored, outcome)| {
+                    let rand = state.rng.next_u64();
+                    let order = state
+                        .machine
+                        .load_finished(flight, &stored, outcome, ttl_ms, now, rand);
+                    (key, order)
+                })
+                .collect()
+        };
+        let mut warning = None;
+        let mut mutated = Vec::new();
+        let values: Vec<&WriteOrder> = orders
+            .iter()
+            .filter_map(|(_, o)| o.as_ref())
+            .filter(|o| o.mode == WriteMode::Always)
+            .collect();
+        let value_write = match &self.inner.remote {
+            None => RemoteWrite::NoRemote,
+            Some(_) if values.is_empty() => RemoteWrite::Done(true),
+            Some(r) => {
+                let items = values
+                    .iter()
+                    .map(|o| (o.key.clone(), o.record.encode(), o.ttl_ms))
+                    .collect();
+                match r.multi_set(items).await {
+                    Ok(()) => RemoteWrite::Done(true),
+                    Err(e) => {
+                        warning = Some(e);
+                        RemoteWrite::Failed
+                    }
+                }
+            }
+        };
+        for (_, order) in &orders {
+            let Some(order) = order else { continue };
+            let applied = if order.mode == WriteMode::Always {
+                let now = self.inner.now();
+                self.inner
+                    .lock()
+                    .machine
+                    .write_applied(order, value_write, now)
+            } else {
+                let (m, w) = self.apply_write(order).await;
+                warning = warning.or(w);
+                m
+            };
+            if applied {
+                mutated.push(order.key.clone());
+            }
+        }
+        if !mutated.is_empty() {
+            self.publish(EventKind::Batch, mutated).await;
+        }
+        let answer = missing
+            .into_iter()
+            .map(|(key, _)| {
+                let v = loaded.remove(&key);
+                (key, v)
+            })
+            .collect();
+        Ok((answer, warning))
+    }
+
+    /// Closes the loader (L-9): every refresh task and flight is cancelled,
+    /// waiters get [`LoaderError::Closed`], the event subscriber and the
+    /// ticker stop; returns once no background task remains (LINV-8).
+    /// Idempotent; afterwards every call fails with `Closed`.
+    pub async fn close(&self) {
+        let (tokens, senders) = {
+            let mut state = self.inner.lock();
+            let ended = state.machine.close();
+            let tokens: Vec<_> = std::mem::take(&mut state.tokens).into_values().collect();
+            let senders: Vec<_> = ended
+                .into_iter()
+                .flat_map(|(_, ws)| ws)
+                .filter_map(|w| state.senders.remove(&w))
+                .collect();
+            (tokens, senders)
+        };
+        self.inner.closed.cancel();
+        for t in tokens {
+            t.cancel();
+        }
+        for tx in senders {
+            let _ = tx.send(Outcome::Ended(LoaderError::Closed));
+        }
+        loop {
+            let done = self.inner.tasks_done.notified();
+            if self.inner.live_tasks.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string payload".into()
+    }
+}

@@ -1,0 +1,140 @@
+//! The record envelope: what every tier stores for a key (L-6, L-7).
+//!
+//! A record is a tagged value: either the codec's bytes of a real value, or
+//! a placeholder ("the loader said not found"). The tag is a byte of the
+//! envelope *outside* the value's bytes, so no real value can ever be read
+//! back as a placeholder or the other way round, whatever it encodes to.
+//! The envelope also carries the absolute expiry (milliseconds on the
+//! injected clock), so a remote hit is copied to the local tier with the
+//! remaining lifetime, never a longer one (L-3).
+//!
+//! Layout: `b'L'` (magic), version `1`, tag (`0` value, `1` placeholder),
+//! expiry as 8 bytes big-endian, then the value's bytes (empty for a
+//! placeholder).
+
+use thiserror::Error;
+
+const MAGIC: u8 = b'L';
+const VERSION: u8 = 1;
+const TAG_VALUE: u8 = 0;
+const TAG_PLACEHOLDER: u8 = 1;
+const HEADER: usize = 11;
+
+/// What a record holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A real value, as the codec encoded it.
+    Value(Vec<u8>),
+    /// The loader said "not found" (L-6).
+    Placeholder,
+}
+
+/// One cached record: a payload and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Value or placeholder.
+    pub payload: Payload,
+    /// Expiry, in milliseconds on the injected clock; live while `now < expires_at_ms`.
+    pub expires_at_ms: i64,
+}
+
+/// Bytes that are not a record envelope (L-14).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    /// Fewer bytes than the header.
+    #[error("record envelope too short: {len} bytes, the header alone is {HEADER}")]
+    TooShort {
+        /// How many bytes there were.
+        len: usize,
+    },
+    /// The first byte is not the envelope's magic.
+    #[error("record envelope magic byte is {0:#04x}, expected {MAGIC:#04x}")]
+    BadMagic(u8),
+    /// A version this code does not read.
+    #[error("record envelope version {0} is not supported (expected {VERSION})")]
+    BadVersion(u8),
+    /// A tag that is neither value nor placeholder.
+    #[error("record envelope tag {0} is neither value (0) nor placeholder (1)")]
+    BadTag(u8),
+    /// A placeholder with value bytes after it.
+    #[error("placeholder record carries {0} stray bytes")]
+    PlaceholderWithBytes(usize),
+}
+
+impl Record {
+    /// A value record.
+    pub fn value(bytes: Vec<u8>, expires_at_ms: i64) -> Self {
+        Self {
+            payload: Payload::Value(bytes),
+            expires_at_ms,
+        }
+    }
+
+    /// A placeholder record (L-6).
+    pub fn placeholder(expires_at_ms: i64) -> Self {
+        Self {
+            payload: Payload::Placeholder,
+            expires_at_ms,
+        }
+    }
+
+    /// Whether this is a placeholder.
+    pub fn is_placeholder(&self) -> bool {
+        matches!(self.payload, Payload::Placeholder)
+    }
+
+    /// Whether the record is live at `now_ms` (L-3, LINV-3).
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+
+    /// Milliseconds left at `now_ms` (0 once expired).
+    pub fn remaining_ms(&self, now_ms: i64) -> i64 {
+        self.expires_at_ms.saturating_sub(now_ms).max(0)
+    }
+
+    /// The envelope bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let body: &[u8] = match &self.payload {
+            Payload::Value(bytes) => bytes,
+            Payload::Placeholder => &[],
+        };
+        let mut out = Vec::with_capacity(HEADER + body.len());
+        out.push(MAGIC);
+        out.push(VERSION);
+        out.push(match self.payload {
+            Payload::Value(_) => TAG_VALUE,
+            Payload::Placeholder => TAG_PLACEHOLDER,
+        });
+        out.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Reads an envelope; arbitrary bytes give an error, never a panic (L-14).
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if bytes.len() < HEADER {
+            return Err(EnvelopeError::TooShort { len: bytes.len() });
+        }
+        if bytes[0] != MAGIC {
+            return Err(EnvelopeError::BadMagic(bytes[0]));
+        }
+        if bytes[1] != VERSION {
+            return Err(EnvelopeError::BadVersion(bytes[1]));
+        }
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&bytes[3..HEADER]);
+        let expires_at_ms = i64::from_be_bytes(expiry);
+        let body = &bytes[HEADER..];
+        let payload = match bytes[2] {
+            TAG_VALUE => Payload::Value(body.to_vec()),
+            TAG_PLACEHOLDER if body.is_empty() => Payload::Placeholder,
+            TAG_PLACEHOLDER => return Err(EnvelopeError::PlaceholderWithBytes(body.len())),
+            tag => return Err(EnvelopeError::BadTag(tag)),
+        };
+        Ok(Self {
+            payload,
+            expires_at_ms,
+        })
+    }
+}
