@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cache_core::facade::{Cache, CallKey, ManualClock};
+use cache_core::facade::{Cache, CallKey, Inline, ManualClock};
 use cache_core::id::{CallId, Literal};
 use cache_core::machine::Resolved;
 use cache_core::ttl::SqliteTtlStore;
@@ -18,9 +18,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(SqliteTtlStore::open(dir.join("ttl.db"))?);
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    // A manual clock and store calls made in line keep this tour's output
+    // the same on every run; a service keeps the defaults (the system
+    // clock, store calls on tokio's blocking pool), as the crate docs'
+    // service guide shows.
     let cache: Cache<String> = Cache::builder()
         .ttl_store(store)
         .clock(clock.clone())
+        .blocking_executor(Arc::new(Inline))
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
     let released = Arc::new(AtomicUsize::new(0));
