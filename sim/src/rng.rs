@@ -1,9 +1,12 @@
 //! SplitMix64: the one random source of a simulation. Seeded, portable,
 //! never the OS (SPEC §10 determinism).
 
-/// A seeded SplitMix64 generator.
+use cache_core::loader::rng::SplitMix64;
+
+/// A seeded SplitMix64 generator (the cache's own, shared with the
+/// loader's jitter), split into named streams.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator for `seed`, mixed with a stream name so that sub-streams
@@ -13,16 +16,12 @@ impl Rng {
         for b in stream.bytes() {
             s = (s ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
         }
-        Self(s)
+        Self(SplitMix64::new(s))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).
