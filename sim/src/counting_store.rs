@@ -1,7 +1,8 @@
-//! A TTL store wrapper that counts the errors the cache actually met.
+//! A TTL store wrapper that counts the errors the cache actually met and
+//! records the rows it wrote, for the oracles (T-3, T-4).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cache_core::ttl::{StoreError, TtlRow, TtlStore};
 
@@ -11,6 +12,18 @@ use cache_core::ttl::{StoreError, TtlRow, TtlStore};
 pub struct CountingStore {
     inner: Arc<dyn TtlStore>,
     errors: AtomicU64,
+    writes: Mutex<Vec<StoreWrite>>,
+}
+
+/// A compare-and-upsert the store accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreWrite {
+    /// The call key the row is under.
+    pub call_key: String,
+    /// The row written.
+    pub row: TtlRow,
+    /// The storage key it replaced (`None`: a new row).
+    pub compare: Option<String>,
 }
 
 impl CountingStore {
@@ -19,12 +32,18 @@ impl CountingStore {
         CountingStore {
             inner,
             errors: AtomicU64::new(0),
+            writes: Mutex::new(Vec::new()),
         }
     }
 
     /// Errors returned so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::SeqCst)
+    }
+
+    /// The writes accepted since the last call, in order.
+    pub fn take_writes(&self) -> Vec<StoreWrite> {
+        std::mem::take(&mut *self.writes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -46,7 +65,18 @@ impl TtlStore for CountingStore {
         row: &TtlRow,
         compare: Option<&str>,
     ) -> Result<bool, StoreError> {
-        self.count(self.inner.compare_and_upsert(call_key, row, compare))
+        let r = self.count(self.inner.compare_and_upsert(call_key, row, compare));
+        if let Ok(true) = r {
+            self.writes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(StoreWrite {
+                    call_key: call_key.to_string(),
+                    row: row.clone(),
+                    compare: compare.map(str::to_string),
+                });
+        }
+        r
     }
 
     fn gc_expired(&self, now: i64, batch: usize) -> Result<usize, StoreError> {

@@ -749,7 +749,15 @@ async fn body(
     let handle = inner.and_then(|r| r.into_nested());
     let inc = eng.inc;
     let nested = handle.as_ref().and(inner_entry);
-    oracle::observe(world, Observation::OutputMade { out, inc, nested });
+    oracle::observe(
+        world,
+        Observation::OutputMade {
+            out,
+            inc,
+            nested,
+            safe_for: (kind == Kind::Call && behave.safe).then_some(key),
+        },
+    );
     let hook_world = world.clone();
     let double = world.plant == Some(Plant::DoubleHook);
     let mut resolved = resolved.safe_to_persist(behave.safe).with_release(move || {

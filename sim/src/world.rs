@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cache_core::facade::{Cache, ManualClock};
 use cache_core::id::{CallId, Digest, Literal};
 use cache_core::machine::SessionId;
-use cache_core::ttl::{MemoryTtlStore, TtlStore};
+use cache_core::ttl::MemoryTtlStore;
 
+use crate::counting_store::CountingStore;
 use crate::oracle::Shadow;
 use crate::plan::Plan;
 
@@ -48,6 +49,12 @@ pub enum Plant {
     /// INV-11 (C-4): a nested call that revisits its chain is reported as
     /// served instead of refused.
     RecursionNotRefused,
+    /// INV-8 (T-3): the oracle is told that no output was safe to persist,
+    /// so every TTL row written must be reported.
+    TtlWriteWithoutSafeResult,
+    /// INV-8 (T-4): a written row's expiry is reported one TTL earlier
+    /// than the row it replaced.
+    TtlExpiryBackwards,
     /// INV-9: a session still reports refs after close.
     RefsAfterClose,
     /// INV-10: a release hook runs twice.
@@ -138,7 +145,7 @@ pub struct World {
     engine: Mutex<Option<Engine>>,
     incarnation: AtomicU64,
     /// The TTL store (kept across engine restarts).
-    pub store: Arc<dyn TtlStore>,
+    pub store: Arc<CountingStore>,
     /// The same store when it is the in-memory one (faults).
     pub memory: Option<Arc<MemoryTtlStore>>,
     /// Per client: drop the connection at the next chance.
@@ -173,7 +180,7 @@ impl World {
     pub fn new(
         plan: Plan,
         plant: Option<Plant>,
-        store: Arc<dyn TtlStore>,
+        store: Arc<CountingStore>,
         memory: Option<Arc<MemoryTtlStore>>,
     ) -> Self {
         let n = plan.clients.len();

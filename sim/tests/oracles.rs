@@ -78,6 +78,33 @@ fn inv8_own_session_result_past_its_ttl_is_reported() {
     assert_eq!(first_inv(Plant::TtlExpiredOwnSession), "INV-8");
 }
 
+/// The first invariant a planted violation breaks on the TTL-heavy
+/// scenario, where TTL rows are written in most seeds.
+fn first_ttl_inv(plant: Plant) -> Option<String> {
+    let s = Scenario::named("ttl-heavy").unwrap();
+    (1..30).find_map(|seed| {
+        run_seed(seed, &s, Some(plant))
+            .first_invariant()
+            .map(str::to_string)
+    })
+}
+
+#[test]
+fn inv8_a_ttl_write_without_a_safe_result_is_reported() {
+    assert_eq!(
+        first_ttl_inv(Plant::TtlWriteWithoutSafeResult).as_deref(),
+        Some("INV-8")
+    );
+}
+
+#[test]
+fn inv8_a_ttl_expiry_moving_backwards_is_reported() {
+    assert_eq!(
+        first_ttl_inv(Plant::TtlExpiryBackwards).as_deref(),
+        Some("INV-8")
+    );
+}
+
 #[test]
 fn inv9_refs_after_close_are_reported() {
     assert_eq!(first_inv(Plant::RefsAfterClose), "INV-9");

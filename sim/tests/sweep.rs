@@ -110,6 +110,8 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         "nested-later-in-run",
         "nested-do-not-cache",
         "nested-retry",
+        "ttl-row-written",
+        "ttl-row-replaced",
     ] {
         assert!(
             fired.get(case).copied().unwrap_or(0) > 0,

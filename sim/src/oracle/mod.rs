@@ -16,7 +16,8 @@
 //! | `identity` | INV-5 |
 //! | `errors` | INV-6 |
 //! | `cancellation` | INV-7 |
-//! | `ttl` | INV-8 |
+//! | `ttl` | INV-8 (what is served) |
+//! | `ttl_writes` | INV-8 (what is written to the TTL store: T-3, T-4) |
 //! | `sessions` | INV-9 |
 //! | `hooks` | INV-10 |
 //! | `quiescence` | INV-1, INV-11 |
@@ -36,6 +37,7 @@ mod sessions;
 pub mod shadow;
 mod singleflight;
 mod ttl;
+mod ttl_writes;
 
 use cache_core::facade::Cache;
 use cache_core::machine::{EntryId, SessionId};
@@ -156,6 +158,9 @@ pub enum Observation<'a> {
         inc: u64,
         /// The inner entry whose ref the output owns.
         nested: Option<EntryId>,
+        /// The key, when this is a call's result marked safe to persist
+        /// (T-3).
+        safe_for: Option<u64>,
     },
     /// Output `out`'s release hook ran (releasing its nested ref, if any).
     HookRan {
@@ -307,7 +312,15 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 r.finished_at = Some(now);
             }
         }
-        Observation::OutputMade { out, inc, nested } => {
+        Observation::OutputMade {
+            out,
+            inc,
+            nested,
+            safe_for,
+        } => {
+            if let Some(k) = safe_for {
+                ttl_writes::safe_output(world, k);
+            }
             let mut sh = world.shadow();
             sh.hooks.insert(out, HookShadow { inc, runs: 0 });
             if let Some(e) = nested {
@@ -387,6 +400,14 @@ pub const CASES: &[(&str, &str)] = &[
         "a call chain revisiting a storage key is refused (C-4)",
     ),
     (
+        "ttl-row-written",
+        "a TTL row is written where none was (T-3)",
+    ),
+    (
+        "ttl-row-replaced",
+        "an expired TTL row is replaced (T-4, T-7)",
+    ),
+    (
         "wait-cycle-refused",
         "a join that would close a wait-for cycle is refused (C-4b)",
     ),
@@ -430,6 +451,7 @@ pub fn check_step(world: &World) {
         }
     }
     refcounts::step(world, &eng);
+    ttl_writes::step(world);
     cancellation::step(world, &eng);
 }
 

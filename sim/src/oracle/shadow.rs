@@ -73,6 +73,17 @@ pub struct Shadow {
     pub hooks: BTreeMap<u64, HookShadow>,
     /// Calls in flight on the engine, by incarnation.
     pub pending: BTreeMap<u64, u32>,
+    /// What the TTL store was given (T-3, T-4).
+    pub ttl: TtlShadow,
+}
+
+/// The TTL writes the shadow has seen.
+#[derive(Default, Debug)]
+pub struct TtlShadow {
+    /// Keys some call resolver produced a result safe to persist for.
+    pub safe_keys: std::collections::BTreeSet<u64>,
+    /// Rows written: (key, storage key) -> expiration.
+    pub rows: BTreeMap<(u64, String), i64>,
 }
 
 impl Shadow {

@@ -1,0 +1,86 @@
+//! INV-8 at write time: what the cache writes to the TTL store (T-3, T-4).
+//! Every accepted write is judged after the step that made it:
+//!
+//! - T-3: a row is written only for a key some resolver produced a result
+//!   safe to persist for (the write belongs to a safe result);
+//! - T-2: its expiry is at most the highest clock reading plus the key's
+//!   TTL (never a window the cache has not reached);
+//! - T-4 / T-7: a row that replaces another expires later than it: a
+//!   mapping is replaced only once expired, so expiries never move
+//!   backwards.
+
+use crate::world::{Plant, World};
+
+/// A call resolver produced a result of key `k` safe to persist.
+pub(super) fn safe_output(world: &World, k: u64) {
+    if world.plant != Some(Plant::TtlWriteWithoutSafeResult) {
+        world.shadow().ttl.safe_keys.insert(k);
+    }
+}
+
+/// Judges the writes the store accepted since the last step.
+pub(super) fn step(world: &World) {
+    let writes = world.store.take_writes();
+    if writes.is_empty() {
+        return;
+    }
+    let high = world.clock_high_water();
+    for mut w in writes {
+        let Some(k) =
+            (0..world.plan.keys.len() as u64).find(|&k| world.key_id(k).call_key() == w.call_key)
+        else {
+            world.violate(
+                "INV-8",
+                format!(
+                    "a TTL row was written for an unknown call key {}",
+                    w.call_key
+                ),
+            );
+            continue;
+        };
+        let ttl = i64::try_from(world.plan.keys[k as usize].ttl_ms).unwrap_or(i64::MAX);
+        let mut shadow = world.shadow();
+        let replaced = w
+            .compare
+            .as_ref()
+            .and_then(|c| shadow.ttl.rows.get(&(k, c.clone())).copied());
+        if world.plant == Some(Plant::TtlExpiryBackwards) {
+            if let Some(old) = replaced {
+                w.row.expiration = old.saturating_sub(ttl);
+            }
+        }
+        let safe = shadow.ttl.safe_keys.contains(&k);
+        shadow
+            .ttl
+            .rows
+            .insert((k, w.row.storage_key.clone()), w.row.expiration);
+        drop(shadow);
+        world.count(if w.compare.is_some() {
+            "ttl-row-replaced"
+        } else {
+            "ttl-row-written"
+        });
+        if !safe {
+            world.violate(
+                "INV-8",
+                format!("T-3: a TTL row for k{k} was written, but no result of k{k} was safe to persist"),
+            );
+        } else if w.row.expiration > high.saturating_add(ttl) {
+            world.violate(
+                "INV-8",
+                format!(
+                    "T-2: k{k}'s TTL row expires at {}, past the highest clock reading {high} plus its TTL {ttl}",
+                    w.row.expiration
+                ),
+            );
+        } else if let Some(old) = replaced.filter(|&old| w.row.expiration <= old) {
+            world.violate(
+                "INV-8",
+                format!(
+                    "T-4: k{k}'s TTL row was replaced by one expiring at {}, not after the replaced row's {old}",
+                    w.row.expiration
+                ),
+            );
+        }
+    }
+}
