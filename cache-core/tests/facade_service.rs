@@ -151,7 +151,7 @@ async fn t2_a_locked_sqlite_store_degrades_within_the_deadline_off_the_worker() 
     let call_key = id("slow").call_key();
     let degraded = |now: i64| {
         let failed = Err(StoreError::Unavailable("late".into()));
-        choose_storage_key(&call_key, &b.id().to_string(), now, ttl, failed)
+        choose_storage_key(&call_key, &cache.ttl_identity(b.id()), now, ttl, failed)
             .storage_key()
             .to_string()
     };

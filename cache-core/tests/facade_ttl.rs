@@ -116,6 +116,37 @@ async fn t2_second_session_reuses_the_persisted_storage_key() {
     assert_quiescent(&env.cache);
 }
 
+/// T-2(a): session ids start again in a restarted engine, the TTL store
+/// does not: the same session id of two incarnations, in one TTL window,
+/// never gets the same fresh key, even with the same instance id.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn t2_a_restart_never_hands_a_session_another_incarnations_fresh_key() {
+    let store = Arc::new(MemoryTtlStore::new());
+    let k = id("fetch-latest");
+    let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
+    let mut fresh = Vec::new();
+    for built_at in [T0, T0 + 1] {
+        let cache: Cache<V> = Cache::builder()
+            .instance_id_for_replay(7)
+            .ttl_store(store.clone())
+            .clock(Arc::new(ManualClock::new(built_at)))
+            .build();
+        let s = cache.open_session();
+        // Unsafe to persist: no row is written, so each call picks a fresh
+        // key from its own session's identity.
+        let _ = s
+            .call(ttl_key(&k), keyed(&runs, &keys, "v", &hook, false))
+            .await
+            .unwrap();
+        fresh.push((s.id(), last(&keys)));
+        s.close().unwrap();
+        assert_quiescent(&cache);
+    }
+    assert_eq!(fresh[0].0, fresh[1].0, "the same session id in both");
+    assert_ne!(fresh[0].1, fresh[1].1, "but not the same fresh key");
+    assert!(store.rows().is_empty());
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn t2_persisted_mapping_survives_an_engine_restart() {
     let dir = tempfile::tempdir().unwrap();

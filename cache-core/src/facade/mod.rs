@@ -218,6 +218,11 @@ impl CacheBuilder {
         };
         #[cfg(feature = "bug-zoo")]
         let machine = machine.with_bugs(self.bugs);
+        let clock = HighWaterClock::new(self.clock);
+        // T-2(a): session ids restart with every cache, but the TTL store
+        // outlives it; the instance id and the clock's reading at build
+        // make a session's identity in fresh keys unique across restarts.
+        let incarnation = format!("{instance}.{}", clock.now_ms());
         Cache {
             shared: Arc::new(Shared {
                 bugs: machine.bugs(),
@@ -229,7 +234,8 @@ impl CacheBuilder {
                 checked: AtomicU64::new(UNCHECKED),
                 store: self.store,
                 executor: self.executor,
-                clock: HighWaterClock::new(self.clock),
+                clock,
+                incarnation,
                 telemetry: self.telemetry,
                 metrics: self.metrics,
                 store_deadline_ms: self.store_deadline_ms,
@@ -280,6 +286,9 @@ pub(crate) struct Shared<V> {
     store: Option<Arc<dyn TtlStore>>,
     /// Where store calls run.
     executor: Arc<dyn BlockingExecutor>,
+    /// This cache's incarnation: instance id and clock reading at build,
+    /// part of every session's identity in fresh TTL keys (T-2(a)).
+    incarnation: String,
     /// TTL decisions read the highest time seen (T-7).
     clock: HighWaterClock,
     telemetry: Option<Arc<dyn Telemetry>>,
@@ -547,6 +556,15 @@ impl<V: Clone + Send + 'static> Cache<V> {
         self.metrics().encode()
     }
 
+    /// The identity of `session` that its fresh and degraded TTL storage
+    /// keys are derived from (T-2): the session id with this cache's
+    /// incarnation (its instance id and the clock's reading when it was
+    /// built), so that a restarted engine, whose session ids start again,
+    /// never derives another incarnation's keys (T-2(a)).
+    pub fn ttl_identity(&self, session: crate::machine::SessionId) -> String {
+        format!("{session}@{}", self.shared.incarnation)
+    }
+
     /// T-5: deletes expired TTL rows in batches; a no-op without a store.
     /// "Expired" is judged on the highest clock reading seen (T-7), as
     /// lookups judge it.
@@ -613,7 +631,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         };
         let session = ctx
             .session
-            .map_or_else(|| "-".to_string(), |s| s.to_string());
+            .map_or_else(|| "-".to_string(), |s| self.ttl_identity(s));
         let choice = choose_storage_key(
             &call_key,
             &session,
