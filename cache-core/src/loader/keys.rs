@@ -55,7 +55,7 @@ impl fmt::Display for Key {
 /// says where the field ends, whatever bytes it holds, which is what makes
 /// the whole encoding injective.
 fn push_field(out: &mut String, field: &str) {
-    out.push_str(&field.len().to_string());
+    push_len(out, field.len());
     out.push(':');
     out.push_str(field);
 }
@@ -90,8 +90,16 @@ pub fn stored_key(cache: &str, key: &Key) -> String {
         push_field(&mut out, part);
     }
     out.push('#');
-    out.push_str(&cache.len().to_string());
+    push_len(&mut out, cache.len());
     out
+}
+
+/// Appends `len` in decimal without a temporary string (stored keys are
+/// built on every read).
+fn push_len(out: &mut String, len: usize) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{len}");
 }
 
 /// Splits a stored key back into (cache name, parts); `None` when `stored`

@@ -160,13 +160,35 @@ impl RedisRemote {
         &self.opts
     }
 
-    /// Runs `cmd` (a command or a pipeline) within the operation timeout.
+    /// Its connection (shared, not a new one): for commands the trait does
+    /// not cover, and for benches that time bare commands on the very same
+    /// client.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs `cmd` within the operation timeout.
     async fn run<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        query: impl FnOnce(ConnectionManager) -> BoxFuture<'static, redis::RedisResult<T>>,
+        cmd: &redis::Cmd,
     ) -> RemoteResult<T> {
-        let fut = query(self.conn.clone());
+        let mut conn = self.conn.clone();
+        self.bounded(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs `pipe` (one round trip) within the operation timeout.
+    async fn run_pipe(&self, op: &'static str, pipe: &redis::Pipeline) -> RemoteResult<()> {
+        let mut conn = self.conn.clone();
+        self.bounded(op, pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// `fut` cut at the operation timeout, its error typed.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> RemoteResult<T> {
         match tokio::time::timeout(self.opts.op_timeout(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(op, &e)),
@@ -194,11 +216,7 @@ impl RedisRemote {
         // Redis refuses PX 0; the loader never asks for less than 1 ms.
         cmd.arg("PX").arg(ttl_ms.max(1));
         // `OK` when written, nil when NX/XX declined.
-        let reply: Option<String> = self
-            .run(op, move |mut c| {
-                Box::pin(async move { cmd.query_async(&mut c).await })
-            })
-            .await?;
+        let reply: Option<String> = self.run(op, &cmd).await?;
         match reply.as_deref() {
             None => Ok(false),
             Some("OK") => Ok(true),
@@ -212,10 +230,7 @@ impl RedisRemote {
 
 impl Remote for RedisRemote {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RemoteResult<Option<Vec<u8>>>> {
-        let key = key.to_string();
-        Box::pin(self.run("get", move |mut c| {
-            Box::pin(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
-        }))
+        Box::pin(async move { self.run("get", redis::cmd("GET").arg(key)).await })
     }
 
     fn set<'a>(
@@ -254,13 +269,8 @@ impl Remote for RedisRemote {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RemoteResult<bool>> {
-        let key = key.to_string();
         Box::pin(async move {
-            let n: i64 = self
-                .run("delete", move |mut c| {
-                    Box::pin(async move { redis::cmd("DEL").arg(key).query_async(&mut c).await })
-                })
-                .await?;
+            let n: i64 = self.run("delete", redis::cmd("DEL").arg(key)).await?;
             Ok(n > 0)
         })
     }
@@ -275,12 +285,8 @@ impl Remote for RedisRemote {
                 return Ok(Vec::new());
             }
             let want = keys.len();
-            let keys = keys.to_vec();
-            let got: Vec<Option<Vec<u8>>> = self
-                .run("multi_get", move |mut c| {
-                    Box::pin(async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
-                })
-                .await?;
+            let got: Vec<Option<Vec<u8>>> =
+                self.run("multi_get", redis::cmd("MGET").arg(keys)).await?;
             if got.len() != want {
                 return Err(RemoteError::Protocol {
                     op: "multi_get",
@@ -307,10 +313,7 @@ impl Remote for RedisRemote {
             }
             // One round trip; an error reply to any SET (OOM) fails the whole
             // call, which the loader counts as one failed write (L-4).
-            self.run("multi_set", move |mut c| {
-                Box::pin(async move { pipe.query_async::<()>(&mut c).await })
-            })
-            .await
+            self.run_pipe("multi_set", &pipe).await
         })
     }
 
