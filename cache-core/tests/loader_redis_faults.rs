@@ -189,8 +189,9 @@ async fn a_paused_server_times_out_each_call_and_recovers() {
         .await
         .unwrap();
 
-    // Paused for 1.5 s, five times the client's timeout.
-    let pause_ms = 1_500;
+    // Paused for 2.5 s, over eight times the client's timeout: room for
+    // every check below (four remote calls, each cut at the timeout).
+    let pause_ms = 2_500;
     let () = server.cmd(&["CLIENT", "PAUSE", &pause_ms.to_string(), "ALL"]);
     let paused_at = Instant::now();
     let before = l.counters();
