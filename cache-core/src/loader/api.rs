@@ -981,13 +981,20 @@ where
         let mut missing = Vec::new();
         match &self.inner.remote {
             Some(remote) if !remote_wanted.is_empty() => {
-                let stored: Vec<String> = remote_wanted.iter().map(|(_, s)| s.clone()).collect();
-                let answers = remote.multi_get(&stored).await;
+                let (wanted_keys, wanted_stored): (Vec<Key>, Vec<String>) =
+                    remote_wanted.into_iter().unzip();
+                // The answers are moved out one by one, not cloned: a batch's
+                // values cross here once (the loader_redis bench's batch row).
+                let mut answers = remote
+                    .multi_get(&wanted_stored)
+                    .await
+                    .map(Vec::into_iter)
+                    .map_err(|_| ());
                 let now = self.inner.now();
-                for (i, (key, stored)) in remote_wanted.into_iter().enumerate() {
-                    let answer = match &answers {
-                        Ok(a) => Ok(a.get(i).cloned().flatten()),
-                        Err(_) => Err(()),
+                for (key, stored) in wanted_keys.into_iter().zip(wanted_stored) {
+                    let answer = match &mut answers {
+                        Ok(a) => Ok(a.next().flatten()),
+                        Err(()) => Err(()),
                     };
                     let read = self.inner.lock().machine.remote_read(&stored, answer, now);
                     match read {

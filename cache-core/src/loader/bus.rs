@@ -38,6 +38,31 @@ pub struct Event {
     pub keys: Vec<String>,
 }
 
+impl Event {
+    /// The source of a resync marker. No node publishes it: a real event
+    /// always names at least one key, a marker none.
+    pub const RESYNC_SOURCE: &'static str = "\u{0}resync";
+
+    /// A resync marker: a subscription tells its node that events may have
+    /// been lost (a dropped connection, an unreadable message) and how many
+    /// is unknown (at least 0). The node drops every local copy of the cache
+    /// (L-12: a lost event may not leave a stale local copy until its local
+    /// lifetime ends when the loss is known), so its next reads go to the
+    /// remote.
+    pub fn resync() -> Self {
+        Self {
+            source: Self::RESYNC_SOURCE.to_string(),
+            kind: EventKind::Delete,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Whether this is a resync marker rather than a node's mutation.
+    pub fn is_resync(&self) -> bool {
+        self.source == Self::RESYNC_SOURCE && self.keys.is_empty()
+    }
+}
+
 /// The bus failed to publish (L-11: the event counts as dropped).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("event bus unavailable: {0}")]
@@ -52,7 +77,9 @@ pub trait EventBus: Send + Sync {
     /// Publishes `event` to every subscriber (its source included: a node
     /// recognises and ignores its own events, as with Redis pub/sub).
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>>;
-    /// A new subscription for `node`.
+    /// A new subscription for `node`. A bus that can lose events without
+    /// knowing which (a dropped Redis subscription) sends an
+    /// [`Event::resync`] marker on the subscription once it is back.
     fn subscribe(&self, node: &str) -> Subscription;
 }
 

@@ -55,60 +55,95 @@ impl fmt::Display for Key {
 /// says where the field ends, whatever bytes it holds, which is what makes
 /// the whole encoding injective.
 fn push_field(out: &mut String, field: &str) {
-    out.push_str(&field.len().to_string());
+    push_len(out, field.len());
     out.push(':');
     out.push_str(field);
 }
 
-/// The stored key of `key` in the cache named `cache`: the cache name, then
-/// each part, each length-prefixed (L-5). This is the key used in every tier
-/// and in the events between nodes.
+/// The stored key of `key` in the cache named `cache` (L-5): the cache name
+/// and a `:`, then each part length-prefixed, then `#` and the name's byte
+/// length. This is the key used in every tier and in the events between
+/// nodes.
+///
+/// The name comes first, verbatim, so a Redis operator finds a cache's keys
+/// with `redis-cli --scan --pattern '<name>:*'`. The name may itself hold
+/// `:` (so the prefix alone cannot say where the name ends, and simply
+/// prepending `<name>:` to a length-prefixed encoding is *not* injective:
+/// `("a", ["6:a:1:a8"])` and `("a:1:a8", [])` would meet); the trailing
+/// `#<length>` says where it ends. Reading a stored key back from its end
+/// (digits, `#`, then the name from the front, then the parts) is
+/// deterministic, which is what makes the encoding injective.
 ///
 /// ```
 /// use cache_core::loader::keys::{stored_key, Key};
 /// let a = stored_key("c", &Key::new(["user", "1:2"]));
 /// let b = stored_key("c", &Key::new(["user:1", "2"]));
 /// assert_ne!(a, b);
-/// assert_eq!(a, "1:c4:user3:1:2");
+/// assert_eq!(a, "c:4:user3:1:2#1");
+/// assert_eq!(stored_key("users", &Key::new(["user", "42"])), "users:4:user2:42#5");
 /// ```
 pub fn stored_key(cache: &str, key: &Key) -> String {
-    let mut out = String::new();
-    push_field(&mut out, cache);
+    let mut out = String::with_capacity(cache.len() + 8);
+    out.push_str(cache);
+    out.push(':');
     for part in key.parts() {
         push_field(&mut out, part);
     }
+    out.push('#');
+    push_len(&mut out, cache.len());
     out
+}
+
+/// Appends `len` in decimal without a temporary string (stored keys are
+/// built on every read).
+fn push_len(out: &mut String, len: usize) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{len}");
 }
 
 /// Splits a stored key back into (cache name, parts); `None` when `stored`
 /// is not a well-formed encoding. The inverse of [`stored_key`], which is
 /// what proves the encoding injective.
 pub fn parse_stored_key(stored: &str) -> Option<(String, Key)> {
-    let mut fields = Vec::new();
-    let mut rest = stored;
+    let hash = stored.rfind('#')?;
+    let len_text = &stored[hash + 1..];
+    if !canonical_decimal(len_text) {
+        return None;
+    }
+    let name_len: usize = len_text.parse().ok()?;
+    let cache = stored.get(..name_len)?;
+    let mut rest = stored.get(name_len..hash)?.strip_prefix(':')?;
+    let mut parts = Vec::new();
     while !rest.is_empty() {
         let colon = rest.find(':')?;
         let len_text = &rest[..colon];
-        if len_text.is_empty() || !len_text.bytes().all(|b| b.is_ascii_digit()) {
+        if !canonical_decimal(len_text) {
             return None;
         }
         let len: usize = len_text.parse().ok()?;
         let body = &rest[colon + 1..];
         let field = body.get(..len)?;
-        fields.push(field.to_string());
+        parts.push(field.to_string());
         rest = &body[len..];
     }
-    let mut fields = fields.into_iter();
-    let cache = fields.next()?;
-    Some((cache, Key(fields.collect())))
+    Some((cache.to_string(), Key(parts)))
+}
+
+/// Digits only, no leading zero (but `0` itself): the one spelling
+/// [`stored_key`] writes, so parsing accepts nothing it would not write.
+fn canonical_decimal(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'))
 }
 
 /// The key of the remote lock that lets one node refresh `stored` per
-/// refresh window (L-10). A stored key always starts with a digit (its
-/// cache name's length) and a lock key with `lock|`, so the two never
-/// collide.
+/// refresh window (L-10): the stored key and `:lock`. It starts with the
+/// cache's `<name>:` like the value (so a scan of the cache finds it) and
+/// never collides with a stored key, which always ends in a digit.
 pub fn lock_key(stored: &str) -> String {
-    format!("lock|{stored}")
+    format!("{stored}:lock")
 }
 
 /// What a flight is keyed by (L-1, L-5): one stored key, or the sorted,
@@ -165,7 +200,32 @@ mod tests {
             let stored = stored_key(cache, &key);
             assert_eq!(parse_stored_key(&stored), Some((cache.to_string(), key)));
         }
-        assert_eq!(parse_stored_key("3:ab"), None);
-        assert_eq!(parse_stored_key("x:ab"), None);
+        for bad in [
+            "3:ab",     // no trailing name length
+            "x:ab#1",   // a part without its length
+            "c:1:x#01", // a name length with a leading zero
+            "c:1:x#2",  // the name length points past the `:`
+            "c:2:x#1",  // a part longer than what is left
+            "c1:x#1",   // no `:` after the name
+        ] {
+            assert_eq!(parse_stored_key(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Prepending `<name>:` to a length-prefixed encoding would collide on
+    /// these two; the trailing name length keeps them apart (L-5).
+    #[test]
+    fn l5_names_holding_colons_stay_apart() {
+        let a = stored_key("a", &Key::new(["6:a:1:a8"]));
+        let b = stored_key("a:1:a8", &Key::new(Vec::<String>::new()));
+        assert_ne!(a, b);
+        assert!(a.starts_with("a:") && b.starts_with("a:1:a8:"));
+        let lock = lock_key(&a);
+        assert!(lock.starts_with("a:"));
+        assert_eq!(
+            parse_stored_key(&lock),
+            None,
+            "a lock key is never a stored key"
+        );
     }
 }

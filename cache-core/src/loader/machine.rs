@@ -698,11 +698,19 @@ impl<P: Clone> LoaderMachine<P> {
     }
 
     /// An event arrived from the bus (L-11, L-12): another node's mutation
-    /// drops the local copies it names; this node's own is ignored. Nothing
-    /// is applied after close.
+    /// drops the local copies it names; this node's own is ignored; a
+    /// resync marker ([`Event::resync`]) drops every local copy. Nothing is
+    /// applied after close.
     pub fn event_received(&mut self, event: &Event) -> bool {
         if self.closed {
             return false;
+        }
+        if event.is_resync() {
+            // Events were lost, which ones is unknown: every local copy may
+            // be stale, so none is kept (L-12). Not an event any node
+            // emitted, so no event counter moves (L-11 conservation).
+            self.local.clear();
+            return true;
         }
         if event.source == self.cfg.node {
             self.counters.events_ignored += 1;

@@ -12,6 +12,13 @@
 //! `load_many` in [`api`]; L-14 [`codec`] and [`record`]; L-15
 //! [`counters`]; L-16 [`error`]. `docs/loader.md` describes the choices.
 //!
+//! With the `redis` feature (on by default) the remote tier and the event
+//! bus also run on a real Redis: `redis_remote::RedisRemote` (values with
+//! `SET … PX`, `MGET`, pipelines, the refresh lock with `SET NX PX`) and
+//! `redis_bus::RedisBus` (one pub/sub channel per cache; a dropped
+//! subscription resubscribes and makes the node drop its local copies,
+//! since the events it missed are unknown).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use cache_core::facade::ManualClock;
@@ -52,6 +59,10 @@ pub mod local;
 pub mod machine;
 pub mod options;
 pub mod record;
+#[cfg(feature = "redis")]
+pub mod redis_bus;
+#[cfg(feature = "redis")]
+pub mod redis_remote;
 pub mod remote;
 pub mod rng;
 
@@ -63,4 +74,8 @@ pub use error::LoaderError;
 pub use keys::{FlightKey, Key};
 pub use options::{CallOptions, LoaderOptions, NotFound, MIN_TTL_MS};
 pub use record::Record;
+#[cfg(feature = "redis")]
+pub use redis_bus::{RedisBus, RedisBusStats};
+#[cfg(feature = "redis")]
+pub use redis_remote::{RedisOptions, RedisRemote};
 pub use remote::{MemoryRemote, Remote, RemoteError, RemoteFaults};

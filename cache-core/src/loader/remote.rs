@@ -25,6 +25,24 @@ pub enum RemoteError {
         /// What the transport said.
         detail: String,
     },
+    /// The remote did not answer within the client's timeout (it may be
+    /// paused, overloaded or partitioned mid-request).
+    #[error("remote timed out during {op}: {detail}")]
+    Timeout {
+        /// Which operation.
+        op: &'static str,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The remote's answer could not be understood (a reply of the wrong
+    /// type or a malformed one).
+    #[error("remote protocol error during {op}: {detail}")]
+    Protocol {
+        /// Which operation.
+        op: &'static str,
+        /// What was wrong with the reply.
+        detail: String,
+    },
     /// The remote answered with an error.
     #[error("remote rejected {op}: {detail}")]
     Rejected {
