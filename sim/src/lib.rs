@@ -37,6 +37,7 @@ pub mod scenario;
 pub mod shrink;
 pub mod sqlite_lock;
 pub mod sweep;
+pub mod transport;
 pub mod world;
 pub mod zoo;
 
