@@ -140,6 +140,61 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         seeds: u64,
     },
+    /// The real engine: the simulation's engine host on real TCP, the
+    /// system clock and a SQLite TTL store, with Prometheus text at
+    /// `GET /metrics`. Prints `listening on ADDR` and `metrics on URL`
+    /// first; logs (one S-7 line per closed session) go to stderr.
+    #[command(
+        after_help = "Exit codes:\n  2    bad flags, an address in use, an unreadable or corrupt --ttl-db"
+    )]
+    Serve {
+        /// The protocol's address (port 0: any free port).
+        #[arg(long)]
+        listen: String,
+        /// The address of the HTTP server for `GET /metrics`.
+        #[arg(long)]
+        metrics: String,
+        /// The SQLite TTL store's file (created if missing). Without it the
+        /// store is an in-memory SQLite database, lost with the process.
+        #[arg(long, value_name = "FILE")]
+        ttl_db: Option<String>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
+        bugs: Vec<String>,
+    },
+    /// Real clients running a scenario's plans against `serve`, then the
+    /// metrics-first leak triage: every entry gauge must reach 0 once no
+    /// client is connected.
+    #[command(
+        after_help = "Exit codes:\n  0    no leak\n  1    a gauge stayed up: the leak class is printed\n  2    bad flags, or nothing to connect to"
+    )]
+    Load {
+        /// The engine's address.
+        #[arg(long)]
+        connect: String,
+        /// The engine's metrics, `http://IP:PORT/metrics`.
+        #[arg(long)]
+        metrics_url: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// How long clients run plans (`5s`, `800ms`, `2m`); clients still
+        /// in a plan at the end are cut off abruptly.
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// A named scenario (its plans; its simulated faults do not apply).
+        #[arg(long, default_value = "standard")]
+        scenario: String,
+        /// The first round's seed (round r runs seed + r).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long the gauges get to reach 0 after the clients stop.
+        #[arg(long, default_value = "10s")]
+        drain: String,
+        /// Chance per check that a client drops its connection abruptly.
+        #[arg(long, default_value_t = 0.01)]
+        disconnect_rate: f64,
+    },
     /// SVG timeline of cache entries (by bucket) and connected clients.
     Report {
         /// The seed.
@@ -280,6 +335,39 @@ fn main() -> ExitCode {
             &svg,
         )
         .map(code),
+        Cmd::Serve {
+            listen,
+            metrics,
+            ttl_db,
+            bugs,
+        } => sim::serve::serve(&sim::serve::ServeArgs {
+            listen,
+            metrics,
+            ttl_db,
+            bugs,
+        })
+        .map(|()| 0)
+        .map_err(|e| e.to_string()),
+        Cmd::Load {
+            connect,
+            metrics_url,
+            clients,
+            duration,
+            scenario,
+            seed,
+            drain,
+            disconnect_rate,
+        } => sim::load::load(&sim::load::LoadArgs {
+            connect,
+            metrics_url,
+            clients,
+            duration,
+            scenario,
+            seed,
+            drain,
+            disconnect_rate,
+        })
+        .map(|v| code(v == sim::load::LoadVerdict::Clean)),
     };
     match result {
         Ok(c) => ExitCode::from(c),

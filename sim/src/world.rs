@@ -156,7 +156,7 @@ pub struct World {
 
 /// The ID of the plan's key `k`: one recipe per key, and a content digest
 /// shared by the keys of its content group (C-3.2).
-fn build_key_id(plan: &Plan, k: usize) -> CallId {
+pub fn build_key_id(plan: &Plan, k: usize) -> CallId {
     let id = CallId::new("build").with_arg("k", Literal::Int(k as i64));
     match plan.keys[k].content {
         Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
