@@ -367,12 +367,32 @@ impl<H: EngineHost> Conn<H> {
             ),
             Err(e) => self.host.trace("engine", format!("{why} {sid}: {e}")),
         }
+        // What the close's releases left in the cache's indexes, for
+        // `cache-sim diff` (a wrong removal shows here before any lookup
+        // meets it); computed only when a subscriber listens.
+        index_snapshot(&self.eng, &format!("session {sid} closed"));
         self.host.observe(Observation::SessionClosed {
             cache: &self.eng.calls,
             inc: self.eng.inc,
             session: sid,
         });
     }
+}
+
+/// The call cache's indexes and O-3 report now, for `cache-sim diff` (a
+/// wrong removal shows here before any lookup meets it); computed only
+/// when a subscriber listens.
+fn index_snapshot(eng: &Engine, after: &str) {
+    tracing::debug!(
+        target: "sim::engine::index",
+        after,
+        index = format!(
+            "{}\n{}",
+            eng.calls.inspect(|m| m.index_lines()).join("\n"),
+            eng.calls.leak_report()
+        )
+        .as_str(),
+    );
 }
 
 fn err_kind(e: &CallError) -> &'static str {
@@ -401,6 +421,20 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
     });
     let who = format!("client{}", conn.client);
     let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });
+    // The span names the request for the decision events the cache emits
+    // inside it and for the answer event below (`cache-sim explain`,
+    // `cache-sim diff`); inert unless a subscriber is installed.
+    let span_key = match &op.kind {
+        OpKind::Call { key, .. } | OpKind::Arbitrary { key, .. } => *key,
+        _ => 0,
+    };
+    let span = tracing::debug_span!(
+        "call",
+        client = conn.client,
+        req,
+        key = span_key,
+        op = op_index
+    );
     let (res, key, is_call) = match op.kind {
         OpKind::Call {
             key,
@@ -435,15 +469,11 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                     chain: if ttl_ms == 0 { vec![key] } else { Vec::new() },
                 },
             );
-            // The span names the request for the decision events the
-            // cache emits inside it (`cache-sim explain`); inert unless a
-            // subscriber is installed.
-            let span = tracing::debug_span!("call", client = conn.client, req, key, op = op_index);
             (
                 conn.eng
                     .calls
                     .get_or_init_call(&ctx, ck, r)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await,
                 key,
                 true,
@@ -483,11 +513,10 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                 },
             );
             let name = format!("{}{key}", if change { "path/" } else { "a" });
-            let span = tracing::debug_span!("call", client = conn.client, req, key, op = op_index);
             (
                 cache
                     .get_or_init_arbitrary(&ctx, &name, r)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await,
                 key,
                 false,
@@ -496,8 +525,10 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
         _ => return,
     };
     conn.tokens.lock().unwrap().remove(&req);
+    index_snapshot(&conn.eng, &format!("client{} r{req} answered", conn.client));
     let line = answer(
         &conn,
+        &span,
         &who,
         req,
         key,
@@ -527,6 +558,7 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
 #[allow(clippy::too_many_arguments)]
 fn answer<H: EngineHost>(
     conn: &Conn<H>,
+    span: &tracing::Span,
     who: &str,
     req: u64,
     key: u64,
@@ -601,6 +633,16 @@ fn answer<H: EngineHost>(
                 who,
                 format!("r{req} k{key} ok {flags} {shown} entry {}", r.entry()),
             );
+            tracing::debug!(
+                target: "sim::engine::answer",
+                parent: span,
+                returned = r
+                    .id()
+                    .map(|i| i.call_key())
+                    .as_deref()
+                    .map_or("-", crate::decisions::short),
+                outcome = format!("ok {flags} {shown} entry {}", r.entry()).as_str(),
+            );
             host.count(if r.hit() { "hits" } else { "misses" });
             if host.plant() == Some(Plant::SpuriousCancel) && r.hit() {
                 return Response::Answer {
@@ -640,6 +682,12 @@ fn answer<H: EngineHost>(
                 caller_cancelled: cancelled,
             });
             host.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
+            tracing::debug!(
+                target: "sim::engine::answer",
+                parent: span,
+                returned = "-",
+                outcome = format!("err {}", err_kind(&e)).as_str(),
+            );
             host.count("errors");
             Response::Answer {
                 req,
@@ -880,6 +928,9 @@ async fn body<H: EngineHost>(
         for _ in 0..if double { 2 } else { 1 } {
             hook_host.observe(Observation::HookRan { out, inc, nested });
         }
+        // The release, for `cache-sim diff` (C-7, C-12): inert unless a
+        // subscriber is installed.
+        tracing::debug!(target: "sim::engine::release", run, key, out);
         Ok(())
     });
     if let Some(h) = handle {
@@ -955,8 +1006,28 @@ async fn nested_call<H: EngineHost>(
         let res = eng
             .calls
             .get_or_init_call(&rctx.nested(), ck, r)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        tracing::debug!(
+            target: "sim::engine::answer",
+            parent: &span,
+            returned = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.id())
+                .map(|i| i.call_key())
+                .as_deref()
+                .map_or("-", crate::decisions::short),
+            outcome = match &res {
+                Ok(r) => format!(
+                    "ok {} entry {}",
+                    if r.hit() { "hit" } else { "miss" },
+                    r.entry()
+                ),
+                Err(e) => format!("err {}", err_kind(e)),
+            }
+            .as_str(),
+        );
         let mut seen = res.as_ref().err().map(ErrKind::of);
         if host.plant() == Some(Plant::RecursionNotRefused) && revisits {
             seen = None;

@@ -24,7 +24,10 @@
 pub mod cli;
 pub mod client;
 pub mod counting_store;
+pub mod decisions;
+pub mod diff;
 pub mod engine;
+pub mod explain;
 pub mod failure;
 pub mod load;
 pub mod oracle;

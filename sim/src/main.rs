@@ -101,9 +101,13 @@ enum Cmd {
         /// Scenario name or TOML file.
         #[arg(long)]
         scenario: Option<String>,
-        /// Also write the trace to this file.
+        /// Also write the trace to this file (the text printed).
         #[arg(long)]
         trace: Option<String>,
+        /// Write the run's decision trace to this file (JSON: the trace and
+        /// every O-2 decision with its request), for `cache-sim diff`.
+        #[arg(long, value_name = "FILE")]
+        trace_out: Option<String>,
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
@@ -194,6 +198,42 @@ enum Cmd {
         /// Chance per check that a client drops its connection abruptly.
         #[arg(long, default_value_t = 0.01)]
         disconnect_rate: f64,
+    },
+    /// The identity flow of every call of one key in a run: requested ID,
+    /// call and storage key (and the TTL rule that chose it), path, entry,
+    /// returned ID, session; and for a surprising miss or hit, the first
+    /// step of the checklist that explains it.
+    Explain {
+        /// The seed.
+        #[arg(long, required_unless_present = "plan")]
+        seed: Option<u64>,
+        /// A plan file written by `cache-sim shrink`.
+        #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
+        plan: Option<String>,
+        /// Scenario name or TOML file.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Override the scenario's number of clients.
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
+        bugs: Vec<String>,
+        /// The plan's key index (the `kK` of the trace).
+        #[arg(long)]
+        key: u64,
+    },
+    /// The first decision where two runs diverge (files written by
+    /// `replay --trace-out`), both identity flows side by side. Exits 0 when
+    /// the runs made the same decisions, 1 when they diverge.
+    Diff {
+        /// The first run's decision trace.
+        a: String,
+        /// The second run's decision trace.
+        b: String,
+        /// Common decisions shown before the divergence.
+        #[arg(long, default_value_t = 5)]
+        context: usize,
     },
     /// SVG timeline of cache entries (by bucket) and connected clients.
     Report {
@@ -287,6 +327,7 @@ fn main() -> ExitCode {
             plan,
             scenario,
             trace,
+            trace_out,
             clients,
             bugs,
         } => cli::replay(
@@ -301,6 +342,7 @@ fn main() -> ExitCode {
                 bugs,
             },
             trace.as_deref(),
+            trace_out.as_deref(),
         )
         .map(code),
         Cmd::Shrink {
@@ -335,6 +377,27 @@ fn main() -> ExitCode {
             &svg,
         )
         .map(code),
+        Cmd::Explain {
+            seed,
+            plan,
+            scenario,
+            clients,
+            bugs,
+            key,
+        } => cli::explain(
+            match (&plan, seed) {
+                (Some(path), _) => cli::ReplayOf::PlanFile(path),
+                (None, seed) => cli::ReplayOf::Seed(seed.unwrap_or_default()),
+            },
+            &cli::Setup {
+                scenario,
+                clients,
+                bugs,
+            },
+            key,
+        )
+        .map(|_| 0),
+        Cmd::Diff { a, b, context } => cli::diff(&a, &b, context).map(code),
         Cmd::Serve {
             listen,
             metrics,

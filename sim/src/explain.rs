@@ -1,0 +1,266 @@
+//! `cache-sim explain`: the identity flow of every call of one key in a
+//! run, from the cache's typed O-2 decisions ([`crate::decisions`]) and the
+//! simulation trace — and, where a call missed although an earlier related
+//! call had completed (or hit where it should not), the first step of the
+//! checklist that explains it.
+//!
+//! The checklist, in order (docs/debugging.md):
+//! 1. ID rewritten — the earlier result is related only through the ID its
+//!    resolver returned (C-6), not the ID requested;
+//! 2. arguments differ — another recipe's arguments, so another call key;
+//! 3. recipe digest changed — same arguments, another call key;
+//! 4. storage key differs — a TTL'd key (T-2) is scoped to a session and a
+//!    TTL window, or the store failed;
+//! 5. content-only match — only the content digest is shared (C-3.2);
+//! 6. forced no-cache retry after an error (S-4).
+//!
+//! When none applies, the earlier result was no longer held when the call
+//! came (its refs were released, S-1/C-13).
+
+use std::fmt::Write as _;
+
+use crate::decisions::{split_line, Decision, RunRecord};
+use crate::plan::Plan;
+
+/// How the storage key was chosen (T-2), as far as the decisions show it.
+fn storage_rule(rec: &RunRecord, i: usize, d: &Decision) -> String {
+    if d.storage == d.call {
+        return "the call key itself (no TTL on this call: T-2 does not apply)".into();
+    }
+    if d.store_failed {
+        return "T-2, the TTL store failed: a session-scoped key, nothing persisted".into();
+    }
+    // The first session that used a TTL'd storage key made it (a fresh,
+    // session-scoped key); another session using it found it in a live row.
+    let first = rec.decisions[..i]
+        .iter()
+        .find(|e| e.storage == d.storage && e.session != "-");
+    match first {
+        Some(f) if f.session != d.session && d.session != "-" => format!(
+            "T-2, a live TTL row: the key session {} made, shared across sessions",
+            f.session
+        ),
+        Some(_) => format!(
+            "T-2, a fresh key scoped to session {} in this TTL window (reused)",
+            d.session
+        ),
+        None => format!(
+            "T-2, a fresh key scoped to session {} in this TTL window (new)",
+            d.session
+        ),
+    }
+}
+
+/// The plan key's requested ID, as the simulation builds it.
+fn requested_id(plan: &Plan, k: u64) -> String {
+    match plan.keys.get(k as usize).and_then(|p| p.content) {
+        Some(g) => format!("build(k: {k}) with content digest of content-{g}"),
+        None => format!("build(k: {k})"),
+    }
+}
+
+/// What the caller got back: the ID and whether it was overridden.
+fn returned_id(plan: &Plan, d: &Decision) -> String {
+    let k = d.key.unwrap_or_default();
+    let rewritten = plan.keys.get(k as usize).and_then(|p| p.result_key);
+    match d.path.as_str() {
+        _ if d.overridden => "the requested ID (overridden: a content hit, C-8)".into(),
+        "content" => "the stored entry's ID, NOT overridden (C-8 says a content hit reports the requested ID)".into(),
+        "storage" | "ongoing" => "the stored entry's ID (not overridden)".into(),
+        "miss" | "do-not-cache" => match rewritten {
+            Some(r) => format!("k{r}'s ID: its resolver rewrote the result ID (C-6)"),
+            None => "the requested ID (its resolver's result)".into(),
+        },
+        _ => "none".into(),
+    }
+}
+
+/// Whether the request of `d` was answered `ok` before `at` ms.
+fn completed_before(rec: &RunRecord, d: &Decision, at: u64) -> Option<u64> {
+    let (ms, what) = rec.answer_of(d)?;
+    (ms <= at && what.contains(" ok ")).then_some(ms)
+}
+
+/// The checklist against `earlier` (the last related call that completed):
+/// the first step that explains `d`'s miss.
+fn checklist(plan: &Plan, earlier: &Decision, d: &Decision) -> String {
+    let k = d.key.unwrap_or_default();
+    let ek = earlier.key.unwrap_or_default();
+    let result_key = plan.keys.get(ek as usize).and_then(|p| p.result_key);
+    if ek != k && result_key == Some(k) {
+        return format!(
+            "1. ID rewritten: k{ek}'s resolver returned k{k}'s ID (C-6); the request named k{ek}"
+        );
+    }
+    if earlier.call != d.call && ek != k {
+        let why = if earlier.content == d.content && d.content != "-" {
+            " (they share a content digest: only a content match, step 5, could serve it)"
+        } else {
+            ""
+        };
+        return format!(
+            "2. arguments differ: k{ek} vs k{k}, call keys {} vs {}{why}",
+            earlier.call, d.call
+        );
+    }
+    if earlier.call != d.call {
+        return format!("3. recipe digest changed: {} vs {}", earlier.call, d.call);
+    }
+    if earlier.storage != d.storage {
+        return format!(
+            "4. storage key differs: {} (session {}) vs {} (session {}) — a TTL'd key is scoped to a session and a TTL window until a safe result is persisted (T-2, T-3)",
+            earlier.storage, earlier.session, d.storage, d.session
+        );
+    }
+    if earlier.path == "content" {
+        return "5. content-only match: the earlier call was itself served by content (C-3.2)"
+            .into();
+    }
+    if d.path == "do-not-cache" && d.rule == "S-4" {
+        return "6. forced no-cache retry after an error (S-4)".into();
+    }
+    if earlier.path == "do-not-cache" {
+        return "the earlier call ran without the cache (do-not-cache, C-2): nothing was stored"
+            .into();
+    }
+    "none of the six: the earlier result was no longer held (its refs were released when its sessions closed, S-1, C-13)".into()
+}
+
+/// A hit that should not have happened, if this one is.
+fn suspicious_hit(rec: &RunRecord, d: &Decision, answer: Option<&str>) -> Option<String> {
+    if d.path == "content" && !d.overridden {
+        return Some("5. content-only match served the stored entry's ID: a content hit must report the requested ID (C-8)".into());
+    }
+    if matches!(d.path.as_str(), "storage" | "ongoing")
+        && answer.is_some_and(|a| a.contains(" err resolver"))
+    {
+        return Some(
+            "6. an error was replayed from the cache: a failed call must run again (S-4, C-9)"
+                .into(),
+        );
+    }
+    let _ = rec;
+    None
+}
+
+/// The explanation of every call of key `key` in `rec` (the run of `plan`).
+pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String> {
+    if key as usize >= plan.keys.len() {
+        return Err(format!(
+            "bad --key {key}: the plan has keys 0..{}",
+            plan.keys.len()
+        ));
+    }
+    let props = &plan.keys[key as usize];
+    let mut out = String::new();
+    let _ = writeln!(out, "key k{key}: requested ID {}", requested_id(plan, key));
+    let _ = writeln!(
+        out,
+        "  ttl {} ms{}",
+        props.ttl_ms,
+        props.result_key.map_or(String::new(), |r| format!(
+            ", resolvers return k{r}'s ID (C-6)"
+        ))
+    );
+    let mine: Vec<usize> = (0..rec.decisions.len())
+        .filter(|&i| rec.decisions[i].key == Some(key))
+        .collect();
+    if mine.is_empty() {
+        let _ = writeln!(out, "  no call of k{key} in this run");
+        return Ok(out);
+    }
+    if let Some(d) = mine.first().map(|&i| &rec.decisions[i]) {
+        let _ = writeln!(out, "  call key {}", d.call);
+    }
+    let mut explained = 0;
+    for (n, &i) in mine.iter().enumerate() {
+        let d = &rec.decisions[i];
+        let answer = rec.answer_of(d);
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "#{} {:>6}ms {} session {}",
+            n + 1,
+            d.ms,
+            d.who(),
+            d.session
+        );
+        let _ = writeln!(out, "   O-2     {}", d.line());
+        let _ = writeln!(
+            out,
+            "   storage {} = {}",
+            d.storage,
+            storage_rule(rec, i, d)
+        );
+        let _ = writeln!(out, "   path    {} (rule {})", d.path, d.rule);
+        match &answer {
+            Some((ms, what)) => {
+                let entry = what.split_once(" entry ").map_or("-", |(_, e)| e.trim());
+                let _ = writeln!(out, "   entry   {entry}");
+                let _ = writeln!(out, "   answer  {ms}ms: {what}");
+            }
+            None if d.run.is_some() => {
+                let _ = writeln!(out, "   answer  to the resolver run (a nested call, C-11)");
+            }
+            None => {
+                let _ = writeln!(out, "   answer  none (lost with its connection or session)");
+            }
+        }
+        let _ = writeln!(out, "   returns {}", returned_id(plan, d));
+        if let Some(why) = suspicious_hit(rec, d, answer.as_ref().map(|(_, a)| a.as_str())) {
+            explained += 1;
+            let _ = writeln!(out, "   HIT WHERE IT SHOULD NOT: {why}");
+            continue;
+        }
+        if !matches!(d.path.as_str(), "miss" | "do-not-cache") {
+            continue;
+        }
+        // The last earlier call of the same recipe (or sharing its content
+        // or returned ID) whose answer came before this decision.
+        let related = |e: &Decision| {
+            e.call == d.call
+                || (e.content == d.content && d.content != "-")
+                || e.key.and_then(|k| plan.keys.get(k as usize)?.result_key) == Some(key)
+        };
+        let earlier = rec.decisions[..i].iter().rev().find(|e| {
+            related(e) && e.path != "recursive" && completed_before(rec, e, d.ms).is_some()
+        });
+        if let Some(e) = earlier {
+            explained += 1;
+            let at = completed_before(rec, e, d.ms).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "   MISSED although {} (k{}, session {}) completed at {at}ms",
+                e.who(),
+                e.key.unwrap_or_default(),
+                e.session
+            );
+            let _ = writeln!(out, "   why:    {}", checklist(plan, e, d));
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{} call(s) of k{key}; {explained} explained against an earlier call",
+        mine.len()
+    );
+    if let Some((inv, ms, detail)) = &rec.violation {
+        let _ = writeln!(out, "run violated {inv} at {ms} ms: {detail}");
+    }
+    Ok(out)
+}
+
+/// The trace lines around `ms` (for context), at most `n` before it.
+pub fn context(rec: &RunRecord, ms: u64, n: usize) -> Vec<String> {
+    let upto: Vec<&String> = rec
+        .trace
+        .iter()
+        .filter(|l| split_line(l).is_some_and(|(t, _, _)| t <= ms))
+        .collect();
+    upto.iter()
+        .rev()
+        .take(n)
+        .rev()
+        .map(|s| s.to_string())
+        .collect()
+}
