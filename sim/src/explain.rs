@@ -59,26 +59,40 @@ fn requested_id(plan: &Plan, k: u64) -> String {
     }
 }
 
-/// What the caller got back: the ID and whether it was overridden.
+/// What the caller got back: the returned ID's call key, compared with the
+/// requested one, and whether the decision said it was overridden.
 fn returned_id(plan: &Plan, d: &Decision) -> String {
     let k = d.key.unwrap_or_default();
-    let rewritten = plan.keys.get(k as usize).and_then(|p| p.result_key);
-    match d.path.as_str() {
-        _ if d.overridden => "the requested ID (overridden: a content hit, C-8)".into(),
-        "content" => "the stored entry's ID, NOT overridden (C-8 says a content hit reports the requested ID)".into(),
-        "storage" | "ongoing" => "the stored entry's ID (not overridden)".into(),
-        "miss" | "do-not-cache" => match rewritten {
-            Some(r) => format!("k{r}'s ID: its resolver rewrote the result ID (C-6)"),
-            None => "the requested ID (its resolver's result)".into(),
-        },
-        _ => "none".into(),
+    let Some(a) = &d.answer else {
+        return "- (no answer recorded)".into();
+    };
+    if a.returned == "-" {
+        return "- (no ID: an error or an arbitrary entry)".into();
     }
+    let rewritten = plan.keys.get(k as usize).and_then(|p| p.result_key);
+    let same = a.returned == d.call;
+    let whose = match (same, d.path.as_str(), rewritten) {
+        (true, _, _) => "the requested ID".to_string(),
+        (false, "miss" | "do-not-cache", Some(r)) => {
+            format!("k{r}'s ID: the resolver rewrote it (C-6)")
+        }
+        (false, _, _) => "the stored entry's ID, not the requested one".to_string(),
+    };
+    format!(
+        "{} = {whose}{}",
+        a.returned,
+        if d.overridden {
+            " (decision: overridden)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Whether the request of `d` was answered `ok` before `at` ms.
 fn completed_before(rec: &RunRecord, d: &Decision, at: u64) -> Option<u64> {
     let (ms, what) = rec.answer_of(d)?;
-    (ms <= at && what.contains(" ok ")).then_some(ms)
+    (ms <= at && what.starts_with("ok ")).then_some(ms)
 }
 
 /// The checklist against `earlier` (the last related call that completed):
@@ -127,19 +141,27 @@ fn checklist(plan: &Plan, earlier: &Decision, d: &Decision) -> String {
 }
 
 /// A hit that should not have happened, if this one is.
-fn suspicious_hit(rec: &RunRecord, d: &Decision, answer: Option<&str>) -> Option<String> {
-    if d.path == "content" && !d.overridden {
-        return Some("5. content-only match served the stored entry's ID: a content hit must report the requested ID (C-8)".into());
+fn suspicious_hit(d: &Decision) -> Option<String> {
+    let a = d.answer.as_ref()?;
+    let returned_other = a.returned != "-" && a.returned != d.call;
+    if d.path == "content" && (returned_other || !d.overridden) {
+        return Some(format!(
+            "5. content-only match: a content hit must report the requested ID {} (C-8), it returned {}",
+            d.call, a.returned
+        ));
     }
-    if matches!(d.path.as_str(), "storage" | "ongoing")
-        && answer.is_some_and(|a| a.contains(" err resolver"))
-    {
+    if d.rule == "S-4" && d.path != "do-not-cache" {
+        return Some(format!(
+            "6. no forced no-cache retry after an error: S-4 runs the call again without the cache, this one took path {} and got `{}`",
+            d.path, a.outcome
+        ));
+    }
+    if matches!(d.path.as_str(), "storage" | "ongoing") && a.outcome.starts_with("err resolver") {
         return Some(
             "6. an error was replayed from the cache: a failed call must run again (S-4, C-9)"
                 .into(),
         );
     }
-    let _ = rec;
     None
 }
 
@@ -203,11 +225,14 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
                 let _ = writeln!(out, "   answer  to the resolver run (a nested call, C-11)");
             }
             None => {
-                let _ = writeln!(out, "   answer  none (lost with its connection or session)");
+                let _ = writeln!(
+                    out,
+                    "   answer  none recorded (the run ended first, or the connection or session was lost)"
+                );
             }
         }
         let _ = writeln!(out, "   returns {}", returned_id(plan, d));
-        if let Some(why) = suspicious_hit(rec, d, answer.as_ref().map(|(_, a)| a.as_str())) {
+        if let Some(why) = suspicious_hit(d) {
             explained += 1;
             let _ = writeln!(out, "   HIT WHERE IT SHOULD NOT: {why}");
             continue;
@@ -222,9 +247,17 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
                 || (e.content == d.content && d.content != "-")
                 || e.key.and_then(|k| plan.keys.get(k as usize)?.result_key) == Some(key)
         };
-        let earlier = rec.decisions[..i].iter().rev().find(|e| {
-            related(e) && e.path != "recursive" && completed_before(rec, e, d.ms).is_some()
-        });
+        let done =
+            |e: &&Decision| e.path != "recursive" && completed_before(rec, e, d.ms).is_some();
+        // The same recipe first; a relative by content or returned ID
+        // only when no call of the same recipe completed.
+        let before = &rec.decisions[..i];
+        let earlier = before
+            .iter()
+            .rev()
+            .filter(done)
+            .find(|e| e.call == d.call)
+            .or_else(|| before.iter().rev().filter(done).find(|e| related(e)));
         if let Some(e) = earlier {
             explained += 1;
             let at = completed_before(rec, e, d.ms).unwrap_or_default();
