@@ -351,11 +351,17 @@ impl Subscriber for Capture {
 
 /// Runs `plan` with the decision capture installed for this run only.
 pub fn record_run(plan: Plan, scenario: &Scenario) -> (RunOutcome, RunRecord) {
+    // tracing-core judges a callsite by the calling thread's subscriber
+    // alone while at most one dispatcher is registered: another thread
+    // meeting a callsite first (a run without capture) would then cache
+    // "never" for this one too. A second dispatcher, registered once and
+    // kept, makes every judgement ask all live dispatchers.
+    static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    KEEP.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let capture = Capture::default();
     let outcome = tracing::subscriber::with_default(capture.clone(), || {
-        // Callsites first hit while no subscriber listened (another run,
-        // on another thread) may have cached "never": ask again, now that
-        // this one listens.
+        // Callsites first met before this capture listened may have cached
+        // "never": ask again, now that it listens.
         tracing::callsite::rebuild_interest_cache();
         run_plan(plan, scenario, None)
     });
