@@ -160,6 +160,9 @@ struct State {
     decisions: Vec<Decision>,
     releases: Vec<Release>,
     snapshots: Vec<IndexSnapshot>,
+    /// The world is quiet (an engine restart's teardown, whose order tokio
+    /// does not fix): nothing is recorded, as the trace records nothing.
+    quiet: bool,
     /// A `cache_core::ttl` failure event seen in this span, not yet
     /// claimed by a decision.
     store_failed_in: Option<Option<u64>>,
@@ -217,13 +220,15 @@ const ANSWER: &str = "sim::engine::answer";
 const RELEASE: &str = "sim::engine::release";
 const INDEX: &str = "sim::engine::index";
 const COMPLETION: &str = "cache_core::completion";
+const QUIET: &str = "sim::world::quiet";
+const TARGETS: [&str; 7] = [DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION, QUIET];
 
 impl Subscriber for Capture {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
         if m.is_span() {
             m.target().starts_with("sim::engine")
         } else {
-            [DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION].contains(&m.target())
+            TARGETS.contains(&m.target())
         }
     }
 
@@ -251,6 +256,23 @@ impl Subscriber for Capture {
         let mut f = Fields::default();
         e.record(&mut f);
         let mut st = self.state();
+        if e.metadata().target() == QUIET {
+            #[derive(Default)]
+            struct Flag(bool);
+            impl Visit for Flag {
+                fn record_bool(&mut self, _: &Field, v: bool) {
+                    self.0 = v;
+                }
+                fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+            }
+            let mut q = Flag::default();
+            e.record(&mut q);
+            st.quiet = q.0;
+            return;
+        }
+        if st.quiet {
+            return;
+        }
         // The simulation trace's time: the step's start (it stamps lines
         // with the time the outer loop set for the step, one tick long).
         let ms = turmoil::sim_elapsed().map_or(0, |d| {
@@ -349,15 +371,49 @@ impl Subscriber for Capture {
     }
 }
 
+/// Keeps the capture's callsites "sometimes" interesting (see
+/// [`record_run`]); wants nothing itself.
+struct Sometimes;
+
+impl Subscriber for Sometimes {
+    fn register_callsite(&self, m: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        let ours = if m.is_span() {
+            m.target().starts_with("sim::engine")
+        } else {
+            TARGETS.contains(&m.target())
+        };
+        if ours {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::DEBUG)
+    }
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
 /// Runs `plan` with the decision capture installed for this run only.
 pub fn record_run(plan: Plan, scenario: &Scenario) -> (RunOutcome, RunRecord) {
-    // tracing-core judges a callsite by the calling thread's subscriber
-    // alone while at most one dispatcher is registered: another thread
-    // meeting a callsite first (a run without capture) would then cache
-    // "never" for this one too. A second dispatcher, registered once and
-    // kept, makes every judgement ask all live dispatchers.
+    // tracing-core caches per callsite whether any subscriber may want it,
+    // and another thread meeting a callsite first (a run without capture,
+    // in a test process) can cache "never" while this capture registers.
+    // A dispatcher registered once and kept answers "sometimes" for the
+    // capture's targets, so each event asks the current thread's
+    // subscriber: this run's capture, or nobody.
     static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
-    KEEP.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    KEEP.get_or_init(|| tracing::Dispatch::new(Sometimes));
     let capture = Capture::default();
     let outcome = tracing::subscriber::with_default(capture.clone(), || {
         // Callsites first met before this capture listened may have cached

@@ -216,6 +216,9 @@ impl World {
     /// engine runs in an order tokio does not make deterministic.
     pub fn set_quiet(&self, quiet: bool) {
         self.quiet.store(quiet, Ordering::SeqCst);
+        // The decision capture (`cache-sim diff`) drops what it sees
+        // meanwhile, as the trace does.
+        tracing::debug!(target: "sim::world::quiet", quiet);
     }
 
     /// Simulated ms since the start.
