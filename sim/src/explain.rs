@@ -23,8 +23,11 @@ use crate::decisions::{split_line, Decision, RunRecord};
 use crate::plan::Plan;
 
 /// How the storage key was chosen (T-2), as far as the decisions show it.
-fn storage_rule(rec: &RunRecord, i: usize, d: &Decision) -> String {
+fn storage_rule(plan: &Plan, rec: &RunRecord, i: usize, d: &Decision) -> String {
     if d.storage == d.call {
+        if ttl_bypassed(plan, d) {
+            return "the bare call key although the key has a TTL: T-2 never lets a TTL'd call use it".into();
+        }
         return "the call key itself (no TTL on this call: T-2 does not apply)".into();
     }
     if d.store_failed {
@@ -49,6 +52,16 @@ fn storage_rule(rec: &RunRecord, i: usize, d: &Decision) -> String {
             d.session
         ),
     }
+}
+
+/// A client's call of a TTL'd key under its bare call key (T-2 forbids it:
+/// a store failure gives a session-scoped key). Nested calls carry no TTL.
+fn ttl_bypassed(plan: &Plan, d: &Decision) -> bool {
+    let ttl = d
+        .key
+        .and_then(|k| plan.keys.get(k as usize))
+        .map_or(0, |p| p.ttl_ms);
+    ttl > 0 && d.storage == d.call && d.client.is_some() && d.path != "do-not-cache"
 }
 
 /// The plan key's requested ID, as the simulation builds it.
@@ -141,8 +154,14 @@ fn checklist(plan: &Plan, earlier: &Decision, d: &Decision) -> String {
 }
 
 /// A hit that should not have happened, if this one is.
-fn suspicious_hit(d: &Decision) -> Option<String> {
+fn suspicious_hit(plan: &Plan, d: &Decision) -> Option<String> {
     let a = d.answer.as_ref()?;
+    if ttl_bypassed(plan, d) && matches!(d.path.as_str(), "storage" | "ongoing") {
+        return Some(format!(
+            "4. storage key: a TTL'd call was served under the bare call key {} (T-2: a session-scoped key when the store fails, never the bare one)",
+            d.storage
+        ));
+    }
     let returned_other = a.returned != "-" && a.returned != d.call;
     if d.path == "content" && (returned_other || !d.overridden) {
         return Some(format!(
@@ -184,8 +203,14 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
             ", resolvers return k{r}'s ID (C-6)"
         ))
     );
+    // The cached calls of key K: arbitrary entries (`aK`) and change-cache
+    // inits (`path/K`) share the key index but not the key space.
+    let (arbitrary, change) = (format!("a{key}"), format!("path/{key}"));
     let mine: Vec<usize> = (0..rec.decisions.len())
-        .filter(|&i| rec.decisions[i].key == Some(key))
+        .filter(|&i| {
+            let d = &rec.decisions[i];
+            d.key == Some(key) && d.call != arbitrary && d.call != change
+        })
         .collect();
     if mine.is_empty() {
         let _ = writeln!(out, "  no call of k{key} in this run");
@@ -212,7 +237,7 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
             out,
             "   storage {} = {}",
             d.storage,
-            storage_rule(rec, i, d)
+            storage_rule(plan, rec, i, d)
         );
         let _ = writeln!(out, "   path    {} (rule {})", d.path, d.rule);
         match &answer {
@@ -232,12 +257,14 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
             }
         }
         let _ = writeln!(out, "   returns {}", returned_id(plan, d));
-        if let Some(why) = suspicious_hit(d) {
+        if let Some(why) = suspicious_hit(plan, d) {
             explained += 1;
             let _ = writeln!(out, "   HIT WHERE IT SHOULD NOT: {why}");
             continue;
         }
-        if !matches!(d.path.as_str(), "miss" | "do-not-cache") {
+        // A planned do-not-cache call (C-2) is no surprise; a miss is, and
+        // so is a forced no-cache retry (S-4).
+        if !(d.path == "miss" || (d.path == "do-not-cache" && d.rule == "S-4")) {
             continue;
         }
         // The last earlier call of the same recipe (or sharing its content
@@ -258,6 +285,29 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
             .filter(done)
             .find(|e| e.call == d.call)
             .or_else(|| before.iter().rev().filter(done).find(|e| related(e)));
+        if earlier.is_none() {
+            // A run of the same recipe still in flight: not joined.
+            let alongside = before.iter().rev().find(|e| {
+                e.call == d.call
+                    && e.storage == d.storage
+                    && e.path == "miss"
+                    && e.answer.as_ref().is_none_or(|a| a.ms >= d.ms)
+            });
+            if let Some(e) = alongside {
+                explained += 1;
+                let _ = writeln!(
+                    out,
+                    "   MISSED while {} (session {}, since {}ms) ran the same recipe under the same storage key",
+                    e.who(),
+                    e.session,
+                    e.ms
+                );
+                let _ = writeln!(
+                    out,
+                    "   why:    not joined: only calls with a concurrency key join one in flight (C-3.3); the later of the two completions meets the other's entry (C-7)"
+                );
+            }
+        }
         if let Some(e) = earlier {
             explained += 1;
             let at = completed_before(rec, e, d.ms).unwrap_or_default();

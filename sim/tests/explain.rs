@@ -46,6 +46,19 @@ fn a_replayed_error_is_named_by_s4() {
 }
 
 #[test]
+fn a_ttl_call_on_its_bare_call_key_is_named() {
+    // The zoo's first failing run of ttl-db-fail-open (T-2): at 1460 ms a
+    // TTL'd call hits under its bare call key.
+    let text = explained("standard", 1, Some(Bug::TtlDbFailOpen), 1);
+    assert!(
+        text.contains("HIT WHERE IT SHOULD NOT: 4. storage key: a TTL'd call was served under the bare call key"),
+        "{text}"
+    );
+    let clean = explained("standard", 1, None, 1);
+    assert!(!clean.contains("HIT WHERE IT SHOULD NOT"), "{clean}");
+}
+
+#[test]
 fn misses_after_a_completed_call_get_a_checklist_step() {
     let mut steps = std::collections::BTreeSet::new();
     for key in 0..6 {
