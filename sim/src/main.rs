@@ -1,9 +1,11 @@
 //! `cache-sim`: run, replay, shrink and report deterministic simulations.
 //!
-//! The only wall-clock reads of the sim crate live here, in [`wall`], to
-//! print seeds per second, the simulated-to-wall time ratio and each
+//! The wall-clock reads of the simulation commands live here, in [`wall`],
+//! to print seeds per second, the simulated-to-wall time ratio and each
 //! seed's wall time; and the only signal handler, which turns Ctrl-C and
-//! SIGTERM into a clean stop of `cache-sim run`.
+//! SIGTERM into a clean stop of `cache-sim run`. The real engine and
+//! clients (`serve`, `load`: `sim::serve`, `sim::load`) run on real time
+//! by design; no simulation reaches them.
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
