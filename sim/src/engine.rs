@@ -370,7 +370,7 @@ impl<H: EngineHost> Conn<H> {
         // What the close's releases left in the cache's indexes, for
         // `cache-sim diff` (a wrong removal shows here before any lookup
         // meets it); computed only when a subscriber listens.
-        index_snapshot(&self.eng, &format!("session {sid} closed"));
+        index_snapshot(&self.eng, || format!("session {sid} closed"));
         self.host.observe(Observation::SessionClosed {
             cache: &self.eng.calls,
             inc: self.eng.inc,
@@ -382,10 +382,14 @@ impl<H: EngineHost> Conn<H> {
 /// The call cache's indexes and O-3 report now, for `cache-sim diff` (a
 /// wrong removal shows here before any lookup meets it); computed only
 /// when a subscriber listens.
-fn index_snapshot(eng: &Engine, after: &str) {
+fn index_snapshot(eng: &Engine, after: impl FnOnce() -> String) {
+    if !tracing::enabled!(target: "sim::engine::index", tracing::Level::DEBUG) {
+        return;
+    }
+    let after = after();
     tracing::debug!(
         target: "sim::engine::index",
-        after,
+        after = after.as_str(),
         index = format!(
             "{}\n{}",
             eng.calls.inspect(|m| m.index_lines()).join("\n"),
@@ -525,7 +529,9 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
         _ => return,
     };
     conn.tokens.lock().unwrap().remove(&req);
-    index_snapshot(&conn.eng, &format!("client{} r{req} answered", conn.client));
+    index_snapshot(&conn.eng, || {
+        format!("client{} r{req} answered", conn.client)
+    });
     let line = answer(
         &conn,
         &span,

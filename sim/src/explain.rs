@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use crate::decisions::{split_line, Decision, RunRecord};
+use crate::decisions::{Decision, RunRecord};
 use crate::plan::Plan;
 
 /// How the storage key was chosen (T-2), as far as the decisions show it.
@@ -331,19 +331,4 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
         let _ = writeln!(out, "run violated {inv} at {ms} ms: {detail}");
     }
     Ok(out)
-}
-
-/// The trace lines around `ms` (for context), at most `n` before it.
-pub fn context(rec: &RunRecord, ms: u64, n: usize) -> Vec<String> {
-    let upto: Vec<&String> = rec
-        .trace
-        .iter()
-        .filter(|l| split_line(l).is_some_and(|(t, _, _)| t <= ms))
-        .collect();
-    upto.iter()
-        .rev()
-        .take(n)
-        .rev()
-        .map(|s| s.to_string())
-        .collect()
 }
