@@ -131,8 +131,21 @@ impl TraceLine {
 
     /// Emits the line as a `tracing` event at debug level, target
     /// `cache_core::decision` (formatted only if that level is enabled).
+    /// The line's fields are also the event's typed fields, in the short
+    /// forms the line prints, so a subscriber reads them without parsing
+    /// the message.
     pub fn emit(&self) {
-        tracing::debug!(target: "cache_core::decision", "{self}");
+        tracing::debug!(
+            target: "cache_core::decision",
+            call = short(&self.call_key()),
+            content = self.content_key().as_deref().map_or("-", short),
+            storage = short(&self.storage_key()),
+            path = %self.path,
+            overridden = self.overridden,
+            session = self.session.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            rule = self.rule,
+            "{self}"
+        );
     }
 }
 

@@ -94,20 +94,24 @@ pub enum ReplayOf<'a> {
 
 /// `cache-sim replay`: prints the full trace; `Ok(true)` if the plan passes.
 /// For a plan file, the setup's `--bug` switches add to the file's.
-pub fn replay(of: ReplayOf<'_>, setup: &Setup, trace_file: Option<&str>) -> Result<bool, String> {
-    let (plan, s, again) = match of {
-        ReplayOf::Seed(seed) => {
-            let s = setup.load()?;
-            let again = replay_cmd(seed, &s, setup.scenario.as_deref());
-            (Plan::generate(seed, &s), s, again)
+pub fn replay(
+    of: ReplayOf<'_>,
+    setup: &Setup,
+    trace_file: Option<&str>,
+    trace_out: Option<&str>,
+) -> Result<bool, String> {
+    let (plan, s, again) = resolve(of, setup)?;
+    let o = match trace_out {
+        Some(path) => {
+            // The decision capture does not change the run: the trace printed
+            // below is the same with or without it.
+            let (o, rec) = crate::decisions::record_run(plan, &s);
+            std::fs::write(path, rec.to_json()?)
+                .map_err(|e| format!("cannot write --trace-out {path}: {e}"))?;
+            o
         }
-        ReplayOf::PlanFile(path) => {
-            let f = crate::plan_file::PlanFile::load(path)?;
-            let s = f.scenario_with_bugs(&setup.bugs)?;
-            (f.plan, s, plan_replay_cmd(path, &setup.bugs))
-        }
+        None => run_plan(plan, &s, None),
     };
-    let o = run_plan(plan, &s, None);
     let text = o.trace.join("\n") + "\n";
     print!("{text}");
     if let Some(f) = trace_file {
@@ -120,6 +124,52 @@ pub fn replay(of: ReplayOf<'_>, setup: &Setup, trace_file: Option<&str>) -> Resu
         print!("{}", failure_text(&o, &s, &again));
     }
     Ok(o.passed())
+}
+
+/// The plan, scenario and replay command a seed or plan file names.
+fn resolve(of: ReplayOf<'_>, setup: &Setup) -> Result<(Plan, Scenario, String), String> {
+    Ok(match of {
+        ReplayOf::Seed(seed) => {
+            let s = setup.load()?;
+            let again = replay_cmd(seed, &s, setup.scenario.as_deref());
+            (Plan::generate(seed, &s), s, again)
+        }
+        ReplayOf::PlanFile(path) => {
+            let f = crate::plan_file::PlanFile::load(path)?;
+            let s = f.scenario_with_bugs(&setup.bugs)?;
+            (f.plan, s, plan_replay_cmd(path, &setup.bugs))
+        }
+    })
+}
+
+/// `cache-sim explain`: runs the seed (or plan file) with the decision
+/// capture and explains every call of key `key`. `Ok(true)` when the run
+/// passed.
+pub fn explain(of: ReplayOf<'_>, setup: &Setup, key: u64) -> Result<bool, String> {
+    let (plan, s, _) = resolve(of, setup)?;
+    let (o, rec) = crate::decisions::record_run(plan, &s);
+    println!(
+        "seed {} scenario {}{}",
+        o.plan.seed,
+        s.name,
+        if s.bugs.is_empty() {
+            String::new()
+        } else {
+            format!(" bugs {}", s.bugs)
+        }
+    );
+    print!("{}", crate::explain::explain(&o.plan, &rec, key)?);
+    Ok(o.passed())
+}
+
+/// `cache-sim diff A B`: `Ok(true)` when the runs made the same decisions.
+pub fn diff(a: &str, b: &str, context: usize) -> Result<bool, String> {
+    let (ra, rb) = (
+        crate::decisions::RunRecord::load(a)?,
+        crate::decisions::RunRecord::load(b)?,
+    );
+    print!("{}", crate::diff::report(a, &ra, b, &rb, context));
+    Ok(crate::diff::first_divergence(&ra, &rb).is_none())
 }
 
 /// The command that replays a plan file.

@@ -1,26 +1,85 @@
 //! A client host: runs its plan of timed operations over one connection at
 //! a time (one connection = one session), reconnecting after drops, timeouts
 //! and engine restarts, and retrying failed calls when its plan says so.
+//!
+//! The host is generic over its transport and what it reports to
+//! ([`ClientHost`]): the simulation plugs in the [`World`] (trace, oracles,
+//! fault flags), `cache-sim load` real sockets and a few counters.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use turmoil::net::TcpStream;
 
 use crate::oracle::{self, Observation};
-use crate::plan::OpKind;
-use crate::protocol::{Request, Response, ANSWER_MS, PING_MS, PORT};
+use crate::plan::{Op, OpKind};
+use crate::protocol::{Request, Response, ANSWER_MS, PING_MS};
+use crate::transport::{Connector, SimConnector, Stream};
 use crate::world::World;
 
-struct Conn {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    wr: OwnedWriteHalf,
+/// What a client host connects with and reports to.
+pub trait ClientHost: Clone + Send + Sync + 'static {
+    /// How it reaches the engine.
+    type Connector: Connector;
+    /// The connector.
+    fn connector(&self) -> &Self::Connector;
+    /// The HELLO client `c` sends on every new connection.
+    fn hello(&self, c: usize) -> Request;
+    /// One line of the client's log.
+    fn trace(&self, who: &str, what: impl AsRef<str>);
+    /// Counts an event; nothing by default.
+    fn count(&self, _what: &str) {}
+    /// Reports an observation to the oracles; nothing by default.
+    fn observe(&self, _obs: Observation<'_>) {}
+    /// Whether client `c` should drop its connection now (a fault).
+    fn take_drop_flag(&self, _c: usize) -> bool {
+        false
+    }
+    /// A request was sent.
+    fn note_sent(&self) {}
+    /// Client `c` starts operation `op` after a pause of `gap_ms`.
+    fn note_op(&self, _c: usize, _op: usize, _gap_ms: u64) {}
 }
 
-impl Conn {
+impl ClientHost for Arc<World> {
+    type Connector = SimConnector;
+    fn connector(&self) -> &SimConnector {
+        &SimConnector
+    }
+    fn hello(&self, c: usize) -> Request {
+        Request::Hello(c, None)
+    }
+    fn trace(&self, who: &str, what: impl AsRef<str>) {
+        World::trace(self, who, what)
+    }
+    fn count(&self, what: &str) {
+        World::count(self, what)
+    }
+    fn observe(&self, obs: Observation<'_>) {
+        oracle::observe(self, obs)
+    }
+    fn take_drop_flag(&self, c: usize) -> bool {
+        World::take_drop_flag(self, c)
+    }
+    fn note_sent(&self) {
+        World::note_sent(self)
+    }
+    fn note_op(&self, c: usize, op: usize, gap_ms: u64) {
+        self.set_progress(c, op);
+        self.note_pause(gap_ms);
+    }
+}
+
+type Read<H> = <<<H as ClientHost>::Connector as Connector>::Stream as Stream>::Read;
+type Write<H> = <<<H as ClientHost>::Connector as Connector>::Stream as Stream>::Write;
+
+struct Conn<H: ClientHost> {
+    lines: Lines<BufReader<Read<H>>>,
+    wr: Write<H>,
+}
+
+impl<H: ClientHost> Conn<H> {
     async fn send(&mut self, r: Request) -> bool {
         // Bounded: a partition leaves turmoil's in-flight segments unacked,
         // and once they fill up a write would wait forever; a real client
@@ -34,11 +93,12 @@ impl Conn {
     }
 }
 
-struct Client {
-    world: Arc<World>,
+struct Client<H: ClientHost> {
+    world: H,
+    ops: Vec<Op>,
     c: usize,
     name: String,
-    conn: Option<Conn>,
+    conn: Option<Conn<H>>,
     next_req: u64,
     /// Calls sent and not yet answered, by request id: several when the
     /// plan pipelines them.
@@ -59,7 +119,7 @@ struct Pending {
     cancelled: bool,
 }
 
-impl Client {
+impl<H: ClientHost> Client<H> {
     fn trace(&self, what: impl AsRef<str>) {
         self.world.trace(&self.name, what);
     }
@@ -81,19 +141,17 @@ impl Client {
 
     async fn connect(&mut self) {
         while self.conn.is_none() {
-            let attempt = tokio::time::timeout(
-                Duration::from_millis(500),
-                TcpStream::connect(("engine", PORT)),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(Duration::from_millis(500), self.world.connector().connect())
+                    .await;
             match attempt {
                 Ok(Ok(s)) => {
-                    let (rd, wr) = s.into_split();
+                    let (rd, wr) = s.split();
                     let mut conn = Conn {
                         lines: BufReader::new(rd).lines(),
                         wr,
                     };
-                    if conn.send(Request::Hello(self.c)).await {
+                    if conn.send(self.world.hello(self.c)).await {
                         self.conn = Some(conn);
                         self.trace("connected");
                     }
@@ -250,10 +308,7 @@ impl Client {
                 continue;
             };
             p.cancelled = true;
-            let init = matches!(
-                self.world.plan.clients[self.c][p.op].kind,
-                OpKind::Arbitrary { .. }
-            );
+            let init = matches!(self.ops[p.op].kind, OpKind::Arbitrary { .. });
             self.world
                 .count(if init { "cancel:init" } else { "cancel:call" });
             self.trace(format!("cancels r{req}"));
@@ -273,15 +328,12 @@ impl Client {
             return None;
         };
         let p = self.pending.remove(&req)?;
-        oracle::observe(
-            &self.world,
-            Observation::ClientAnswered {
-                client: &self.name,
-                req,
-                result: &result,
-                cancelled: p.cancelled,
-            },
-        );
+        self.world.observe(Observation::ClientAnswered {
+            client: &self.name,
+            req,
+            result: &result,
+            cancelled: p.cancelled,
+        });
         let mut retry = None;
         if may_retry && p.retry && matches!(result, Err(kind) if kind.from_resolver()) {
             self.trace(format!("retries op{}", p.op));
@@ -329,22 +381,31 @@ impl Client {
 /// at the operation it was at.
 pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
     let ops = world.plan.clients[c].clone();
+    let start = world.progress(c);
+    run_ops(world.clone(), c, ops, start).await;
+    world.set_done(c);
+    Ok(())
+}
+
+/// Runs client `c`'s operations `ops` from `start` over one connection at a
+/// time, then closes its session: the client host's code for a simulation
+/// and for `cache-sim load` alike.
+pub async fn run_ops<H: ClientHost>(world: H, c: usize, ops: Vec<Op>, start: usize) {
     let mut cl = Client {
         world: world.clone(),
+        ops: ops.clone(),
         c,
         name: format!("client{c}"),
         conn: None,
         next_req: 1,
         pending: BTreeMap::new(),
     };
-    let start = world.progress(c);
     if start > 0 {
         cl.trace(format!("restarted: resumes at op{start}"));
     }
     cl.connect().await;
     for (i, op) in ops.iter().enumerate().skip(start) {
-        world.set_progress(c, i);
-        world.note_pause(op.gap_ms);
+        world.note_op(c, i, op.gap_ms);
         cl.idle(op.gap_ms).await;
         match &op.kind {
             OpKind::Call {
@@ -381,6 +442,4 @@ pub async fn run(world: Arc<World>, c: usize) -> turmoil::Result {
     cl.connect().await;
     cl.close().await;
     cl.trace("done");
-    world.set_done(c);
-    Ok(())
 }

@@ -2,6 +2,12 @@
 //! serves the protocol; one connection is one session, and a dropped
 //! connection closes it (S-6). A restart (turmoil bounce) starts a new
 //! incarnation: memory lost, TTL store kept.
+//!
+//! The host is generic over its transport ([`Listener`]) and over what it
+//! reports to ([`EngineHost`]): the simulation plugs in the [`World`] (its
+//! trace, simulated clock and oracles), the real server (`cache-sim serve`)
+//! a logger and the system clock. The protocol, the sessions and the
+//! resolvers that follow the plan are this one code in both.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,20 +15,107 @@ use std::time::Duration;
 
 use cache_core::error::{CallError, ResolverError};
 use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
+use cache_core::id::CallId;
 use cache_core::machine::{FlightKey, Resolved};
 use cache_core::ttl::StoreError;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use turmoil::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use crate::failure::{Cause, RunFailure};
 use crate::oracle::{self, FlightClass, Observation, RunShadow, Served};
-use crate::plan::{Behave, Nest, OpKind, Outcome};
+use crate::plan::{Behave, Nest, OpKind, Outcome, Plan};
 use crate::protocol::{ErrKind, Request, Response, IDLE_MS, PORT};
+use crate::transport::{Listener, Stream};
 use crate::world::{Engine, Plant, Val, World};
 
-/// The engine host's software (called again on every restart).
+/// A plan both sides of a connection share, with its keys' IDs.
+pub trait PlanView: Clone + Send + Sync + 'static {
+    /// The plan.
+    fn plan(&self) -> &Plan;
+    /// The call ID of the plan's key `k`.
+    fn key_id(&self, k: u64) -> CallId;
+}
+
+/// What the engine host reports to and reads its time from: the simulation's
+/// [`World`], or the real server's logger. Cheap to clone (an `Arc`).
+pub trait EngineHost: Clone + Send + Sync + 'static {
+    /// The plans connections run.
+    type Plan: PlanView;
+    /// The plan of a client that said `HELLO client [scenario seed]`;
+    /// an error refuses the connection.
+    fn plan_for(&self, client: usize, named: Option<&(String, u64)>) -> Result<Self::Plan, String>;
+    /// Ms since the start (simulated in a simulation).
+    fn now(&self) -> u64;
+    /// The engine clock's reading now (the cache's `Clock`).
+    fn clock_ms(&self) -> i64;
+    /// The highest engine clock reading so far.
+    fn clock_high_water(&self) -> i64;
+    /// A fresh id (outputs, runs).
+    fn next_id(&self) -> u64;
+    /// One line of the host's log.
+    fn trace(&self, who: &str, what: impl AsRef<str>);
+    /// Counts an event; nothing by default.
+    fn count(&self, _what: &str) {}
+    /// Reports an observation to the oracles; nothing by default.
+    fn observe(&self, _obs: Observation<'_>) {}
+    /// The simulation's world, where planted violations reach into the
+    /// shadow model; none outside a simulation.
+    fn world(&self) -> Option<&World> {
+        None
+    }
+    /// A violation planted on purpose (simulation self-tests only).
+    fn plant(&self) -> Option<Plant> {
+        self.world().and_then(|w| w.plant)
+    }
+}
+
+impl PlanView for Arc<World> {
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    fn key_id(&self, k: u64) -> CallId {
+        World::key_id(self, k)
+    }
+}
+
+impl EngineHost for Arc<World> {
+    type Plan = Arc<World>;
+    fn plan_for(&self, _: usize, _: Option<&(String, u64)>) -> Result<Self::Plan, String> {
+        Ok(self.clone())
+    }
+    fn now(&self) -> u64 {
+        World::now(self)
+    }
+    fn clock_ms(&self) -> i64 {
+        cache_core::facade::Clock::now_ms(&self.clock)
+    }
+    fn clock_high_water(&self) -> i64 {
+        World::clock_high_water(self)
+    }
+    fn next_id(&self) -> u64 {
+        World::next_id(self)
+    }
+    fn trace(&self, who: &str, what: impl AsRef<str>) {
+        World::trace(self, who, what)
+    }
+    fn count(&self, what: &str) {
+        World::count(self, what)
+    }
+    fn observe(&self, obs: Observation<'_>) {
+        oracle::observe(self, obs)
+    }
+    fn world(&self) -> Option<&World> {
+        Some(self)
+    }
+    fn plant(&self) -> Option<Plant> {
+        self.plant
+    }
+}
+
+/// The engine host's software in a simulation (called again on every
+/// restart).
 pub async fn serve(world: Arc<World>) -> turmoil::Result {
     let eng = world.start_incarnation(|inc| {
         let clock = Arc::new(world.clock.clone());
@@ -47,16 +140,28 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
     });
     world.trace("engine", format!("start incarnation {}", eng.inc));
     tokio::spawn(collect_expired(world.clone(), eng.clone()));
-    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    accept_loop(world, eng, listener).await?;
+    Ok(())
+}
+
+/// Accepts connections until the engine stops (then waits forever: the
+/// simulation bounces the host), one task per connection. Returns only on
+/// an accept error.
+pub async fn accept_loop<H: EngineHost, L: Listener>(
+    host: H,
+    eng: Engine,
+    listener: L,
+) -> std::io::Result<()> {
     loop {
         let accepted = tokio::select! {
             biased;
             _ = eng.stop.cancelled() => None,
-            a = listener.accept() => Some(a?),
+            a = listener.accept_stream() => Some(a?),
         };
         match accepted {
-            Some((stream, _)) => {
-                tokio::spawn(connection(world.clone(), eng.clone(), stream));
+            Some(stream) => {
+                tokio::spawn(connection(host.clone(), eng.clone(), stream));
             }
             None => std::future::pending::<()>().await,
         }
@@ -70,7 +175,7 @@ const GC_EVERY_MS: u64 = 500;
 /// reading and upserting them (T-4) — as the real engine's background GC
 /// does. Rows are never the cache's memory, so nothing here may change an
 /// answer; the trace records what each round deleted.
-async fn collect_expired(world: Arc<World>, eng: Engine) {
+pub async fn collect_expired<H: EngineHost>(host: H, eng: Engine) {
     loop {
         tokio::select! {
             biased;
@@ -79,8 +184,8 @@ async fn collect_expired(world: Arc<World>, eng: Engine) {
         }
         match eng.calls.gc_ttl() {
             Ok(0) => {}
-            Ok(n) => world.trace("engine", format!("gc: {n} expired TTL rows deleted (T-5)")),
-            Err(e) => world.trace("engine", format!("gc failed: {}", store_error_text(&e))),
+            Ok(n) => host.trace("engine", format!("gc: {n} expired TTL rows deleted (T-5)")),
+            Err(e) => host.trace("engine", format!("gc failed: {}", store_error_text(&e))),
         }
     }
 }
@@ -102,8 +207,9 @@ enum Event {
     Read(Result<std::io::Result<Option<String>>, tokio::time::error::Elapsed>),
 }
 
-struct Conn {
-    world: Arc<World>,
+struct Conn<H: EngineHost> {
+    host: H,
+    plan: H::Plan,
     eng: Engine,
     calls: Arc<Session<Val>>,
     changes: Arc<Session<Val>>,
@@ -112,38 +218,43 @@ struct Conn {
     tx: mpsc::UnboundedSender<String>,
 }
 
-async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
+async fn connection<H: EngineHost, S: Stream>(host: H, eng: Engine, stream: S) {
     // This task owns both halves of the socket, so that the order in which
     // sockets close (and send FIN/RST) never depends on tokio's task order.
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.split();
     let mut lines = BufReader::new(rd).lines();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let idle = Duration::from_millis(IDLE_MS);
-    let client = match tokio::time::timeout(idle, lines.next_line()).await {
+    let (client, named) = match tokio::time::timeout(idle, lines.next_line()).await {
         Ok(Ok(Some(l))) => match Request::parse(&l) {
-            Some(Request::Hello(c)) => c,
+            Some(Request::Hello(c, named)) => (c, named),
             _ => return,
         },
         _ => return,
     };
+    let plan = match host.plan_for(client, named.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            host.trace("engine", format!("client{client} refused: {e}"));
+            return;
+        }
+    };
     let conn = Conn {
         calls: Arc::new(eng.calls.open_session()),
         changes: Arc::new(eng.changes.open_session()),
-        world: world.clone(),
+        host: host.clone(),
+        plan,
         eng: eng.clone(),
         client,
         tokens: Arc::default(),
         tx,
     };
     let sid = conn.calls.id();
-    oracle::observe(
-        &world,
-        Observation::SessionOpened {
-            inc: eng.inc,
-            session: sid,
-        },
-    );
-    world.trace("engine", format!("client{client} connected: session {sid}"));
+    host.observe(Observation::SessionOpened {
+        inc: eng.inc,
+        session: sid,
+    });
+    host.trace("engine", format!("client{client} connected: session {sid}"));
     // tokio's clock inside a turmoil host is the simulated one: deterministic.
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
@@ -162,7 +273,7 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
                 // long fills the link, and the engine drops it (S-6).
                 let write = wr.write_all(out.as_bytes());
                 if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-                    world.trace("engine", format!("client{client} write failed ({sid})"));
+                    host.trace("engine", format!("client{client} write failed ({sid})"));
                     break;
                 }
                 continue;
@@ -173,18 +284,18 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
         let line = match l {
             Ok(Ok(Some(l))) => l,
             Ok(Ok(None)) => {
-                world.trace("engine", format!("client{client} disconnected ({sid})"));
+                host.trace("engine", format!("client{client} disconnected ({sid})"));
                 break;
             }
             Ok(Err(e)) => {
-                world.trace(
+                host.trace(
                     "engine",
                     format!("client{client} connection error ({sid}): {e}"),
                 );
                 break;
             }
             Err(_) => {
-                world.trace("engine", format!("client{client} idle, dropping {sid}"));
+                host.trace("engine", format!("client{client} idle, dropping {sid}"));
                 break;
             }
         };
@@ -196,7 +307,7 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
             }
             Some(Request::Cancel(req)) => {
                 if let Some(t) = conn.tokens.lock().unwrap().get(&req) {
-                    world.trace("engine", format!("client{client} cancels r{req}"));
+                    host.trace("engine", format!("client{client} cancels r{req}"));
                     t.cancel();
                 }
             }
@@ -213,25 +324,26 @@ async fn connection(world: Arc<World>, eng: Engine, stream: TcpStream) {
                 let _ = tokio::time::timeout(idle, closed).await;
                 return;
             }
-            Some(Request::Ping) | Some(Request::Hello(_)) | None => {}
+            Some(Request::Ping) | Some(Request::Hello(..)) | None => {}
         }
     }
     // S-6: a dropped connection closes its session; its waiters leave.
     for t in conn.tokens.lock().unwrap().values() {
         t.cancel();
     }
-    if world.plant == Some(Plant::LeakSessionOnDisconnect) {
+    if host.plant() == Some(Plant::LeakSessionOnDisconnect) {
         std::mem::forget(conn.calls.clone());
-        world.trace("engine", format!("PLANTED: session {sid} forgotten"));
+        host.trace("engine", format!("PLANTED: session {sid} forgotten"));
         return;
     }
     conn.close("disconnect");
 }
 
-impl Conn {
-    fn share(&self) -> Conn {
+impl<H: EngineHost> Conn<H> {
+    fn share(&self) -> Conn<H> {
         Conn {
-            world: self.world.clone(),
+            host: self.host.clone(),
+            plan: self.plan.clone(),
             eng: self.eng.clone(),
             calls: self.calls.clone(),
             changes: self.changes.clone(),
@@ -246,54 +358,87 @@ impl Conn {
         let summary = self.calls.close();
         let _ = self.changes.close();
         match summary {
-            Ok(s) => self.world.trace(
+            Ok(s) => self.host.trace(
                 "engine",
                 format!(
                     "{why} {sid}: released {}, entries {} -> {} (S-7)",
                     s.released, s.entries_before, s.entries_after
                 ),
             ),
-            Err(e) => self.world.trace("engine", format!("{why} {sid}: {e}")),
+            Err(e) => self.host.trace("engine", format!("{why} {sid}: {e}")),
         }
-        oracle::observe(
-            &self.world,
-            Observation::SessionClosed {
-                cache: &self.eng.calls,
-                inc: self.eng.inc,
-                session: sid,
-            },
-        );
+        // What the close's releases left in the cache's indexes, for
+        // `cache-sim diff` (a wrong removal shows here before any lookup
+        // meets it); computed only when a subscriber listens.
+        index_snapshot(&self.eng, || format!("session {sid} closed"));
+        self.host.observe(Observation::SessionClosed {
+            cache: &self.eng.calls,
+            inc: self.eng.inc,
+            session: sid,
+        });
     }
+}
+
+/// The call cache's indexes and O-3 report now, for `cache-sim diff` (a
+/// wrong removal shows here before any lookup meets it); computed only
+/// when a subscriber listens.
+fn index_snapshot(eng: &Engine, after: impl FnOnce() -> String) {
+    if !tracing::enabled!(target: "sim::engine::index", tracing::Level::DEBUG) {
+        return;
+    }
+    let after = after();
+    tracing::debug!(
+        target: "sim::engine::index",
+        after = after.as_str(),
+        index = format!(
+            "{}\n{}",
+            eng.calls.inspect(|m| m.index_lines()).join("\n"),
+            eng.calls.leak_report()
+        )
+        .as_str(),
+    );
 }
 
 fn err_kind(e: &CallError) -> &'static str {
     ErrKind::of(e).as_str()
 }
 
-async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
-    let world = conn.world.clone();
+async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: CancellationToken) {
+    let host = conn.host.clone();
+    let plan = conn.plan.clone();
     let inc = conn.eng.inc;
     let sid = conn.calls.id();
-    let Some(op) = world.plan.clients[conn.client].get(op_index).cloned() else {
+    let Some(op) = plan.plan().clients[conn.client].get(op_index).cloned() else {
         return;
     };
-    let t0 = world.now();
-    let t0_clock = cache_core::facade::Clock::now_ms(&world.clock);
+    let t0 = host.now();
+    let t0_clock = host.clock_ms();
     // The TTL'd call key this request asks for, if any (coverage counts).
     let ttl_key = match op.kind {
-        OpKind::Call { key, .. } if world.plan.keys[key as usize].ttl_ms > 0 => Some(key),
+        OpKind::Call { key, .. } if plan.plan().keys[key as usize].ttl_ms > 0 => Some(key),
         _ => None,
     };
-    oracle::observe(
-        &world,
-        Observation::CallStarted {
-            inc,
-            session: sid,
-            ttl_key,
-        },
-    );
+    host.observe(Observation::CallStarted {
+        inc,
+        session: sid,
+        ttl_key,
+    });
     let who = format!("client{}", conn.client);
     let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });
+    // The span names the request for the decision events the cache emits
+    // inside it and for the answer event below (`cache-sim explain`,
+    // `cache-sim diff`); inert unless a subscriber is installed.
+    let span_key = match &op.kind {
+        OpKind::Call { key, .. } | OpKind::Arbitrary { key, .. } => *key,
+        _ => 0,
+    };
+    let span = tracing::debug_span!(
+        "call",
+        client = conn.client,
+        req,
+        key = span_key,
+        op = op_index
+    );
     let (res, key, is_call) = match op.kind {
         OpKind::Call {
             key,
@@ -304,14 +449,17 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             nests,
             ..
         } => {
-            let ttl_ms = world.plan.keys[key as usize].ttl_ms;
-            let ck = CallKey::new(world.key_id(key))
+            let ttl_ms = plan.plan().keys[key as usize].ttl_ms;
+            let ck = CallKey::new(plan.key_id(key))
                 .concurrency_key(if ckey { "c" } else { "" })
                 .ttl_ms(ttl_ms)
                 .do_not_cache(dnc);
             let ctx = conn.calls.ctx().with_cancel(token.clone());
             let r = resolver(
-                &world,
+                &Env {
+                    host: host.clone(),
+                    plan: plan.clone(),
+                },
                 &conn.eng,
                 Job {
                     key,
@@ -326,7 +474,11 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
                 },
             );
             (
-                conn.eng.calls.get_or_init_call(&ctx, ck, r).await,
+                conn.eng
+                    .calls
+                    .get_or_init_call(&ctx, ck, r)
+                    .instrument(span.clone())
+                    .await,
                 key,
                 true,
             )
@@ -349,7 +501,10 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
                 Kind::Arbitrary
             };
             let r = resolver(
-                &world,
+                &Env {
+                    host: host.clone(),
+                    plan: plan.clone(),
+                },
                 &conn.eng,
                 Job {
                     key,
@@ -363,7 +518,10 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
             );
             let name = format!("{}{key}", if change { "path/" } else { "a" });
             (
-                cache.get_or_init_arbitrary(&ctx, &name, r).await,
+                cache
+                    .get_or_init_arbitrary(&ctx, &name, r)
+                    .instrument(span.clone())
+                    .await,
                 key,
                 false,
             )
@@ -371,8 +529,12 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
         _ => return,
     };
     conn.tokens.lock().unwrap().remove(&req);
+    index_snapshot(&conn.eng, || {
+        format!("client{} r{req} answered", conn.client)
+    });
     let line = answer(
         &conn,
+        &span,
         &who,
         req,
         key,
@@ -382,17 +544,16 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
         t0_clock,
         token.is_cancelled(),
     );
-    oracle::observe(
-        &world,
-        Observation::CallAnswered {
-            inc,
-            session: sid,
-            ttl_key,
-        },
-    );
-    if world.plant == Some(Plant::SwallowResponse) && req == 3 && conn.client == 0 {
-        world.trace("engine", "PLANTED: response swallowed");
-        *world.shadow().pending.entry(inc).or_default() += 1;
+    host.observe(Observation::CallAnswered {
+        inc,
+        session: sid,
+        ttl_key,
+    });
+    if host.plant() == Some(Plant::SwallowResponse) && req == 3 && conn.client == 0 {
+        host.trace("engine", "PLANTED: response swallowed");
+        if let Some(world) = host.world() {
+            *world.shadow().pending.entry(inc).or_default() += 1;
+        }
         return;
     }
     let _ = conn.tx.send(line);
@@ -401,8 +562,9 @@ async fn call(conn: Conn, req: u64, op_index: usize, token: CancellationToken) {
 /// The answer line for one call's outcome; what was served is reported to
 /// the oracles (planted violations alter it first).
 #[allow(clippy::too_many_arguments)]
-fn answer(
-    conn: &Conn,
+fn answer<H: EngineHost>(
+    conn: &Conn<H>,
+    span: &tracing::Span,
     who: &str,
     req: u64,
     key: u64,
@@ -412,60 +574,58 @@ fn answer(
     t0_clock: i64,
     cancelled: bool,
 ) -> String {
-    let world = &conn.world;
+    let host = &conn.host;
+    let plan = &conn.plan;
     let sid = conn.calls.id();
     match res {
         Ok(r) => {
             let mut v = r.value().cloned();
             if let Some(v) = v.as_mut() {
-                if world.plant == Some(Plant::WrongValue) {
-                    v.key = (key + 1) % world.plan.keys.len() as u64 + 1000;
+                if host.plant() == Some(Plant::WrongValue) {
+                    v.key = (key + 1) % plan.plan().keys.len() as u64 + 1000;
                 }
-                if world.plant == Some(Plant::TtlCrossSession)
+                if host.plant() == Some(Plant::TtlCrossSession)
                     && is_call
-                    && world.plan.keys[key as usize].ttl_ms > 0
+                    && plan.plan().keys[key as usize].ttl_ms > 0
                 {
                     v.session = None;
                     v.safe = false;
                     v.made_ms = 0;
                 }
-                let ttl = world.plan.keys[key as usize].ttl_ms;
-                if world.plant == Some(Plant::TtlExpiredOwnSession) && is_call && ttl > 0 {
+                let ttl = plan.plan().keys[key as usize].ttl_ms;
+                if host.plant() == Some(Plant::TtlExpiredOwnSession) && is_call && ttl > 0 {
                     v.session = Some(sid);
                     v.made_ms = 0;
                     v.made_clock = t0_clock.saturating_sub(ttl as i64 + 1);
                 }
             }
             let mut reported = r.id().map(|i| i.call_key());
-            if world.plant == Some(Plant::RequestedIdOnStorageHit)
+            if host.plant() == Some(Plant::RequestedIdOnStorageHit)
                 && r.hit()
                 && !r.content_hit()
                 && v.as_ref().is_some_and(|v| v.id_key != key)
             {
-                reported = Some(world.key_id(key).call_key());
+                reported = Some(plan.key_id(key).call_key());
             }
             let owned = (!r.holds_ref() && on_calls).then(|| r.entry());
-            oracle::observe(
-                world,
-                Observation::Served {
-                    served: Served {
-                        cache: &conn.eng.calls,
-                        inc: conn.eng.inc,
-                        session: sid,
-                        req,
-                        key,
-                        is_call,
-                        value: v.as_ref(),
-                        reported_call_key: reported,
-                        hit: r.hit(),
-                        content_hit: r.content_hit(),
-                        detached: r.is_detached(),
-                        t0_ms: t0,
-                        t0_clock,
-                    },
-                    owned,
+            host.observe(Observation::Served {
+                served: Served {
+                    cache: &conn.eng.calls,
+                    inc: conn.eng.inc,
+                    session: sid,
+                    req,
+                    key,
+                    is_call,
+                    value: v.as_ref(),
+                    reported_call_key: reported,
+                    hit: r.hit(),
+                    content_hit: r.content_hit(),
+                    detached: r.is_detached(),
+                    t0_ms: t0,
+                    t0_clock,
                 },
-            );
+                owned,
+            });
             let flags = format!(
                 "{}{}{}",
                 if r.hit() { "hit" } else { "miss" },
@@ -475,12 +635,22 @@ fn answer(
             let shown = v
                 .as_ref()
                 .map_or("none".to_string(), |v| format!("o{}", v.out));
-            world.trace(
+            host.trace(
                 who,
                 format!("r{req} k{key} ok {flags} {shown} entry {}", r.entry()),
             );
-            world.count(if r.hit() { "hits" } else { "misses" });
-            if world.plant == Some(Plant::SpuriousCancel) && r.hit() {
+            tracing::debug!(
+                target: "sim::engine::answer",
+                parent: span,
+                returned = r
+                    .id()
+                    .map(|i| i.call_key())
+                    .as_deref()
+                    .map_or("-", crate::decisions::short),
+                outcome = format!("ok {flags} {shown} entry {}", r.entry()).as_str(),
+            );
+            host.count(if r.hit() { "hits" } else { "misses" });
+            if host.plant() == Some(Plant::SpuriousCancel) && r.hit() {
                 return Response::Answer {
                     req,
                     result: Err(ErrKind::Cancelled),
@@ -496,10 +666,12 @@ fn answer(
         }
         Err(e) => {
             let mut e = e;
-            if world.plant == Some(Plant::CachedError) {
+            if host.plant() == Some(Plant::CachedError) {
                 // Serve the error of the first run, long finished.
-                let first = world.shadow().runs.keys().next().copied();
-                if let Some(run) = first {
+                let first = host
+                    .world()
+                    .and_then(|w| w.shadow().runs.keys().next().copied());
+                if let (Some(run), Some(world)) = (first, host.world()) {
                     if world.shadow().finished_at(run).is_some_and(|f| f < t0) {
                         e = CallError::Resolver(ResolverError::new(RunFailure {
                             run,
@@ -508,18 +680,21 @@ fn answer(
                     }
                 }
             }
-            oracle::observe(
-                world,
-                Observation::Failed {
-                    req,
-                    key,
-                    error: &e,
-                    t0_ms: t0,
-                    caller_cancelled: cancelled,
-                },
+            host.observe(Observation::Failed {
+                req,
+                key,
+                error: &e,
+                t0_ms: t0,
+                caller_cancelled: cancelled,
+            });
+            host.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
+            tracing::debug!(
+                target: "sim::engine::answer",
+                parent: span,
+                returned = "-",
+                outcome = format!("err {}", err_kind(&e)).as_str(),
             );
-            world.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
-            world.count("errors");
+            host.count("errors");
             Response::Answer {
                 req,
                 result: Err(ErrKind::of(&e)),
@@ -554,39 +729,44 @@ struct Job {
     chain: Vec<u64>,
 }
 
+/// The host and the plan a resolver works with.
+#[derive(Clone)]
+struct Env<H: EngineHost> {
+    host: H,
+    plan: H::Plan,
+}
+
 /// A resolver doing `job`.
-fn resolver(
-    world: &Arc<World>,
+fn resolver<H: EngineHost>(
+    env: &Env<H>,
     eng: &Engine,
     job: Job,
 ) -> impl FnOnce(ResolverCtx) -> ResolverFuture + Send + 'static {
-    let world = world.clone();
+    let env = env.clone();
     let eng = eng.clone();
     let change = job.kind == Kind::Change;
     let (key, behave) = (job.key, job.behave);
     move |rctx: ResolverCtx| {
         Box::pin(async move {
-            let run = world.next_id();
-            oracle::observe(
-                &world,
-                Observation::ResolverStarted {
-                    run,
-                    shadow: RunShadow {
-                        inc: eng.inc,
-                        key: flight_class(&eng, &rctx, change),
-                        finished_at: None,
-                        // Planted: the shadow watches a token nobody cancels.
-                        cancel: if world.plant == Some(Plant::ResolverNotCancelled) {
-                            CancellationToken::new()
-                        } else {
-                            rctx.cancel.clone()
-                        },
-                        change,
-                        entry: rctx.entry,
+            let host = &env.host;
+            let run = host.next_id();
+            host.observe(Observation::ResolverStarted {
+                run,
+                shadow: RunShadow {
+                    inc: eng.inc,
+                    key: flight_class(&eng, &rctx, change),
+                    finished_at: None,
+                    // Planted: the shadow watches a token nobody cancels.
+                    cancel: if host.plant() == Some(Plant::ResolverNotCancelled) {
+                        CancellationToken::new()
+                    } else {
+                        rctx.cancel.clone()
                     },
+                    change,
+                    entry: rctx.entry,
                 },
-            );
-            world.trace(
+            });
+            host.trace(
                 "engine",
                 format!(
                     "run{run} k{key} starts ({:?}, {} ms{})",
@@ -595,11 +775,11 @@ fn resolver(
                     if behave.deaf { ", deaf" } else { "" }
                 ),
             );
-            let result = body(&world, &eng, run, &job, &rctx).await;
-            oracle::observe(&world, Observation::ResolverEnded { run });
+            let result = body(&env, &eng, run, &job, &rctx).await;
+            host.observe(Observation::ResolverEnded { run });
             match &result {
-                Ok(_) => world.trace("engine", format!("run{run} k{key} done")),
-                Err(e) => world.trace("engine", format!("run{run} k{key} {}", err_kind(e))),
+                Ok(_) => host.trace("engine", format!("run{run} k{key} done")),
+                Err(e) => host.trace("engine", format!("run{run} k{key} {}", err_kind(e))),
             }
             if behave.outcome == Outcome::Panic && result.is_ok() {
                 // The payload keeps the failure's identity (C-14, INV-6).
@@ -640,13 +820,14 @@ fn flight_class(eng: &Engine, rctx: &ResolverCtx, change: bool) -> FlightClass {
     }
 }
 
-async fn body(
-    world: &Arc<World>,
+async fn body<H: EngineHost>(
+    env: &Env<H>,
     eng: &Engine,
     run: u64,
     job: &Job,
     rctx: &ResolverCtx,
 ) -> Result<Resolved<Val>, CallError> {
+    let (host, plan) = (&env.host, &env.plan);
     let (key, behave, kind, session) = (job.key, job.behave, job.kind, job.session);
     let change = kind == Kind::Change;
     let nested_failed = |e: &CallError| {
@@ -665,7 +846,7 @@ async fn body(
             retry: false,
             then: None,
         };
-        match nested_call(world, eng, run, job, &quick, rctx).await {
+        match nested_call(env, eng, run, job, &quick, rctx).await {
             Ok(r) => inner = Some(r),
             Err(e) => return Err(nested_failed(&e)),
         }
@@ -680,10 +861,10 @@ async fn body(
         if cancelled {
             break;
         }
-        world.count("nested-later-in-run");
+        host.count("nested-later-in-run");
         // Its result is dropped at once: only the first nested call's ref
         // goes into this result (C-11).
-        if let Err(e) = nested_call(world, eng, run, job, n, rctx).await {
+        if let Err(e) = nested_call(env, eng, run, job, n, rctx).await {
             return Err(nested_failed(&e));
         }
     }
@@ -696,17 +877,14 @@ async fn body(
     }
     if cancelled {
         // INV-7: a resolver is cancelled only when every waiter has left.
-        oracle::observe(
-            world,
-            Observation::ResolverCancelled {
-                run,
-                cache: if change { &eng.changes } else { &eng.calls },
-                entry: rctx.entry.1,
-            },
-        );
+        host.observe(Observation::ResolverCancelled {
+            run,
+            cache: if change { &eng.changes } else { &eng.calls },
+            entry: rctx.entry.1,
+        });
         return Err(CallError::Cancelled);
     }
-    let out = world.next_id();
+    let out = host.next_id();
     let mk = |v: Option<Val>| match v {
         Some(v) => Resolved::value(v),
         None => Resolved::no_value(),
@@ -714,7 +892,7 @@ async fn body(
     // A call's resolver may return another key's ID (C-6): the entry is
     // then also indexed under that key's call key.
     let result_key = match kind {
-        Kind::Call => world.plan.keys[key as usize].result_key,
+        Kind::Call => plan.plan().keys[key as usize].result_key,
         Kind::Arbitrary | Kind::Change => None,
     };
     let val = Val {
@@ -725,8 +903,8 @@ async fn body(
         arbitrary: kind != Kind::Call,
         session,
         safe: behave.safe,
-        made_clock: world.clock_high_water(),
-        made_ms: world.now(),
+        made_clock: host.clock_high_water(),
+        made_ms: host.now(),
     };
     let mut resolved = match behave.outcome {
         Outcome::Value | Outcome::Panic => mk(Some(val)),
@@ -740,7 +918,7 @@ async fn body(
         Outcome::Hang => unreachable!("a hanging resolver only ends by cancellation"),
     };
     if let Some(r) = result_key {
-        resolved = resolved.with_id(world.key_id(r));
+        resolved = resolved.with_id(plan.key_id(r));
     }
     if behave.outcome == Outcome::Panic {
         return Ok(resolved);
@@ -749,21 +927,21 @@ async fn body(
     let handle = inner.and_then(|r| r.into_nested());
     let inc = eng.inc;
     let nested = handle.as_ref().and(inner_entry);
-    oracle::observe(
-        world,
-        Observation::OutputMade {
-            out,
-            inc,
-            nested,
-            safe_for: (kind == Kind::Call && behave.safe).then_some(key),
-        },
-    );
-    let hook_world = world.clone();
-    let double = world.plant == Some(Plant::DoubleHook);
+    host.observe(Observation::OutputMade {
+        out,
+        inc,
+        nested,
+        safe_for: (kind == Kind::Call && behave.safe).then_some(key),
+    });
+    let hook_host = host.clone();
+    let double = host.plant() == Some(Plant::DoubleHook);
     let mut resolved = resolved.safe_to_persist(behave.safe).with_release(move || {
         for _ in 0..if double { 2 } else { 1 } {
-            oracle::observe(&hook_world, Observation::HookRan { out, inc, nested });
+            hook_host.observe(Observation::HookRan { out, inc, nested });
         }
+        // The release, for `cache-sim diff` (C-7, C-12): inert unless a
+        // subscriber is installed.
+        tracing::debug!(target: "sim::engine::release", run, key, out);
         Ok(())
     });
     if let Some(h) = handle {
@@ -795,14 +973,15 @@ async fn pause(rctx: &ResolverCtx, deaf: bool, ms: Option<u64>) -> bool {
 /// One nested call of run `run` (C-11), retried once after a resolver
 /// failure when `n` says so. The oracles see each answer: a call of a key
 /// in the chain must be refused (C-4, C-4a).
-async fn nested_call(
-    world: &Arc<World>,
+async fn nested_call<H: EngineHost>(
+    env: &Env<H>,
     eng: &Engine,
     run: u64,
     job: &Job,
     n: &Nest,
     rctx: &ResolverCtx,
 ) -> Result<CallResult<Val>, CallError> {
+    let (host, plan) = (&env.host, &env.plan);
     let revisits = job.chain.contains(&n.key);
     let mut chain = job.chain.clone();
     chain.push(n.key);
@@ -825,33 +1004,55 @@ async fn nested_call(
         chain,
     };
     if n.dnc {
-        world.count("nested-do-not-cache");
+        host.count("nested-do-not-cache");
     }
     let mut attempts = if n.retry { 2 } else { 1 };
     loop {
         attempts -= 1;
-        let ck = CallKey::new(world.key_id(n.key))
+        let ck = CallKey::new(plan.key_id(n.key))
             .concurrency_key("c")
             .do_not_cache(n.dnc);
-        let r = resolver(world, eng, inner.clone());
-        let res = eng.calls.get_or_init_call(&rctx.nested(), ck, r).await;
+        let r = resolver(env, eng, inner.clone());
+        let span = tracing::debug_span!("nested", run, key = n.key);
+        let res = eng
+            .calls
+            .get_or_init_call(&rctx.nested(), ck, r)
+            .instrument(span.clone())
+            .await;
+        tracing::debug!(
+            target: "sim::engine::answer",
+            parent: &span,
+            returned = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.id())
+                .map(|i| i.call_key())
+                .as_deref()
+                .map_or("-", crate::decisions::short),
+            outcome = match &res {
+                Ok(r) => format!(
+                    "ok {} entry {}",
+                    if r.hit() { "hit" } else { "miss" },
+                    r.entry()
+                ),
+                Err(e) => format!("err {}", err_kind(e)),
+            }
+            .as_str(),
+        );
         let mut seen = res.as_ref().err().map(ErrKind::of);
-        if world.plant == Some(Plant::RecursionNotRefused) && revisits {
+        if host.plant() == Some(Plant::RecursionNotRefused) && revisits {
             seen = None;
         }
-        oracle::observe(
-            world,
-            Observation::NestedAnswered {
-                run,
-                key: n.key,
-                chain: &job.chain,
-                revisits,
-                error: seen,
-            },
-        );
+        host.observe(Observation::NestedAnswered {
+            run,
+            key: n.key,
+            chain: &job.chain,
+            revisits,
+            error: seen,
+        });
         match res {
             Err(e) if attempts > 0 && ErrKind::of(&e).from_resolver() => {
-                world.count("nested-retry");
+                host.count("nested-retry");
             }
             other => return other,
         }

@@ -24,8 +24,12 @@
 pub mod cli;
 pub mod client;
 pub mod counting_store;
+pub mod decisions;
+pub mod diff;
 pub mod engine;
+pub mod explain;
 pub mod failure;
+pub mod load;
 pub mod oracle;
 pub mod plan;
 pub mod plan_file;
@@ -34,9 +38,11 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod serve;
 pub mod shrink;
 pub mod sqlite_lock;
 pub mod sweep;
+pub mod transport;
 pub mod world;
 pub mod zoo;
 

@@ -1,9 +1,11 @@
 //! `cache-sim`: run, replay, shrink and report deterministic simulations.
 //!
-//! The only wall-clock reads of the sim crate live here, in [`wall`], to
-//! print seeds per second, the simulated-to-wall time ratio and each
+//! The wall-clock reads of the simulation commands live here, in [`wall`],
+//! to print seeds per second, the simulated-to-wall time ratio and each
 //! seed's wall time; and the only signal handler, which turns Ctrl-C and
-//! SIGTERM into a clean stop of `cache-sim run`.
+//! SIGTERM into a clean stop of `cache-sim run`. The real engine and
+//! clients (`serve`, `load`: `sim::serve`, `sim::load`) run on real time
+//! by design; no simulation reaches them.
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -101,9 +103,13 @@ enum Cmd {
         /// Scenario name or TOML file.
         #[arg(long)]
         scenario: Option<String>,
-        /// Also write the trace to this file.
+        /// Also write the trace to this file (the text printed).
         #[arg(long)]
         trace: Option<String>,
+        /// Write the run's decision trace to this file (JSON: the trace and
+        /// every O-2 decision with its request), for `cache-sim diff`.
+        #[arg(long, value_name = "FILE")]
+        trace_out: Option<String>,
         /// Override the scenario's number of clients.
         #[arg(long)]
         clients: Option<usize>,
@@ -139,6 +145,97 @@ enum Cmd {
         /// Seeds per named scenario to try before giving up.
         #[arg(long, default_value_t = 40)]
         seeds: u64,
+    },
+    /// The real engine: the simulation's engine host on real TCP, the
+    /// system clock and a SQLite TTL store, with Prometheus text at
+    /// `GET /metrics`. Prints `listening on ADDR` and `metrics on URL`
+    /// first; logs (one S-7 line per closed session) go to stderr.
+    #[command(
+        after_help = "Exit codes:\n  2    bad flags, an address in use, an unreadable or corrupt --ttl-db"
+    )]
+    Serve {
+        /// The protocol's address (port 0: any free port).
+        #[arg(long)]
+        listen: String,
+        /// The address of the HTTP server for `GET /metrics`.
+        #[arg(long)]
+        metrics: String,
+        /// The SQLite TTL store's file (created if missing). Without it the
+        /// store is an in-memory SQLite database, lost with the process.
+        #[arg(long, value_name = "FILE")]
+        ttl_db: Option<String>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
+        bugs: Vec<String>,
+    },
+    /// Real clients running a scenario's plans against `serve`, then the
+    /// metrics-first leak triage: every entry gauge must reach 0 once no
+    /// client is connected.
+    #[command(
+        after_help = "Exit codes:\n  0    no leak\n  1    a gauge stayed up: the leak class is printed\n  2    bad flags, or nothing to connect to"
+    )]
+    Load {
+        /// The engine's address.
+        #[arg(long)]
+        connect: String,
+        /// The engine's metrics, `http://IP:PORT/metrics`.
+        #[arg(long)]
+        metrics_url: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// How long clients run plans (`5s`, `800ms`, `2m`); clients still
+        /// in a plan at the end are cut off abruptly.
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// A named scenario (its plans; its simulated faults do not apply).
+        #[arg(long, default_value = "standard")]
+        scenario: String,
+        /// The first round's seed (round r runs seed + r).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long the gauges get to reach 0 after the clients stop.
+        #[arg(long, default_value = "10s")]
+        drain: String,
+        /// Chance per check that a client drops its connection abruptly.
+        #[arg(long, default_value_t = 0.01)]
+        disconnect_rate: f64,
+    },
+    /// The identity flow of every call of one key in a run: requested ID,
+    /// call and storage key (and the TTL rule that chose it), path, entry,
+    /// returned ID, session; and for a surprising miss or hit, the first
+    /// step of the checklist that explains it.
+    Explain {
+        /// The seed.
+        #[arg(long, required_unless_present = "plan")]
+        seed: Option<u64>,
+        /// A plan file written by `cache-sim shrink`.
+        #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
+        plan: Option<String>,
+        /// Scenario name or TOML file.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Override the scenario's number of clients.
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Turn on a bug-zoo switch (repeatable).
+        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
+        bugs: Vec<String>,
+        /// The plan's key index (the `kK` of the trace).
+        #[arg(long)]
+        key: u64,
+    },
+    /// The first decision where two runs diverge (files written by
+    /// `replay --trace-out`), both identity flows side by side. Exits 0 when
+    /// the runs made the same decisions, 1 when they diverge.
+    Diff {
+        /// The first run's decision trace.
+        a: String,
+        /// The second run's decision trace.
+        b: String,
+        /// Common decisions shown before the divergence.
+        #[arg(long, default_value_t = 5)]
+        context: usize,
     },
     /// SVG timeline of cache entries (by bucket) and connected clients.
     Report {
@@ -232,6 +329,7 @@ fn main() -> ExitCode {
             plan,
             scenario,
             trace,
+            trace_out,
             clients,
             bugs,
         } => cli::replay(
@@ -246,6 +344,7 @@ fn main() -> ExitCode {
                 bugs,
             },
             trace.as_deref(),
+            trace_out.as_deref(),
         )
         .map(code),
         Cmd::Shrink {
@@ -280,6 +379,60 @@ fn main() -> ExitCode {
             &svg,
         )
         .map(code),
+        Cmd::Explain {
+            seed,
+            plan,
+            scenario,
+            clients,
+            bugs,
+            key,
+        } => cli::explain(
+            match (&plan, seed) {
+                (Some(path), _) => cli::ReplayOf::PlanFile(path),
+                (None, seed) => cli::ReplayOf::Seed(seed.unwrap_or_default()),
+            },
+            &cli::Setup {
+                scenario,
+                clients,
+                bugs,
+            },
+            key,
+        )
+        .map(|_| 0),
+        Cmd::Diff { a, b, context } => cli::diff(&a, &b, context).map(code),
+        Cmd::Serve {
+            listen,
+            metrics,
+            ttl_db,
+            bugs,
+        } => sim::serve::serve(&sim::serve::ServeArgs {
+            listen,
+            metrics,
+            ttl_db,
+            bugs,
+        })
+        .map(|()| 0)
+        .map_err(|e| e.to_string()),
+        Cmd::Load {
+            connect,
+            metrics_url,
+            clients,
+            duration,
+            scenario,
+            seed,
+            drain,
+            disconnect_rate,
+        } => sim::load::load(&sim::load::LoadArgs {
+            connect,
+            metrics_url,
+            clients,
+            duration,
+            scenario,
+            seed,
+            drain,
+            disconnect_rate,
+        })
+        .map(|v| code(v == sim::load::LoadVerdict::Clean)),
     };
     match result {
         Ok(c) => ExitCode::from(c),

@@ -1,9 +1,17 @@
 //! The engine's small framed protocol: one text line per frame.
 //!
-//! Client → engine: `HELLO <client>`, `CALL <req> <op>`, `CANCEL <req>`,
-//! `PING`, `CLOSE`. Engine → client: `R <req> ok <value>`,
+//! Client → engine: `HELLO <client> [<scenario> <seed>]`, `CALL <req> <op>`,
+//! `CANCEL <req>`, `PING`, `CLOSE`. Engine → client: `R <req> ok <value>`,
 //! `R <req> err <kind>`, `CLOSED`. Operations are named by their index in
 //! the client's plan, which both sides share.
+//!
+//! How both sides know the plan: plans are a pure function of a named
+//! scenario and a seed (`Plan::generate`). In a simulation the engine host
+//! shares the world's plan, so the client says only `HELLO <client>`. A real
+//! client (`cache-sim load`) names the scenario and seed in its HELLO and
+//! the real engine (`cache-sim serve`) generates the same plan; the client
+//! index then picks the client's list of operations. No operation parameter
+//! goes over the wire, so the frames stay the simulation's.
 
 /// The engine's port.
 pub const PORT: u16 = 7000;
@@ -17,8 +25,9 @@ pub const ANSWER_MS: u64 = 4000;
 /// A request frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Identifies the client.
-    Hello(usize),
+    /// Identifies the client, and for a real client the plan it runs (a
+    /// named scenario and a seed).
+    Hello(usize, Option<(String, u64)>),
     /// Runs operation `op` of the client's plan as request `req`.
     Call(u64, usize),
     /// Cancels request `req`.
@@ -34,7 +43,14 @@ impl Request {
     pub fn parse(line: &str) -> Option<Request> {
         let mut w = line.split_whitespace();
         let r = match w.next()? {
-            "HELLO" => Request::Hello(w.next()?.parse().ok()?),
+            "HELLO" => {
+                let client = w.next()?.parse().ok()?;
+                let plan = match w.next() {
+                    None => None,
+                    Some(name) => Some((name.to_string(), w.next()?.parse().ok()?)),
+                };
+                Request::Hello(client, plan)
+            }
             "CALL" => Request::Call(w.next()?.parse().ok()?, w.next()?.parse().ok()?),
             "CANCEL" => Request::Cancel(w.next()?.parse().ok()?),
             "PING" => Request::Ping,
@@ -47,7 +63,8 @@ impl Request {
     /// The frame.
     pub fn line(&self) -> String {
         match self {
-            Request::Hello(c) => format!("HELLO {c}\n"),
+            Request::Hello(c, None) => format!("HELLO {c}\n"),
+            Request::Hello(c, Some((scenario, seed))) => format!("HELLO {c} {scenario} {seed}\n"),
             Request::Call(r, o) => format!("CALL {r} {o}\n"),
             Request::Cancel(r) => format!("CANCEL {r}\n"),
             Request::Ping => "PING\n".into(),
@@ -187,6 +204,18 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hellos_round_trip() {
+        for r in [
+            Request::Hello(2, None),
+            Request::Hello(0, Some(("standard".into(), 17))),
+        ] {
+            assert_eq!(Request::parse(r.line().trim_end()), Some(r));
+        }
+        // A scenario without its seed is not a HELLO.
+        assert_eq!(Request::parse("HELLO 1 standard"), None);
+    }
 
     #[test]
     fn responses_round_trip() {

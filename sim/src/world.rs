@@ -163,7 +163,7 @@ pub struct World {
 
 /// The ID of the plan's key `k`: one recipe per key, and a content digest
 /// shared by the keys of its content group (C-3.2).
-fn build_key_id(plan: &Plan, k: usize) -> CallId {
+pub fn build_key_id(plan: &Plan, k: usize) -> CallId {
     let id = CallId::new("build").with_arg("k", Literal::Int(k as i64));
     match plan.keys[k].content {
         Some(g) => id.with_content_digest(Digest::of(format!("content-{g}").as_bytes())),
@@ -223,6 +223,9 @@ impl World {
     /// engine runs in an order tokio does not make deterministic.
     pub fn set_quiet(&self, quiet: bool) {
         self.quiet.store(quiet, Ordering::SeqCst);
+        // The decision capture (`cache-sim diff`) drops what it sees
+        // meanwhile, as the trace does.
+        tracing::debug!(target: "sim::world::quiet", quiet);
     }
 
     /// Simulated ms since the start.

@@ -282,7 +282,7 @@ pub(super) fn finish<V: Clone + Send + 'static>(
     entry: EntryId,
     outcome: Result<Resolved<V>, CallError>,
 ) -> Option<crate::ttl::PreparedWrite> {
-    let (releases, persist) = {
+    let (releases, persist, index) = {
         let mut state = shared.lock();
         let completion = match state.machine.complete(entry, outcome) {
             Ok(c) => c,
@@ -311,8 +311,16 @@ pub(super) fn finish<V: Clone + Send + 'static>(
         {
             let _ = tx.send(());
         }
-        (releases, completion.persist)
+        // The indexes this completion left, for a tool comparing two runs
+        // (`cache-sim diff`); read only when a subscriber asks for them.
+        let index = tracing::enabled!(target: "cache_core::completion", tracing::Level::DEBUG)
+            .then(|| state.machine.index_lines().join("\n"));
+        (releases, completion.persist, index)
     };
+    // Sent after the lock is released, as spans are (S-5).
+    if let Some(index) = index {
+        tracing::debug!(target: "cache_core::completion", entry = %entry, index = index.as_str());
+    }
     let _ = run_hooks(shared, releases);
     persist
 }

@@ -163,6 +163,45 @@ impl<V: Clone> CallCache<V> {
         }
     }
 
+    /// Every index (storage, content, in flight, arbitrary), one line per
+    /// key in key order (`storage 3f2a9c0b1d4e -> e1v0`): the entries
+    /// lookups would meet.
+    /// The O-3 report lists entries with the slots they record; this lists
+    /// the indexes themselves, so a tool comparing two runs sees an index
+    /// that points somewhere its entries do not say.
+    pub fn index_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, map) in [
+            ("storage", self.idx.storage_lists()),
+            ("content", self.idx.content_lists()),
+        ] {
+            for (key, ids) in super::index::sorted(map) {
+                if ids.is_empty() {
+                    continue;
+                }
+                let ids: Vec<String> = ids.iter().map(|e| e.to_string()).collect();
+                out.push(format!(
+                    "{name} {} -> {}",
+                    short(&key.text()),
+                    ids.join(" ")
+                ));
+            }
+        }
+        for ((key, concurrency), e) in &self.idx.ongoing {
+            out.push(format!(
+                "ongoing {}/{concurrency} -> {e}",
+                short(&key.text())
+            ));
+        }
+        for (key, e) in &self.idx.arbitrary_ongoing {
+            out.push(format!("arbitrary-ongoing {key} -> {e}"));
+        }
+        for (key, e) in &self.idx.arbitrary_completed {
+            out.push(format!("arbitrary-completed {key} -> {e}"));
+        }
+        out
+    }
+
     /// The singleflight key an in-flight entry is registered under (C-3,
     /// K-2), or `None` when it is in no in-flight index (no concurrency
     /// key, completed, or gone). Oracles judge INV-4 on this typed answer.

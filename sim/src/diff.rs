@@ -1,0 +1,320 @@
+//! `cache-sim diff A B`: the first cache decision (O-2) where two runs
+//! diverge, with the common decisions before it and both identity flows
+//! side by side. A and B are files written by `cache-sim replay
+//! --trace-out`; typically the same seed with and without a bug-zoo switch,
+//! or before and after a change.
+//!
+//! Two streams are compared, each up to the end of the shorter run (a run
+//! stops at its first violation): the lookups with their answers, and the
+//! releases (a result's hook running when the cache lets go of it: its last
+//! ref went, or a duplicate completion was discarded, C-7). The earlier
+//! divergence in simulated time is the one reported.
+
+use std::fmt::Write as _;
+
+use crate::decisions::{Decision, IndexSnapshot, Release, RunRecord};
+
+/// Where two runs first diverge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// The index of the differing decision (for a release divergence: the
+    /// first decision after it).
+    pub index: usize,
+    /// Decisions both runs made, in the same order, before the divergence.
+    pub common: usize,
+    /// A release differs (not a lookup): A's and B's at that place.
+    pub release: Option<(Option<Release>, Option<Release>)>,
+    /// The indexes after a session close differ: A's and B's snapshots.
+    pub close: Option<(Option<IndexSnapshot>, Option<IndexSnapshot>)>,
+    /// Simulated ms at which they diverge: the decision's time, or its
+    /// answer's when only the answer differs.
+    pub ms: u64,
+    /// A's decision there (none: A made fewer decisions).
+    pub a: Option<Decision>,
+    /// B's decision there.
+    pub b: Option<Decision>,
+}
+
+/// Simulated ms of a run's last trace line: a run stops at its first
+/// violation, so what the other run did later is not a divergence.
+fn end_ms(r: &RunRecord) -> u64 {
+    r.trace
+        .last()
+        .and_then(|l| crate::decisions::split_line(l))
+        .map_or(0, |(ms, _, _)| ms)
+}
+
+/// A decision as compared: its answer only if it came before `horizon`.
+fn view(d: Option<&Decision>, horizon: u64) -> Option<Decision> {
+    let d = d.filter(|d| d.ms <= horizon)?;
+    let mut d = d.clone();
+    if d.answer.as_ref().is_some_and(|a| a.ms > horizon) {
+        d.answer = None;
+    }
+    Some(d)
+}
+
+/// The earliest (in simulated time) decision where `a` and `b` differ,
+/// up to the end of the shorter run; `None` if they made the same
+/// decisions with the same answers.
+pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
+    let horizon = end_ms(a).min(end_ms(b));
+    let n = a.decisions.len().max(b.decisions.len());
+    let mut best: Option<Divergence> = None;
+    for i in 0..n {
+        let (x, y) = (
+            view(a.decisions.get(i), horizon),
+            view(b.decisions.get(i), horizon),
+        );
+        if x == y {
+            continue;
+        }
+        let mut answers_only = x.clone().zip(y.clone());
+        let ms = match answers_only.as_mut() {
+            Some((p, q)) => {
+                let (pa, qa) = (p.answer.take(), q.answer.take());
+                if p == q {
+                    // Same decision, different answers: diverged when the
+                    // first of them came.
+                    [pa, qa]
+                        .iter()
+                        .flatten()
+                        .map(|a| a.ms)
+                        .min()
+                        .unwrap_or(p.ms)
+                } else {
+                    p.ms.min(q.ms)
+                }
+            }
+            None => x.as_ref().or(y.as_ref()).map_or(0, |d| d.ms),
+        };
+        if best.as_ref().is_none_or(|b| ms < b.ms) {
+            best = Some(Divergence {
+                index: i,
+                common: i,
+                release: None,
+                close: None,
+                ms,
+                a: a.decisions.get(i).cloned(),
+                b: b.decisions.get(i).cloned(),
+            });
+        }
+    }
+    let rel = |r: &RunRecord| -> Vec<Release> {
+        r.releases
+            .iter()
+            .filter(|x| x.ms <= horizon)
+            .cloned()
+            .collect()
+    };
+    let (ra, rb) = (rel(a), rel(b));
+    let first_release = (0..ra.len().max(rb.len())).find(|&i| ra.get(i) != rb.get(i));
+    if let Some(i) = first_release {
+        let (x, y) = (ra.get(i).cloned(), rb.get(i).cloned());
+        let ms = [&x, &y]
+            .iter()
+            .filter_map(|r| r.as_ref().map(|r| r.ms))
+            .min()
+            .unwrap_or(0);
+        if best.as_ref().is_none_or(|b| ms < b.ms) {
+            let common = common_before(a, b, ms);
+            best = Some(Divergence {
+                index: common,
+                common,
+                ms,
+                release: Some((x, y)),
+                close: None,
+                a: None,
+                b: None,
+            });
+        }
+    }
+    let snaps = |r: &RunRecord| -> Vec<IndexSnapshot> {
+        r.snapshots
+            .iter()
+            .filter(|x| x.ms <= horizon)
+            .cloned()
+            .collect()
+    };
+    let (ca, cb) = (snaps(a), snaps(b));
+    if let Some(i) = (0..ca.len().max(cb.len())).find(|&i| ca.get(i) != cb.get(i)) {
+        let (x, y) = (ca.get(i).cloned(), cb.get(i).cloned());
+        let ms = [&x, &y]
+            .iter()
+            .filter_map(|c| c.as_ref().map(|c| c.ms))
+            .min()
+            .unwrap_or(0);
+        if best.as_ref().is_none_or(|b| ms < b.ms) {
+            let common = common_before(a, b, ms);
+            best = Some(Divergence {
+                index: common,
+                common,
+                ms,
+                release: None,
+                close: Some((x, y)),
+                a: None,
+                b: None,
+            });
+        }
+    }
+    best
+}
+
+/// How many leading decisions both runs made alike up to `ms`.
+fn common_before(a: &RunRecord, b: &RunRecord, ms: u64) -> usize {
+    a.decisions
+        .iter()
+        .zip(&b.decisions)
+        .take_while(|(p, q)| p.ms <= ms && view(Some(p), ms) == view(Some(q), ms))
+        .count()
+}
+
+/// The last decision for `key` at or before `ms`.
+fn last_of(rec: &RunRecord, key: u64, ms: u64) -> Option<&Decision> {
+    rec.decisions
+        .iter()
+        .rev()
+        .find(|d| d.key == Some(key) && d.ms <= ms)
+}
+
+fn release_text(r: &Option<Release>) -> String {
+    r.as_ref().map_or("(no release)".into(), |r| {
+        format!("{}ms run{} k{} o{} released", r.ms, r.run, r.key, r.out)
+    })
+}
+
+fn flow(rec: &RunRecord, d: Option<&Decision>) -> Vec<(&'static str, String)> {
+    let Some(d) = d else {
+        return vec![("decision", "(none: the run made no more decisions)".into())];
+    };
+    let answer = rec
+        .answer_of(d)
+        .map_or_else(|| "-".to_string(), |(ms, w)| format!("{ms}ms {w}"));
+    vec![
+        ("decided", format!("{}ms", d.ms)),
+        ("who", d.who()),
+        ("key", d.key.map_or("-".into(), |k| format!("k{k}"))),
+        ("session", d.session.clone()),
+        ("call", d.call.clone()),
+        ("content", d.content.clone()),
+        ("storage", d.storage.clone()),
+        ("path", d.path.clone()),
+        ("rule", d.rule.clone()),
+        ("overridden", d.overridden.to_string()),
+        (
+            "returned",
+            d.answer.as_ref().map_or("-".into(), |a| a.returned.clone()),
+        ),
+        ("answer", answer),
+    ]
+}
+
+/// The report `cache-sim diff` prints; `context` common decisions are
+/// shown before the divergence.
+pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context: usize) -> String {
+    let mut out = String::new();
+    let Some(div) = first_divergence(a, b) else {
+        let _ = writeln!(
+            out,
+            "no divergence: both runs made the same {} decisions",
+            a.decisions.len()
+        );
+        return out;
+    };
+    match (&div.release, &div.close) {
+        (None, Some((x, y))) => {
+            let after = x
+                .as_ref()
+                .or(y.as_ref())
+                .map_or("-".into(), |c| c.after.clone());
+            let _ = writeln!(
+                out,
+                "first divergence: the cache's indexes at {}ms, after {after} (what the completion or the releases changed), after {} common decisions",
+                div.ms, div.common
+            );
+        }
+        (None, None) => {
+            let _ = writeln!(
+                out,
+                "first divergence: decision #{} at {}ms ({} common decisions before it)",
+                div.index + 1,
+                div.ms,
+                div.common
+            );
+        }
+        (Some(_), _) => {
+            let _ = writeln!(
+                out,
+                "first divergence: a release at {}ms, after {} common decisions (a result the cache let go of: last ref, or a duplicate completion discarded, C-7)",
+                div.ms, div.common
+            );
+        }
+    }
+    let from = div.common.saturating_sub(context);
+    if from > 0 {
+        let _ = writeln!(out, "  … {from} earlier common decisions");
+    }
+    for d in &a.decisions[from..div.common] {
+        let _ = writeln!(out, "  = {:>6}ms {:<18} {}", d.ms, d.who(), d.line());
+    }
+    if let Some((x, y)) = &div.close {
+        let lines = |c: &Option<IndexSnapshot>| -> Vec<String> {
+            c.as_ref().map_or(Vec::new(), |c| {
+                c.index.lines().map(str::to_string).collect()
+            })
+        };
+        let (la, lb) = (lines(x), lines(y));
+        let _ = writeln!(out, "  index lines only in {a_name}:");
+        for l in la.iter().filter(|l| !lb.contains(l)) {
+            let _ = writeln!(out, "    - {l}");
+        }
+        let _ = writeln!(out, "  index lines only in {b_name}:");
+        for l in lb.iter().filter(|l| !la.contains(l)) {
+            let _ = writeln!(out, "    + {l}");
+        }
+    }
+    let (da, db) = match &div.release {
+        None if div.close.is_some() => (None, None),
+        None => (div.a.clone(), div.b.clone()),
+        Some((x, y)) => {
+            let key = x.as_ref().or(y.as_ref()).map_or(0, |r| r.key);
+            let _ = writeln!(out, "  {a_name}: {}", release_text(x));
+            let _ = writeln!(out, "  {b_name}: {}", release_text(y));
+            let _ = writeln!(out, "  the last lookup of k{key} before it, in each run:");
+            (
+                last_of(a, key, div.ms).cloned(),
+                last_of(b, key, div.ms).cloned(),
+            )
+        }
+    };
+    let (fa, fb) = if div.close.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        (flow(a, da.as_ref()), flow(b, db.as_ref()))
+    };
+    let width = fa
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+        .clamp(8, 48);
+    let _ = writeln!(out, "  {:<10} | {:<width$} | {}", "", a_name, b_name);
+    let rows = fa.len().max(fb.len());
+    for i in 0..rows {
+        let (name, va) = fa.get(i).cloned().unwrap_or(("", String::new()));
+        let vb = fb.get(i).map(|(_, v)| v.clone()).unwrap_or_default();
+        let mark = if va != vb { '*' } else { ' ' };
+        let _ = writeln!(out, "{mark} {name:<10} | {va:<width$} | {vb}");
+    }
+    for (name, rec) in [(a_name, a), (b_name, b)] {
+        match &rec.violation {
+            Some((inv, ms, detail)) => {
+                let _ = writeln!(out, "{name}: violated {inv} at {ms} ms: {detail}");
+            }
+            None => {
+                let _ = writeln!(out, "{name}: passed");
+            }
+        }
+    }
+    out
+}
