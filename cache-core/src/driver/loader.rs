@@ -1563,3 +1563,74 @@ fn with_bugs(m: LoaderMachine<()>, bugs: LoaderBugs) -> LoaderMachine<()> {
 fn with_bugs(m: LoaderMachine<()>, _bugs: LoaderBugs) -> LoaderMachine<()> {
     m
 }
+
+/// A value type with the shapes a cached value has (text, bytes, options,
+/// nested lists, signed numbers) for the codec target.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CodecProbe {
+    /// Text.
+    pub name: String,
+    /// Raw bytes.
+    pub bytes: Vec<u8>,
+    /// An optional number.
+    pub id: Option<u64>,
+    /// A signed number.
+    pub delta: i64,
+    /// Nested lists.
+    pub tags: Vec<Vec<String>>,
+}
+
+/// The `loader_codec` target (L-14): arbitrary bytes decoded as a record
+/// envelope and, through both codecs, as values of a few types. Decoding
+/// never panics (a panic propagates to the fuzzer); whatever decodes
+/// re-encodes to an equal value, and an envelope re-encodes to the very
+/// same bytes (its layout has one encoding per record).
+pub fn run_loader_codec(bytes: &[u8]) -> Result<(), Failure> {
+    use crate::loader::Codec;
+
+    let fail = |detail: String| Failure {
+        invariant: "L-14",
+        step: 0,
+        detail,
+    };
+    if let Ok(record) = Record::decode(bytes) {
+        if record.encode() != bytes {
+            return Err(fail(format!(
+                "the envelope {bytes:?} decodes to {record:?}, which encodes differently"
+            )));
+        }
+    }
+    for codec in [Codec::Binary, Codec::Json] {
+        round_trip::<CodecProbe>(codec, bytes).map_err(fail)?;
+        round_trip::<String>(codec, bytes).map_err(fail)?;
+        round_trip::<Vec<u8>>(codec, bytes).map_err(fail)?;
+        round_trip::<(u8, Option<i32>, bool)>(codec, bytes).map_err(fail)?;
+        round_trip::<BTreeMap<String, u64>>(codec, bytes).map_err(fail)?;
+    }
+    // A record around the bytes: its body decodes (or not) the same way.
+    let wrapped = Record::value(bytes.to_vec(), i64::MAX).encode();
+    match Record::decode(&wrapped) {
+        Ok(r) if r.payload == Payload::Value(bytes.to_vec()) => Ok(()),
+        other => Err(fail(format!(
+            "a value record did not round-trip: {other:?}"
+        ))),
+    }
+}
+
+fn round_trip<V>(codec: crate::loader::Codec, bytes: &[u8]) -> Result<(), String>
+where
+    V: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let Ok(v) = codec.decode::<V>(bytes) else {
+        return Ok(());
+    };
+    let again = codec
+        .encode(&v)
+        .map_err(|e| format!("{codec:?}: {v:?} decoded but does not encode: {e}"))?;
+    match codec.decode::<V>(&again) {
+        Ok(w) if w == v => Ok(()),
+        other => Err(format!(
+            "{codec:?}: {v:?} encodes to {again:?}, which decodes to {other:?}"
+        )),
+    }
+}

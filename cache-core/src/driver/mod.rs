@@ -58,8 +58,8 @@ pub use arbitrary;
 pub use facade::run_facade;
 pub use id::{run_id, run_id_decode, run_id_recipe, IdRecipe, IdStep, LitPick, ScopePick};
 pub use loader::{
-    driver_keys, run_loader_machine, run_loader_machine_with, LoadResult, LoaderInput, LoaderOp,
-    LoaderStats, RemoteFault,
+    driver_keys, run_loader_codec, run_loader_machine, run_loader_machine_with, CodecProbe,
+    LoadResult, LoaderInput, LoaderOp, LoaderStats, RemoteFault,
 };
 pub use machine::run_machine;
 pub use ops::*;
