@@ -1144,6 +1144,11 @@ impl Driver {
     ) -> bool {
         let now = self.high;
         let node = &mut self.nodes[n];
+        // A copy the machine evicted earlier in this step no longer guards
+        // a placeholder write there (L-7 looks at what the tier holds).
+        if node.m.local().peek(&order.key).is_none() {
+            node.local.remove(&order.key);
+        }
         let mutated = node.m.write_applied(order, write, now);
         if matches!(write, RemoteWrite::Failed | RemoteWrite::Done(false)) || node.closed {
             return mutated;
