@@ -195,6 +195,201 @@ impl fmt::Display for Bugs {
     }
 }
 
+/// One switch of the loader's zoo (SPEC §7): each puts back a failure mode
+/// jetcache-go users reported. They live apart from [`Bug`] because they
+/// break the read-through loader, not the call cache: `cache-sim zoo` hunts
+/// [`Bug::ALL`] through the call-cache simulation, while the loader driver
+/// (`cache_core::driver::run_loader_machine_with`) hunts these.
+///
+/// ```
+/// use cache_core::bugs::{LoaderBug, LoaderBugs};
+///
+/// let bug: LoaderBug = "delete-keeps-refresh-task".parse().unwrap();
+/// assert_eq!(bug.rule(), "L-9");
+/// assert_eq!(bug.invariants(), &["LINV-4"]);
+/// assert_eq!(LoaderBugs::none().with(bug).on(bug), cfg!(feature = "bug-zoo"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoaderBug {
+    /// The placeholder is the in-band byte string [`IN_BAND_PLACEHOLDER`]:
+    /// a real value equal to it reads back as "not found" (breaks L-6).
+    PlaceholderInBand,
+    /// A refresh starts its own flight even while a foreground load of the
+    /// key is in the air (breaks L-1).
+    RefreshBypassesFlight,
+    /// A refresh whose loader gave no value writes an empty value (breaks L-10).
+    RefreshWritesEmpty,
+    /// `delete` leaves the key's refresh task running (breaks L-9).
+    DeleteKeepsRefreshTask,
+    /// A not-found placeholder overwrites a real value written after its
+    /// load began (breaks L-7).
+    PlaceholderOverwritesValue,
+    /// A write lands in the local tier even when the remote refused it
+    /// (breaks L-4).
+    LocalWriteAheadOfRemote,
+    /// Batch flights are keyed by the text of their id list (parts joined
+    /// by commas), so different batches collide (breaks L-5, L-13).
+    BatchKeyText,
+    /// Refresh tasks are still added after `close` (breaks L-9).
+    RefreshAfterClose,
+    /// Callers joining a flight are not counted (breaks L-15).
+    WaitersNotCounted,
+}
+
+/// What [`LoaderBug::PlaceholderInBand`] takes for a placeholder: one `*`,
+/// as a loader cache that marks "not found" in band would store it.
+pub const IN_BAND_PLACEHOLDER: &[u8] = b"*";
+
+impl LoaderBug {
+    /// Every loader switch, in a fixed order.
+    pub const ALL: [LoaderBug; 9] = [
+        LoaderBug::PlaceholderInBand,
+        LoaderBug::RefreshBypassesFlight,
+        LoaderBug::RefreshWritesEmpty,
+        LoaderBug::DeleteKeepsRefreshTask,
+        LoaderBug::PlaceholderOverwritesValue,
+        LoaderBug::LocalWriteAheadOfRemote,
+        LoaderBug::BatchKeyText,
+        LoaderBug::RefreshAfterClose,
+        LoaderBug::WaitersNotCounted,
+    ];
+
+    /// The switch's id.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoaderBug::PlaceholderInBand => "placeholder-in-band",
+            LoaderBug::RefreshBypassesFlight => "refresh-bypasses-flight",
+            LoaderBug::RefreshWritesEmpty => "refresh-writes-empty",
+            LoaderBug::DeleteKeepsRefreshTask => "delete-keeps-refresh-task",
+            LoaderBug::PlaceholderOverwritesValue => "placeholder-overwrites-value",
+            LoaderBug::LocalWriteAheadOfRemote => "local-write-ahead-of-remote",
+            LoaderBug::BatchKeyText => "batch-key-text",
+            LoaderBug::RefreshAfterClose => "refresh-after-close",
+            LoaderBug::WaitersNotCounted => "waiters-not-counted",
+        }
+    }
+
+    /// The spec rule the switch breaks.
+    pub fn rule(self) -> &'static str {
+        match self {
+            LoaderBug::PlaceholderInBand => "L-6",
+            LoaderBug::RefreshBypassesFlight => "L-1",
+            LoaderBug::RefreshWritesEmpty => "L-10",
+            LoaderBug::DeleteKeepsRefreshTask | LoaderBug::RefreshAfterClose => "L-9",
+            LoaderBug::PlaceholderOverwritesValue => "L-7",
+            LoaderBug::LocalWriteAheadOfRemote => "L-4",
+            LoaderBug::BatchKeyText => "L-13",
+            LoaderBug::WaitersNotCounted => "L-15",
+        }
+    }
+
+    /// The loader invariants (SPEC §7.8) whose checks may report the switch;
+    /// a driver run with it on must fail with one of these.
+    pub fn invariants(self) -> &'static [&'static str] {
+        match self {
+            // A value read back as a placeholder.
+            LoaderBug::PlaceholderInBand => &["LINV-2"],
+            LoaderBug::RefreshBypassesFlight => &["LINV-1"],
+            // A value no loader produced is served.
+            LoaderBug::RefreshWritesEmpty => &["LINV-2"],
+            LoaderBug::DeleteKeepsRefreshTask => &["LINV-4"],
+            // The newer value is served as "not found".
+            LoaderBug::PlaceholderOverwritesValue => &["LINV-2"],
+            // The local copy is one the remote never accepted: it cannot converge.
+            LoaderBug::LocalWriteAheadOfRemote => &["LINV-5"],
+            LoaderBug::BatchKeyText => &["LINV-7"],
+            // The task outlives close: not quiescent (the machine's own
+            // check calls the same state a refresh bound, LINV-4).
+            LoaderBug::RefreshAfterClose => &["LINV-8", "LINV-4"],
+            LoaderBug::WaitersNotCounted => &["LINV-6"],
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for LoaderBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LoaderBug {
+    type Err = UnknownBug;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LoaderBug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBug { name: s.into() })
+    }
+}
+
+/// A set of loader switches; the default is none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LoaderBugs(u16);
+
+impl LoaderBugs {
+    /// No switch on: the loader as specified.
+    pub fn none() -> Self {
+        Self(0)
+    }
+
+    /// This set plus `bug`.
+    pub fn with(self, bug: LoaderBug) -> Self {
+        Self(self.0 | bug.bit())
+    }
+
+    /// Whether the faulty path of `bug` is taken: always `false` without the
+    /// feature `bug-zoo`, so the compiler removes those paths.
+    #[inline(always)]
+    pub fn on(self, bug: LoaderBug) -> bool {
+        cfg!(feature = "bug-zoo") && self.0 & bug.bit() != 0
+    }
+
+    /// Whether no switch is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The switches set, in [`LoaderBug::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = LoaderBug> {
+        LoaderBug::ALL
+            .into_iter()
+            .filter(move |b| self.0 & b.bit() != 0)
+    }
+}
+
+impl fmt::Display for LoaderBugs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(LoaderBug::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// [`LoaderBug::BatchKeyText`]'s flight key: the key parts of every stored
+/// key in the batch, joined by commas, as one text. Keys whose parts
+/// contain commas collide with other batches.
+pub fn batch_text_key(key: &crate::loader::FlightKey) -> crate::loader::FlightKey {
+    use crate::loader::FlightKey;
+    match key {
+        FlightKey::Batch(stored) => {
+            let parts: Vec<String> = stored
+                .iter()
+                .flat_map(|s| {
+                    crate::loader::keys::parse_stored_key(s)
+                        .map(|(_, k)| k.parts().to_vec())
+                        .unwrap_or_else(|| vec![s.clone()])
+                })
+                .collect();
+            FlightKey::Batch(vec![parts.join(",")])
+        }
+        FlightKey::Single(_) => key.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +412,23 @@ mod tests {
         for b in Bug::ALL {
             assert!(text.contains(b.name()), "{text}");
         }
+    }
+
+    #[test]
+    fn loader_names_round_trip_apart_from_the_call_cache_ones() {
+        for b in LoaderBug::ALL {
+            assert_eq!(b.name().parse::<LoaderBug>(), Ok(b));
+            assert!(
+                b.name().parse::<Bug>().is_err(),
+                "{b} is not a call-cache switch"
+            );
+            assert!(b.invariants().iter().all(|i| i.starts_with("LINV-")));
+        }
+        let all = LoaderBug::ALL
+            .iter()
+            .fold(LoaderBugs::none(), |s, b| s.with(*b));
+        assert_eq!(all.iter().count(), LoaderBug::ALL.len());
+        assert!(LoaderBug::ALL.iter().all(|b| !LoaderBugs::default().on(*b)));
     }
 
     #[test]

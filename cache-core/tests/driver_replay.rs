@@ -115,3 +115,22 @@ fn sim_plan_inputs_replay_clean() {
     );
     println!("replayed {ran} sim_plan inputs");
 }
+
+/// The loader_ops seeds are real operation sequences, not inputs the
+/// fuzzer would skip or decode to nothing.
+#[test]
+fn loader_ops_seeds_decode_to_operation_sequences() {
+    use cache_core::driver::LoaderInput;
+    let seeds = inputs("seeds", "loader_ops");
+    assert!(!seeds.is_empty(), "no seed corpus in fuzz/seeds/loader_ops");
+    for path in seeds {
+        let bytes = fs::read(&path).expect("readable corpus file");
+        let input = decode::<LoaderInput>(&bytes)
+            .unwrap_or_else(|| panic!("{} does not decode", path.display()));
+        assert!(
+            !input.ops.is_empty(),
+            "{} decodes to no operation",
+            path.display()
+        );
+    }
+}

@@ -20,6 +20,7 @@
 //! | the async facade and sessions | [`FacadeInput`] | [`run_facade`] |
 //! | TTL stores, in-memory vs SQLite | [`TtlInput`] | [`run_ttl_stores`] |
 //! | call-ID encoding | raw bytes and an [`IdRecipe`] | [`run_id`] |
+//! | the loader's machine, remote and bus (SPEC §7) | [`LoaderInput`] | [`run_loader_machine`] |
 //!
 //! [`replay`] decodes raw fuzz inputs exactly as `libfuzzer-sys` does, so the
 //! committed corpus and crash artifacts run on stable `cargo test`.
@@ -45,6 +46,7 @@ use std::fmt;
 
 mod facade;
 mod id;
+mod loader;
 mod machine;
 mod ops;
 pub mod replay;
@@ -55,6 +57,10 @@ mod ttl;
 pub use arbitrary;
 pub use facade::run_facade;
 pub use id::{run_id, run_id_decode, run_id_recipe, IdRecipe, IdStep, LitPick, ScopePick};
+pub use loader::{
+    driver_keys, run_loader_codec, run_loader_machine, run_loader_machine_with, CodecProbe,
+    LoadResult, LoaderInput, LoaderOp, LoaderStats, RemoteFault,
+};
 pub use machine::run_machine;
 pub use ops::*;
 pub use shadow::quiet_expected_panics;

@@ -9,14 +9,21 @@
 use arbitrary::{Arbitrary, Unstructured};
 
 use super::{
-    run_facade, run_id, run_machine, run_ttl_stores, FacadeInput, Failure, MachineInput, Stats,
-    TtlInput,
+    run_facade, run_id, run_loader_codec, run_loader_machine, run_machine, run_ttl_stores,
+    FacadeInput, Failure, LoaderInput, MachineInput, Stats, TtlInput,
 };
 
-/// The fuzz targets the driver serves, by name (the `fuzz/` binaries). The
-/// fifth, `sim_plan`, runs through the `sim` harness instead (see
+/// The fuzz targets the driver serves, by name (the `fuzz/` binaries).
+/// `sim_plan` runs through the `sim` harness instead (see
 /// `fuzz/sim_plan_input.rs`).
-pub const TARGETS: &[&str] = &["core_ops", "session_ops", "id_decode", "ttl_store"];
+pub const TARGETS: &[&str] = &[
+    "core_ops",
+    "session_ops",
+    "id_decode",
+    "ttl_store",
+    "loader_ops",
+    "loader_codec",
+];
 
 /// Decodes `bytes` as `libfuzzer-sys` does for a typed target; `None` when
 /// the fuzzer would skip the input.
@@ -41,6 +48,12 @@ pub fn run_target(target: &str, bytes: &[u8]) -> Result<Option<Stats>, Failure> 
         "ttl_store" => decode::<TtlInput>(bytes)
             .map(|i| run_ttl_stores(&i))
             .transpose(),
+        // The loader's counts are not the call cache's: a clean run reports
+        // empty call-cache stats.
+        "loader_ops" => decode::<LoaderInput>(bytes)
+            .map(|i| run_loader_machine(&i).map(|_| Stats::default()))
+            .transpose(),
+        "loader_codec" => run_loader_codec(bytes).map(|()| Some(Stats::default())),
         other => Err(Failure {
             invariant: "replay",
             step: 0,
@@ -56,7 +69,8 @@ pub fn describe(target: &str, bytes: &[u8]) -> String {
         "core_ops" => format!("{:#?}", decode::<MachineInput>(bytes)),
         "session_ops" => format!("{:#?}", decode::<FacadeInput>(bytes)),
         "ttl_store" => format!("{:#?}", decode::<TtlInput>(bytes)),
-        "id_decode" => format!("{bytes:?}"),
+        "loader_ops" => format!("{:#?}", decode::<LoaderInput>(bytes)),
+        "id_decode" | "loader_codec" => format!("{bytes:?}"),
         other => format!("no fuzz target named {other:?}"),
     }
 }

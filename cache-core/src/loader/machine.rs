@@ -16,6 +16,7 @@ use super::counters::Counters;
 use super::keys::FlightKey;
 use super::local::{LocalEntry, LocalTier};
 use super::record::{Payload, Record};
+use crate::bugs::{LoaderBug, LoaderBugs};
 
 /// The id of a flight.
 pub type FlightId = u64;
@@ -220,6 +221,7 @@ pub struct LoaderMachine<P> {
     closed: bool,
     next_id: u64,
     write_seq: u64,
+    bugs: LoaderBugs,
 }
 
 impl<P: Clone> LoaderMachine<P> {
@@ -235,7 +237,21 @@ impl<P: Clone> LoaderMachine<P> {
             closed: false,
             next_id: 1,
             write_seq: 0,
+            bugs: LoaderBugs::none(),
         }
+    }
+
+    /// The same machine with the loader zoo's `bugs` switched on (harness
+    /// self-tests only: the faulty paths exist only with feature `bug-zoo`).
+    #[cfg(feature = "bug-zoo")]
+    pub fn with_bugs(mut self, bugs: LoaderBugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
+
+    #[inline(always)]
+    fn bug(&self, bug: LoaderBug) -> bool {
+        self.bugs.on(bug)
     }
 
     /// The options.
@@ -321,6 +337,13 @@ impl<P: Clone> LoaderMachine<P> {
                 self.counters.local_hit += 1;
                 self.counters.hit += 1;
                 match entry.record.payload {
+                    Payload::Value(bytes)
+                        if self.bug(LoaderBug::PlaceholderInBand)
+                            && bytes == crate::bugs::IN_BAND_PLACEHOLDER =>
+                    {
+                        self.counters.placeholder_hits += 1;
+                        LocalRead::Placeholder
+                    }
                     Payload::Value(bytes) => LocalRead::Value(bytes),
                     Payload::Placeholder => {
                         self.counters.placeholder_hits += 1;
@@ -349,7 +372,13 @@ impl<P: Clone> LoaderMachine<P> {
         if self.closed {
             return None;
         }
-        if let Some(&flight) = self.flights.get(&key) {
+        let key = if self.bug(LoaderBug::BatchKeyText) {
+            crate::bugs::batch_text_key(&key)
+        } else {
+            key
+        };
+        let joinable = !(refresh && self.bug(LoaderBug::RefreshBypassesFlight));
+        if let Some(&flight) = self.flights.get(&key).filter(|_| joinable) {
             if refresh {
                 self.counters.refresh_joins += 1;
                 return Some(Begin::Join {
@@ -358,7 +387,9 @@ impl<P: Clone> LoaderMachine<P> {
                 });
             }
             let waiter = self.id();
-            self.counters.flight_joins += 1;
+            if !self.bug(LoaderBug::WaitersNotCounted) {
+                self.counters.flight_joins += 1;
+            }
             if let Some(f) = self.by_id.get_mut(&flight) {
                 f.waiters.insert(waiter);
             }
@@ -496,6 +527,17 @@ impl<P: Clone> LoaderMachine<P> {
                 self.counters.load_failures += 1;
                 if refresh {
                     self.counters.refresh_failures += 1;
+                    if self.bug(LoaderBug::RefreshWritesEmpty) {
+                        let ttl = ttl_ms.unwrap_or(self.cfg.ttl_ms);
+                        return Some(self.order(
+                            key,
+                            Payload::Value(Vec::new()),
+                            ttl,
+                            now_ms,
+                            rand,
+                            started_seq,
+                        ));
+                    }
                 }
                 None
             }
@@ -558,16 +600,17 @@ impl<P: Clone> LoaderMachine<P> {
     /// Returns whether the mutation took effect (an event is due).
     pub fn write_applied(&mut self, order: &WriteOrder, remote: RemoteWrite, now_ms: i64) -> bool {
         match remote {
-            RemoteWrite::Failed => {
+            RemoteWrite::Failed if !self.bug(LoaderBug::LocalWriteAheadOfRemote) => {
                 self.counters.remote_write_failures += 1;
                 false
             }
             RemoteWrite::Done(false) => false,
-            RemoteWrite::NoRemote | RemoteWrite::Done(true) => {
+            RemoteWrite::Failed | RemoteWrite::NoRemote | RemoteWrite::Done(true) => {
                 if self.closed {
                     return true;
                 }
-                if order.record.is_placeholder() {
+                if order.record.is_placeholder() && !self.bug(LoaderBug::PlaceholderOverwritesValue)
+                {
                     if let Some(existing) = self.local.peek(&order.key) {
                         if !existing.record.is_placeholder()
                             && existing.written_seq > order.started_seq
@@ -619,12 +662,14 @@ impl<P: Clone> LoaderMachine<P> {
     pub fn delete(&mut self, key: &str) {
         self.write_seq += 1;
         self.local.remove(key);
-        self.tasks.remove(key);
+        if !self.bug(LoaderBug::DeleteKeepsRefreshTask) {
+            self.tasks.remove(key);
+        }
     }
 
     /// Starts a refresh task for `key` if it has none and the limit allows (L-9).
     pub fn add_task(&mut self, key: &str, payload: P, now_ms: i64) -> bool {
-        if self.closed {
+        if self.closed && !self.bug(LoaderBug::RefreshAfterClose) {
             return false;
         }
         if let Some(task) = self.tasks.get_mut(key) {
