@@ -11,14 +11,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::paired::{paired, Paired};
+use benches::paired::paired;
 use benches::workloads::{
     async_hits, async_misses, floor_hits, machine_hits, moka_hits, moka_keys, moka_misses,
     MokaFuture,
 };
 use benches::{
     content_pairs, criterion, facade_with, hot_ids, ids_named, in_task, machine_with, never, quick,
-    round_robin, runtime, value, visit, write_summary, LockedMap, Value, HOT_KEYS,
+    round_robin, runtime, value, visit, LockedMap, Value, HOT_KEYS,
 };
 use cache_core::facade::{Cache, CallKey, Ctx};
 use cache_core::id::CallId;
@@ -277,68 +277,38 @@ fn paired_ratios() {
     let keys = moka_keys(&ids);
     let mut machine = machine_with(&ids, &v);
     let floor = LockedMap::new(ids.iter().map(|id| id.call_key()), v.clone());
-    report(
-        "storage_hit_machine",
-        paired(
-            rounds,
-            round,
-            |n| machine_hits(&mut machine, &ids, n),
-            |n| floor_hits(&floor, &keys, n),
-        ),
-    );
+    paired(
+        rounds,
+        round,
+        |n| machine_hits(&mut machine, &ids, n),
+        |n| floor_hits(&floor, &keys, n),
+    )
+    .report("storage_hit_machine");
 
     let (cache, _holder) = facade_with(&rt, &ids, &v);
     let moka_f = moka_future_with(&rt, &keys, &v);
     let (ids, keys) = (Arc::new(ids), Arc::new(keys));
-    report(
-        "storage_hit_async",
-        paired(
-            rounds,
-            round,
-            |n| async_hits(&rt, &cache, &ids, n),
-            |n| moka_hits(&rt, &moka_f, &keys, n),
-        ),
-    );
+    paired(
+        rounds,
+        round,
+        |n| async_hits(&rt, &cache, &ids, n),
+        |n| moka_hits(&rt, &moka_f, &keys, n),
+    )
+    .report("storage_hit_async");
 
     let fresh = ids_named("miss", 4096);
     let fresh_keys = Arc::new(moka_keys(&fresh));
     let fresh = Arc::new(fresh);
     let cache: Cache<Value> = Cache::builder().build();
     let moka_f: MokaFuture = MokaFuture::new(8192);
-    report(
-        "miss_async",
-        paired(
-            rounds,
-            round,
-            |n| async_misses(&rt, &cache, &fresh, &v, n),
-            |n| moka_misses(&rt, &moka_f, &fresh_keys, &v, n),
-        ),
-    );
-    assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
-}
-
-/// Writes one paired result and prints it.
-fn report(name: &str, p: Paired) {
-    let path = write_summary(
-        &format!("paired_{name}"),
-        &[
-            ("rounds", p.rounds as f64),
-            ("iters", p.iters as f64),
-            ("ours_ns", p.ours_ns),
-            ("base_ns", p.base_ns),
-            ("ratio", p.ratio),
-        ],
+    paired(
+        rounds,
+        round,
+        |n| async_misses(&rt, &cache, &fresh, &v, n),
+        |n| moka_misses(&rt, &moka_f, &fresh_keys, &v, n),
     )
-    .expect("write the paired summary");
-    println!(
-        "paired {name}: {} rounds of {} iterations: ours {:.1} ns, baseline {:.1} ns, median ratio {:.3} ({})",
-        p.rounds,
-        p.iters,
-        p.ours_ns,
-        p.base_ns,
-        p.ratio,
-        path.display()
-    );
+    .report("miss_async");
+    assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
 }
 
 criterion_group! {

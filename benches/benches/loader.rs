@@ -18,8 +18,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::paired::{paired, Paired};
-use benches::{criterion, in_task, quick, runtime, visit, write_summary};
+use benches::paired::paired;
+use benches::{criterion, in_task, quick, runtime, visit};
 use cache_core::facade::ManualClock;
 use cache_core::loader::{CallOptions, Loader, LoaderOptions, Source};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -221,15 +221,13 @@ fn paired_ratios() {
     let hot = keys("hot", HOT);
     let l = hot_loader(&rt, &hot);
     let m = hot_moka(&hot);
-    report(
-        "loader_local_hit",
-        paired(
-            rounds,
-            round,
-            |n| loader_hits(&rt, &l, &hot, n),
-            |n| moka_gets(&m, &hot, n),
-        ),
-    );
+    paired(
+        rounds,
+        round,
+        |n| loader_hits(&rt, &l, &hot, n),
+        |n| moka_gets(&m, &hot, n),
+    )
+    .report("loader_local_hit");
     let c = l.counters();
     assert_eq!(
         (c.loads, c.miss),
@@ -240,56 +238,28 @@ fn paired_ratios() {
     let fresh = keys("miss", 4096);
     let l = loader();
     let m = MokaFuture::new(8192);
-    report(
-        "loader_miss",
-        paired(
-            rounds,
-            round,
-            |n| loader_misses(&rt, &l, &fresh, n),
-            |n| moka_misses(&rt, &m, &fresh, n),
-        ),
-    );
+    paired(
+        rounds,
+        round,
+        |n| loader_misses(&rt, &l, &fresh, n),
+        |n| moka_misses(&rt, &m, &fresh, n),
+    )
+    .report("loader_miss");
 
     let l = loader();
     let m = MokaFuture::new(8192);
-    report(
-        "loader_burst",
-        paired(
-            rounds,
-            Duration::from_millis(5),
-            |n| loader_bursts(&rt, &l, &fresh, n),
-            |n| moka_bursts(&rt, &m, &fresh, n),
-        ),
-    );
+    paired(
+        rounds,
+        Duration::from_millis(5),
+        |n| loader_bursts(&rt, &l, &fresh, n),
+        |n| moka_bursts(&rt, &m, &fresh, n),
+    )
+    .report("loader_burst");
     let c = l.counters();
     assert_eq!(
         c.flight_joins,
         c.loads * (BURST as u64 - 1),
         "one load per burst (L-1)"
-    );
-}
-
-/// Writes one paired result and prints it.
-fn report(name: &str, p: Paired) {
-    let path = write_summary(
-        &format!("paired_{name}"),
-        &[
-            ("rounds", p.rounds as f64),
-            ("iters", p.iters as f64),
-            ("ours_ns", p.ours_ns),
-            ("base_ns", p.base_ns),
-            ("ratio", p.ratio),
-        ],
-    )
-    .expect("write the paired summary");
-    println!(
-        "paired {name}: {} rounds of {} iterations: ours {:.1} ns, baseline {:.1} ns, median ratio {:.3} ({})",
-        p.rounds,
-        p.iters,
-        p.ours_ns,
-        p.base_ns,
-        p.ratio,
-        path.display()
     );
 }
 

@@ -26,8 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::paired::{paired, Paired};
-use benches::{criterion, quick, runtime, write_summary};
+use benches::paired::paired;
+use benches::{criterion, quick, runtime};
 use cache_core::facade::SystemClock;
 use cache_core::loader::{
     CallOptions, Key, Loader, LoaderOptions, RedisOptions, RedisRemote, Source,
@@ -229,45 +229,12 @@ fn loader_redis(c: &mut Criterion) {
     // same (shared, drifting) machine and the same loopback.
     let rounds = if quick() { 21 } else { 51 };
     let round = Duration::from_millis(20);
-    report(
-        "loader_redis_remote_hit",
-        paired(rounds, round, once_hits, bare_gets),
-    );
-    report(
-        "loader_redis_batch100",
-        paired(rounds, round, batches, mgets),
-    );
-    report(
-        "loader_redis_get_vs_ping",
-        paired(rounds, round, bare_gets, pings),
-    );
+    paired(rounds, round, once_hits, bare_gets).report("loader_redis_remote_hit");
+    paired(rounds, round, batches, mgets).report("loader_redis_batch100");
+    paired(rounds, round, bare_gets, pings).report("loader_redis_get_vs_ping");
 
     rt.block_on(loader.close());
     drop(server);
-}
-
-/// Writes one paired result for `ci/bench-report` and prints it.
-fn report(name: &str, p: Paired) {
-    let path = write_summary(
-        &format!("paired_{name}"),
-        &[
-            ("rounds", p.rounds as f64),
-            ("iters", p.iters as f64),
-            ("ours_ns", p.ours_ns),
-            ("base_ns", p.base_ns),
-            ("ratio", p.ratio),
-        ],
-    )
-    .expect("write the paired summary");
-    println!(
-        "paired {name}: {} rounds of {} iterations: ours {:.1} ns, baseline {:.1} ns, median ratio {:.3} ({})",
-        p.rounds,
-        p.iters,
-        p.ours_ns,
-        p.base_ns,
-        p.ratio,
-        path.display()
-    );
 }
 
 criterion_group! {

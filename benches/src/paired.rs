@@ -42,6 +42,33 @@ pub struct Paired {
     pub ratio: f64,
 }
 
+impl Paired {
+    /// Writes this result as `paired_<name>` for `ci/bench-report` and
+    /// prints it.
+    pub fn report(&self, name: &str) {
+        let path = crate::write_summary(
+            &format!("paired_{name}"),
+            &[
+                ("rounds", self.rounds as f64),
+                ("iters", self.iters as f64),
+                ("ours_ns", self.ours_ns),
+                ("base_ns", self.base_ns),
+                ("ratio", self.ratio),
+            ],
+        )
+        .expect("write the paired summary");
+        println!(
+            "paired {name}: {} rounds of {} iterations: ours {:.1} ns, baseline {:.1} ns, median ratio {:.3} ({})",
+            self.rounds,
+            self.iters,
+            self.ours_ns,
+            self.base_ns,
+            self.ratio,
+            path.display()
+        );
+    }
+}
+
 /// Times `rounds` rounds of `ours` and `base` (each a loop of the given
 /// number of iterations returning its time), every round sized so that
 /// ours takes about `round`. Both are warmed up first, untimed.
