@@ -333,11 +333,7 @@ fn main() -> ExitCode {
             clients,
             bugs,
         } => cli::replay(
-            match (&plan, seed) {
-                (Some(path), _) => cli::ReplayOf::PlanFile(path),
-                // clap requires --seed when --plan is absent.
-                (None, seed) => cli::ReplayOf::Seed(seed.unwrap_or_default()),
-            },
+            replay_of(&plan, seed),
             &cli::Setup {
                 scenario,
                 clients,
@@ -387,10 +383,7 @@ fn main() -> ExitCode {
             bugs,
             key,
         } => cli::explain(
-            match (&plan, seed) {
-                (Some(path), _) => cli::ReplayOf::PlanFile(path),
-                (None, seed) => cli::ReplayOf::Seed(seed.unwrap_or_default()),
-            },
+            replay_of(&plan, seed),
             &cli::Setup {
                 scenario,
                 clients,
@@ -475,6 +468,15 @@ mod wall {
 /// Rust ignores SIGPIPE, so printing to a closed pipe (`cache-sim run ... |
 /// head`) would panic; the default action ends the process quietly, as
 /// every Unix filter does.
+/// What `--plan FILE` or `--seed N` names (clap requires `--seed` when
+/// `--plan` is absent).
+fn replay_of(plan: &Option<String>, seed: Option<u64>) -> cli::ReplayOf<'_> {
+    match plan {
+        Some(path) => cli::ReplayOf::PlanFile(path),
+        None => cli::ReplayOf::Seed(seed.unwrap_or_default()),
+    }
+}
+
 fn restore_default_sigpipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in `main`, before any thread exists; it

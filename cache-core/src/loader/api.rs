@@ -709,20 +709,9 @@ where
         if !self.inner.lock().machine.load_started(flight) {
             return Err(LoaderError::Closed);
         }
-        let result = tokio::select! {
-            biased;
-            _ = token.cancelled() => return Err(LoaderError::Cancelled),
-            r = AssertUnwindSafe(load(key)).catch_unwind() => r,
-        };
+        let result = run_loader(token, load(key)).await?;
         // From here on the flight is not cancelled: its write completes or
         // is dropped whole, never half-made (L-2).
-        let result = match result {
-            Ok(r) => r,
-            Err(panic) => Err(ResolverError::msg(format!(
-                "loader panicked: {}",
-                panic_text(&panic)
-            ))),
-        };
         let (outcome, answer) = match result {
             Ok(v) => match self.inner.opts.codec.encode(&v) {
                 Ok(bytes) => (LoadOutcome::Value(bytes), Ok(v)),
@@ -1082,18 +1071,7 @@ where
             return Err(LoaderError::Closed);
         }
         let keys: Vec<Key> = missing.iter().map(|(k, _)| k.clone()).collect();
-        let result = tokio::select! {
-            biased;
-            _ = token.cancelled() => return Err(LoaderError::Cancelled),
-            r = AssertUnwindSafe(loader(keys)).catch_unwind() => r,
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(panic) => Err(ResolverError::msg(format!(
-                "loader panicked: {}",
-                panic_text(&panic)
-            ))),
-        };
+        let result = run_loader(token, loader(keys)).await?;
         let mut loaded = match result {
             Ok(m) => m,
             Err(e) => {
@@ -1225,6 +1203,26 @@ where
             done.await;
         }
     }
+}
+
+/// Runs a flight's loader until it answers or the flight is cancelled (its
+/// last waiter left, L-2); a panic in the loader is its error (C-14's
+/// rule, applied to loaders).
+async fn run_loader<T>(
+    token: &CancellationToken,
+    load: impl Future<Output = Result<T, ResolverError>>,
+) -> Result<Result<T, ResolverError>, LoaderError> {
+    let result = tokio::select! {
+        biased;
+        _ = token.cancelled() => return Err(LoaderError::Cancelled),
+        r = AssertUnwindSafe(load).catch_unwind() => r,
+    };
+    Ok(result.unwrap_or_else(|panic| {
+        Err(ResolverError::msg(format!(
+            "loader panicked: {}",
+            panic_text(&panic)
+        )))
+    }))
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
