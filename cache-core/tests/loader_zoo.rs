@@ -122,11 +122,18 @@ fn every_switch_is_hunted() {
 #[test]
 fn a_zoo_failure_shrinks_to_a_short_sequence() {
     let bugs = LoaderBugs::none().with(LoaderBug::PlaceholderOverwritesValue);
-    let mut runner = TestRunner::new(proptest::test_runner::Config {
-        cases: SWEEP as u32,
-        failure_persistence: None,
-        ..proptest::test_runner::Config::default()
-    });
+    // A fixed RNG: where shrinking ends depends on where it starts, and a
+    // test of how short it gets must not depend on a random start.
+    let mut runner = TestRunner::new_with_rng(
+        proptest::test_runner::Config {
+            cases: SWEEP as u32,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        },
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
     let result = runner.run(
         &loader_common::input(80),
         |input| match run_loader_machine_with(&input, bugs) {
