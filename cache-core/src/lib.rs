@@ -11,6 +11,7 @@
 //! the service guide above is compiled and run as a doc test.
 #![warn(missing_docs)]
 pub mod bugs;
+pub mod checks;
 #[cfg(feature = "driver")]
 pub mod driver;
 pub mod error;

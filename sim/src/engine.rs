@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cache_core::checks::telemetry::{as_call, current_call, Answer, CallFacts};
 use cache_core::error::{CallError, ResolverError};
-use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session};
+use cache_core::facade::{Cache, CallKey, CallResult, ResolverCtx, Session, Span, Telemetry};
 use cache_core::id::CallId;
 use cache_core::machine::{FlightKey, Resolved};
 use cache_core::ttl::StoreError;
@@ -114,6 +115,43 @@ impl EngineHost for Arc<World> {
     }
 }
 
+/// The simulation's telemetry sink: every span goes to the S-5 judge with
+/// the number of the call it was emitted for. It holds the world weakly:
+/// the world owns the engine and its caches, which own the sink.
+struct SpanSink(std::sync::Weak<World>);
+
+impl Telemetry for SpanSink {
+    fn span(&self, span: Span) {
+        let Some(world) = self.0.upgrade() else {
+            return;
+        };
+        let Some(call) = current_call() else {
+            world.violate("S-5", format!("a span for {} outside any call", span.key));
+            return;
+        };
+        let cached = span.cached || world.plant == Some(Plant::SpanSaysCached);
+        let times = if world.plant == Some(Plant::SpanTwice) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..times {
+            oracle::observe(&world, Observation::Span { call, cached });
+        }
+    }
+}
+
+/// The S-5 judge's number for a call with `facts` (none outside a
+/// simulation). Sessions are told apart across incarnations and caches.
+fn judge_call<H: EngineHost>(host: &H, facts: CallFacts) -> Option<u64> {
+    host.world().map(|w| oracle::telemetry_call(w, facts))
+}
+
+/// One number per session of one cache of one incarnation.
+fn session_number(inc: u64, change: bool, sid: cache_core::machine::SessionId) -> u64 {
+    (inc << 33) | (u64::from(change) << 32) | (sid.0 & 0xffff_ffff)
+}
+
 /// The engine host's software in a simulation (called again on every
 /// restart).
 pub async fn serve(world: Arc<World>) -> turmoil::Result {
@@ -123,6 +161,7 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
             inc,
             calls: Cache::builder()
                 .instance_id_for_replay(inc * 2)
+                .telemetry(Arc::new(SpanSink(Arc::downgrade(&world))))
                 .blocking_executor(Arc::new(cache_core::facade::Inline))
                 .ttl_store(world.store.clone())
                 .clock(clock.clone())
@@ -130,6 +169,7 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
                 .build(),
             changes: Cache::builder()
                 .instance_id_for_replay(inc * 2 + 1)
+                .telemetry(Arc::new(SpanSink(Arc::downgrade(&world))))
                 .blocking_executor(Arc::new(cache_core::facade::Inline))
                 .change_cache()
                 .clock(clock)
@@ -439,6 +479,7 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
         key = span_key,
         op = op_index
     );
+    let judged;
     let (res, key, is_call) = match op.kind {
         OpKind::Call {
             key,
@@ -455,6 +496,15 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                 .ttl_ms(ttl_ms)
                 .do_not_cache(dnc);
             let ctx = conn.calls.ctx().with_cancel(token.clone());
+            judged = judge_call(
+                &host,
+                CallFacts {
+                    session: Some(session_number(inc, false, sid)),
+                    key,
+                    always: dnc,
+                    retries: true,
+                },
+            );
             let r = resolver(
                 &Env {
                     host: host.clone(),
@@ -468,17 +518,21 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                     nests,
                     session: Some(sid),
                     kind: Kind::Call,
+                    call: judged,
                     // A TTL'd call's storage key is not its call key, so a
                     // nested call of the same key does not revisit it.
                     chain: if ttl_ms == 0 { vec![key] } else { Vec::new() },
                 },
             );
             (
-                conn.eng
-                    .calls
-                    .get_or_init_call(&ctx, ck, r)
-                    .instrument(span.clone())
-                    .await,
+                as_call(
+                    judged,
+                    conn.eng
+                        .calls
+                        .get_or_init_call(&ctx, ck, r)
+                        .instrument(span.clone()),
+                )
+                .await,
                 key,
                 true,
             )
@@ -495,6 +549,16 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                 (&conn.eng.calls, &conn.calls)
             };
             let ctx = session.ctx().with_cancel(token.clone());
+            judged = judge_call(
+                &host,
+                CallFacts {
+                    session: Some(session_number(inc, change, session.id())),
+                    // Arbitrary keys are numbered apart from call keys.
+                    key: key | 1 << 40,
+                    always: false,
+                    retries: false,
+                },
+            );
             let kind = if change {
                 Kind::Change
             } else {
@@ -514,14 +578,18 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                     session: Some(sid),
                     kind,
                     chain: Vec::new(),
+                    call: judged,
                 },
             );
             let name = format!("{}{key}", if change { "path/" } else { "a" });
             (
-                cache
-                    .get_or_init_arbitrary(&ctx, &name, r)
-                    .instrument(span.clone())
-                    .await,
+                as_call(
+                    judged,
+                    cache
+                        .get_or_init_arbitrary(&ctx, &name, r)
+                        .instrument(span.clone()),
+                )
+                .await,
                 key,
                 false,
             )
@@ -529,6 +597,12 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
         _ => return,
     };
     conn.tokens.lock().unwrap().remove(&req);
+    if let Some(call) = judged {
+        host.observe(Observation::CallDone {
+            call,
+            answer: Answer::of(&res),
+        });
+    }
     index_snapshot(&conn.eng, || {
         format!("client{} r{req} answered", conn.client)
     });
@@ -727,6 +801,8 @@ struct Job {
     /// The keys of the calls it runs inside whose storage key is their call
     /// key, itself included: calling one again must be refused (C-4).
     chain: Vec<u64>,
+    /// The S-5 judge's number for the call that passed this resolver.
+    call: Option<u64>,
 }
 
 /// The host and the plan a resolver works with.
@@ -766,6 +842,9 @@ fn resolver<H: EngineHost>(
                     entry: rctx.entry,
                 },
             });
+            if let Some(call) = job.call {
+                host.observe(Observation::RanFor { call });
+            }
             host.trace(
                 "engine",
                 format!(
@@ -1002,6 +1081,7 @@ async fn nested_call<H: EngineHost>(
         session: None,
         kind: Kind::Call,
         chain,
+        call: None,
     };
     if n.dnc {
         host.count("nested-do-not-cache");
@@ -1012,13 +1092,38 @@ async fn nested_call<H: EngineHost>(
         let ck = CallKey::new(plan.key_id(n.key))
             .concurrency_key("c")
             .do_not_cache(n.dnc);
-        let r = resolver(env, eng, inner.clone());
+        // Without a session: S-5 has it always emit.
+        let judged = judge_call(
+            host,
+            CallFacts {
+                session: None,
+                key: n.key,
+                always: true,
+                retries: true,
+            },
+        );
+        let r = resolver(
+            env,
+            eng,
+            Job {
+                call: judged,
+                ..inner.clone()
+            },
+        );
         let span = tracing::debug_span!("nested", run, key = n.key);
-        let res = eng
-            .calls
-            .get_or_init_call(&rctx.nested(), ck, r)
-            .instrument(span.clone())
-            .await;
+        let res = as_call(
+            judged,
+            eng.calls
+                .get_or_init_call(&rctx.nested(), ck, r)
+                .instrument(span.clone()),
+        )
+        .await;
+        if let Some(call) = judged {
+            host.observe(Observation::CallDone {
+                call,
+                answer: Answer::of(&res),
+            });
+        }
         tracing::debug!(
             target: "sim::engine::answer",
             parent: &span,

@@ -55,6 +55,10 @@ pub enum Plant {
     /// INV-8 (T-4): a written row's expiry is reported one TTL earlier
     /// than the row it replaced.
     TtlExpiryBackwards,
+    /// S-5: every telemetry span reaches the oracle saying `cached`.
+    SpanSaysCached,
+    /// S-5: every telemetry span reaches the oracle twice.
+    SpanTwice,
     /// INV-9: a session still reports refs after close.
     RefsAfterClose,
     /// INV-10: a release hook runs twice.

@@ -140,3 +140,13 @@ fn inv12_nondeterminism_is_reported() {
     let err = check_determinism(1, &s, Some(Plant::Nondeterminism)).unwrap_err();
     assert!(err.starts_with("INV-12"), "{err}");
 }
+
+#[test]
+fn s5_span_saying_cached_for_a_run_is_reported() {
+    assert_eq!(first_inv(Plant::SpanSaysCached), "S-5");
+}
+
+#[test]
+fn s5_span_emitted_twice_is_reported() {
+    assert_eq!(first_inv(Plant::SpanTwice), "S-5");
+}

@@ -16,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use super::ops::*;
 use super::shadow::{expect_panic, quiet_expected_panics, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
+use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::error::CallError;
-use crate::facade::{Cache, CallKey, CallResult, Ctx, ManualClock, ResolverCtx, Session};
+use crate::facade::{
+    Cache, CallKey, CallResult, Ctx, ManualClock, ResolverCtx, Session, Span, Telemetry,
+};
 use crate::id::CallId;
 use crate::machine::{Buckets, EntryId, Resolved, SessionId};
 use crate::ttl::{MemoryTtlStore, StoreFaults};
@@ -88,6 +91,31 @@ struct RunInfo {
     arbitrary: bool,
     requested: Option<CallId>,
     obey_cancel: bool,
+    /// The S-5 judge's number for the call (set when it is spawned).
+    call: u64,
+}
+
+/// The driver's telemetry sink: every span goes to the S-5 judge, and
+/// what the judge finds waits in `found` for the next collect.
+struct DriverSpans {
+    check: Arc<Mutex<SpanCheck>>,
+    found: Arc<Mutex<Vec<String>>>,
+}
+
+impl Telemetry for DriverSpans {
+    fn span(&self, span: Span) {
+        let verdict = match current_call() {
+            Some(call) => self.check.lock().expect("spans").span(call, span.cached),
+            None => Ok(self
+                .found
+                .lock()
+                .expect("spans")
+                .push(format!("a span for {} outside any call", span.key))),
+        };
+        if let Err(v) = verdict {
+            self.found.lock().expect("spans").push(v.detail);
+        }
+    }
 }
 
 /// A resolver that has started, as it registers itself.
@@ -199,13 +227,25 @@ struct Driver {
     hooks: HookLedger,
     next_value: u32,
     stats: Stats,
+    /// The S-5 judge, fed by the telemetry sink and by `collect`.
+    spans: Arc<Mutex<SpanCheck>>,
+    span_found: Arc<Mutex<Vec<String>>>,
+    /// The judge's number for each key, in the order first seen.
+    key_numbers: BTreeMap<(bool, String), u64>,
+    next_call: u64,
 }
 
 impl Driver {
     fn new(change: bool) -> Self {
         let clock = ManualClock::new(1_000_000);
         let store = Arc::new(MemoryTtlStore::new());
+        let spans = Arc::new(Mutex::new(SpanCheck::new()));
+        let span_found = Arc::new(Mutex::new(Vec::new()));
         let mut builder = Cache::builder()
+            .telemetry(Arc::new(DriverSpans {
+                check: spans.clone(),
+                found: span_found.clone(),
+            }))
             .instance_id_for_replay(INSTANCE)
             .blocking_executor(Arc::new(crate::facade::Inline))
             .clock(Arc::new(clock.clone()))
@@ -233,6 +273,10 @@ impl Driver {
             hooks: HookLedger::default(),
             next_value: 1,
             stats: Stats::default(),
+            spans,
+            span_found,
+            key_numbers: BTreeMap::new(),
+            next_call: 0,
         }
     }
 
@@ -354,6 +398,7 @@ impl Driver {
                     arbitrary: false,
                     requested: Some(id.clone()),
                     obey_cancel,
+                    call: 0,
                 };
                 let key = CallKey::new(id)
                     .concurrency_key(conc)
@@ -377,6 +422,7 @@ impl Driver {
                     arbitrary: true,
                     requested: None,
                     obey_cancel,
+                    call: 0,
                 };
                 self.spawn_arbitrary(ctx, origin, key, info);
             }
@@ -407,6 +453,7 @@ impl Driver {
                     arbitrary: false,
                     requested: Some(id.clone()),
                     obey_cancel,
+                    call: 0,
                 };
                 let key = CallKey::new(id).concurrency_key(conc).do_not_cache(dnc);
                 self.spawn_call(ctx, origin, key, info);
@@ -525,12 +572,37 @@ impl Driver {
         }
     }
 
-    fn spawn_call(&mut self, ctx: Ctx, origin: Origin, key: CallKey, info: RunInfo) {
+    /// Numbers a call for the S-5 judge and tells it the call starts.
+    fn judge_call(&mut self, info: &mut RunInfo) -> Option<u64> {
+        let next = self.key_numbers.len() as u64;
+        let key = *self
+            .key_numbers
+            .entry((info.arbitrary, info.key.clone()))
+            .or_insert(next);
+        let mut spans = self.spans.lock().expect("spans");
+        info.call = self.next_call;
+        self.next_call += 1;
+        spans.call_started(
+            info.call,
+            CallFacts {
+                session: info.session.map(|s| s.0),
+                key,
+                always: info.dnc,
+                retries: !info.arbitrary,
+            },
+        );
+        Some(info.call)
+    }
+
+    fn spawn_call(&mut self, ctx: Ctx, origin: Origin, key: CallKey, mut info: RunInfo) {
+        let call = self.judge_call(&mut info);
         let cache = self.cache.clone();
         let resolver = self.resolver(info.clone());
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
-        let handle = tokio::spawn(async move { cache.get_or_init_call(&ctx, key, resolver).await });
+        let handle = tokio::spawn(async move {
+            as_call(call, cache.get_or_init_call(&ctx, key, resolver)).await
+        });
         self.callers.push(CallerTask::new(
             handle,
             token,
@@ -540,13 +612,15 @@ impl Driver {
         ));
     }
 
-    fn spawn_arbitrary(&mut self, ctx: Ctx, origin: Origin, key: String, info: RunInfo) {
+    fn spawn_arbitrary(&mut self, ctx: Ctx, origin: Origin, key: String, mut info: RunInfo) {
+        let call = self.judge_call(&mut info);
         let cache = self.cache.clone();
         let init = self.resolver(info.clone());
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
-        let handle =
-            tokio::spawn(async move { cache.get_or_init_arbitrary(&ctx, &key, init).await });
+        let handle = tokio::spawn(async move {
+            as_call(call, cache.get_or_init_arbitrary(&ctx, &key, init)).await
+        });
         self.callers.push(CallerTask::new(
             handle,
             token,
@@ -658,6 +732,8 @@ impl Driver {
         let started = std::mem::take(&mut self.registry.lock().expect("registry").started);
         for s in started {
             self.stats.runs += 1;
+            let ran = self.spans.lock().expect("spans").resolver_ran(s.info.call);
+            ran.map_err(|v| self.fail("S-5", v.detail))?;
             let r = Running {
                 entry: s.rctx.entry.1,
                 rctx: s.rctx,
@@ -691,6 +767,16 @@ impl Driver {
             }
             let mut c = self.callers.remove(i);
             let out = (&mut c.handle).now_or_never();
+            let answer = match &out {
+                Some(Ok(result)) => Answer::of(result),
+                _ => Answer::Other,
+            };
+            let answered = self
+                .spans
+                .lock()
+                .expect("spans")
+                .call_answered(c.info.call, answer);
+            answered.map_err(|v| self.fail("S-5", v.detail))?;
             match out {
                 None => return Err(self.fail("INV-7", "a finished caller has no output".into())),
                 Some(Err(e)) if e.is_cancelled() && c.cancelled => {}
@@ -700,7 +786,11 @@ impl Driver {
                 Some(Ok(result)) => self.judge(c, result)?,
             }
         }
-        Ok(())
+        let found = std::mem::take(&mut *self.span_found.lock().expect("spans"));
+        match found.into_iter().next() {
+            Some(detail) => Err(self.fail("S-5", detail)),
+            None => Ok(()),
+        }
     }
 
     /// INV-4 / K-5: a new resolver never runs beside another one for the
@@ -1031,6 +1121,9 @@ impl Driver {
         self.cache
             .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
+        let spans = self.spans.lock().expect("spans").finish();
+        spans.map_err(|v| self.fail("S-5", v.detail))?;
+        self.stats.spans = self.spans.lock().expect("spans").spans_seen() as usize;
         self.hooks
             .check_final()
             .map_err(|(rule, detail)| self.fail(rule, detail))

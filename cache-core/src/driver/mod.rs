@@ -144,6 +144,8 @@ pub struct Stats {
     pub stale_releases: usize,
     /// S-4 forced retries run.
     pub forced_retries: usize,
+    /// S-5 telemetry spans judged.
+    pub spans: usize,
     /// Do-not-cache runs (C-2).
     pub detached: usize,
     /// TTL calls (T-2).

@@ -22,6 +22,7 @@
 //! | `hooks` | INV-10 |
 //! | `quiescence` | INV-1, INV-11 |
 //! | `recursion` | C-4 / C-4a, reported under INV-11 |
+//! | `telemetry` | S-5, reported under its rule id |
 //!
 //! INV-3 is the cache's own `check_invariants()`, run in [`check_step`];
 //! INV-12 is checked by replaying a seed (`run::check_determinism`).
@@ -36,6 +37,7 @@ mod refcounts;
 mod sessions;
 pub mod shadow;
 mod singleflight;
+mod telemetry;
 mod ttl;
 mod ttl_writes;
 
@@ -45,6 +47,7 @@ use cache_core::CallError;
 
 pub use quiescence::check_end;
 pub use shadow::{FlightClass, HookShadow, RunShadow, SessionShadow, Shadow};
+pub use telemetry::call_started as telemetry_call;
 
 use crate::protocol::ErrKind;
 use crate::world::{Engine, Plant, Val, World};
@@ -194,6 +197,27 @@ pub enum Observation<'a> {
         result: &'a Result<String, ErrKind>,
         /// The client had sent a cancel for it.
         cancelled: bool,
+    },
+    /// The cache emitted a telemetry span while deciding call `call` (the
+    /// number [`telemetry_call`] gave it).
+    Span {
+        /// The call.
+        call: u64,
+        /// The span's `cached` flag.
+        cached: bool,
+    },
+    /// The resolver that call `call` passed started (S-5: it ran for that
+    /// call).
+    RanFor {
+        /// The call.
+        call: u64,
+    },
+    /// Call `call` answered.
+    CallDone {
+        /// The call.
+        call: u64,
+        /// How.
+        answer: cache_core::checks::telemetry::Answer,
     },
     /// A session closed.
     SessionClosed {
@@ -348,6 +372,9 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             result,
             cancelled,
         } => cancellation::client_answered(world, client, req, result, cancelled),
+        Observation::Span { call, cached } => telemetry::span(world, call, cached),
+        Observation::RanFor { call } => telemetry::resolver_ran(world, call),
+        Observation::CallDone { call, answer } => telemetry::answered(world, call, answer),
         Observation::SessionClosed {
             cache,
             inc,
@@ -410,6 +437,18 @@ pub const CASES: &[(&str, &str)] = &[
     (
         "wait-cycle-refused",
         "a join that would close a wait-for cycle is refused (C-4b)",
+    ),
+    (
+        "span-run",
+        "a telemetry span for a call that runs its resolver (S-5)",
+    ),
+    (
+        "span-cached",
+        "a telemetry span for a call served without a run (S-5)",
+    ),
+    (
+        "span-forced-retry",
+        "a forced retry's span judged (S-4, S-5)",
     ),
     (
         "nested-later-in-run",

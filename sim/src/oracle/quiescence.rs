@@ -47,6 +47,7 @@ pub fn check_end(world: &World) {
         .map(|(id, _)| *id)
         .collect();
     drop(shadow);
+    super::telemetry::finish(world);
     if pending != 0 {
         world.violate(
             "INV-11",

@@ -75,6 +75,10 @@ pub struct Shadow {
     pub pending: BTreeMap<u64, u32>,
     /// What the TTL store was given (T-3, T-4).
     pub ttl: TtlShadow,
+    /// The S-5 judge's record of calls and spans.
+    pub spans: cache_core::checks::telemetry::SpanCheck,
+    /// The last call number handed out for the S-5 judge.
+    pub next_call: u64,
 }
 
 /// The TTL writes the shadow has seen.
