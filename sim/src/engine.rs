@@ -651,6 +651,13 @@ fn answer<H: EngineHost>(
     let host = &conn.host;
     let plan = &conn.plan;
     let sid = conn.calls.id();
+    // Planted: a miss is answered as if its session had closed (it has not).
+    let res = match res {
+        Ok(r) if host.plant() == Some(Plant::ClosedErrorOnOpenSession) && !r.hit() => {
+            Err(CallError::ClosedDuringExecution)
+        }
+        other => other,
+    };
     match res {
         Ok(r) => {
             let mut v = r.value().cloned();
@@ -760,6 +767,7 @@ fn answer<H: EngineHost>(
                 error: &e,
                 t0_ms: t0,
                 caller_cancelled: cancelled,
+                session: (conn.eng.inc, sid),
             });
             host.trace(who, format!("r{req} k{key} err {}", err_kind(&e)));
             tracing::debug!(

@@ -55,6 +55,9 @@ pub enum Plant {
     /// INV-8 (T-4): a written row's expiry is reported one TTL earlier
     /// than the row it replaced.
     TtlExpiryBackwards,
+    /// INV-7 (C-5): a miss is answered "closed during execution" although
+    /// the caller's session is open.
+    ClosedErrorOnOpenSession,
     /// S-5: every telemetry span reaches the oracle saying `cached`.
     SpanSaysCached,
     /// S-5: every telemetry span reaches the oracle twice.

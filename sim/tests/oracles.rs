@@ -150,3 +150,10 @@ fn s5_span_saying_cached_for_a_run_is_reported() {
 fn s5_span_emitted_twice_is_reported() {
     assert_eq!(first_inv(Plant::SpanTwice), "S-5");
 }
+
+#[test]
+fn inv7_closed_error_for_an_open_session_is_reported() {
+    // C-5: a shared call must not fail because a session closed, unless
+    // the session is the waiter's own.
+    assert_eq!(first_inv(Plant::ClosedErrorOnOpenSession), "INV-7");
+}

@@ -121,6 +121,8 @@ pub enum Observation<'a> {
         t0_ms: u64,
         /// The caller's own cancellation had fired.
         caller_cancelled: bool,
+        /// The caller's session: (incarnation, id).
+        session: (u64, SessionId),
     },
     /// The answer left the engine (or, planted, was swallowed).
     CallAnswered {
@@ -298,12 +300,14 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             error,
             t0_ms,
             caller_cancelled,
+            session,
         } => {
             if ErrKind::of(error) == ErrKind::ClosedDuringExecution {
                 world.count("closed-during-execution");
             }
             errors::failed(world, req, key, error, t0_ms);
             cancellation::failed(world, req, key, error, caller_cancelled);
+            cancellation::closed_error(world, req, key, error, session);
         }
         Observation::CallAnswered {
             inc,
@@ -365,7 +369,10 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             chain,
             revisits,
             error,
-        } => recursion::nested_answered(world, run, key, chain, revisits, error),
+        } => {
+            cancellation::nested_answered(world, run, key, error);
+            recursion::nested_answered(world, run, key, chain, revisits, error)
+        }
         Observation::ClientAnswered {
             client,
             req,
