@@ -4,9 +4,12 @@
 //! (`cache-core/tests/driver_replay.rs`), so both run the same plan.
 //!
 //! Plans stay small: at most 3 clients of 6 operations, 4 faults, 4 keys.
+//!
+//! Pipelined calls and nested calls later in a run are drawn from spare high
+//! bits (of `gap` and of the nested key), so every older input still decodes.
 
 use arbitrary::Arbitrary;
-use sim::plan::{Behave, Fault, FaultKind, KeyProps, Op, OpKind, Outcome, Plan, Swarm};
+use sim::plan::{Behave, Fault, FaultKind, KeyProps, Nest, Op, OpKind, Outcome, Plan, Swarm};
 use sim::{run_plan, Scenario};
 
 /// What one sim_plan input chooses.
@@ -33,7 +36,8 @@ enum Ttl {
 
 #[derive(Arbitrary, Debug)]
 struct SimOp {
-    /// Pause before the operation, in 10 ms steps.
+    /// Pause before the operation, in 10 ms steps (`gap % 50`); an odd
+    /// `gap / 50` sends a call without waiting for its answer (pipelined).
     gap: u8,
     kind: SimKind,
 }
@@ -45,6 +49,8 @@ enum SimKind {
         ckey: bool,
         dnc: bool,
         behave: SimBehave,
+        /// The nested key (`n % keys`); the high bits, when bit 2 is set,
+        /// make it a call later in the run, with [`nest`]'s flags.
         nested: Option<u8>,
         cancel: Option<u8>,
         retry: bool,
@@ -101,6 +107,21 @@ fn behave(b: SimBehave) -> Behave {
     }
 }
 
+/// A nested call later in the run, from the nested key byte's high bits
+/// (bit 2 set): do-not-cache (bit 3), failing (bit 4), retried (bit 5), and
+/// nesting one level deeper into the next key (bit 6); made half-way
+/// through the resolver's run.
+fn nest(n: u8, b: &Behave, key: impl Fn(u8) -> u64) -> Option<Nest> {
+    (n & 4 != 0).then(|| Nest {
+        key: key(n),
+        after_ms: b.dur_ms / 2,
+        dnc: n & 8 != 0,
+        fails: n & 16 != 0,
+        retry: n & 32 != 0,
+        then: (n & 64 != 0).then(|| key(n.wrapping_add(1))),
+    })
+}
+
 /// The plan the input chooses, every index in range.
 pub fn plan(input: &SimInput) -> Option<Plan> {
     let nkeys = 1 + usize::from(input.nkeys % 4);
@@ -138,17 +159,21 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
                             nested,
                             cancel,
                             retry,
-                        } => OpKind::Call {
-                            key: key(*k),
-                            ckey: *ckey,
-                            dnc: *dnc,
-                            behave: behave(*b),
-                            nested: nested.map(key),
-                            cancel_ms: cancel.map(|c| 1 + u64::from(c % 40) * 10),
-                            retry: *retry,
-                            pipelined: false,
-                            nests: Vec::new(),
-                        },
+                        } => {
+                            let b = behave(*b);
+                            let later = nested.and_then(|n| nest(n, &b, key));
+                            OpKind::Call {
+                                key: key(*k),
+                                ckey: *ckey,
+                                dnc: *dnc,
+                                behave: b,
+                                nested: nested.filter(|_| later.is_none()).map(key),
+                                cancel_ms: cancel.map(|c| 1 + u64::from(c % 40) * 10),
+                                retry: *retry,
+                                pipelined: (o.gap / 50) % 2 == 1,
+                                nests: later.into_iter().collect(),
+                            }
+                        }
                         SimKind::Arbitrary {
                             key: k,
                             change,

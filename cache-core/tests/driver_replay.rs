@@ -90,6 +90,8 @@ fn unknown_target_is_a_clear_error() {
 #[test]
 fn sim_plan_inputs_replay_clean() {
     let mut ran = 0;
+    // (pipelined calls, nested calls later in a run) the inputs draw.
+    let mut drawn = (0, 0);
     let mut failures = Vec::new();
     for kind in ["seeds", "regressions"] {
         for path in inputs(kind, "sim_plan") {
@@ -98,6 +100,17 @@ fn sim_plan_inputs_replay_clean() {
                 continue;
             };
             ran += 1;
+            if let Some(plan) = sim_plan_input::plan(&input) {
+                for op in plan.clients.iter().flatten() {
+                    if let sim::plan::OpKind::Call {
+                        pipelined, nests, ..
+                    } = &op.kind
+                    {
+                        drawn.0 += usize::from(*pipelined);
+                        drawn.1 += nests.len();
+                    }
+                }
+            }
             if let Err(f) = sim_plan_input::run(&input) {
                 failures.push(format!("{}: {f}\ninput: {input:#?}", path.display()));
             }
@@ -113,7 +126,11 @@ fn sim_plan_inputs_replay_clean() {
         !inputs("seeds", "sim_plan").is_empty(),
         "no seed corpus in fuzz/seeds/sim_plan"
     );
-    println!("replayed {ran} sim_plan inputs");
+    assert!(
+        drawn.0 > 0 && drawn.1 > 0,
+        "the sim_plan corpus draws no pipelined calls or no later nested calls: {drawn:?}"
+    );
+    println!("replayed {ran} sim_plan inputs; {drawn:?} pipelined calls and later nests");
 }
 
 /// The loader_ops seeds are real operation sequences, not inputs the
