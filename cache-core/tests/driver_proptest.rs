@@ -419,6 +419,7 @@ fn long_facade_runs_cover_every_path() {
             "errors",
             "nested",
             "forced_retries",
+            "spans",
             "detached",
             "ttl_calls",
             "session_closed",
