@@ -1019,6 +1019,11 @@ async fn body<H: EngineHost>(
         inc,
         nested,
         safe_for: (kind == Kind::Call && behave.safe).then_some(key),
+        call_entry: (kind == Kind::Call).then_some((
+            rctx.entry.1,
+            rctx.storage_key.as_str(),
+            behave.safe,
+        )),
     });
     let hook_host = host.clone();
     let double = host.plant() == Some(Plant::DoubleHook);

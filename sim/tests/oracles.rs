@@ -157,3 +157,17 @@ fn inv7_closed_error_for_an_open_session_is_reported() {
     // the session is the waiter's own.
     assert_eq!(first_inv(Plant::ClosedErrorOnOpenSession), "INV-7");
 }
+
+#[test]
+fn inv8_ttl_row_for_an_unsafe_stored_entry_is_reported() {
+    // T-3 per entry: the row belongs to the entry actually stored, whose
+    // own result must be safe to persist. The plant leaves the per-key
+    // record alone, so only the per-entry check can report it.
+    let s = Scenario::named("ttl-heavy").unwrap();
+    let found = (1..40).find_map(|seed| {
+        run_seed(seed, &s, Some(Plant::TtlStoredEntryUnsafe))
+            .first_invariant()
+            .map(str::to_string)
+    });
+    assert_eq!(found.as_deref(), Some("INV-8"));
+}

@@ -13,10 +13,11 @@
 //! - a session call that got a value without a span finds an earlier span
 //!   for its key in its session ("repeats are hits" needs a first one);
 //! - a forced retry (S-4) that got a value emitted its span. From outside,
-//!   a call is known to be forced when it follows, alone, a call of the same
-//!   key in the same session that failed with a resolver error, also alone
-//!   (with calls overlapping, another call may have retried and cleared the
-//!   flag in between);
+//!   a call is known to be forced when it is alone from start to answer and
+//!   follows a call of the same key in the same session that failed with a
+//!   resolver error, also alone (with calls overlapping, another call may
+//!   have retried and cleared the flag first: the cache decides a call only
+//!   after its TTL store lookup, which may take long);
 //! - at most one span per key per session from calls that need not always
 //!   emit ([`SpanCheck::finish`]). Keys whose session saw an error or a
 //!   cancellation are left out: some forced retries cannot be told apart.
@@ -228,23 +229,23 @@ impl SpanCheck {
             always,
             ..
         } = c.facts;
+        let mut alone = false;
         if let Some(s) = session {
             let pair = self.pairs.entry((s, key)).or_default();
             pair.unclean |= !ok;
             pair.in_flight -= 1;
-            pair.flagged = c.alone
-                && pair.in_flight == 0
-                && pair.starts == c.start
-                && answer == Answer::ResolverError;
+            alone = c.alone && pair.in_flight == 0 && pair.starts == c.start;
+            pair.flagged = alone && answer == Answer::ResolverError;
         }
+        let forced = c.forced && alone;
         let span = c.spans.first().copied();
         if ok && span == Some(false) && !c.ran {
             return violation(format!(
                 "c{call} got a value and its span says its resolver ran, but it did not"
             ));
         }
-        self.forced += u64::from(ok && c.forced);
-        if ok && c.forced && span.is_none() {
+        self.forced += u64::from(ok && forced);
+        if ok && forced && span.is_none() {
             return violation(format!(
                 "c{call} on k{key} is a forced retry (S-4) and emitted no span"
             ));
@@ -366,6 +367,24 @@ mod tests {
         c.span(2, true).unwrap();
         c.call_answered(2, Answer::Value).unwrap();
         assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn s5_a_call_overtaken_by_a_later_one_is_not_judged_forced() {
+        // The later call may decide first (the first waits on its TTL
+        // store lookup), run as the forced retry and clear the flag.
+        let mut c = SpanCheck::new();
+        c.call_started(1, facts(Some(1), 7, false));
+        c.span(1, false).unwrap();
+        c.resolver_ran(1).unwrap();
+        c.call_answered(1, Answer::ResolverError).unwrap();
+        c.call_started(2, facts(Some(1), 7, false));
+        c.call_started(3, facts(Some(1), 7, false));
+        c.span(3, false).unwrap();
+        c.resolver_ran(3).unwrap();
+        c.call_answered(3, Answer::Value).unwrap();
+        c.call_answered(2, Answer::Value).unwrap();
+        assert_eq!(c.forced_retries_judged(), 0);
     }
 
     #[test]

@@ -166,6 +166,10 @@ pub enum Observation<'a> {
         /// The key, when this is a call's result marked safe to persist
         /// (T-3).
         safe_for: Option<u64>,
+        /// For a call's result: its entry, the storage key its resolver
+        /// ran under, and whether it was marked safe to persist (T-3: the
+        /// flag and the TTL write belong to the entry actually stored).
+        call_entry: Option<(EntryId, &'a str, bool)>,
     },
     /// Output `out`'s release hook ran (releasing its nested ref, if any).
     HookRan {
@@ -345,9 +349,13 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             inc,
             nested,
             safe_for,
+            call_entry,
         } => {
             if let Some(k) = safe_for {
                 ttl_writes::safe_output(world, k);
+            }
+            if let Some((entry, storage_key, safe)) = call_entry {
+                ttl_writes::call_output(world, inc, entry, storage_key, safe);
             }
             let mut sh = world.shadow();
             sh.hooks.insert(out, HookShadow { inc, runs: 0 });

@@ -88,6 +88,9 @@ pub struct TtlShadow {
     pub safe_keys: std::collections::BTreeSet<u64>,
     /// Rows written: (key, storage key) -> expiration.
     pub rows: BTreeMap<(u64, String), i64>,
+    /// Call results by (incarnation, entry): the storage key their
+    /// resolver ran under and whether they were safe to persist.
+    pub outputs: BTreeMap<(u64, EntryId), (String, bool)>,
 }
 
 impl Shadow {

@@ -2,12 +2,16 @@
 //! Every accepted write is judged after the step that made it:
 //!
 //! - T-3: a row is written only for a key some resolver produced a result
-//!   safe to persist for (the write belongs to a safe result);
+//!   safe to persist for; and when the entry stored under the row's
+//!   storage key is still in the cache, that entry's own result was marked
+//!   safe (the flag and the write belong to the entry actually stored);
 //! - T-2: its expiry is at most the highest clock reading plus the key's
 //!   TTL (never a window the cache has not reached);
 //! - T-4 / T-7: a row that replaces another expires later than it: a
 //!   mapping is replaced only once expired, so expiries never move
 //!   backwards.
+
+use cache_core::machine::EntryId;
 
 use crate::world::{Plant, World};
 
@@ -16,6 +20,27 @@ pub(super) fn safe_output(world: &World, k: u64) {
     if world.plant != Some(Plant::TtlWriteWithoutSafeResult) {
         world.shadow().ttl.safe_keys.insert(k);
     }
+}
+
+/// A call resolver running under `storage_key` produced entry `entry`'s
+/// result, `safe` to persist or not.
+pub(super) fn call_output(world: &World, inc: u64, entry: EntryId, storage_key: &str, safe: bool) {
+    let safe = safe && world.plant != Some(Plant::TtlStoredEntryUnsafe);
+    world
+        .shadow()
+        .ttl
+        .outputs
+        .insert((inc, entry), (storage_key.to_string(), safe));
+}
+
+/// The result stored under `storage_key` now, if the cache holds one whose
+/// making the shadow saw: (entry, safe to persist).
+fn stored_under(world: &World, storage_key: &str) -> Option<(EntryId, bool)> {
+    let eng = world.engine()?;
+    let entry = eng.calls.inspect(|m| m.completed_under(storage_key))?;
+    let shadow = world.shadow();
+    let (made_under, safe) = shadow.ttl.outputs.get(&(eng.inc, entry))?;
+    (made_under == storage_key).then_some((entry, *safe))
 }
 
 /// Judges the writes the store accepted since the last step.
@@ -39,6 +64,7 @@ pub(super) fn step(world: &World) {
             continue;
         };
         let ttl = i64::try_from(world.plan.keys[k as usize].ttl_ms).unwrap_or(i64::MAX);
+        let stored = stored_under(world, &w.row.storage_key);
         let mut shadow = world.shadow();
         let replaced = w
             .compare
@@ -60,7 +86,15 @@ pub(super) fn step(world: &World) {
         } else {
             "ttl-row-written"
         });
-        if !safe {
+        if let Some((entry, false)) = stored {
+            world.violate(
+                "INV-8",
+                format!(
+                    "T-3: a TTL row for k{k} names {}, stored as {entry}, whose result was not safe to persist",
+                    w.row.storage_key
+                ),
+            );
+        } else if !safe {
             world.violate(
                 "INV-8",
                 format!("T-3: a TTL row for k{k} was written, but no result of k{k} was safe to persist"),
