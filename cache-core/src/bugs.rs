@@ -53,12 +53,15 @@ pub enum Bug {
     /// A failing TTL store makes the call use its bare call key (breaks
     /// T-2 / INV-8).
     TtlDbFailOpen,
+    /// A forced retry (S-4) emits telemetry only if its key was not seen in
+    /// the session yet, so the retry's resolver run has no span (breaks S-5).
+    ForcedRetrySilent,
 }
 
 impl Bug {
     /// Every switch, in a fixed order (the order `cache-sim zoo` hunts and
     /// lists them in).
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::DupCompletionDiscard,
         Bug::SessionLateAppendLeak,
         Bug::ErrorPathIgnoresWaiters,
@@ -68,6 +71,7 @@ impl Bug {
         Bug::OngoingDeleteNoIdentity,
         Bug::ContentHitForeignRecipe,
         Bug::TtlDbFailOpen,
+        Bug::ForcedRetrySilent,
     ];
 
     /// The switch's id, as the command line spells it.
@@ -82,6 +86,7 @@ impl Bug {
             Bug::OngoingDeleteNoIdentity => "ongoing-delete-no-identity",
             Bug::ContentHitForeignRecipe => "content-hit-foreign-recipe",
             Bug::TtlDbFailOpen => "ttl-db-fail-open",
+            Bug::ForcedRetrySilent => "forced-retry-silent",
         }
     }
 
@@ -96,6 +101,7 @@ impl Bug {
             Bug::KeyOnlyDelete | Bug::OngoingDeleteNoIdentity => "C-13",
             Bug::ContentHitForeignRecipe => "C-8",
             Bug::TtlDbFailOpen => "T-2",
+            Bug::ForcedRetrySilent => "S-5",
         }
     }
 
@@ -117,6 +123,8 @@ impl Bug {
             Bug::OngoingDeleteNoIdentity => &["INV-3", "INV-4"],
             Bug::ContentHitForeignRecipe => &["INV-5"],
             Bug::TtlDbFailOpen => &["INV-8"],
+            // No §9 invariant covers telemetry: the check reports the rule.
+            Bug::ForcedRetrySilent => &["S-5"],
         }
     }
 

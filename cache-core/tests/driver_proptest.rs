@@ -386,6 +386,7 @@ fn long_machine_runs_cover_every_path() {
             "nested",
             "stale_releases",
             "forced_retries",
+            "spans",
             "detached",
             "ttl_calls",
             "ttl_degraded",

@@ -104,6 +104,11 @@ fn ttl_db_fail_open_is_caught() {
 }
 
 #[test]
+fn forced_retry_silent_is_caught() {
+    caught(Bug::ForcedRetrySilent);
+}
+
+#[test]
 fn unknown_bug_name_is_a_clear_error() {
     let err = Scenario::named("standard")
         .unwrap()

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::ops::*;
 use super::shadow::{ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
+use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
@@ -145,6 +146,14 @@ struct Driver {
     /// Latest expiration ever written for a storage key (T-7).
     row_expiry: BTreeMap<String, i64>,
     stats: Stats,
+    /// The S-5 judge. The machine says whether a decision emits telemetry;
+    /// a span's `cached` is "no run", as the facade sends it.
+    spans: SpanCheck,
+    /// The judge's call number of each waiter, until it is served.
+    span_calls: BTreeMap<WaiterId, u64>,
+    /// The judge's number for each key, in the order first seen.
+    span_keys: BTreeMap<(bool, String), u64>,
+    next_call: u64,
 }
 
 impl Driver {
@@ -172,6 +181,10 @@ impl Driver {
             now: 1_000_000,
             row_expiry: BTreeMap::new(),
             stats: Stats::default(),
+            spans: SpanCheck::new(),
+            span_calls: BTreeMap::new(),
+            span_keys: BTreeMap::new(),
+            next_call: 0,
         }
     }
 
@@ -555,6 +568,7 @@ impl Driver {
             Origin::Top(Some(s)) => !r.arbitrary && self.retry.contains(&(s, r.call_key.clone())),
             _ => false,
         };
+        self.judge_begin(&b, &r, forced)?;
         if in_chain && !closed_session {
             ensure!(
                 self,
@@ -707,6 +721,52 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// S-5: tells the judge a call starts and what its decision emitted
+    /// and started. The machine knows which calls it forces (S-4), so here
+    /// a forced retry is one that must always emit. A call that neither
+    /// waits nor runs is answered at once.
+    fn judge_begin(&mut self, b: &Begin<u32>, r: &Req, forced: bool) -> Result<(), Failure> {
+        let call = self.next_call;
+        self.next_call += 1;
+        let next = self.span_keys.len() as u64;
+        let key = *self
+            .span_keys
+            .entry((r.arbitrary, r.call_key.clone()))
+            .or_insert(next);
+        let session = match r.origin {
+            Origin::Top(s) => s.map(|s| s.0),
+            Origin::Inner(_) => None,
+        };
+        self.spans.call_started(
+            call,
+            CallFacts {
+                session,
+                key,
+                always: r.dnc || forced,
+                retries: !r.arbitrary,
+            },
+        );
+        let mut verdict = Ok(());
+        if let (true, Ok(d)) = (b.telemetry, &b.outcome) {
+            verdict = self.spans.span(call, !matches!(d, Decision::Run(_)));
+        }
+        verdict = verdict.and_then(|()| match &b.outcome {
+            Ok(Decision::Run(order)) => {
+                self.span_calls.insert(order.waiter, call);
+                self.spans.resolver_ran(call)
+            }
+            Ok(Decision::Wait { waiter, .. }) => {
+                self.span_calls.insert(*waiter, call);
+                Ok(())
+            }
+            Ok(Decision::Hit(_)) => self.spans.call_answered(call, Answer::Value),
+            // A K-5 block: this caller gets no value from this decision.
+            Ok(Decision::Blocked { .. }) => self.spans.call_answered(call, Answer::Other),
+            Err(_) => self.spans.call_answered(call, Answer::Other),
+        });
+        verdict.map_err(|v| self.fail("S-5", v.detail))
     }
 
     /// INV-5 / INV-6 / INV-8 for a hit.
@@ -939,7 +999,11 @@ impl Driver {
                 self.retry.remove(&(s, r.call_key.clone()));
             }
         }
-        for ((_, result), (_, origin)) in done.served.into_iter().zip(r.waiters.clone()) {
+        for ((waiter, result), (_, origin)) in done.served.into_iter().zip(r.waiters.clone()) {
+            if let Some(call) = self.span_calls.remove(&waiter) {
+                let answered = self.spans.call_answered(call, Answer::of(&result));
+                answered.map_err(|v| self.fail("S-5", v.detail))?;
+            }
             let closed = !self.is_open(origin);
             match result {
                 Ok(s) => {
@@ -1157,6 +1221,9 @@ impl Driver {
         self.cache
             .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
+        let spans = self.spans.finish();
+        spans.map_err(|v| self.fail("S-5", v.detail))?;
+        self.stats.spans = self.spans.spans_seen() as usize;
         self.hooks
             .check_final()
             .map_err(|(rule, detail)| self.fail(rule, detail))

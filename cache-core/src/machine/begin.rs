@@ -63,7 +63,9 @@ impl<V: Clone> CallCache<V> {
         let forced = failed_before.is_some();
         // S-5: a forced retry runs as do-not-cache, and do-not-cache runs are
         // always emitted, so the retry's run gets its span too.
-        let always = req.do_not_cache || req.repeat_telemetry || forced;
+        // BUG (forced-retry-silent, breaks S-5): the retry is not "always".
+        let forced_emits = forced && !self.bug(Bug::ForcedRetrySilent);
+        let always = req.do_not_cache || req.repeat_telemetry || forced_emits;
         let telemetry = self.telemetry(caller, &call_key, always);
 
         if req.do_not_cache || forced {
