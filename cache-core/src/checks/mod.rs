@@ -13,3 +13,4 @@
 //! ```
 
 pub mod telemetry;
+pub mod ttl_rows;

@@ -8,6 +8,7 @@ use super::ops::*;
 use super::shadow::{ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
+use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
@@ -64,6 +65,8 @@ struct TtlRun {
     valid_until: i64,
     /// The write prepared for a fresh key.
     write: Option<PreparedWrite>,
+    /// The key's TTL, ms.
+    ttl_ms: i64,
 }
 
 /// A resolver the model is running (in flight, or abandoned: no waiters).
@@ -145,6 +148,8 @@ struct Driver {
     now: i64,
     /// Latest expiration ever written for a storage key (T-7).
     row_expiry: BTreeMap<String, i64>,
+    /// The rows written, judged as they come (T-2, T-4).
+    rows: RowCheck,
     stats: Stats,
     /// The S-5 judge. The machine says whether a decision emits telemetry;
     /// a span's `cached` is "no run", as the facade sends it.
@@ -180,6 +185,7 @@ impl Driver {
             store: MemoryTtlStore::new(),
             now: 1_000_000,
             row_expiry: BTreeMap::new(),
+            rows: RowCheck::new(),
             stats: Stats::default(),
             spans: SpanCheck::new(),
             span_calls: BTreeMap::new(),
@@ -492,6 +498,7 @@ impl Driver {
                         shared: false,
                         valid_until: own,
                         write: Some(write),
+                        ttl_ms: ttl.ms() as i64,
                     }
                 }
                 StorageKeyChoice::Live { .. } => {
@@ -500,6 +507,7 @@ impl Driver {
                         shared: true,
                         valid_until: live.unwrap_or(own),
                         write: None,
+                        ttl_ms: ttl.ms() as i64,
                     }
                 }
                 StorageKeyChoice::Degraded { .. } => {
@@ -508,6 +516,7 @@ impl Driver {
                         shared: false,
                         valid_until: own,
                         write: None,
+                        ttl_ms: ttl.ms() as i64,
                     }
                 }
             };
@@ -986,6 +995,18 @@ impl Driver {
                     .compare_and_upsert(&write.call_key, &write.row, write.compare.as_deref())
             {
                 self.stats.ttl_writes += 1;
+                let ttl_ms = r.ttl.as_ref().map_or(0, |t| t.ttl_ms);
+                let judged = self.rows.written(RowWrite {
+                    call_key: &write.call_key,
+                    label: &write.call_key,
+                    storage_key: &write.row.storage_key,
+                    expiration: write.row.expiration,
+                    compare: write.compare.as_deref(),
+                    ttl_ms,
+                    // The driver's clock only moves forward.
+                    high_water: self.now,
+                });
+                judged.map_err(|v| self.fail(v.rule, v.detail))?;
                 let e = self
                     .row_expiry
                     .entry(write.row.storage_key.clone())

@@ -86,8 +86,8 @@ pub struct Shadow {
 pub struct TtlShadow {
     /// Keys some call resolver produced a result safe to persist for.
     pub safe_keys: std::collections::BTreeSet<u64>,
-    /// Rows written: (key, storage key) -> expiration.
-    pub rows: BTreeMap<(u64, String), i64>,
+    /// The rows written, judged as they come (T-2, T-4).
+    pub rows: cache_core::checks::ttl_rows::RowCheck,
     /// Call results by (incarnation, entry): the storage key their
     /// resolver ran under and whether they were safe to persist.
     pub outputs: BTreeMap<(u64, EntryId), (String, bool)>,

@@ -5,12 +5,12 @@
 //!   safe to persist for; and when the entry stored under the row's
 //!   storage key is still in the cache, that entry's own result was marked
 //!   safe (the flag and the write belong to the entry actually stored);
-//! - T-2: its expiry is at most the highest clock reading plus the key's
-//!   TTL (never a window the cache has not reached);
-//! - T-4 / T-7: a row that replaces another expires later than it: a
-//!   mapping is replaced only once expired, so expiries never move
-//!   backwards.
+//! - T-2, T-4 / T-7: judged by [`cache_core::checks::ttl_rows::RowCheck`],
+//!   the check the machine driver runs too: an expiry at most the highest
+//!   clock reading plus the key's TTL, and a replacing row expiring later
+//!   than the row it replaced.
 
+use cache_core::checks::ttl_rows::RowWrite;
 use cache_core::machine::EntryId;
 
 use crate::world::{Plant, World};
@@ -66,20 +66,27 @@ pub(super) fn step(world: &World) {
         let ttl = i64::try_from(world.plan.keys[k as usize].ttl_ms).unwrap_or(i64::MAX);
         let stored = stored_under(world, &w.row.storage_key);
         let mut shadow = world.shadow();
-        let replaced = w
-            .compare
-            .as_ref()
-            .and_then(|c| shadow.ttl.rows.get(&(k, c.clone())).copied());
         if world.plant == Some(Plant::TtlExpiryBackwards) {
-            if let Some(old) = replaced {
+            // The replaced row's expiry, as the judge remembers it.
+            if let Some(old) = w
+                .compare
+                .as_ref()
+                .and_then(|c| shadow.ttl.rows.expiry(&w.call_key, c))
+            {
                 w.row.expiration = old.saturating_sub(ttl);
             }
         }
         let safe = shadow.ttl.safe_keys.contains(&k);
-        shadow
-            .ttl
-            .rows
-            .insert((k, w.row.storage_key.clone()), w.row.expiration);
+        let label = format!("k{k}");
+        let rows = shadow.ttl.rows.written(RowWrite {
+            call_key: &w.call_key,
+            label: &label,
+            storage_key: &w.row.storage_key,
+            expiration: w.row.expiration,
+            compare: w.compare.as_deref(),
+            ttl_ms: ttl,
+            high_water: high,
+        });
         drop(shadow);
         world.count(if w.compare.is_some() {
             "ttl-row-replaced"
@@ -99,22 +106,8 @@ pub(super) fn step(world: &World) {
                 "INV-8",
                 format!("T-3: a TTL row for k{k} was written, but no result of k{k} was safe to persist"),
             );
-        } else if w.row.expiration > high.saturating_add(ttl) {
-            world.violate(
-                "INV-8",
-                format!(
-                    "T-2: k{k}'s TTL row expires at {}, past the highest clock reading {high} plus its TTL {ttl}",
-                    w.row.expiration
-                ),
-            );
-        } else if let Some(old) = replaced.filter(|&old| w.row.expiration <= old) {
-            world.violate(
-                "INV-8",
-                format!(
-                    "T-4: k{k}'s TTL row was replaced by one expiring at {}, not after the replaced row's {old}",
-                    w.row.expiration
-                ),
-            );
+        } else if let Err(v) = rows {
+            world.violate("INV-8", format!("{}: {}", v.rule, v.detail));
         }
     }
 }
