@@ -853,6 +853,20 @@ fn resolver<H: EngineHost>(
             if let Some(call) = job.call {
                 host.observe(Observation::RanFor { call });
             }
+            let ttl_ms = env
+                .plan
+                .plan()
+                .keys
+                .get(key as usize)
+                .map_or(0, |k| k.ttl_ms);
+            if let (Kind::Call, Some(session), true) = (job.kind, job.session, ttl_ms > 0) {
+                host.observe(Observation::TtlRunStarted {
+                    key,
+                    storage_key: &rctx.storage_key,
+                    inc: eng.inc,
+                    session,
+                });
+            }
             host.trace(
                 "engine",
                 format!(

@@ -52,6 +52,9 @@ pub enum Plant {
     /// INV-8 (T-3): the oracle is told that no output was safe to persist,
     /// so every TTL row written must be reported.
     TtlWriteWithoutSafeResult,
+    /// INV-8 (T-2(a)): every TTL'd run reports a session of its own, so a
+    /// fresh key a session reuses looks handed to another session.
+    FreshKeyOwnerPerRun,
     /// INV-8 (T-3): the shadow records every call result as not safe to
     /// persist, so a row written for a stored entry must be reported.
     TtlStoredEntryUnsafe,

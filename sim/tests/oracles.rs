@@ -171,3 +171,16 @@ fn inv8_ttl_row_for_an_unsafe_stored_entry_is_reported() {
     });
     assert_eq!(found.as_deref(), Some("INV-8"));
 }
+
+#[test]
+fn inv8_fresh_key_handed_to_another_session_is_reported() {
+    // T-2(a): the plant makes a session's reuse of its own fresh key look
+    // like a second session getting it.
+    let s = Scenario::named("ttl-heavy").unwrap();
+    let found = (1..40).find_map(|seed| {
+        run_seed(seed, &s, Some(Plant::FreshKeyOwnerPerRun))
+            .first_invariant()
+            .map(str::to_string)
+    });
+    assert_eq!(found.as_deref(), Some("INV-8"));
+}

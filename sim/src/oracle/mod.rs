@@ -18,6 +18,7 @@
 //! | `cancellation` | INV-7 |
 //! | `ttl` | INV-8 (what is served) |
 //! | `ttl_writes` | INV-8 (what is written to the TTL store: T-3, T-4) |
+//! | `ttl_identity` | INV-8 (a fresh TTL key stays its session's, across restarts: T-2(a)) |
 //! | `sessions` | INV-9 |
 //! | `hooks` | INV-10 |
 //! | `quiescence` | INV-1, INV-11 |
@@ -39,6 +40,7 @@ pub mod shadow;
 mod singleflight;
 mod telemetry;
 mod ttl;
+mod ttl_identity;
 mod ttl_writes;
 
 use cache_core::facade::Cache;
@@ -218,6 +220,18 @@ pub enum Observation<'a> {
         /// The call.
         call: u64,
     },
+    /// A call resolver of TTL'd key `key` started under `storage_key` for
+    /// a session's call (T-2(a)).
+    TtlRunStarted {
+        /// The plan's key.
+        key: u64,
+        /// The storage key it runs under.
+        storage_key: &'a str,
+        /// Incarnation.
+        inc: u64,
+        /// The session whose call started it.
+        session: SessionId,
+    },
     /// Call `call` answered.
     CallDone {
         /// The call.
@@ -389,6 +403,12 @@ pub fn observe(world: &World, obs: Observation<'_>) {
         } => cancellation::client_answered(world, client, req, result, cancelled),
         Observation::Span { call, cached } => telemetry::span(world, call, cached),
         Observation::RanFor { call } => telemetry::resolver_ran(world, call),
+        Observation::TtlRunStarted {
+            key,
+            storage_key,
+            inc,
+            session,
+        } => ttl_identity::run_started(world, key, storage_key, inc, session),
         Observation::CallDone { call, answer } => telemetry::answered(world, call, answer),
         Observation::SessionClosed {
             cache,

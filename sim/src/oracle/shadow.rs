@@ -88,6 +88,9 @@ pub struct TtlShadow {
     pub safe_keys: std::collections::BTreeSet<u64>,
     /// The rows written, judged as they come (T-2, T-4).
     pub rows: cache_core::checks::ttl_rows::RowCheck,
+    /// The first (incarnation, session) that ran under each TTL storage
+    /// key (T-2(a)).
+    pub fresh_owner: BTreeMap<String, (u64, SessionId)>,
     /// Call results by (incarnation, entry): the storage key their
     /// resolver ran under and whether they were safe to persist.
     pub outputs: BTreeMap<(u64, EntryId), (String, bool)>,
