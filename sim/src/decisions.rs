@@ -53,6 +53,10 @@ pub struct Decision {
     pub store_failed: bool,
     /// What the request got, once answered.
     pub answer: Option<Answer>,
+    /// The telemetry span the decision emitted (S-5): `Some(true)` when it
+    /// said `cached`, `None` when none was emitted.
+    #[serde(default)]
+    pub telemetry: Option<bool>,
     /// The request span it was made in (links it to its answer).
     #[serde(skip)]
     span: Option<u64>,
@@ -221,7 +225,10 @@ const RELEASE: &str = "sim::engine::release";
 const INDEX: &str = "sim::engine::index";
 const COMPLETION: &str = "cache_core::completion";
 const QUIET: &str = "sim::world::quiet";
-const TARGETS: [&str; 7] = [DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION, QUIET];
+const SPAN: &str = "sim::engine::span";
+const TARGETS: [&str; 8] = [
+    DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION, QUIET, SPAN,
+];
 
 impl Subscriber for Capture {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
@@ -329,6 +336,25 @@ impl Subscriber for Capture {
             return;
         }
         let current = st.stack.last().copied();
+        if e.metadata().target() == SPAN {
+            // Emitted right after the decision, in the same request span.
+            #[derive(Default)]
+            struct Cached(bool);
+            impl Visit for Cached {
+                fn record_bool(&mut self, f: &Field, v: bool) {
+                    if f.name() == "cached" {
+                        self.0 = v;
+                    }
+                }
+                fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+            }
+            let mut c = Cached::default();
+            e.record(&mut c);
+            if let Some(d) = st.decisions.iter_mut().rev().find(|d| d.span == current) {
+                d.telemetry = Some(c.0);
+            }
+            return;
+        }
         if e.metadata().target() == TTL {
             st.store_failed_in = Some(current);
             return;
@@ -353,6 +379,7 @@ impl Subscriber for Capture {
             rule: text("rule"),
             store_failed,
             answer: None,
+            telemetry: None,
             span: current,
         };
         st.store_failed_in = None;

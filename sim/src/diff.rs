@@ -202,6 +202,14 @@ fn flow(rec: &RunRecord, d: Option<&Decision>) -> Vec<(&'static str, String)> {
         ("rule", d.rule.clone()),
         ("overridden", d.overridden.to_string()),
         (
+            "span",
+            match d.telemetry {
+                Some(true) => "cached".into(),
+                Some(false) => "run".into(),
+                None => "-".into(),
+            },
+        ),
+        (
             "returned",
             d.answer.as_ref().map_or("-".into(), |a| a.returned.clone()),
         ),

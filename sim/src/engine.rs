@@ -129,6 +129,9 @@ impl Telemetry for SpanSink {
             world.violate("S-5", format!("a span for {} outside any call", span.key));
             return;
         };
+        // For `cache-sim diff` and `explain`: inert unless a subscriber
+        // listens.
+        tracing::debug!(target: "sim::engine::span", cached = span.cached);
         let cached = span.cached || world.plant == Some(Plant::SpanSaysCached);
         let times = if world.plant == Some(Plant::SpanTwice) {
             2
