@@ -64,7 +64,15 @@ pub fn failure_text(o: &RunOutcome, s: &Scenario, replay: &str) -> String {
         "FAIL seed {} (scenario {})\n",
         o.plan.seed, s.name
     ));
-    t.push_str(&format!("  {}\n", o.plan.swarm));
+    match &s.loader {
+        // The loader's swarm is in its trace header.
+        Some(_) => {
+            if let Some(swarm) = o.trace.iter().find(|l| l.starts_with("swarm:")) {
+                t.push_str(&format!("  {swarm}\n"));
+            }
+        }
+        None => t.push_str(&format!("  {}\n", o.plan.swarm)),
+    }
     t.push_str(&format!(
         "  violated {} at {} ms: {}\n",
         v.inv, v.at_ms, v.detail

@@ -206,6 +206,7 @@ fn scenarios(setup: &Setup) -> Result<Vec<Swept>, String> {
     if setup.scenario.as_deref() == Some(ALL_SCENARIOS) {
         NAMED
             .iter()
+            .chain(crate::loader::LOADER_NAMED)
             .map(|name| {
                 let one = Setup {
                     scenario: Some(name.to_string()),

@@ -365,6 +365,14 @@ struct Node {
     rx: Subscription,
     pending: Vec<Event>,
     local: BTreeMap<String, Shadow>,
+    /// The last write per key the remote failed (L-4: it must never be
+    /// served locally), so that a copy written ahead of the remote is
+    /// named as such rather than as whatever older copy it replaced.
+    refused: BTreeMap<String, Payload>,
+    /// Keys whose last placeholder write L-7 kept out of the local tier (a
+    /// value was written after its load began): a placeholder served there
+    /// is that write, named as such.
+    guarded: BTreeSet<String>,
     seq: u64,
     tasks: BTreeSet<String>,
     loads: u64,
@@ -462,6 +470,8 @@ impl Driver {
                     name,
                     pending: Vec::new(),
                     local: BTreeMap::new(),
+                    refused: BTreeMap::new(),
+                    guarded: BTreeSet::new(),
                     seq: 0,
                     tasks: BTreeSet::new(),
                     loads: 0,
@@ -475,9 +485,18 @@ impl Driver {
         let mut keys: Vec<String> = driver_keys().iter().map(|k| stored_key(CACHE, k)).collect();
         let wanted = h.keys.clamp(1, MAX_KEYS);
         keys.truncate(wanted);
-        keys.extend(
-            (keys.len()..wanted).map(|i| stored_key(CACHE, &Key::new(["k", &i.to_string()]))),
-        );
+        // More keys come in pairs that collide as text once parts are
+        // joined by commas (`["k", "3"]` and `["k,3"]`), as the first
+        // ones do: batches of either must never share a flight (L-5, L-13).
+        keys.extend((keys.len()..wanted).map(|i| {
+            let j = (i - driver_keys().len()) / 2;
+            let key = if i % 2 == 1 {
+                Key::new(["k".to_string(), j.to_string()])
+            } else {
+                Key::new([format!("k,{j}")])
+            };
+            stored_key(CACHE, &key)
+        }));
         Self {
             nodes,
             keys,
@@ -674,7 +693,12 @@ impl Driver {
             LocalRead::Value(bytes) => {
                 self.stats.local_hits += 1;
                 self.check_produced(key, &bytes)?;
+                let served = Payload::Value(bytes.clone());
                 match shadow {
+                    Some(s) if s.payload == served && s.expires > now => Ok(true),
+                    _ if self.nodes[n].refused.get(key) == Some(&served) => {
+                        Err(ahead_of_remote(key, &served))
+                    }
                     Some(s) if s.expires <= now => Err((
                         "LINV-3",
                         format!("{key}: local copy served at {now}, it expired at {}", s.expires),
@@ -697,6 +721,17 @@ impl Driver {
                 self.stats.local_hits += 1;
                 self.stats.placeholders += 1;
                 match shadow {
+                    Some(s) if s.payload == Payload::Placeholder && s.expires > now => Ok(true),
+                    _ if self.nodes[n].refused.get(key) == Some(&Payload::Placeholder) => {
+                        Err(ahead_of_remote(key, &Payload::Placeholder))
+                    }
+                    _ if self.nodes[n].guarded.contains(key) => Err((
+                        "LINV-2",
+                        format!(
+                            "{key}: a placeholder was served where a value written after its \
+                             load began must stand (L-7)"
+                        ),
+                    )),
                     Some(s) if s.expires <= now => Err((
                         "LINV-3",
                         format!(
@@ -1206,16 +1241,23 @@ impl Driver {
             node.local.remove(&order.key);
         }
         let mutated = node.m.write_applied(order, write, now);
+        if write == RemoteWrite::Failed {
+            node.refused
+                .insert(order.key.clone(), order.record.payload.clone());
+        }
         if matches!(write, RemoteWrite::Failed | RemoteWrite::Done(false)) || node.closed {
             return mutated;
         }
+        node.refused.remove(&order.key);
         if order.record.is_placeholder() {
             if let Some(s) = node.local.get(&order.key) {
                 if s.payload != Payload::Placeholder && s.seq > started_seq && s.expires > now {
+                    node.guarded.insert(order.key.clone());
                     return mutated;
                 }
             }
         }
+        node.guarded.remove(&order.key);
         node.seq += 1;
         let expires = order
             .record
@@ -1474,6 +1516,8 @@ impl Driver {
         while node.rx.try_recv().is_ok() {}
         node.pending.clear();
         node.local.clear();
+        node.refused.clear();
+        node.guarded.clear();
         node.tasks.clear();
         node.loads = 0;
         node.joins = 0;
@@ -1621,6 +1665,17 @@ impl Driver {
     }
 }
 
+/// A local copy the remote refused (L-4): it can never converge (LINV-5).
+fn ahead_of_remote(key: &str, payload: &Payload) -> (&'static str, String) {
+    (
+        "LINV-5",
+        format!(
+            "{key}: local copy {payload:?} is a write the remote failed: a local write went \
+             ahead of the remote (L-4) and cannot converge (L-12)"
+        ),
+    )
+}
+
 /// LINV-7: a batch loader sees its leader's missing keys, once; every
 /// caller answered by it must have asked for exactly those.
 fn check_batch(f: &DFlight) -> Check {
@@ -1650,7 +1705,8 @@ pub struct HarnessConfig {
     /// Nodes sharing the remote and the bus (1..=[`MAX_NODES`]).
     pub nodes: usize,
     /// Keys (1..=[`MAX_KEYS`]): the five of [`driver_keys`] first (they
-    /// collide as text, L-5), then `["k", "<i>"]`.
+    /// collide as text, L-5), then pairs `["k", "<j>"]`, `["k,<j>"]` that
+    /// collide the same way.
     pub keys: usize,
     /// A remote tier.
     pub remote: bool,
@@ -1692,6 +1748,8 @@ pub struct FlightInfo {
     pub id: FlightId,
     /// The stored keys it loads (one, or a batch's missing keys).
     pub keys: Vec<String>,
+    /// A `load_many` flight (else a single key's).
+    pub batch: bool,
     /// Led by a refresh.
     pub refresh: bool,
     /// Its loader has been called.
@@ -1779,6 +1837,7 @@ impl LoaderHarness {
                     FKind::Single(k) => vec![k.clone()],
                     FKind::Batch(ks) => ks.clone(),
                 },
+                batch: matches!(f.kind, FKind::Batch(_)),
                 refresh: f.refresh,
                 loading: f.loading,
                 waiters: f.waiters.len(),
@@ -1898,14 +1957,21 @@ impl LoaderHarness {
     }
 
     /// The clock jumps by `ms` (back when negative) without time passing;
-    /// expiry stays judged on the highest reading (T-7, LINV-3).
+    /// expiry stays judged on the highest reading (T-7, LINV-3). After a
+    /// forward jump every node's ticker runs, as the async layer's next
+    /// tick would: it is what stops tasks whose idle window the jump
+    /// ended (L-9).
     pub fn jump(&mut self, ms: i64) -> Result<(), Failure> {
         self.run(
             || format!("Jump {{ ms: {ms} }}"),
             |d| {
                 d.clock.advance(ms);
                 d.went_back |= ms < 0;
+                let before = d.high;
                 d.high = d.high.max(clock_now(&d.clock));
+                if d.high > before {
+                    (0..d.nodes.len()).try_for_each(|n| d.tick(n))?;
+                }
                 Ok(())
             },
         )
