@@ -52,6 +52,11 @@ pub fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
     for bug in s.bugs.iter() {
         cmd.push_str(&format!(" --bug {bug}"));
     }
+    if let Some(l) = &s.loader {
+        for bug in l.bugs.iter() {
+            cmd.push_str(&format!(" --bug {bug}"));
+        }
+    }
     cmd
 }
 
@@ -108,7 +113,27 @@ pub fn replay(
     trace_file: Option<&str>,
     trace_out: Option<&str>,
 ) -> Result<bool, String> {
+    if let ReplayOf::PlanFile(path) = of {
+        if let Some(f) = crate::loader::plan_file::LoaderPlanFile::load_if_loader(path)? {
+            let l = f.scenario_with_bugs(&setup.bugs)?;
+            let o = crate::loader::run_loader_plan(f.plan, &l);
+            let again = plan_replay_cmd(path, &setup.bugs);
+            return print_replay(
+                crate::loader::as_run_outcome(o),
+                &Scenario::from_loader(l),
+                &again,
+                trace_file,
+            );
+        }
+    }
     let (plan, s, again) = resolve(of, setup)?;
+    if s.loader.is_some() && trace_out.is_some() {
+        return Err(
+            "bad --trace-out: the loader world records no O-2 decisions (its trace is the \
+             replay output; use --trace FILE)"
+                .into(),
+        );
+    }
     let o = match trace_out {
         Some(path) => {
             // The decision capture does not change the run: the trace printed
@@ -120,6 +145,17 @@ pub fn replay(
         }
         None => run_plan(plan, &s, None),
     };
+    print_replay(o, &s, &again, trace_file)
+}
+
+/// Prints a replayed run's trace, hash and verdict (and writes the trace
+/// to `trace_file`); `Ok(true)` if it passed.
+fn print_replay(
+    o: RunOutcome,
+    s: &Scenario,
+    again: &str,
+    trace_file: Option<&str>,
+) -> Result<bool, String> {
     let text = o.trace.join("\n") + "\n";
     print!("{text}");
     if let Some(f) = trace_file {
@@ -129,7 +165,7 @@ pub fn replay(
     if o.passed() {
         println!("seed {} passes", o.plan.seed);
     } else {
-        print!("{}", failure_text(&o, &s, &again));
+        print!("{}", failure_text(&o, s, again));
     }
     Ok(o.passed())
 }
@@ -201,6 +237,9 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
     }
     let s = setup.load()?;
     let arg = setup.scenario.as_deref();
+    if let Some(l) = &s.loader {
+        return shrink_loader(seed, l, &s, arg, out);
+    }
     let plan = Plan::generate(seed, &s);
     let Some(result) = shrink::shrink(plan, &s, None, 300) else {
         println!("seed {seed} passes: nothing to shrink");
@@ -227,9 +266,53 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
     Ok(false)
 }
 
+/// `cache-sim shrink` on a loader scenario: the loader plan shrunk, printed
+/// and written as a loader plan file.
+fn shrink_loader(
+    seed: u64,
+    l: &crate::loader::LoaderScenario,
+    s: &Scenario,
+    arg: Option<&str>,
+    out: Option<&str>,
+) -> Result<bool, String> {
+    use crate::loader::plan_file::LoaderPlanFile;
+    let plan = crate::loader::LoaderPlan::generate(seed, l);
+    let Some(r) = crate::loader::shrink::shrink_loader(plan, l, 300) else {
+        println!("seed {seed} passes: nothing to shrink");
+        return Ok(true);
+    };
+    println!(
+        "seed {seed} fails {}: shrunk from {} to {} operations in {} runs",
+        r.inv,
+        r.original_size,
+        r.plan.size(),
+        r.runs
+    );
+    let text = LoaderPlanFile::new(r.plan, l, Some(r.inv)).to_toml()?;
+    print!("{text}");
+    let default_out = format!("shrunk-{}-{seed}.toml", l.name);
+    let out = out.unwrap_or(&default_out);
+    std::fs::write(out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
+    println!("wrote the shrunk plan to {out}");
+    println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
+    println!("replay the unshrunk seed: {}", replay_cmd(seed, s, arg));
+    Ok(false)
+}
+
 /// `cache-sim report`: writes the SVG timeline.
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
+    if let Some(l) = &s.loader {
+        let o = crate::loader::run_loader_seed(seed, l);
+        std::fs::write(svg, crate::loader::report::svg(&o, l)?)
+            .map_err(|e| format!("cannot write {svg}: {e}"))?;
+        println!(
+            "wrote {svg}: {} samples over {} ms",
+            o.samples.len(),
+            o.sim_ms
+        );
+        return Ok(o.passed());
+    }
     let o = run_seed(seed, &s, None);
     std::fs::write(svg, report::svg(&o, &s)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
     println!(

@@ -1819,6 +1819,20 @@ impl LoaderHarness {
         self.d.nodes[n % self.d.nodes.len()].m.counters()
     }
 
+    /// Totals over the open nodes now: flights in the air, refresh tasks,
+    /// local tier entries, events waiting to be applied (for timelines).
+    pub fn gauges(&self) -> [usize; 4] {
+        let open = self.d.nodes.iter().filter(|n| !n.closed);
+        open.fold([0; 4], |[f, t, l, p], n| {
+            [
+                f + n.m.flights(),
+                t + n.m.tasks(),
+                l + n.m.local().len(),
+                p + n.pending.len(),
+            ]
+        })
+    }
+
     /// Events waiting for node `n` (delivered by the bus, not yet applied).
     pub fn pending(&self, n: usize) -> usize {
         self.d.nodes[n % self.d.nodes.len()].pending.len()

@@ -27,6 +27,7 @@
 
 pub mod plan;
 pub mod plan_file;
+pub mod report;
 pub mod scenario;
 pub mod shrink;
 pub mod world;

@@ -14,6 +14,7 @@
 //!
 //! [plan]
 //! seed = 7
+//! remote = true                    # this seed has the remote tier
 //! swarm = { enabled = [] }
 //! ops = [
 //!     { at_ms = 12, op = { op = "once", node = 1, key = 0, refresh = false, skip_local = false, loader = { answer = "read", dur_ms = 40, stubborn = false } } },
@@ -76,8 +77,9 @@ impl LoaderPlanFile {
         text.push('\n');
         text.push_str(&toml::to_string(&sc).map_err(|e| e.to_string())?);
         text.push_str(&format!(
-            "\n[plan]\nseed = {}\nswarm = {}\nops = [\n",
+            "\n[plan]\nseed = {}\nremote = {}\nswarm = {}\nops = [\n",
             self.plan.seed,
+            self.plan.remote,
             inline(&self.plan.swarm)?
         ));
         for t in &self.plan.ops {
@@ -139,6 +141,19 @@ impl LoaderPlanFile {
             return Err("bad loader plan file: `plan.ops` must be in time order".into());
         }
         Ok(f)
+    }
+
+    /// The loader plan file at `path`, or `None` if the file is not one
+    /// (no top-level `world`: a call-cache plan file).
+    pub fn load_if_loader(path: &str) -> Result<Option<LoaderPlanFile>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read plan file {path}: {e}"))?;
+        match toml::from_str::<toml::Table>(&text) {
+            Ok(t) if t.contains_key("world") => LoaderPlanFile::parse(&text)
+                .map(Some)
+                .map_err(|e| format!("{path}: {e}")),
+            _ => Ok(None),
+        }
     }
 
     /// The scenario with the file's switches (and `extra` ones) on.

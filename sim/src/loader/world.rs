@@ -54,6 +54,9 @@ pub struct LoaderOutcome {
     pub sim_ms: u64,
     /// Each node's L-15 counters at the end, one line per node.
     pub metrics: String,
+    /// The timeline: after each simulated ms with events, the totals over
+    /// the nodes of flights, refresh tasks, local entries and waiting events.
+    pub samples: Vec<(u64, [usize; 4])>,
 }
 
 impl LoaderOutcome {
@@ -137,6 +140,7 @@ struct Sim<'a> {
     bus_rng: Rng,
     trace: Vec<String>,
     counters: BTreeMap<String, u64>,
+    samples: Vec<(u64, [usize; 4])>,
 }
 
 /// Runs `plan` under `s` (its loader zoo switches included).
@@ -173,6 +177,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         bus_rng: Rng::new(plan.seed, "loader-bus"),
         trace: Vec::new(),
         counters: BTreeMap::new(),
+        samples: Vec::new(),
     };
     sim.line(format!("seed {} scenario {}", plan.seed, s.name));
     if !s.bugs.is_empty() {
@@ -194,6 +199,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         h,
         mut trace,
         mut counters,
+        samples,
         ..
     } = sim;
     let violation = match result {
@@ -225,6 +231,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         counters,
         sim_ms,
         metrics,
+        samples,
     }
 }
 
@@ -302,6 +309,11 @@ impl Sim<'_> {
                 Ev::Finish(f, b) => self.finish(&f, b)?,
             }
             self.pump()?;
+            let g = self.h.gauges();
+            match self.samples.last_mut() {
+                Some((t, last)) if *t == self.now => *last = g,
+                _ => self.samples.push((self.now, g)),
+            }
         }
         if !healed {
             self.heal()?;
