@@ -31,6 +31,7 @@ pub mod report;
 pub mod scenario;
 pub mod shrink;
 pub mod world;
+pub mod zoo;
 
 use std::collections::BTreeMap;
 
