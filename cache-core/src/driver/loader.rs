@@ -365,10 +365,11 @@ struct Node {
     rx: Subscription,
     pending: Vec<Event>,
     local: BTreeMap<String, Shadow>,
-    /// The last write per key the remote failed (L-4: it must never be
-    /// served locally), so that a copy written ahead of the remote is
-    /// named as such rather than as whatever older copy it replaced.
-    refused: BTreeMap<String, Payload>,
+    /// The last write per key the remote failed, as the local tier would
+    /// hold it (payload and local expiry; L-4: it must never be there), so
+    /// that a copy written ahead of the remote is named as such rather than
+    /// as whatever older copy it replaced.
+    refused: BTreeMap<String, Record>,
     /// Keys whose last placeholder write L-7 kept out of the local tier (a
     /// value was written after its load began): a placeholder served there
     /// is that write, named as such.
@@ -682,6 +683,8 @@ impl Driver {
     /// whether the read was answered by the local tier.
     fn local_read(&mut self, n: usize, key: &str) -> Result<bool, (&'static str, String)> {
         let now = self.high;
+        let held = self.nodes[n].m.local().peek(key).map(|e| e.record.clone());
+        let ahead = held.is_some() && self.nodes[n].refused.get(key) == held.as_ref();
         let read = self.nodes[n].m.read_local(key, now);
         let shadow = self.nodes[n].local.get(key).cloned();
         match read {
@@ -696,9 +699,7 @@ impl Driver {
                 let served = Payload::Value(bytes.clone());
                 match shadow {
                     Some(s) if s.payload == served && s.expires > now => Ok(true),
-                    _ if self.nodes[n].refused.get(key) == Some(&served) => {
-                        Err(ahead_of_remote(key, &served))
-                    }
+                    _ if ahead => Err(ahead_of_remote(key, &served)),
                     Some(s) if s.expires <= now => Err((
                         "LINV-3",
                         format!("{key}: local copy served at {now}, it expired at {}", s.expires),
@@ -722,9 +723,7 @@ impl Driver {
                 self.stats.placeholders += 1;
                 match shadow {
                     Some(s) if s.payload == Payload::Placeholder && s.expires > now => Ok(true),
-                    _ if self.nodes[n].refused.get(key) == Some(&Payload::Placeholder) => {
-                        Err(ahead_of_remote(key, &Payload::Placeholder))
-                    }
+                    _ if ahead => Err(ahead_of_remote(key, &Payload::Placeholder)),
                     _ if self.nodes[n].guarded.contains(key) => Err((
                         "LINV-2",
                         format!(
@@ -1242,8 +1241,11 @@ impl Driver {
         }
         let mutated = node.m.write_applied(order, write, now);
         if write == RemoteWrite::Failed {
-            node.refused
-                .insert(order.key.clone(), order.record.payload.clone());
+            let mut local = order.record.clone();
+            local.expires_at_ms = local
+                .expires_at_ms
+                .min(now + LOCAL_TTL_MS + order.jitter_ms);
+            node.refused.insert(order.key.clone(), local);
         }
         if matches!(write, RemoteWrite::Failed | RemoteWrite::Done(false)) || node.closed {
             return mutated;
