@@ -328,11 +328,15 @@ pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
 /// `Ok(true)` if every switch was caught by an invariant it is expected to
 /// break.
 pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, String> {
-    use cache_core::bugs::Bug;
+    use cache_core::bugs::{Bug, LoaderBug};
+    // Loader switches are hunted through the loader world; only when named
+    // (the default hunt is the call cache's zoo).
+    let (loader, calls): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| n.parse::<LoaderBug>().is_ok());
     let bugs: Vec<Bug> = if names.is_empty() {
         Bug::ALL.to_vec()
     } else {
-        names
+        calls
             .iter()
             .map(|n| n.parse::<Bug>().map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?
@@ -340,6 +344,34 @@ pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, S
     println!("| switch | breaks | invariant | first failing seed | seeds needed | time |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut all = true;
+    for bug in loader.iter().filter_map(|n| n.parse::<LoaderBug>().ok()) {
+        let start = wall.elapsed_secs();
+        let found = crate::loader::zoo::hunt_loader(bug, seeds);
+        let secs = wall.elapsed_secs() - start;
+        match found {
+            Some(f) => {
+                let expected = bug.invariants().contains(&f.invariant);
+                all &= expected;
+                println!(
+                    "| `{bug}` | {} | {}{} | {} seed {} | {} | {secs:.2} s |",
+                    bug.rule(),
+                    f.invariant,
+                    if expected { "" } else { " (unexpected)" },
+                    f.scenario,
+                    f.seed,
+                    f.runs
+                );
+            }
+            None => {
+                all = false;
+                println!(
+                    "| `{bug}` | {} | not caught | - | > {} | {secs:.2} s |",
+                    bug.rule(),
+                    seeds * crate::loader::LOADER_NAMED.len() as u64
+                );
+            }
+        }
+    }
     for bug in bugs {
         let start = wall.elapsed_secs();
         let found = crate::zoo::hunt(bug, seeds);
