@@ -346,60 +346,45 @@ pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, S
     let mut all = true;
     for bug in loader.iter().filter_map(|n| n.parse::<LoaderBug>().ok()) {
         let start = wall.elapsed_secs();
-        let found = crate::loader::zoo::hunt_loader(bug, seeds);
+        let found = crate::loader::zoo::hunt_loader(bug, seeds)
+            .map(|f| (f.invariant, f.scenario.to_string(), f.seed, f.runs));
         let secs = wall.elapsed_secs() - start;
-        match found {
-            Some(f) => {
-                let expected = bug.invariants().contains(&f.invariant);
-                all &= expected;
-                println!(
-                    "| `{bug}` | {} | {}{} | {} seed {} | {} | {secs:.2} s |",
-                    bug.rule(),
-                    f.invariant,
-                    if expected { "" } else { " (unexpected)" },
-                    f.scenario,
-                    f.seed,
-                    f.runs
-                );
-            }
-            None => {
-                all = false;
-                println!(
-                    "| `{bug}` | {} | not caught | - | > {} | {secs:.2} s |",
-                    bug.rule(),
-                    seeds * crate::loader::LOADER_NAMED.len() as u64
-                );
-            }
-        }
+        let tried = seeds * crate::loader::LOADER_NAMED.len() as u64;
+        all &= zoo_row(bug.name(), bug.rule(), bug.invariants(), found, tried, secs);
     }
     for bug in bugs {
         let start = wall.elapsed_secs();
-        let found = crate::zoo::hunt(bug, seeds);
+        let found = crate::zoo::hunt(bug, seeds).map(|f| (f.invariant, f.scenario, f.seed, f.runs));
         let secs = wall.elapsed_secs() - start;
-        match found {
-            Some(f) => {
-                let expected = bug.invariants().contains(&f.invariant);
-                all &= expected;
-                println!(
-                    "| `{bug}` | {} | {}{} | {} seed {} | {} | {:.2} s |",
-                    bug.rule(),
-                    f.invariant,
-                    if expected { "" } else { " (unexpected)" },
-                    f.scenario,
-                    f.seed,
-                    f.runs,
-                    secs
-                );
-            }
-            None => {
-                all = false;
-                println!(
-                    "| `{bug}` | {} | not caught | - | > {} | {secs:.2} s |",
-                    bug.rule(),
-                    seeds * crate::scenario::NAMED.len() as u64
-                );
-            }
-        }
+        let tried = seeds * crate::scenario::NAMED.len() as u64;
+        all &= zoo_row(bug.name(), bug.rule(), bug.invariants(), found, tried, secs);
     }
     Ok(all)
+}
+
+/// Prints one `cache-sim zoo` row: the switch, the rule it breaks, and the
+/// hunt's first failure (invariant, scenario, seed, runs) or "not caught"
+/// after `tried` runs. `true` if caught by an invariant the switch breaks.
+fn zoo_row(
+    name: &str,
+    rule: &str,
+    invariants: &[&str],
+    found: Option<(&'static str, String, u64, u64)>,
+    tried: u64,
+    secs: f64,
+) -> bool {
+    match found {
+        Some((inv, scenario, seed, runs)) => {
+            let expected = invariants.contains(&inv);
+            println!(
+                "| `{name}` | {rule} | {inv}{} | {scenario} seed {seed} | {runs} | {secs:.2} s |",
+                if expected { "" } else { " (unexpected)" },
+            );
+            expected
+        }
+        None => {
+            println!("| `{name}` | {rule} | not caught | - | > {tried} | {secs:.2} s |");
+            false
+        }
+    }
 }

@@ -47,71 +47,33 @@ fn caught(bug: LoaderBug) {
     );
 }
 
-#[test]
-fn placeholder_in_band() {
-    caught(LoaderBug::PlaceholderInBand);
+/// One test per switch, named after it, and a check that every switch
+/// has one (a new switch must be added here).
+macro_rules! zoo_tests {
+    ($($name:ident => $bug:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                caught(LoaderBug::$bug);
+            }
+        )*
+
+        #[test]
+        fn every_loader_switch_is_hunted() {
+            assert_eq!([$(LoaderBug::$bug),*].to_vec(), LoaderBug::ALL.to_vec());
+        }
+    };
 }
 
-#[test]
-fn refresh_bypasses_flight() {
-    caught(LoaderBug::RefreshBypassesFlight);
-}
-
-#[test]
-fn refresh_writes_empty() {
-    caught(LoaderBug::RefreshWritesEmpty);
-}
-
-#[test]
-fn delete_keeps_refresh_task() {
-    caught(LoaderBug::DeleteKeepsRefreshTask);
-}
-
-#[test]
-fn placeholder_overwrites_value() {
-    caught(LoaderBug::PlaceholderOverwritesValue);
-}
-
-#[test]
-fn local_write_ahead_of_remote() {
-    caught(LoaderBug::LocalWriteAheadOfRemote);
-}
-
-#[test]
-fn batch_key_text() {
-    caught(LoaderBug::BatchKeyText);
-}
-
-#[test]
-fn refresh_after_close() {
-    caught(LoaderBug::RefreshAfterClose);
-}
-
-#[test]
-fn waiters_not_counted() {
-    caught(LoaderBug::WaitersNotCounted);
-}
-
-#[test]
-fn local_ignores_expiry() {
-    caught(LoaderBug::LocalIgnoresExpiry);
-}
-
-/// Every switch has its test above (a new switch must get one).
-#[test]
-fn every_loader_switch_is_hunted() {
-    let tested = [
-        "placeholder-in-band",
-        "refresh-bypasses-flight",
-        "refresh-writes-empty",
-        "delete-keeps-refresh-task",
-        "placeholder-overwrites-value",
-        "local-write-ahead-of-remote",
-        "batch-key-text",
-        "refresh-after-close",
-        "waiters-not-counted",
-        "local-ignores-expiry",
-    ];
-    let all: Vec<&str> = LoaderBug::ALL.iter().map(|b| b.name()).collect();
-    assert_eq!(all, tested);
+zoo_tests! {
+    placeholder_in_band => PlaceholderInBand,
+    refresh_bypasses_flight => RefreshBypassesFlight,
+    refresh_writes_empty => RefreshWritesEmpty,
+    delete_keeps_refresh_task => DeleteKeepsRefreshTask,
+    placeholder_overwrites_value => PlaceholderOverwritesValue,
+    local_write_ahead_of_remote => LocalWriteAheadOfRemote,
+    batch_key_text => BatchKeyText,
+    refresh_after_close => RefreshAfterClose,
+    waiters_not_counted => WaitersNotCounted,
+    local_ignores_expiry => LocalIgnoresExpiry,
 }

@@ -233,14 +233,7 @@ pub struct LoaderSwarm {
 
 impl fmt::Display for LoaderSwarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.enabled.is_empty() {
-            return write!(f, "swarm: no faults");
-        }
-        write!(f, "swarm:")?;
-        for (k, r) in &self.enabled {
-            write!(f, " {}@{:.2}/s", k.name(), r)?;
-        }
-        Ok(())
+        crate::plan::write_swarm(f, self.enabled.iter().map(|(k, r)| (k.name(), *r)))
     }
 }
 
@@ -363,19 +356,8 @@ fn key(rng: &mut Rng, s: &LoaderScenario) -> usize {
 }
 
 fn client_op(rng: &mut Rng, s: &LoaderScenario) -> PlanOp {
-    let o = &s.ops;
     let node = rng.below(s.nodes as u64) as usize;
-    let weights = [
-        o.once,
-        o.get,
-        o.exists,
-        o.set,
-        o.delete,
-        o.load_many,
-        o.change_source,
-        o.cancel,
-    ];
-    match rng.weighted(&weights) {
+    match rng.weighted(&s.ops.weights()) {
         0 => PlanOp::Once {
             node,
             key: key(rng, s),

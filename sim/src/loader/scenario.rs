@@ -43,6 +43,23 @@ pub struct LoaderOps {
     pub cancel: u32,
 }
 
+impl LoaderOps {
+    /// The weights in declaration order (once, get, exists, set, delete,
+    /// load_many, change_source, cancel).
+    pub fn weights(&self) -> [u32; 8] {
+        [
+            self.once,
+            self.get,
+            self.exists,
+            self.set,
+            self.delete,
+            self.load_many,
+            self.change_source,
+            self.cancel,
+        ]
+    }
+}
+
 impl Default for LoaderOps {
     fn default() -> Self {
         Self {
@@ -364,18 +381,14 @@ impl LoaderScenario {
                 "a finite rate in 0..=100 events per simulated second",
             );
         }
-        let o = &self.ops;
-        let ops = [
-            o.once,
-            o.get,
-            o.exists,
-            o.set,
-            o.delete,
-            o.load_many,
-            o.change_source,
-            o.cancel,
-        ];
-        if ops.iter().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+        if self
+            .ops
+            .weights()
+            .iter()
+            .map(|w| u64::from(*w))
+            .sum::<u64>()
+            == 0
+        {
             return Err(
                 "bad loader scenario: the weights in `[ops]` (once, get, exists, set, \
                         delete, load_many, change_source, cancel) are all 0; at least one must \
