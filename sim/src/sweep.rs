@@ -30,6 +30,12 @@ use crate::scenario::{Scenario, NAMED};
 /// `--scenario all`: every named scenario, interleaved seed by seed.
 pub const ALL_SCENARIOS: &str = "all";
 
+/// What `--scenario all` sweeps: the call cache's named scenarios, then
+/// the loader world's.
+pub fn all_named() -> impl Iterator<Item = &'static str> {
+    NAMED.iter().chain(crate::loader::LOADER_NAMED).copied()
+}
+
 /// Wall seconds after which the progress line names a seed still running.
 const LONG_SEED_SECS: f64 = 10.0;
 
@@ -204,9 +210,7 @@ struct Swept {
 
 fn scenarios(setup: &Setup) -> Result<Vec<Swept>, String> {
     if setup.scenario.as_deref() == Some(ALL_SCENARIOS) {
-        NAMED
-            .iter()
-            .chain(crate::loader::LOADER_NAMED)
+        all_named()
             .map(|name| {
                 let one = Setup {
                     scenario: Some(name.to_string()),
