@@ -1511,6 +1511,9 @@ impl Driver {
     }
 
     fn restart(&mut self, n: usize) -> Check {
+        if !self.nodes[n].closed {
+            self.stats.closes += 1;
+        }
         self.close(n)?;
         let node = &mut self.nodes[n];
         node.m = machine(&self.cfg, &node.name, self.bugs);
