@@ -464,7 +464,7 @@ impl Sim<'_> {
         let (result, per_key) = match b.answer {
             Answer::Fail => (LoadResult::Fail, Vec::new()),
             Answer::NotFound => (LoadResult::NotFound, vec![LoadResult::NotFound; keys.len()]),
-            Answer::Read if !is_batch(f) => (
+            Answer::Read if !f.batch => (
                 keys.first()
                     .map_or(LoadResult::NotFound, |k| self.db.read(*k)),
                 Vec::new(),
@@ -474,13 +474,14 @@ impl Sim<'_> {
                 keys.iter().map(|k| self.db.read(*k)).collect(),
             ),
         };
-        let per: &[LoadResult] = if is_batch(f) { &per_key } else { &[] };
+        let per: &[LoadResult] = if f.batch { &per_key } else { &[] };
         if self.h.finish(f.node, f.inc, f.id, result, per)? {
             let names: Vec<String> = f.keys.iter().map(|k| self.key_name(k)).collect();
-            let what = if is_batch(f) {
-                format!("{result:?} {per:?}")
-            } else {
+            // A batch's answer is per key (a failed batch has none).
+            let what = if per.is_empty() {
                 format!("{result:?}")
+            } else {
+                format!("{per:?}")
             };
             self.at(format!(
                 "n{} f{}.{} [{}]{} loaded {what}",
@@ -599,8 +600,4 @@ impl Sim<'_> {
         }
         Ok(())
     }
-}
-
-fn is_batch(f: &FlightInfo) -> bool {
-    f.batch
 }
