@@ -242,6 +242,10 @@ pub enum LoaderBug {
     RefreshAfterClose,
     /// Callers joining a flight are not counted (breaks L-15).
     WaitersNotCounted,
+    /// The local tier judges no expiry: an entry is served until it is
+    /// evicted, however long ago its record (value or placeholder) expired
+    /// (breaks L-8, and L-3/L-7 through it).
+    LocalIgnoresExpiry,
 }
 
 /// What [`LoaderBug::PlaceholderInBand`] takes for a placeholder: one `*`,
@@ -250,7 +254,7 @@ pub const IN_BAND_PLACEHOLDER: &[u8] = b"*";
 
 impl LoaderBug {
     /// Every loader switch, in a fixed order.
-    pub const ALL: [LoaderBug; 9] = [
+    pub const ALL: [LoaderBug; 10] = [
         LoaderBug::PlaceholderInBand,
         LoaderBug::RefreshBypassesFlight,
         LoaderBug::RefreshWritesEmpty,
@@ -260,6 +264,7 @@ impl LoaderBug {
         LoaderBug::BatchKeyText,
         LoaderBug::RefreshAfterClose,
         LoaderBug::WaitersNotCounted,
+        LoaderBug::LocalIgnoresExpiry,
     ];
 
     /// The switch's id.
@@ -274,6 +279,7 @@ impl LoaderBug {
             LoaderBug::BatchKeyText => "batch-key-text",
             LoaderBug::RefreshAfterClose => "refresh-after-close",
             LoaderBug::WaitersNotCounted => "waiters-not-counted",
+            LoaderBug::LocalIgnoresExpiry => "local-ignores-expiry",
         }
     }
 
@@ -288,6 +294,7 @@ impl LoaderBug {
             LoaderBug::LocalWriteAheadOfRemote => "L-4",
             LoaderBug::BatchKeyText => "L-13",
             LoaderBug::WaitersNotCounted => "L-15",
+            LoaderBug::LocalIgnoresExpiry => "L-8",
         }
     }
 
@@ -310,6 +317,8 @@ impl LoaderBug {
             // check calls the same state a refresh bound, LINV-4).
             LoaderBug::RefreshAfterClose => &["LINV-8", "LINV-4"],
             LoaderBug::WaitersNotCounted => &["LINV-6"],
+            // An expired local copy (value or placeholder) is served.
+            LoaderBug::LocalIgnoresExpiry => &["LINV-3"],
         }
     }
 

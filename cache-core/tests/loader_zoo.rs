@@ -100,6 +100,11 @@ fn waiters_not_counted() {
     caught(LoaderBug::WaitersNotCounted);
 }
 
+#[test]
+fn local_ignores_expiry() {
+    caught(LoaderBug::LocalIgnoresExpiry);
+}
+
 /// Every switch has its test above (a new switch must get one).
 #[test]
 fn every_switch_is_hunted() {
@@ -113,6 +118,7 @@ fn every_switch_is_hunted() {
         "batch-key-text",
         "refresh-after-close",
         "waiters-not-counted",
+        "local-ignores-expiry",
     ];
     let all: Vec<&str> = LoaderBug::ALL.iter().map(|b| b.name()).collect();
     assert_eq!(all, tested);

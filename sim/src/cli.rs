@@ -52,6 +52,11 @@ pub fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
     for bug in s.bugs.iter() {
         cmd.push_str(&format!(" --bug {bug}"));
     }
+    if let Some(l) = &s.loader {
+        for bug in l.bugs.iter() {
+            cmd.push_str(&format!(" --bug {bug}"));
+        }
+    }
     cmd
 }
 
@@ -64,7 +69,15 @@ pub fn failure_text(o: &RunOutcome, s: &Scenario, replay: &str) -> String {
         "FAIL seed {} (scenario {})\n",
         o.plan.seed, s.name
     ));
-    t.push_str(&format!("  {}\n", o.plan.swarm));
+    match &s.loader {
+        // The loader's swarm is in its trace header.
+        Some(_) => {
+            if let Some(swarm) = o.trace.iter().find(|l| l.starts_with("swarm:")) {
+                t.push_str(&format!("  {swarm}\n"));
+            }
+        }
+        None => t.push_str(&format!("  {}\n", o.plan.swarm)),
+    }
     t.push_str(&format!(
         "  violated {} at {} ms: {}\n",
         v.inv, v.at_ms, v.detail
@@ -100,7 +113,27 @@ pub fn replay(
     trace_file: Option<&str>,
     trace_out: Option<&str>,
 ) -> Result<bool, String> {
+    if let ReplayOf::PlanFile(path) = of {
+        if let Some(f) = crate::loader::plan_file::LoaderPlanFile::load_if_loader(path)? {
+            let l = f.scenario_with_bugs(&setup.bugs)?;
+            let o = crate::loader::run_loader_plan(f.plan, &l);
+            let again = plan_replay_cmd(path, &setup.bugs);
+            return print_replay(
+                crate::loader::as_run_outcome(o),
+                &Scenario::from_loader(l),
+                &again,
+                trace_file,
+            );
+        }
+    }
     let (plan, s, again) = resolve(of, setup)?;
+    if s.loader.is_some() && trace_out.is_some() {
+        return Err(
+            "bad --trace-out: the loader world records no O-2 decisions (its trace is the \
+             replay output; use --trace FILE)"
+                .into(),
+        );
+    }
     let o = match trace_out {
         Some(path) => {
             // The decision capture does not change the run: the trace printed
@@ -112,6 +145,17 @@ pub fn replay(
         }
         None => run_plan(plan, &s, None),
     };
+    print_replay(o, &s, &again, trace_file)
+}
+
+/// Prints a replayed run's trace, hash and verdict (and writes the trace
+/// to `trace_file`); `Ok(true)` if it passed.
+fn print_replay(
+    o: RunOutcome,
+    s: &Scenario,
+    again: &str,
+    trace_file: Option<&str>,
+) -> Result<bool, String> {
     let text = o.trace.join("\n") + "\n";
     print!("{text}");
     if let Some(f) = trace_file {
@@ -121,7 +165,7 @@ pub fn replay(
     if o.passed() {
         println!("seed {} passes", o.plan.seed);
     } else {
-        print!("{}", failure_text(&o, &s, &again));
+        print!("{}", failure_text(&o, s, again));
     }
     Ok(o.passed())
 }
@@ -193,6 +237,9 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
     }
     let s = setup.load()?;
     let arg = setup.scenario.as_deref();
+    if let Some(l) = &s.loader {
+        return shrink_loader(seed, l, &s, arg, out);
+    }
     let plan = Plan::generate(seed, &s);
     let Some(result) = shrink::shrink(plan, &s, None, 300) else {
         println!("seed {seed} passes: nothing to shrink");
@@ -219,9 +266,53 @@ pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, Strin
     Ok(false)
 }
 
+/// `cache-sim shrink` on a loader scenario: the loader plan shrunk, printed
+/// and written as a loader plan file.
+fn shrink_loader(
+    seed: u64,
+    l: &crate::loader::LoaderScenario,
+    s: &Scenario,
+    arg: Option<&str>,
+    out: Option<&str>,
+) -> Result<bool, String> {
+    use crate::loader::plan_file::LoaderPlanFile;
+    let plan = crate::loader::LoaderPlan::generate(seed, l);
+    let Some(r) = crate::loader::shrink::shrink_loader(plan, l, 300) else {
+        println!("seed {seed} passes: nothing to shrink");
+        return Ok(true);
+    };
+    println!(
+        "seed {seed} fails {}: shrunk from {} to {} operations in {} runs",
+        r.inv,
+        r.original_size,
+        r.plan.size(),
+        r.runs
+    );
+    let text = LoaderPlanFile::new(r.plan, l, Some(r.inv)).to_toml()?;
+    print!("{text}");
+    let default_out = format!("shrunk-{}-{seed}.toml", l.name);
+    let out = out.unwrap_or(&default_out);
+    std::fs::write(out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
+    println!("wrote the shrunk plan to {out}");
+    println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
+    println!("replay the unshrunk seed: {}", replay_cmd(seed, s, arg));
+    Ok(false)
+}
+
 /// `cache-sim report`: writes the SVG timeline.
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
+    if let Some(l) = &s.loader {
+        let o = crate::loader::run_loader_seed(seed, l);
+        std::fs::write(svg, crate::loader::report::svg(&o, l)?)
+            .map_err(|e| format!("cannot write {svg}: {e}"))?;
+        println!(
+            "wrote {svg}: {} samples over {} ms",
+            o.samples.len(),
+            o.sim_ms
+        );
+        return Ok(o.passed());
+    }
     let o = run_seed(seed, &s, None);
     std::fs::write(svg, report::svg(&o, &s)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
     println!(
@@ -237,11 +328,15 @@ pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
 /// `Ok(true)` if every switch was caught by an invariant it is expected to
 /// break.
 pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, String> {
-    use cache_core::bugs::Bug;
+    use cache_core::bugs::{Bug, LoaderBug};
+    // Loader switches are hunted through the loader world; only when named
+    // (the default hunt is the call cache's zoo).
+    let (loader, calls): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| n.parse::<LoaderBug>().is_ok());
     let bugs: Vec<Bug> = if names.is_empty() {
         Bug::ALL.to_vec()
     } else {
-        names
+        calls
             .iter()
             .map(|n| n.parse::<Bug>().map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?
@@ -249,34 +344,47 @@ pub fn zoo(names: &[String], seeds: u64, wall: &dyn WallClock) -> Result<bool, S
     println!("| switch | breaks | invariant | first failing seed | seeds needed | time |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut all = true;
+    for bug in loader.iter().filter_map(|n| n.parse::<LoaderBug>().ok()) {
+        let start = wall.elapsed_secs();
+        let found = crate::loader::zoo::hunt_loader(bug, seeds)
+            .map(|f| (f.invariant, f.scenario.to_string(), f.seed, f.runs));
+        let secs = wall.elapsed_secs() - start;
+        let tried = seeds * crate::loader::LOADER_NAMED.len() as u64;
+        all &= zoo_row(bug.name(), bug.rule(), bug.invariants(), found, tried, secs);
+    }
     for bug in bugs {
         let start = wall.elapsed_secs();
-        let found = crate::zoo::hunt(bug, seeds);
+        let found = crate::zoo::hunt(bug, seeds).map(|f| (f.invariant, f.scenario, f.seed, f.runs));
         let secs = wall.elapsed_secs() - start;
-        match found {
-            Some(f) => {
-                let expected = bug.invariants().contains(&f.invariant);
-                all &= expected;
-                println!(
-                    "| `{bug}` | {} | {}{} | {} seed {} | {} | {:.2} s |",
-                    bug.rule(),
-                    f.invariant,
-                    if expected { "" } else { " (unexpected)" },
-                    f.scenario,
-                    f.seed,
-                    f.runs,
-                    secs
-                );
-            }
-            None => {
-                all = false;
-                println!(
-                    "| `{bug}` | {} | not caught | - | > {} | {secs:.2} s |",
-                    bug.rule(),
-                    seeds * crate::scenario::NAMED.len() as u64
-                );
-            }
-        }
+        let tried = seeds * crate::scenario::NAMED.len() as u64;
+        all &= zoo_row(bug.name(), bug.rule(), bug.invariants(), found, tried, secs);
     }
     Ok(all)
+}
+
+/// Prints one `cache-sim zoo` row: the switch, the rule it breaks, and the
+/// hunt's first failure (invariant, scenario, seed, runs) or "not caught"
+/// after `tried` runs. `true` if caught by an invariant the switch breaks.
+fn zoo_row(
+    name: &str,
+    rule: &str,
+    invariants: &[&str],
+    found: Option<(&'static str, String, u64, u64)>,
+    tried: u64,
+    secs: f64,
+) -> bool {
+    match found {
+        Some((inv, scenario, seed, runs)) => {
+            let expected = invariants.contains(&inv);
+            println!(
+                "| `{name}` | {rule} | {inv}{} | {scenario} seed {seed} | {runs} | {secs:.2} s |",
+                if expected { "" } else { " (unexpected)" },
+            );
+            expected
+        }
+        None => {
+            println!("| `{name}` | {rule} | not caught | - | > {tried} | {secs:.2} s |");
+            false
+        }
+    }
 }

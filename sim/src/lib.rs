@@ -30,6 +30,7 @@ pub mod engine;
 pub mod explain;
 pub mod failure;
 pub mod load;
+pub mod loader;
 pub mod oracle;
 pub mod plan;
 pub mod plan_file;

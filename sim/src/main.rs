@@ -265,7 +265,14 @@ enum OutFormat {
 
 /// `--bug`'s values: every bug-zoo switch by name (listed in `--help`).
 fn bug_names() -> PossibleValuesParser {
-    PossibleValuesParser::new(cache_core::bugs::Bug::ALL.map(|b| b.name()))
+    // The call cache's switches, then the loader's (for loader scenarios).
+    let loader = cache_core::bugs::LoaderBug::ALL.map(|b| b.name());
+    PossibleValuesParser::new(
+        cache_core::bugs::Bug::ALL
+            .map(|b| b.name())
+            .into_iter()
+            .chain(loader),
+    )
 }
 
 /// Raised by the Ctrl-C / SIGTERM handler; `cache-sim run` polls it.

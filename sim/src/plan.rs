@@ -228,15 +228,25 @@ pub struct Swarm {
 
 impl fmt::Display for Swarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.enabled.is_empty() {
-            return write!(f, "swarm: no faults");
-        }
-        write!(f, "swarm:")?;
-        for (k, r) in &self.enabled {
-            write!(f, " {}@{:.2}/s", k.name(), r)?;
-        }
-        Ok(())
+        write_swarm(f, self.enabled.iter().map(|(k, r)| (k.name(), *r)))
     }
+}
+
+/// Writes a swarm line: `swarm: no faults`, or `swarm:` and each enabled
+/// kind as ` name@rate/s` (the call cache's and the loader world's).
+pub fn write_swarm<'a>(
+    f: &mut fmt::Formatter<'_>,
+    enabled: impl Iterator<Item = (&'a str, f64)>,
+) -> fmt::Result {
+    let mut enabled = enabled.peekable();
+    if enabled.peek().is_none() {
+        return write!(f, "swarm: no faults");
+    }
+    write!(f, "swarm:")?;
+    for (k, r) in enabled {
+        write!(f, " {k}@{r:.2}/s")?;
+    }
+    Ok(())
 }
 
 /// Everything one simulation runs.

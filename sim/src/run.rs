@@ -117,6 +117,10 @@ static NONDETERMINISM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 /// Runs `plan` under `scenario`, with an optional planted violation.
 pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
+    if let Some(l) = &scenario.loader {
+        // The loader world has its own plans (and no planted call-cache leaks).
+        return crate::loader::as_run_outcome(crate::loader::run_loader_seed(plan.seed, l));
+    }
     quiet_planned_panics();
     let mut sqlite_lock = None;
     let (store, memory, _dir): (Arc<dyn TtlStore>, _, _) = match scenario.store {
@@ -422,6 +426,9 @@ fn quiescent(world: &World) -> bool {
 
 /// Generates the plan of `seed` and runs it.
 pub fn run_seed(seed: u64, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
+    if let Some(l) = &scenario.loader {
+        return crate::loader::as_run_outcome(crate::loader::run_loader_seed(seed, l));
+    }
     run_plan(Plan::generate(seed, scenario), scenario, plant)
 }
 

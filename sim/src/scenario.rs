@@ -221,6 +221,10 @@ pub struct Scenario {
     /// read from a scenario file).
     #[serde(skip)]
     pub bugs: cache_core::bugs::Bugs,
+    /// The loader world's scenario when this is one (`world = "loader"`,
+    /// `crate::loader`); the call-cache fields are then unused.
+    #[serde(skip)]
+    pub loader: Option<Box<crate::loader::LoaderScenario>>,
 }
 
 impl Default for Scenario {
@@ -238,6 +242,7 @@ impl Default for Scenario {
             calls: CallMix::default(),
             faults: FaultRates::default(),
             bugs: cache_core::bugs::Bugs::none(),
+            loader: None,
         }
     }
 }
@@ -299,8 +304,21 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Scenario {
-    /// A named scenario (see [`NAMED`]).
+    /// A scenario running the loader world `l` (named after it).
+    pub fn from_loader(l: crate::loader::LoaderScenario) -> Scenario {
+        Scenario {
+            name: l.name.clone(),
+            loader: Some(Box::new(l)),
+            ..Scenario::default()
+        }
+    }
+
+    /// A named scenario (see [`NAMED`] and the loader's
+    /// [`LOADER_NAMED`](crate::loader::LOADER_NAMED)).
     pub fn named(name: &str) -> Result<Scenario, String> {
+        if crate::loader::LOADER_NAMED.contains(&name) {
+            return crate::loader::LoaderScenario::named(name).map(Scenario::from_loader);
+        }
         let text = match name {
             "standard" => include_str!("../scenarios/standard.toml"),
             "ttl-heavy" => include_str!("../scenarios/ttl-heavy.toml"),
@@ -320,6 +338,10 @@ impl Scenario {
     /// This scenario with the named bug-zoo switches on; an unknown name is
     /// an error listing the known ones.
     pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<Scenario, String> {
+        if let Some(l) = self.loader.take() {
+            self.loader = Some(Box::new(l.with_bugs(names)?));
+            return Ok(self);
+        }
         for name in names {
             let bug: cache_core::bugs::Bug = name.as_ref().parse().map_err(|e| format!("{e}"))?;
             self.bugs = self.bugs.with(bug);
@@ -355,6 +377,11 @@ impl Scenario {
                  (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -; it labels reports and shrunk plan files)"
             ));
         }
+        if table.contains_key("world") {
+            return crate::loader::LoaderScenario::parse(text)
+                .map(Scenario::from_loader)
+                .map_err(|e| format!("{path}: {e}"));
+        }
         Scenario::parse(text).map_err(|e| format!("{path}: {e}"))
     }
 
@@ -363,7 +390,9 @@ impl Scenario {
     pub fn load(arg: Option<&str>) -> Result<Scenario, String> {
         match arg {
             None => Scenario::named("standard"),
-            Some(a) if NAMED.contains(&a) => Scenario::named(a),
+            Some(a) if NAMED.contains(&a) || crate::loader::LOADER_NAMED.contains(&a) => {
+                Scenario::named(a)
+            }
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use cache_core::bugs::Bug;
 use serde_json::Value;
-use sim::scenario::NAMED;
 
 /// A switch that fails every one of the first seeds of `standard`
 /// (`cache-sim zoo`: standard seed 0, INV-6).
@@ -260,13 +259,12 @@ fn scenario_all_runs_every_named_scenario() {
         })
         .collect();
     ran.sort();
-    let mut want: Vec<(String, u64)> = NAMED
-        .iter()
+    let mut want: Vec<(String, u64)> = sim::sweep::all_named()
         .flat_map(|n| (0..2).map(move |seed| (n.to_string(), seed)))
         .collect();
     want.sort();
     assert_eq!(ran, want);
-    assert_eq!(summary["seeds"], 2 * NAMED.len());
+    assert_eq!(summary["seeds"], 2 * sim::sweep::all_named().count());
     assert_eq!(summary["scenario"], "all");
 }
 

@@ -52,3 +52,18 @@ fn swarm_configurations() {
         .collect();
     snap!("swarm_configurations", text.join("\n"));
 }
+
+#[test]
+fn loader_golden_traces() {
+    // A seed of each loader scenario; loader-faults seed 9 enables six
+    // fault kinds (its swarm is the trace's second line).
+    for (name, seed) in [("loader", 1u64), ("loader-faults", 9)] {
+        let s = sim::loader::LoaderScenario::named(name).unwrap();
+        let o = sim::loader::run_loader_seed(seed, &s);
+        assert!(o.passed(), "{:?}", o.violation);
+        snap!(
+            format!("trace_{}_seed_{seed}", name.replace('-', "_")),
+            o.trace.join("\n")
+        );
+    }
+}

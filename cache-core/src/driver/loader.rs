@@ -359,10 +359,21 @@ struct Shadow {
 
 struct Node {
     m: LoaderMachine<()>,
+    /// Restarts so far: flight ids start again at each one.
+    inc: u32,
     name: String,
     rx: Subscription,
     pending: Vec<Event>,
     local: BTreeMap<String, Shadow>,
+    /// The last write per key the remote failed, as the local tier would
+    /// hold it (payload and local expiry; L-4: it must never be there), so
+    /// that a copy written ahead of the remote is named as such rather than
+    /// as whatever older copy it replaced.
+    refused: BTreeMap<String, Record>,
+    /// Keys whose last placeholder write L-7 kept out of the local tier (a
+    /// value was written after its load began): a placeholder served there
+    /// is that write, named as such.
+    guarded: BTreeSet<String>,
     seq: u64,
     tasks: BTreeSet<String>,
     loads: u64,
@@ -395,6 +406,13 @@ struct DFlight {
 
 struct Driver {
     nodes: Vec<Node>,
+    /// The stored keys, by index.
+    keys: Vec<String>,
+    /// Per node: its link to the remote is cut (every remote call fails).
+    cut: Vec<bool>,
+    /// Every node's machine options (the node name aside), for restarts.
+    cfg: MachineConfig,
+    bugs: LoaderBugs,
     remote: Option<MemoryRemote>,
     bus: MemoryBus,
     clock: ManualClock,
@@ -421,35 +439,40 @@ fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
 
 impl Driver {
     fn new(input: &LoaderInput, bugs: LoaderBugs) -> Self {
+        Self::with_config(&HarnessConfig::from(input), bugs)
+    }
+
+    fn with_config(h: &HarnessConfig, bugs: LoaderBugs) -> Self {
         let clock = ManualClock::new(10_000);
-        let remote = input
-            .remote
-            .then(|| MemoryRemote::new(Arc::new(clock.clone())));
-        let bus = MemoryBus::new(7);
-        let jitter = if input.jitter { JITTER_MS } else { 0 };
-        let count = if input.two_nodes { 2 } else { 1 };
+        let remote = h.remote.then(|| MemoryRemote::new(Arc::new(clock.clone())));
+        let bus = MemoryBus::new(h.bus_seed);
+        let jitter = if h.jitter { JITTER_MS } else { 0 };
+        let count = h.nodes.clamp(1, MAX_NODES);
+        let cfg = MachineConfig {
+            node: String::new(),
+            ttl_ms: TTL_MS,
+            local_ttl_ms: LOCAL_TTL_MS,
+            jitter_ms: jitter,
+            not_found_ttl_ms: h.not_found.then_some(NOT_FOUND_TTL_MS),
+            local_capacity: h.local_capacity,
+            has_remote: h.remote,
+            refresh_interval_ms: INTERVAL_MS,
+            refresh_concurrency: 2,
+            refresh_tasks_max: 3,
+            refresh_idle_ms: 500,
+        };
         let nodes = (0..count)
             .map(|i| {
                 let name = format!("n{i}");
-                let cfg = MachineConfig {
-                    node: name.clone(),
-                    ttl_ms: TTL_MS,
-                    local_ttl_ms: LOCAL_TTL_MS,
-                    jitter_ms: jitter,
-                    not_found_ttl_ms: input.not_found.then_some(NOT_FOUND_TTL_MS),
-                    local_capacity: if input.small_local { 2 } else { 64 },
-                    has_remote: input.remote,
-                    refresh_interval_ms: INTERVAL_MS,
-                    refresh_concurrency: 2,
-                    refresh_tasks_max: 3,
-                    refresh_idle_ms: 500,
-                };
                 Node {
-                    m: with_bugs(LoaderMachine::new(cfg), bugs),
+                    m: machine(&cfg, &name, bugs),
+                    inc: 0,
                     rx: bus.subscribe(&name),
                     name,
                     pending: Vec::new(),
                     local: BTreeMap::new(),
+                    refused: BTreeMap::new(),
+                    guarded: BTreeSet::new(),
                     seq: 0,
                     tasks: BTreeSet::new(),
                     loads: 0,
@@ -460,8 +483,27 @@ impl Driver {
                 }
             })
             .collect();
+        let mut keys: Vec<String> = driver_keys().iter().map(|k| stored_key(CACHE, k)).collect();
+        let wanted = h.keys.clamp(1, MAX_KEYS);
+        keys.truncate(wanted);
+        // More keys come in pairs that collide as text once parts are
+        // joined by commas (`["k", "3"]` and `["k,3"]`), as the first
+        // ones do: batches of either must never share a flight (L-5, L-13).
+        keys.extend((keys.len()..wanted).map(|i| {
+            let j = (i - driver_keys().len()) / 2;
+            let key = if i % 2 == 1 {
+                Key::new(["k".to_string(), j.to_string()])
+            } else {
+                Key::new([format!("k,{j}")])
+            };
+            stored_key(CACHE, &key)
+        }));
         Self {
             nodes,
+            keys,
+            cut: vec![false; count],
+            cfg,
+            bugs,
             remote,
             bus,
             high: clock_now(&clock),
@@ -470,8 +512,8 @@ impl Driver {
             flights: Vec::new(),
             produced: BTreeMap::new(),
             lost: BTreeSet::new(),
-            rng: SplitMix64::new(11),
-            not_found: input.not_found,
+            rng: SplitMix64::new(h.jitter_seed),
+            not_found: h.not_found,
             jitter,
             step: 0,
             stats: LoaderStats::default(),
@@ -480,6 +522,10 @@ impl Driver {
 
     fn failure(&self, rule: &'static str, detail: String, op: Option<&LoaderOp>) -> Failure {
         let op = op.map_or_else(|| "end of run".to_string(), |o| format!("{o:?}"));
+        self.failure_at(rule, detail, op)
+    }
+
+    fn failure_at(&self, rule: &'static str, detail: String, op: String) -> Failure {
         let flights: Vec<String> = self
             .flights
             .iter()
@@ -509,9 +555,8 @@ impl Driver {
         usize::from(n) % self.nodes.len()
     }
 
-    fn key(k: u8) -> String {
-        let keys = driver_keys();
-        stored_key(CACHE, &keys[usize::from(k) % keys.len()])
+    fn key(&self, k: u8) -> String {
+        self.keys[usize::from(k) % self.keys.len()].clone()
     }
 
     fn apply(&mut self, op: &LoaderOp) -> Check {
@@ -524,7 +569,7 @@ impl Driver {
                 stubborn,
             } => self.once(
                 self.node(node),
-                Self::key(key),
+                self.key(key),
                 refresh,
                 skip_local,
                 stubborn,
@@ -548,7 +593,7 @@ impl Driver {
             }
             LoaderOp::Leave { which, waiter } => self.leave(which, waiter),
             LoaderOp::Get { node, key } | LoaderOp::Exists { node, key } => {
-                self.get(self.node(node), Self::key(key))
+                self.get(self.node(node), self.key(key))
             }
             LoaderOp::Set {
                 node,
@@ -557,11 +602,11 @@ impl Driver {
                 ttl,
             } => self.set(
                 self.node(node),
-                Self::key(key),
+                self.key(key),
                 value,
                 ttl.map(|t| 1 + 10 * i64::from(t)),
             ),
-            LoaderOp::Delete { node, key } => self.delete(self.node(node), Self::key(key)),
+            LoaderOp::Delete { node, key } => self.delete(self.node(node), self.key(key)),
             LoaderOp::LoadMany { node, mask } => self.load_many(self.node(node), mask),
             LoaderOp::Advance { ms } => {
                 let ms = i64::from(ms) % (INTERVAL_MS + 1);
@@ -638,6 +683,8 @@ impl Driver {
     /// whether the read was answered by the local tier.
     fn local_read(&mut self, n: usize, key: &str) -> Result<bool, (&'static str, String)> {
         let now = self.high;
+        let held = self.nodes[n].m.local().peek(key).map(|e| e.record.clone());
+        let ahead = held.is_some() && self.nodes[n].refused.get(key) == held.as_ref();
         let read = self.nodes[n].m.read_local(key, now);
         let shadow = self.nodes[n].local.get(key).cloned();
         match read {
@@ -649,7 +696,10 @@ impl Driver {
             LocalRead::Value(bytes) => {
                 self.stats.local_hits += 1;
                 self.check_produced(key, &bytes)?;
+                let served = Payload::Value(bytes.clone());
                 match shadow {
+                    Some(s) if s.payload == served && s.expires > now => Ok(true),
+                    _ if ahead => Err(ahead_of_remote(key, &served)),
                     Some(s) if s.expires <= now => Err((
                         "LINV-3",
                         format!("{key}: local copy served at {now}, it expired at {}", s.expires),
@@ -672,6 +722,15 @@ impl Driver {
                 self.stats.local_hits += 1;
                 self.stats.placeholders += 1;
                 match shadow {
+                    Some(s) if s.payload == Payload::Placeholder && s.expires > now => Ok(true),
+                    _ if ahead => Err(ahead_of_remote(key, &Payload::Placeholder)),
+                    _ if self.nodes[n].guarded.contains(key) => Err((
+                        "LINV-2",
+                        format!(
+                            "{key}: a placeholder was served where a value written after its \
+                             load began must stand (L-7)"
+                        ),
+                    )),
                     Some(s) if s.expires <= now => Err((
                         "LINV-3",
                         format!(
@@ -716,14 +775,16 @@ impl Driver {
         let Some(remote) = self.remote.clone() else {
             return Ok(None);
         };
-        let answer = ready(remote.get(key));
+        let answer = if self.cut[n] {
+            Err(())
+        } else {
+            ready(remote.get(key)).map_err(|_| ())
+        };
         if answer.is_err() {
             self.stats.remote_failures += 1;
         }
         let now = self.high;
-        let read = self.nodes[n]
-            .m
-            .remote_read(key, answer.map_err(|_| ()), now);
+        let read = self.nodes[n].m.remote_read(key, answer, now);
         match read {
             RemoteRead::Live(record) => {
                 self.stats.remote_hits += 1;
@@ -885,12 +946,14 @@ impl Driver {
             if let Some(remote) = self.remote.clone() {
                 let read = if f.refresh {
                     // L-10: one node refreshes a key per window.
-                    let got = ready(remote.lock(
-                        &lock_key(key),
-                        &self.nodes[f.node].name,
-                        INTERVAL_MS as u64,
-                    ));
-                    !got.unwrap_or(false)
+                    let got = !self.cut[f.node]
+                        && ready(remote.lock(
+                            &lock_key(key),
+                            &self.nodes[f.node].name,
+                            INTERVAL_MS as u64,
+                        ))
+                        .unwrap_or(false);
+                    !got
                 } else {
                     true
                 };
@@ -931,6 +994,17 @@ impl Driver {
     }
 
     fn finish_flight(&mut self, i: usize, result: LoadResult) -> Check {
+        self.finish_flight_with(i, result, &[])
+    }
+
+    /// Finishes flight `i`; a batch's `i`-th key gets `per_key[i]` when
+    /// given (a batch loader's answer per key), else what `result` says.
+    fn finish_flight_with(
+        &mut self,
+        i: usize,
+        result: LoadResult,
+        per_key: &[LoadResult],
+    ) -> Check {
         if !self.flights[i].loading && !self.start(i)? {
             return Ok(());
         }
@@ -941,7 +1015,7 @@ impl Driver {
         }
         match &f.kind {
             FKind::Single(key) => self.finish_single(&f, key, result)?,
-            FKind::Batch(keys) => self.finish_batch(&f, keys, result)?,
+            FKind::Batch(keys) => self.finish_batch(&f, keys, result, per_key)?,
         }
         self.settle(i)
     }
@@ -986,7 +1060,7 @@ impl Driver {
             _ => f.ttl.unwrap_or(TTL_MS),
         };
         self.check_order(&order, expected.as_ref(), ttl)?;
-        let write = self.remote_write(&order);
+        let write = self.remote_write(f.node, &order);
         if self.write_applied(f.node, &order, write, f.started_seq) {
             let kind = if f.refresh {
                 EventKind::Refresh
@@ -998,7 +1072,13 @@ impl Driver {
         Ok(())
     }
 
-    fn finish_batch(&mut self, f: &DFlight, keys: &[String], result: LoadResult) -> Check {
+    fn finish_batch(
+        &mut self,
+        f: &DFlight,
+        keys: &[String],
+        result: LoadResult,
+        per_key: &[LoadResult],
+    ) -> Check {
         let now = self.high;
         if matches!(result, LoadResult::Fail) {
             let first = keys.first().cloned().unwrap_or_default();
@@ -1014,11 +1094,13 @@ impl Driver {
         let mut orders = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             // A batch loader's map lacks the keys it did not find.
-            let r = match result {
-                LoadResult::Value(b) => LoadResult::Value(b),
-                _ => LoadResult::NotFound,
+            let (r, offset) = match (per_key.get(i), result) {
+                (Some(LoadResult::Value(b)), _) => (LoadResult::Value(*b), 0),
+                (Some(_), _) => (LoadResult::NotFound, 0),
+                (None, LoadResult::Value(b)) => (LoadResult::Value(b), i as u8),
+                (None, _) => (LoadResult::NotFound, 0),
             };
-            let (outcome, expected) = self.outcome(key, r, i as u8);
+            let (outcome, expected) = self.outcome(key, r, offset);
             let outcome = match outcome {
                 LoadOutcome::Failed => LoadOutcome::NotFound,
                 o => o,
@@ -1043,6 +1125,10 @@ impl Driver {
         let value_write = match &self.remote {
             None => RemoteWrite::NoRemote,
             Some(_) if values.is_empty() => RemoteWrite::Done(true),
+            Some(_) if self.cut[f.node] => {
+                self.stats.remote_failures += 1;
+                RemoteWrite::Failed
+            }
             Some(r) => {
                 let items = values
                     .iter()
@@ -1062,7 +1148,7 @@ impl Driver {
             let write = if order.mode == WriteMode::Always {
                 value_write
             } else {
-                self.remote_write(order)
+                self.remote_write(f.node, order)
             };
             if self.write_applied(f.node, order, write, f.started_seq) {
                 mutated.push(order.key.clone());
@@ -1111,10 +1197,14 @@ impl Driver {
         Ok(())
     }
 
-    fn remote_write(&mut self, order: &WriteOrder) -> RemoteWrite {
+    fn remote_write(&mut self, n: usize, order: &WriteOrder) -> RemoteWrite {
         let Some(r) = &self.remote else {
             return RemoteWrite::NoRemote;
         };
+        if self.cut[n] {
+            self.stats.remote_failures += 1;
+            return RemoteWrite::Failed;
+        }
         let res = match order.mode {
             WriteMode::Always => {
                 ready(r.set(&order.key, order.record.encode(), order.ttl_ms)).map(|()| true)
@@ -1150,16 +1240,26 @@ impl Driver {
             node.local.remove(&order.key);
         }
         let mutated = node.m.write_applied(order, write, now);
+        if write == RemoteWrite::Failed {
+            let mut local = order.record.clone();
+            local.expires_at_ms = local
+                .expires_at_ms
+                .min(now + LOCAL_TTL_MS + order.jitter_ms);
+            node.refused.insert(order.key.clone(), local);
+        }
         if matches!(write, RemoteWrite::Failed | RemoteWrite::Done(false)) || node.closed {
             return mutated;
         }
+        node.refused.remove(&order.key);
         if order.record.is_placeholder() {
             if let Some(s) = node.local.get(&order.key) {
                 if s.payload != Payload::Placeholder && s.seq > started_seq && s.expires > now {
+                    node.guarded.insert(order.key.clone());
                     return mutated;
                 }
             }
         }
+        node.guarded.remove(&order.key);
         node.seq += 1;
         let expires = order
             .record
@@ -1243,7 +1343,7 @@ impl Driver {
             .m
             .prepare_set(&key, bytes.clone(), ttl, now, rand);
         self.check_order(&order, Some(&Payload::Value(bytes)), ttl.unwrap_or(TTL_MS))?;
-        let write = self.remote_write(&order);
+        let write = self.remote_write(n, &order);
         let started = self.nodes[n].seq;
         if self.write_applied(n, &order, write, started) {
             self.emit(n, EventKind::Set, vec![key]);
@@ -1261,6 +1361,7 @@ impl Driver {
         node.tasks.remove(&key);
         node.seq += 1;
         let ok = match &self.remote {
+            Some(_) if self.cut[n] => false,
             Some(r) => ready(r.delete(&key)).is_ok(),
             None => true,
         };
@@ -1276,11 +1377,20 @@ impl Driver {
         if self.nodes[n].closed {
             return Ok(());
         }
-        let count = driver_keys().len();
+        let count = self.keys.len().min(8);
         let keys: BTreeSet<String> = (0..count)
             .filter(|i| mask & (1 << i) != 0)
-            .map(|i| Self::key(i as u8))
+            .map(|i| self.keys[i].clone())
             .collect();
+        self.load_set(n, keys)
+    }
+
+    /// `load_many` of `keys` (stored keys) on node `n`: hits from the
+    /// tiers, then one batch flight for the missing keys (L-13).
+    fn load_set(&mut self, n: usize, keys: BTreeSet<String>) -> Check {
+        if self.nodes[n].closed {
+            return Ok(());
+        }
         let mut wanted = Vec::new();
         for key in keys {
             if !self.local_read(n, &key)? {
@@ -1397,6 +1507,28 @@ impl Driver {
                 format!("close ended flights {ended:?}, the node had {ours:?}"),
             ));
         }
+        Ok(())
+    }
+
+    fn restart(&mut self, n: usize) -> Check {
+        if !self.nodes[n].closed {
+            self.stats.closes += 1;
+        }
+        self.close(n)?;
+        let node = &mut self.nodes[n];
+        node.m = machine(&self.cfg, &node.name, self.bugs);
+        node.inc += 1;
+        while node.rx.try_recv().is_ok() {}
+        node.pending.clear();
+        node.local.clear();
+        node.refused.clear();
+        node.guarded.clear();
+        node.tasks.clear();
+        node.loads = 0;
+        node.joins = 0;
+        node.emitted = 0;
+        node.publish_failed = 0;
+        node.closed = false;
         Ok(())
     }
 
@@ -1538,6 +1670,17 @@ impl Driver {
     }
 }
 
+/// A local copy the remote refused (L-4): it can never converge (LINV-5).
+fn ahead_of_remote(key: &str, payload: &Payload) -> (&'static str, String) {
+    (
+        "LINV-5",
+        format!(
+            "{key}: local copy {payload:?} is a write the remote failed: a local write went \
+             ahead of the remote (L-4) and cannot converge (L-12)"
+        ),
+    )
+}
+
 /// LINV-7: a batch loader sees its leader's missing keys, once; every
 /// caller answered by it must have asked for exactly those.
 fn check_batch(f: &DFlight) -> Check {
@@ -1554,9 +1697,329 @@ fn check_batch(f: &DFlight) -> Check {
     Ok(())
 }
 
+// ---- the harness: the driver as a library for a simulation --------------
+
+/// Most nodes a [`LoaderHarness`] runs.
+pub const MAX_NODES: usize = 8;
+/// Most keys a [`LoaderHarness`] uses.
+pub const MAX_KEYS: usize = 64;
+
+/// What a [`LoaderHarness`] runs: nodes, keys and tiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HarnessConfig {
+    /// Nodes sharing the remote and the bus (1..=[`MAX_NODES`]).
+    pub nodes: usize,
+    /// Keys (1..=[`MAX_KEYS`]): the five of [`driver_keys`] first (they
+    /// collide as text, L-5), then pairs `["k", "<j>"]`, `["k,<j>"]` that
+    /// collide the same way.
+    pub keys: usize,
+    /// A remote tier.
+    pub remote: bool,
+    /// Not-found caching (placeholders, L-6).
+    pub not_found: bool,
+    /// Local tier entries per node (0: no local tier).
+    pub local_capacity: usize,
+    /// Lifetimes get up to 50 ms of jitter (L-8).
+    pub jitter: bool,
+    /// Seed of the jitter draws.
+    pub jitter_seed: u64,
+    /// Seed of the bus's drop and duplicate draws.
+    pub bus_seed: u64,
+}
+
+impl From<&LoaderInput> for HarnessConfig {
+    fn from(input: &LoaderInput) -> Self {
+        HarnessConfig {
+            nodes: if input.two_nodes { 2 } else { 1 },
+            keys: driver_keys().len(),
+            remote: input.remote,
+            not_found: input.not_found,
+            local_capacity: if input.small_local { 2 } else { 64 },
+            jitter: input.jitter,
+            jitter_seed: 11,
+            bus_seed: 7,
+        }
+    }
+}
+
+/// A flight in the air, as a [`LoaderHarness`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlightInfo {
+    /// Its node.
+    pub node: usize,
+    /// The node's incarnation (restarts so far) when the flight began.
+    pub inc: u32,
+    /// Its id on that node.
+    pub id: FlightId,
+    /// The stored keys it loads (one, or a batch's missing keys).
+    pub keys: Vec<String>,
+    /// A `load_many` flight (else a single key's).
+    pub batch: bool,
+    /// Led by a refresh.
+    pub refresh: bool,
+    /// Its loader has been called.
+    pub loading: bool,
+    /// Callers waiting on it.
+    pub waiters: usize,
+}
+
+/// The loader driver as a library: the same machines, in-memory remote and
+/// bus, shadow model and LINV-1 … LINV-8 checks as [`run_loader_machine`],
+/// driven one call at a time by a simulation that decides when flights
+/// start and finish, when events arrive and which faults hold. Every call
+/// runs the per-step checks; [`LoaderHarness::end`] runs the final ones.
+/// A failure is the first violated invariant, typed in [`Failure::invariant`].
+///
+/// ```
+/// use cache_core::bugs::LoaderBugs;
+/// use cache_core::driver::{HarnessConfig, LoadResult, LoaderHarness, LoaderOp};
+///
+/// let cfg = HarnessConfig { nodes: 3, keys: 8, remote: true, not_found: true, local_capacity: 4,
+///                           jitter: true, jitter_seed: 1, bus_seed: 2 };
+/// let mut h = LoaderHarness::new(&cfg, LoaderBugs::none());
+/// h.apply(&LoaderOp::Once { node: 2, key: 6, refresh: true, skip_local: false, stubborn: false }).unwrap();
+/// let f = h.flights()[0].clone();
+/// assert!(h.finish(f.node, f.inc, f.id, LoadResult::Value(1), &[]).unwrap());
+/// h.advance(250).unwrap();
+/// assert!(h.stats().refreshes > 0);
+/// h.end().unwrap();
+/// ```
+pub struct LoaderHarness {
+    d: Driver,
+    steps: usize,
+}
+
+impl LoaderHarness {
+    /// A harness running `cfg` with the loader zoo's `bugs` (effective only
+    /// in a `bug-zoo` build).
+    pub fn new(cfg: &HarnessConfig, bugs: LoaderBugs) -> Self {
+        Self {
+            d: Driver::with_config(cfg, bugs),
+            steps: 0,
+        }
+    }
+
+    /// The stored keys, by index.
+    pub fn keys(&self) -> &[String] {
+        &self.d.keys
+    }
+
+    /// Steps applied so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The highest clock reading so far (expiry is judged on it, T-7).
+    pub fn now_ms(&self) -> i64 {
+        self.d.high
+    }
+
+    /// What the run went through so far.
+    pub fn stats(&self) -> LoaderStats {
+        self.d.stats
+    }
+
+    /// Node `n`'s counters (L-15).
+    pub fn counters(&self, n: usize) -> crate::loader::Counters {
+        self.d.nodes[n % self.d.nodes.len()].m.counters()
+    }
+
+    /// Totals over the open nodes now: flights in the air, refresh tasks,
+    /// local tier entries, events waiting to be applied (for timelines).
+    pub fn gauges(&self) -> [usize; 4] {
+        let open = self.d.nodes.iter().filter(|n| !n.closed);
+        open.fold([0; 4], |[f, t, l, p], n| {
+            [
+                f + n.m.flights(),
+                t + n.m.tasks(),
+                l + n.m.local().len(),
+                p + n.pending.len(),
+            ]
+        })
+    }
+
+    /// Events waiting for node `n` (delivered by the bus, not yet applied).
+    pub fn pending(&self, n: usize) -> usize {
+        self.d.nodes[n % self.d.nodes.len()].pending.len()
+    }
+
+    /// The flights in the air, in the order they began.
+    pub fn flights(&self) -> Vec<FlightInfo> {
+        self.d
+            .flights
+            .iter()
+            .map(|f| FlightInfo {
+                node: f.node,
+                inc: self.d.nodes[f.node].inc,
+                id: f.id,
+                keys: match &f.kind {
+                    FKind::Single(k) => vec![k.clone()],
+                    FKind::Batch(ks) => ks.clone(),
+                },
+                batch: matches!(f.kind, FKind::Batch(_)),
+                refresh: f.refresh,
+                loading: f.loading,
+                waiters: f.waiters.len(),
+            })
+            .collect()
+    }
+
+    fn run(
+        &mut self,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce(&mut Driver) -> Check,
+    ) -> Result<(), Failure> {
+        self.d.step = self.steps;
+        let r = f(&mut self.d).and_then(|()| self.d.check_step());
+        self.steps += 1;
+        self.d.stats.steps += 1;
+        r.map_err(|(rule, detail)| self.d.failure_at(rule, detail, what()))
+    }
+
+    /// Applies one driver operation, then the per-step checks.
+    pub fn apply(&mut self, op: &LoaderOp) -> Result<(), Failure> {
+        self.run(|| format!("{op:?}"), |d| d.apply(op))
+    }
+
+    /// `load_many` of the keys with these indexes on node `n` (L-13).
+    pub fn load_many(&mut self, n: usize, keys: &[usize]) -> Result<(), Failure> {
+        let n = n % self.d.nodes.len();
+        let set: BTreeSet<String> = keys
+            .iter()
+            .map(|k| self.d.keys[k % self.d.keys.len()].clone())
+            .collect();
+        self.run(
+            || format!("LoadMany {{ node: {n}, keys: {keys:?} }}"),
+            |d| d.load_set(n, set),
+        )
+    }
+
+    fn find(&self, n: usize, inc: u32, id: FlightId) -> Option<usize> {
+        if self.d.nodes.get(n)?.inc != inc {
+            return None;
+        }
+        self.d
+            .flights
+            .iter()
+            .position(|f| f.node == n && f.id == id)
+    }
+
+    /// The flight reads the remote and calls its loader (if it has not yet).
+    /// `Ok(false)` if no such flight is in the air.
+    pub fn start(&mut self, n: usize, inc: u32, id: FlightId) -> Result<bool, Failure> {
+        let Some(i) = self.find(n, inc, id) else {
+            return Ok(false);
+        };
+        if self.d.flights[i].loading {
+            return Ok(true);
+        }
+        self.run(
+            || format!("Start {{ node: {n}, flight: {id} }}"),
+            |d| d.start(i).map(|_| ()),
+        )?;
+        Ok(true)
+    }
+
+    /// The flight's loader answers `result` (a batch: `per_key[i]` for its
+    /// `i`-th missing key when given). `Ok(false)` if no such flight is in
+    /// the air (it was cancelled, or its node closed or restarted).
+    pub fn finish(
+        &mut self,
+        n: usize,
+        inc: u32,
+        id: FlightId,
+        result: LoadResult,
+        per_key: &[LoadResult],
+    ) -> Result<bool, Failure> {
+        let Some(i) = self.find(n, inc, id) else {
+            return Ok(false);
+        };
+        self.run(
+            || format!("Finish {{ node: {n}, flight: {id}, result: {result:?}, per_key: {per_key:?} }}"),
+            |d| d.finish_flight_with(i, result, per_key),
+        )?;
+        Ok(true)
+    }
+
+    /// Cuts (or mends) node `n`'s link to the remote: every remote call of
+    /// that node fails while it is cut.
+    pub fn set_cut(&mut self, n: usize, cut: bool) {
+        let len = self.d.cut.len();
+        self.d.cut[n % len] = cut;
+    }
+
+    /// Node `n` restarts: it closes (LINV-8 is checked on it), then starts
+    /// again with an empty local tier, no task and fresh counters; events on
+    /// their way to the old process are gone with it.
+    pub fn restart(&mut self, n: usize) -> Result<(), Failure> {
+        let n = n % self.d.nodes.len();
+        self.run(|| format!("Restart {{ node: {n} }}"), |d| d.restart(n))
+    }
+
+    /// Simulated time passes: the clock moves `ms` forward, one refresh
+    /// interval at a time, and every node's ticker runs after each (L-9).
+    pub fn advance(&mut self, ms: u64) -> Result<(), Failure> {
+        let mut left = i64::try_from(ms).unwrap_or(i64::MAX);
+        while left > 0 {
+            let chunk = left.min(INTERVAL_MS);
+            left -= chunk;
+            self.run(
+                || format!("Advance {{ ms: {chunk} }}"),
+                |d| {
+                    d.clock.advance(chunk);
+                    d.high = d.high.max(clock_now(&d.clock));
+                    (0..d.nodes.len()).try_for_each(|n| d.tick(n))
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The clock jumps by `ms` (back when negative) without time passing;
+    /// expiry stays judged on the highest reading (T-7, LINV-3). After a
+    /// forward jump every node's ticker runs, as the async layer's next
+    /// tick would: it is what stops tasks whose idle window the jump
+    /// ended (L-9).
+    pub fn jump(&mut self, ms: i64) -> Result<(), Failure> {
+        self.run(
+            || format!("Jump {{ ms: {ms} }}"),
+            |d| {
+                d.clock.advance(ms);
+                d.went_back |= ms < 0;
+                let before = d.high;
+                d.high = d.high.max(clock_now(&d.clock));
+                if d.high > before {
+                    (0..d.nodes.len()).try_for_each(|n| d.tick(n))?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// The end: faults heal, every waiting event is delivered, LINV-5, then
+    /// every node closes and LINV-8; gives what the run went through.
+    pub fn end(mut self) -> Result<LoaderStats, Failure> {
+        self.d.cut.iter_mut().for_each(|c| *c = false);
+        self.d.step = self.steps;
+        self.d
+            .finish()
+            .map_err(|(rule, detail)| self.d.failure(rule, detail, None))?;
+        Ok(self.d.stats)
+    }
+}
+
 fn clock_now(clock: &ManualClock) -> i64 {
     use crate::facade::Clock;
     clock.now_ms()
+}
+
+/// A fresh machine for node `name` (start-up and restarts).
+fn machine(cfg: &MachineConfig, name: &str, bugs: LoaderBugs) -> LoaderMachine<()> {
+    let cfg = MachineConfig {
+        node: name.to_string(),
+        ..cfg.clone()
+    };
+    with_bugs(LoaderMachine::new(cfg), bugs)
 }
 
 #[cfg(feature = "bug-zoo")]

@@ -59,7 +59,8 @@ pub use facade::run_facade;
 pub use id::{run_id, run_id_decode, run_id_recipe, IdRecipe, IdStep, LitPick, ScopePick};
 pub use loader::{
     driver_keys, run_loader_codec, run_loader_machine, run_loader_machine_with, CodecProbe,
-    LoadResult, LoaderInput, LoaderOp, LoaderStats, RemoteFault,
+    FlightInfo, HarnessConfig, LoadResult, LoaderHarness, LoaderInput, LoaderOp, LoaderStats,
+    RemoteFault, MAX_KEYS, MAX_NODES,
 };
 pub use machine::run_machine;
 pub use ops::*;

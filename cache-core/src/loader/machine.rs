@@ -332,7 +332,13 @@ impl<P: Clone> LoaderMachine<P> {
         if !self.local.enabled() {
             return LocalRead::Miss;
         }
-        match self.local.get(key, now_ms) {
+        // The zoo's expiry-blind tier reads as if time never passed.
+        let judged_ms = if self.bug(LoaderBug::LocalIgnoresExpiry) {
+            i64::MIN
+        } else {
+            now_ms
+        };
+        match self.local.get(key, judged_ms) {
             Some(entry) => {
                 self.counters.local_hit += 1;
                 self.counters.hit += 1;

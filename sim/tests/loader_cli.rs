@@ -1,0 +1,152 @@
+//! `cache-sim` on the loader scenarios, end to end through the binary:
+//! `run` passes clean and fails (exit 1) with a loader switch, naming its
+//! invariant; `replay` prints the same trace twice; `shrink` writes a
+//! plan file that `replay --plan` fails the same way; `report` writes an
+//! SVG; bad input is exit 2 naming the flag or field.
+
+use std::process::Command;
+
+/// Runs `cache-sim ARGS`, checks its exit code and that its stdout (for
+/// exit 2: stderr) holds every one of `wanted`; returns stdout.
+fn expect(args: &[&str], code: i32, wanted: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_cache-sim"))
+        .args(args)
+        .output()
+        .expect("cache-sim runs");
+    let out = String::from_utf8(o.stdout).expect("UTF-8 stdout");
+    let err = String::from_utf8(o.stderr).expect("UTF-8 stderr");
+    assert_eq!(o.status.code(), Some(code), "{args:?}\n{out}\n{err}");
+    let text = if code == 2 { &err } else { &out };
+    for w in wanted {
+        assert!(text.contains(w), "{args:?} should print {w:?}:\n{text}");
+    }
+    out
+}
+
+#[test]
+fn run_passes_clean_and_fails_with_a_switch_naming_its_invariant() {
+    for sc in ["loader", "loader-faults"] {
+        expect(
+            &["run", "--scenario", sc, "--seeds", "20"],
+            0,
+            &["seeds 20 failures 0"],
+        );
+    }
+    let bug = ["--bug", "local-ignores-expiry"];
+    let args = [
+        &[
+            "run",
+            "--scenario",
+            "loader",
+            "--seeds",
+            "3",
+            "--format",
+            "json",
+        ][..],
+        &bug,
+    ]
+    .concat();
+    let out = expect(&args, 1, &[]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["invariant"], "LINV-3", "{first}");
+    let replay = first["replay"].as_str().unwrap();
+    assert!(
+        replay.ends_with("--scenario loader --bug local-ignores-expiry"),
+        "{replay}"
+    );
+}
+
+#[test]
+fn replay_prints_one_trace_per_seed() {
+    let args = ["replay", "--scenario", "loader-faults", "--seed", "9"];
+    let a = expect(&args, 0, &["seed 9 passes", "trace hash "]);
+    assert_eq!(a, expect(&args, 0, &[]));
+}
+
+#[test]
+fn shrink_writes_a_plan_file_that_replays_the_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shrunk.toml");
+    let out = out.to_str().unwrap();
+    let shrink = [
+        "shrink",
+        "--scenario",
+        "loader",
+        "--seed",
+        "0",
+        "--out",
+        out,
+    ];
+    let bug = ["--bug", "local-ignores-expiry"];
+    expect(
+        &[&shrink[..], &bug].concat(),
+        1,
+        &["seed 0 fails LINV-3: shrunk from"],
+    );
+    expect(&["replay", "--plan", out], 1, &["violated LINV-3"]);
+    // A clean seed has nothing to shrink.
+    expect(&shrink, 0, &["nothing to shrink"]);
+}
+
+#[test]
+fn report_writes_a_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("t.svg");
+    let svg = svg.to_str().unwrap();
+    expect(
+        &[
+            "report",
+            "--scenario",
+            "loader-faults",
+            "--seed",
+            "9",
+            "--svg",
+            svg,
+        ],
+        0,
+        &["wrote "],
+    );
+    let text = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.contains("flights in the air"),
+        "{text:.200}"
+    );
+}
+
+#[test]
+fn bad_input_names_the_flag_or_field() {
+    // A call-cache switch on a loader scenario.
+    let run = ["run", "--seeds", "1", "--scenario"];
+    expect(
+        &[&run[..], &["loader", "--bug", "key-only-delete"]].concat(),
+        2,
+        &["--bug", "not a loader switch"],
+    );
+    // A loader scenario file with a bad field.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\nworld = \"loader\"\n[loader]\nstubborn = 3\n",
+    )
+    .unwrap();
+    expect(
+        &[&run[..], &[path.to_str().unwrap()]].concat(),
+        2,
+        &["`loader.stubborn`"],
+    );
+    // A loader plan file naming a key the scenario lacks.
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "world = \"loader\"\nbugs = []\n[scenario]\nname = \"p\"\nworld = \"loader\"\nkey_space = 2\n\
+         [plan]\nseed = 1\nremote = true\nswarm = { enabled = [] }\nops = [\n\
+         { at_ms = 5, op = { op = \"get\", node = 0, key = 5 } },\n]\n",
+    )
+    .unwrap();
+    expect(
+        &["replay", "--plan", plan.to_str().unwrap()],
+        2,
+        &["plan.ops[0]", "key_space"],
+    );
+}
