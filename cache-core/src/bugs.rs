@@ -196,6 +196,19 @@ impl Bugs {
     }
 }
 
+impl FromStr for Bugs {
+    type Err = UnknownBug;
+
+    /// A comma-separated list of switch names (`""` is none), as the fuzz
+    /// targets read `CACHE_CORE_BUGS`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .try_fold(Bugs::none(), |set, n| Ok(set.with(n.parse()?)))
+    }
+}
+
 impl fmt::Display for Bugs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.iter().map(Bug::name).collect();
@@ -446,6 +459,16 @@ mod tests {
             .fold(LoaderBugs::none(), |s, b| s.with(*b));
         assert_eq!(all.iter().count(), LoaderBug::ALL.len());
         assert!(LoaderBug::ALL.iter().all(|b| !LoaderBugs::default().on(*b)));
+    }
+
+    #[test]
+    fn a_list_of_names_parses_to_a_set() {
+        let set: Bugs = "key-only-delete, forced-retry-silent,".parse().unwrap();
+        let names: Vec<&str> = set.iter().map(Bug::name).collect();
+        assert_eq!(names, ["key-only-delete", "forced-retry-silent"]);
+        assert_eq!("".parse::<Bugs>(), Ok(Bugs::none()));
+        let e = "key-only-delete,nope".parse::<Bugs>().unwrap_err();
+        assert_eq!(e.name, "nope");
     }
 
     #[test]

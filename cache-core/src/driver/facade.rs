@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::ops::*;
 use super::shadow::{expect_panic, quiet_expected_panics, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
+use crate::bugs::Bugs;
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::error::CallError;
 use crate::facade::{
@@ -45,6 +46,12 @@ const QUIESCE_ROUNDS: usize = 64;
 /// closed, every resolver finished, every result released; no caller may
 /// still be waiting (INV-11) and INV-1 must hold.
 pub fn run_facade(input: &FacadeInput) -> Result<Stats, Failure> {
+    run_facade_with(input, Bugs::none())
+}
+
+/// [`run_facade`] on a cache with the bug-zoo switches `bugs` on (inert
+/// without the `bug-zoo` feature).
+pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure> {
     quiet_expected_panics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -56,7 +63,7 @@ pub fn run_facade(input: &FacadeInput) -> Result<Stats, Failure> {
             detail: format!("cannot build a runtime: {e}"),
         })?;
     rt.block_on(async {
-        let mut d = Driver::new(input.change_cache);
+        let mut d = Driver::new(input.change_cache, bugs);
         for (i, op) in input.ops.iter().enumerate() {
             d.step = i;
             d.op = Some(op.clone());
@@ -234,7 +241,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(change: bool) -> Self {
+    fn new(change: bool, bugs: Bugs) -> Self {
         let clock = ManualClock::new(1_000_000);
         let store = Arc::new(MemoryTtlStore::new());
         let spans = Arc::new(Mutex::new(SpanCheck::new()));
@@ -247,7 +254,8 @@ impl Driver {
             .instance_id_for_replay(INSTANCE)
             .blocking_executor(Arc::new(crate::facade::Inline))
             .clock(Arc::new(clock.clone()))
-            .ttl_store(store.clone());
+            .ttl_store(store.clone())
+            .bugs(bugs);
         if change {
             builder = builder.change_cache();
         }

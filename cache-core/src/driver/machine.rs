@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::ops::*;
 use super::shadow::{ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
+use crate::bugs::Bugs;
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::error::CallError;
@@ -34,7 +35,14 @@ const MAX_OPEN: usize = 4;
 /// is closed, every resolver completed and every handle released, and INV-1
 /// must hold.
 pub fn run_machine(input: &MachineInput) -> Result<Stats, Failure> {
-    let mut d = Driver::new(input.change_cache);
+    run_machine_with(input, Bugs::none())
+}
+
+/// [`run_machine`] on a cache with the bug-zoo switches `bugs` on (inert
+/// without the `bug-zoo` feature): how the fuzz targets show what they
+/// catch.
+pub fn run_machine_with(input: &MachineInput, bugs: Bugs) -> Result<Stats, Failure> {
+    let mut d = Driver::new(input.change_cache, bugs);
     for (i, op) in input.ops.iter().enumerate() {
         d.step = i;
         d.op = Some(op.clone());
@@ -162,7 +170,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(change: bool) -> Self {
+    fn new(change: bool, bugs: Bugs) -> Self {
         Driver {
             step: 0,
             op: None,
@@ -170,7 +178,8 @@ impl Driver {
                 CallCache::new_change_cache(INSTANCE)
             } else {
                 CallCache::new(INSTANCE)
-            },
+            }
+            .with_bugs(bugs),
             change,
             ids: call_ids(),
             held: Vec::new(),

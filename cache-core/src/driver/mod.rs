@@ -55,14 +55,34 @@ mod ttl;
 
 /// The `arbitrary` crate the inputs derive from, for decoding bytes by hand.
 pub use arbitrary;
-pub use facade::run_facade;
+pub use facade::{run_facade, run_facade_with};
+
+/// The bug-zoo switches a fuzz target runs with: the comma-separated names
+/// in `CACHE_CORE_BUGS` (none when unset), read once per process —
+///
+/// ```sh
+/// CACHE_CORE_BUGS=key-only-delete cargo fuzz run core_ops
+/// ```
+///
+/// shows whether, and how fast, the fuzzer finds a known failure mode. An
+/// unknown name ends the process with exit code 2 and the known names.
+pub fn bugs_from_env() -> crate::bugs::Bugs {
+    static BUGS: std::sync::OnceLock<crate::bugs::Bugs> = std::sync::OnceLock::new();
+    *BUGS.get_or_init(|| {
+        let names = std::env::var("CACHE_CORE_BUGS").unwrap_or_default();
+        names.parse().unwrap_or_else(|e| {
+            eprintln!("CACHE_CORE_BUGS: {e}");
+            std::process::exit(2)
+        })
+    })
+}
 pub use id::{run_id, run_id_decode, run_id_recipe, IdRecipe, IdStep, LitPick, ScopePick};
 pub use loader::{
     driver_keys, run_loader_codec, run_loader_machine, run_loader_machine_with, CodecProbe,
     FlightInfo, HarnessConfig, LoadResult, LoaderHarness, LoaderInput, LoaderOp, LoaderStats,
     RemoteFault, MAX_KEYS, MAX_NODES,
 };
-pub use machine::run_machine;
+pub use machine::{run_machine, run_machine_with};
 pub use ops::*;
 pub use shadow::quiet_expected_panics;
 pub use ttl::{run_ttl_stores, KeyPick, TtlInput, TtlOp};
