@@ -564,18 +564,24 @@ where
         } else {
             state.machine.touch(&stored, now);
         }
-        // Only a call that goes on to a flight (or a refresh task) needs
-        // its loader boxed.
-        let load: LoadFn<V> = Arc::new(move |k| Box::pin(loader(k)));
+        // Only a call that leads a flight (or keeps a refresh task) needs
+        // its loader boxed; a caller joining a flight drops it unboxed.
+        let box_loader = |f: F| -> LoadFn<V> { Arc::new(move |k| Box::pin(f(k))) };
+        let mut loader = Some(loader);
+        let mut load: Option<LoadFn<V>> = None;
         if call.refresh {
             drop(state);
-            self.add_task(
-                &stored,
-                RefreshJob {
-                    load: load.clone(),
-                    ttl_ms: call.ttl_ms,
-                },
-            );
+            let job = loader.take().map(box_loader);
+            load.clone_from(&job);
+            if let Some(load) = job {
+                self.add_task(
+                    &stored,
+                    RefreshJob {
+                        load,
+                        ttl_ms: call.ttl_ms,
+                    },
+                );
+            }
             state = self.inner.lock();
         }
         let Some(begin) = state
@@ -593,7 +599,8 @@ where
             if joined { "joined" } else { "led" },
             call.refresh,
         );
-        if let Some(flight) = lead {
+        let load = lead.and_then(|_| load.or_else(|| loader.take().map(box_loader)));
+        if let (Some(flight), Some(load)) = (lead, load) {
             let this = self.clone();
             let cell = cell.clone();
             spawn_tracked(&self.inner, async move {
