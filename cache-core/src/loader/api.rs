@@ -3,30 +3,30 @@
 //! current tokio runtime, outcomes sent to waiters, cancellation when the
 //! last waiter leaves, refresh tasks driven by tokio timers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{EventBus, EventKind};
 use super::counters::{encode_prometheus, Counters};
 use super::error::LoaderError;
-use super::keys::{lock_key, parse_stored_key, stored_key, FlightKey, Key};
+use super::keys::{lock_key, parse_stored_key, sort_dedup, FlightKey, Key, KeyCoder};
 use super::machine::{
-    Begin, FlightId, LoadOutcome, LoaderMachine, LocalRead, RemoteRead, RemoteWrite, Violation,
-    WaiterId, WriteMode, WriteOrder,
+    Begin, FlightId, LoadOutcome, LoaderMachine, LocalRead, RemoteKept, RemoteRead, RemoteWrite,
+    Violation, WaiterId, WriteMode, WriteOrder,
 };
 use super::options::{check_ttl, CallOptions, LoaderOptions};
-use super::record::Payload;
+use super::record::{Payload, Record};
 use super::remote::{Remote, RemoteError};
 use super::rng::SplitMix64;
 use crate::error::ResolverError;
@@ -119,22 +119,87 @@ impl<V: Clone> Clone for Outcome<V> {
     }
 }
 
+/// What every caller of one flight shares: its outcome, set once, and one
+/// wake-up for all of them (a burst of callers of a cold key registers on
+/// one [`Notify`] rather than getting a channel each), plus the flight's
+/// cancellation (L-2: set when its last waiter leaves, or at close).
+struct FlightCell<V> {
+    outcome: OnceLock<Outcome<V>>,
+    cancelled: AtomicBool,
+    wake: Notify,
+}
+
+impl<V: Clone> FlightCell<V> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            outcome: OnceLock::new(),
+            cancelled: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Answers every waiter; a second answer (a flight settling after
+    /// close answered it) is dropped.
+    fn answer(&self, outcome: Outcome<V>) {
+        if self.outcome.set(outcome).is_ok() {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Cancels the flight: its loader stops at its next poll (L-2).
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Waits until `ready` gives something. The wake-up is registered
+    /// before the check, so a notification between the two is not lost.
+    async fn until<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(got) = ready(self) {
+                return got;
+            }
+            notified.await;
+        }
+    }
+
+    /// The outcome, once the flight has one (each waiter gets a copy).
+    async fn outcome(&self) -> Outcome<V> {
+        self.until(|c| c.outcome.get().cloned()).await
+    }
+
+    /// Returns once the flight is cancelled.
+    async fn cancelled(&self) {
+        self.until(|c| c.cancelled.load(Ordering::SeqCst).then_some(()))
+            .await
+    }
+}
+
 struct State<V> {
     machine: LoaderMachine<RefreshJob<V>>,
-    senders: BTreeMap<WaiterId, oneshot::Sender<Outcome<V>>>,
-    tokens: BTreeMap<FlightId, CancellationToken>,
+    /// One cell per flight in the air, keyed like the machine's flights.
+    cells: BTreeMap<FlightId, Arc<FlightCell<V>>>,
     rng: SplitMix64,
     ticker: bool,
 }
 
 struct Inner<V> {
     opts: LoaderOptions,
+    /// This cache's stored-key encoder (L-5).
+    coder: KeyCoder,
     state: Mutex<State<V>>,
     remote: Option<Arc<dyn Remote>>,
     bus: Option<Arc<dyn EventBus>>,
     clock: Arc<dyn Clock>,
     high: AtomicI64,
+    /// Cancelled at close; stops the subscriber and the ticker.
     closed: CancellationToken,
+    /// Set at close with `closed`: the per-call check reads this flag
+    /// rather than the token, whose `is_cancelled` takes a mutex.
+    is_closed: AtomicBool,
     live_tasks: AtomicUsize,
     tasks_done: Notify,
 }
@@ -179,17 +244,18 @@ where
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 machine: LoaderMachine::new(self.opts.machine_config(has_remote)),
-                senders: BTreeMap::new(),
-                tokens: BTreeMap::new(),
+                cells: BTreeMap::new(),
                 rng: SplitMix64::new(self.opts.seed),
                 ticker: false,
             }),
+            coder: KeyCoder::new(&self.opts.name),
             opts: self.opts,
             remote: self.remote,
             bus: self.bus,
             clock: self.clock,
             high: AtomicI64::new(i64::MIN),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             live_tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
         });
@@ -268,24 +334,22 @@ where
 }
 
 /// Leaves the flight if the caller stops waiting before its outcome (L-2).
-struct LeaveGuard<V> {
-    inner: Arc<Inner<V>>,
+struct LeaveGuard<'a, V: Clone> {
+    inner: &'a Inner<V>,
+    cell: &'a FlightCell<V>,
     flight: FlightId,
     waiter: WaiterId,
     armed: bool,
 }
 
-impl<V> Drop for LeaveGuard<V> {
+impl<V: Clone> Drop for LeaveGuard<'_, V> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         let mut state = self.inner.lock();
-        state.senders.remove(&self.waiter);
         if state.machine.leave(self.flight, self.waiter) {
-            if let Some(token) = state.tokens.get(&self.flight) {
-                token.cancel();
-            }
+            self.cell.cancel();
         }
     }
 }
@@ -306,6 +370,10 @@ impl<V> Inner<V> {
 
     fn not_found(&self) -> Option<ResolverError> {
         self.opts.not_found.as_ref().map(|n| n.error.clone())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::SeqCst)
     }
 }
 
@@ -331,7 +399,7 @@ where
 
     /// The stored key of `key` in this cache (L-5).
     pub fn stored_key(&self, key: &Key) -> String {
-        stored_key(&self.inner.opts.name, key)
+        self.inner.coder.stored_key(key)
     }
 
     /// The counters (L-15).
@@ -379,13 +447,13 @@ where
         let state = self.inner.lock();
         state.machine.check_invariants(now)?;
         if let Some(id) = state
-            .tokens
+            .cells
             .keys()
             .find(|f| state.machine.flight_key(**f).is_none())
         {
             return Err(Violation {
                 rule: "LINV-8",
-                detail: format!("cancellation token kept for settled flight {id}"),
+                detail: format!("flight cell (waiters, cancellation) kept for settled flight {id}"),
             });
         }
         Ok(())
@@ -432,81 +500,15 @@ where
         if let Some(ttl) = call.ttl_ms {
             check_ttl("ttl_ms", ttl)?;
         }
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
-        let stored = self.stored_key(&key);
-        let load: LoadFn<V> = Arc::new(move |k| Box::pin(loader(k)));
-        let now = self.inner.now();
-        if !call.skip_local {
-            let read = self.inner.lock().machine.read_local(&stored, now);
-            match read {
-                LocalRead::Value(bytes) => match self.decode(&bytes) {
-                    Ok(value) => {
-                        self.trace(&stored, "local", "none", false);
-                        return Ok(Loaded {
-                            value,
-                            source: Source::Local,
-                            joined: false,
-                            warning: None,
-                        });
-                    }
-                    Err(_) => {
-                        // L-14: drop the bad copy, read on past it once.
-                        self.inner.lock().machine.corrupt(&stored);
-                    }
-                },
-                LocalRead::Placeholder => {
-                    self.trace(&stored, "local-placeholder", "none", false);
-                    return Err(self.not_found_error());
-                }
-                LocalRead::Miss => {}
-            }
-        } else {
-            self.inner.lock().machine.touch(&stored, now);
-        }
-        if call.refresh {
-            self.add_task(
-                &stored,
-                RefreshJob {
-                    load: load.clone(),
-                    ttl_ms: call.ttl_ms,
-                },
-            );
-        }
-        let (begin, rx) = {
-            let mut state = self.inner.lock();
-            let Some(begin) = state
-                .machine
-                .begin(FlightKey::Single(stored.clone()), false)
-            else {
-                return Err(LoaderError::Closed);
-            };
-            let (tx, rx) = oneshot::channel();
-            if let Some(w) = begin.waiter() {
-                state.senders.insert(w, tx);
-            }
-            if let Begin::Lead { flight, .. } = begin {
-                let token = CancellationToken::new();
-                state.tokens.insert(flight, token.clone());
-                drop(state);
-                let this = self.clone();
-                let (k, s) = (key.clone(), stored.clone());
-                spawn_tracked(&self.inner, async move {
-                    this.fly_single(flight, k, s, load, call.ttl_ms, false, token)
-                        .await;
-                });
-            }
-            (begin, rx)
+        let (begin, cell) = match self.start_once(key, call, loader) {
+            Start::Flight(begin, cell) => (begin, cell),
+            Start::Done(done) => return done,
         };
         let joined = matches!(begin, Begin::Join { .. });
-        self.trace(
-            &stored,
-            "flight",
-            if joined { "joined" } else { "led" },
-            call.refresh,
-        );
-        match self.wait(begin, rx).await? {
+        match self.wait(begin, &cell).await? {
             Outcome::Single(Ok((value, source, warning))) => Ok(Loaded {
                 value,
                 source,
@@ -518,6 +520,124 @@ where
         }
     }
 
+    /// `once` up to its wait, without an await (so the lock it holds
+    /// never crosses one): the local tier's answer, or the flight led (its
+    /// loader spawned) or joined.
+    fn start_once<F, Fut>(&self, key: Key, call: CallOptions, loader: F) -> Start<V>
+    where
+        F: Fn(Key) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, ResolverError>> + Send + 'static,
+    {
+        let stored = self.stored_key(&key);
+        let now = self.inner.now();
+        // A miss reads the local tier and begins its flight under one lock
+        // (one of the orders two separate lock round trips allowed).
+        let mut state = self.inner.lock();
+        if !call.skip_local {
+            match state.machine.read_local(&stored, now) {
+                LocalRead::Value(bytes) => {
+                    drop(state);
+                    match self.decode(&bytes) {
+                        Ok(value) => {
+                            self.trace(&stored, "local", "none", false);
+                            return Start::Done(Ok(Loaded {
+                                value,
+                                source: Source::Local,
+                                joined: false,
+                                warning: None,
+                            }));
+                        }
+                        Err(_) => {
+                            // L-14: drop the bad copy, read on past it once.
+                            state = self.inner.lock();
+                            state.machine.corrupt(&stored);
+                        }
+                    }
+                }
+                LocalRead::Placeholder => {
+                    drop(state);
+                    self.trace(&stored, "local-placeholder", "none", false);
+                    return Start::Done(Err(self.not_found_error()));
+                }
+                LocalRead::Miss => {}
+            }
+        } else {
+            state.machine.touch(&stored, now);
+        }
+        // Only a call that leads a flight (or keeps a refresh task) needs
+        // its loader boxed; a caller joining a flight drops it unboxed.
+        let box_loader = |f: F| -> LoadFn<V> { Arc::new(move |k| Box::pin(f(k))) };
+        let mut loader = Some(loader);
+        let mut load: Option<LoadFn<V>> = None;
+        if call.refresh {
+            drop(state);
+            let job = loader.take().map(box_loader);
+            load.clone_from(&job);
+            if let Some(load) = job {
+                self.add_task(
+                    &stored,
+                    RefreshJob {
+                        load,
+                        ttl_ms: call.ttl_ms,
+                    },
+                );
+            }
+            state = self.inner.lock();
+        }
+        let Some(begin) = state
+            .machine
+            .begin(FlightKey::Single(stored.clone()), false)
+        else {
+            return Start::Done(Err(LoaderError::Closed));
+        };
+        let (cell, lead) = self.flight_cell(&mut state, begin);
+        drop(state);
+        let joined = matches!(begin, Begin::Join { .. });
+        self.trace(
+            &stored,
+            "flight",
+            if joined { "joined" } else { "led" },
+            call.refresh,
+        );
+        let load = lead.and_then(|_| load.or_else(|| loader.take().map(box_loader)));
+        if let (Some(flight), Some(load)) = (lead, load) {
+            let this = self.clone();
+            let cell = cell.clone();
+            spawn_tracked(&self.inner, async move {
+                this.fly_single(flight, key, stored, load, call.ttl_ms, false, cell)
+                    .await;
+            });
+        }
+        Start::Flight(begin, cell)
+    }
+
+    /// The shared cell of the flight `begin` led or joined (a new one for a
+    /// lead, registered under the same lock as the machine's flight, so
+    /// the two always agree); with the flight id when the caller leads.
+    fn flight_cell(
+        &self,
+        state: &mut State<V>,
+        begin: Begin,
+    ) -> (Arc<FlightCell<V>>, Option<FlightId>) {
+        match begin {
+            Begin::Lead { flight, .. } => {
+                let cell = FlightCell::new();
+                state.cells.insert(flight, cell.clone());
+                (cell, Some(flight))
+            }
+            Begin::Join { flight, .. } => match state.cells.get(&flight) {
+                Some(cell) => (cell.clone(), None),
+                // Every flight in the air has its cell; should that ever
+                // not hold, this caller gets an answered cell, not a hang.
+                None => {
+                    let cell = FlightCell::new();
+                    cell.answer(Outcome::Ended(LoaderError::Cancelled));
+                    (cell, None)
+                }
+            },
+        }
+    }
+
     fn not_found_error(&self) -> LoaderError {
         match self.inner.not_found() {
             Some(e) => LoaderError::NotFound(e),
@@ -526,36 +646,28 @@ where
     }
 
     /// Waits for a flight's outcome, leaving it on drop or wait timeout (L-2).
-    async fn wait(
-        &self,
-        begin: Begin,
-        rx: oneshot::Receiver<Outcome<V>>,
-    ) -> Result<Outcome<V>, LoaderError> {
+    async fn wait(&self, begin: Begin, cell: &FlightCell<V>) -> Result<Outcome<V>, LoaderError> {
         let Some(waiter) = begin.waiter() else {
             return Err(LoaderError::Cancelled);
         };
         let mut guard = LeaveGuard {
-            inner: self.inner.clone(),
+            inner: &self.inner,
+            cell,
             flight: begin.flight(),
             waiter,
             armed: true,
         };
         let got = match self.inner.opts.wait_timeout_ms {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), rx).await {
-                Ok(r) => r,
-                Err(_) => return Err(LoaderError::WaitTimeout { after_ms: ms }),
-            },
-            None => rx.await,
+            Some(ms) => {
+                match tokio::time::timeout(Duration::from_millis(ms), cell.outcome()).await {
+                    Ok(o) => o,
+                    Err(_) => return Err(LoaderError::WaitTimeout { after_ms: ms }),
+                }
+            }
+            None => cell.outcome().await,
         };
         guard.armed = false;
-        // A dropped sender: the flight ended without answering (close).
-        got.map_err(|_| {
-            if self.inner.closed.is_cancelled() {
-                LoaderError::Closed
-            } else {
-                LoaderError::Cancelled
-            }
-        })
+        Ok(got)
     }
 
     fn add_task(&self, stored: &str, job: RefreshJob<V>) {
@@ -601,13 +713,13 @@ where
             let Begin::Lead { flight, .. } = begin else {
                 continue; // L-1: joined the flight in the air
             };
-            let token = CancellationToken::new();
-            state.tokens.insert(flight, token.clone());
+            let cell = FlightCell::new();
+            state.cells.insert(flight, cell.clone());
             drop(state);
             started += 1;
             let this = self.clone();
             spawn_tracked(&self.inner, async move {
-                this.fly_single(flight, key, stored, job.load, job.ttl_ms, true, token)
+                this.fly_single(flight, key, stored, job.load, job.ttl_ms, true, cell)
                     .await;
             });
         }
@@ -616,17 +728,14 @@ where
 
     /// Answers every waiter of `flight` with `outcome` and ends it.
     fn settle(&self, flight: FlightId, outcome: Outcome<V>) {
-        let mut state = self.inner.lock();
-        state.tokens.remove(&flight);
-        let waiters = state.machine.settle(flight);
-        let senders: Vec<_> = waiters
-            .into_iter()
-            .filter_map(|w| state.senders.remove(&w))
-            .collect();
-        drop(state);
-        for tx in senders {
-            // A waiter that left in between dropped its receiver: nothing to do.
-            let _ = tx.send(outcome.clone());
+        let cell = {
+            let mut state = self.inner.lock();
+            state.machine.settle(flight);
+            state.cells.remove(&flight)
+        };
+        // Gone when close already answered the flight's waiters.
+        if let Some(cell) = cell {
+            cell.answer(outcome);
         }
     }
 
@@ -640,12 +749,49 @@ where
         load: LoadFn<V>,
         ttl_ms: Option<i64>,
         refresh: bool,
-        token: CancellationToken,
+        cell: Arc<FlightCell<V>>,
     ) {
         let outcome = self
-            .single_body(flight, key, &stored, load, ttl_ms, refresh, &token)
+            .single_body(flight, key, &stored, load, ttl_ms, refresh, &cell)
             .await;
         self.settle(flight, Outcome::Single(outcome));
+    }
+
+    /// The value in a remote answer, decoded before the machine takes the
+    /// bytes (so they move into the local tier uncopied, and no user
+    /// `Deserialize` runs under the lock); `None` when it holds no value
+    /// envelope.
+    fn decode_answer(
+        &self,
+        answer: &Result<Option<Vec<u8>>, ()>,
+    ) -> Option<Result<V, LoaderError>> {
+        let bytes = answer.as_ref().ok()?.as_deref()?;
+        Record::value_bytes(bytes).map(|body| self.decode(body))
+    }
+
+    /// The machine's judgement of a remote answer (L-3, L-4, L-14), with
+    /// the value `decode_answer` decoded from it. A value that does not
+    /// decode as `V` is corrupt: the local copy goes (the caller deletes
+    /// the remote one).
+    fn judge(
+        state: &mut State<V>,
+        stored: &str,
+        answer: Result<Option<Vec<u8>>, ()>,
+        decoded: Option<Result<V, LoaderError>>,
+        now: i64,
+    ) -> Judged<V> {
+        match state.machine.remote_read_kept(stored, answer, now) {
+            RemoteKept::Value => match decoded {
+                Some(Ok(v)) => Judged::Value(v),
+                Some(Err(_)) | None => {
+                    state.machine.corrupt(stored);
+                    Judged::Undecodable
+                }
+            },
+            RemoteKept::Placeholder => Judged::Placeholder,
+            RemoteKept::Corrupt => Judged::Corrupt,
+            RemoteKept::Miss | RemoteKept::Failed => Judged::Miss,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -657,7 +803,7 @@ where
         load: LoadFn<V>,
         ttl_ms: Option<i64>,
         refresh: bool,
-        token: &CancellationToken,
+        cell: &FlightCell<V>,
     ) -> SingleOutcome<V> {
         if let Some(remote) = self.inner.remote.clone() {
             let read_remote = if refresh {
@@ -675,30 +821,20 @@ where
             if read_remote {
                 let answer = tokio::select! {
                     biased;
-                    _ = token.cancelled() => return Err(LoaderError::Cancelled),
+                    _ = cell.cancelled() => return Err(LoaderError::Cancelled),
                     a = remote.get(stored) => a,
                 };
+                let answer = answer.map_err(|_| ());
+                let decoded = self.decode_answer(&answer);
                 let now = self.inner.now();
-                let read =
-                    self.inner
-                        .lock()
-                        .machine
-                        .remote_read(stored, answer.map_err(|_| ()), now);
-                match read {
-                    RemoteRead::Live(record) => match record.payload {
-                        Payload::Value(bytes) => match self.decode(&bytes) {
-                            Ok(v) => return Ok((v, Source::Remote, None)),
-                            Err(_) => {
-                                self.inner.lock().machine.corrupt(stored);
-                                let _ = remote.delete(stored).await;
-                            }
-                        },
-                        Payload::Placeholder => return Err(self.not_found_error()),
-                    },
-                    RemoteRead::Corrupt => {
+                let judged = Self::judge(&mut self.inner.lock(), stored, answer, decoded, now);
+                match judged {
+                    Judged::Value(v) => return Ok((v, Source::Remote, None)),
+                    Judged::Placeholder => return Err(self.not_found_error()),
+                    Judged::Undecodable | Judged::Corrupt => {
                         let _ = remote.delete(stored).await;
                     }
-                    RemoteRead::Miss | RemoteRead::Failed => {}
+                    Judged::Miss => {}
                 }
                 if refresh && self.inner.lock().machine.waiters(flight) == 0 {
                     // Not the refresher and nobody waits: nothing to load.
@@ -709,7 +845,7 @@ where
         if !self.inner.lock().machine.load_started(flight) {
             return Err(LoaderError::Closed);
         }
-        let result = run_loader(token, load(key)).await?;
+        let result = run_loader(cell, load(key)).await?;
         // From here on the flight is not cancelled: its write completes or
         // is dropped whole, never half-made (L-2).
         let (outcome, answer) = match result {
@@ -729,18 +865,37 @@ where
             Err(e) => (LoadOutcome::Failed, Err(LoaderError::Loader(e))),
         };
         let now = self.inner.now();
-        let order = {
+        let (order, local_only) = {
             let mut state = self.inner.lock();
             let rand = state.rng.next_u64();
-            state
+            let order = state
                 .machine
-                .load_finished(flight, stored, outcome, ttl_ms, now, rand)
+                .load_finished(flight, stored, outcome, ttl_ms, now, rand);
+            // Without a remote tier nothing stands between the decision and
+            // the local write (L-4's remote-first order is empty): both
+            // under one lock, as `apply_write` would make them.
+            let local_only = match &order {
+                Some(order) if self.inner.remote.is_none() => Some(
+                    !self.inner.is_closed()
+                        && state
+                            .machine
+                            .write_applied(order, RemoteWrite::NoRemote, now),
+                ),
+                _ => None,
+            };
+            (order, local_only)
         };
         let mut warning = None;
         if let Some(order) = order {
-            let (mutated, w) = self.apply_write(&order).await;
-            warning = w;
-            if mutated {
+            let mutated = match local_only {
+                Some(mutated) => mutated,
+                None => {
+                    let (mutated, w) = self.apply_write(&order).await;
+                    warning = w;
+                    mutated
+                }
+            };
+            if mutated && self.inner.bus.is_some() {
                 let kind = if refresh {
                     EventKind::Refresh
                 } else {
@@ -754,7 +909,7 @@ where
 
     /// Writes the remote first, then the local tier if the remote took it (L-4).
     async fn apply_write(&self, order: &WriteOrder) -> (bool, Option<RemoteError>) {
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             return (false, None);
         }
         let (remote, warning) = match &self.inner.remote {
@@ -781,7 +936,8 @@ where
         (mutated, warning)
     }
 
-    /// Publishes one event for a mutation (L-11).
+    /// Publishes one event for a mutation (L-11). Callers on a hot path
+    /// check for a bus first, so a loader without one builds no key list.
     async fn publish(&self, kind: EventKind, keys: Vec<String>) {
         let Some(bus) = self.inner.bus.clone() else {
             return;
@@ -796,7 +952,7 @@ where
     /// when no tier has it, [`LoaderError::NotFound`] for a placeholder.
     pub async fn get(&self, key: impl Into<Key>) -> Result<V, LoaderError> {
         let key = key.into();
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
         let stored = self.stored_key(&key);
@@ -869,7 +1025,7 @@ where
         if let Some(ttl) = call.ttl_ms {
             check_ttl("ttl_ms", ttl)?;
         }
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
         let stored = self.stored_key(&key);
@@ -888,12 +1044,12 @@ where
                 .prepare_set(&stored, bytes, call.ttl_ms, now, rand)
         };
         let (mutated, warning) = self.apply_write(&order).await;
-        if mutated {
+        if mutated && self.inner.bus.is_some() {
             self.publish(EventKind::Set, vec![stored]).await;
         }
         match warning {
             Some(e) => Err(LoaderError::RemoteUnavailable(e)),
-            None if self.inner.closed.is_cancelled() => Err(LoaderError::Closed),
+            None if self.inner.is_closed() => Err(LoaderError::Closed),
             None => Ok(()),
         }
     }
@@ -901,7 +1057,7 @@ where
     /// Deletes `key` from every tier and cancels its refresh task (L-9).
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), LoaderError> {
         let key = key.into();
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
         let stored = self.stored_key(&key);
@@ -912,7 +1068,9 @@ where
                 .await
                 .map_err(LoaderError::RemoteUnavailable)?;
         }
-        self.publish(EventKind::Delete, vec![stored]).await;
+        if self.inner.bus.is_some() {
+            self.publish(EventKind::Delete, vec![stored]).await;
+        }
         Ok(())
     }
 
@@ -939,108 +1097,122 @@ where
                 return out;
             }
         }
-        if self.inner.closed.is_cancelled() {
+        if self.inner.is_closed() {
             out.error = Some(LoaderError::Closed);
             return out;
         }
-        let keys: BTreeSet<Key> = keys.into_iter().collect();
+        // Sorted and de-duplicated, as a set would give them, without
+        // building one.
+        let keys = sort_dedup(keys);
         let now = self.inner.now();
-        let mut remote_wanted = Vec::new();
-        for key in keys {
-            let stored = self.stored_key(&key);
-            let read = if call.skip_local {
-                LocalRead::Miss
-            } else {
-                self.inner.lock().machine.read_local(&stored, now)
+        // Every stored key of the batch in one buffer, lent out as `&str`.
+        let stored = self.inner.coder.stored_keys(keys.iter());
+        // Hits are gathered in key order per tier and the map is built
+        // once at the end, rather than a tree insert per key.
+        let mut found: Vec<(Key, V)> = Vec::with_capacity(keys.len());
+        // The keys (with their index in `stored`) no local copy answered.
+        let mut wanted: Vec<(usize, Key)> = Vec::with_capacity(keys.len());
+        if call.skip_local {
+            wanted.extend(keys.into_iter().enumerate());
+        } else {
+            // One lock for every local read; decoding waits until it is
+            // released. Reads of distinct keys commute, so this is the
+            // order a key-by-key loop would leave too.
+            let reads: Vec<LocalRead> = {
+                let mut state = self.inner.lock();
+                stored
+                    .iter()
+                    .map(|s| state.machine.read_local(s, now))
+                    .collect()
             };
-            match read {
-                LocalRead::Value(bytes) => match self.decode(&bytes) {
-                    Ok(v) => {
-                        out.values.insert(key, v);
-                    }
-                    Err(_) => {
-                        self.inner.lock().machine.corrupt(&stored);
-                        remote_wanted.push((key, stored));
-                    }
-                },
-                LocalRead::Placeholder => out.not_found.push(key),
-                LocalRead::Miss => remote_wanted.push((key, stored)),
-            }
-        }
-        let mut missing = Vec::new();
-        match &self.inner.remote {
-            Some(remote) if !remote_wanted.is_empty() => {
-                let (wanted_keys, wanted_stored): (Vec<Key>, Vec<String>) =
-                    remote_wanted.into_iter().unzip();
-                // The answers are moved out one by one, not cloned: a batch's
-                // values cross here once (the loader_redis bench's batch row).
-                let mut answers = remote
-                    .multi_get(&wanted_stored)
-                    .await
-                    .map(Vec::into_iter)
-                    .map_err(|_| ());
-                let now = self.inner.now();
-                for (key, stored) in wanted_keys.into_iter().zip(wanted_stored) {
-                    let answer = match &mut answers {
-                        Ok(a) => Ok(a.next().flatten()),
-                        Err(()) => Err(()),
-                    };
-                    let read = self.inner.lock().machine.remote_read(&stored, answer, now);
-                    match read {
-                        RemoteRead::Live(record) => match record.payload {
-                            Payload::Value(bytes) => match self.decode(&bytes) {
-                                Ok(v) => {
-                                    out.values.insert(key, v);
-                                }
-                                Err(_) => {
-                                    self.inner.lock().machine.corrupt(&stored);
-                                    let _ = remote.delete(&stored).await;
-                                    missing.push((key, stored));
-                                }
-                            },
-                            Payload::Placeholder => out.not_found.push(key),
-                        },
-                        RemoteRead::Corrupt => {
-                            let _ = remote.delete(&stored).await;
-                            missing.push((key, stored));
+            for ((i, key), read) in keys.into_iter().enumerate().zip(reads) {
+                match read {
+                    LocalRead::Value(bytes) => match self.decode(&bytes) {
+                        Ok(v) => found.push((key, v)),
+                        Err(_) => {
+                            self.inner.lock().machine.corrupt(stored.get(i));
+                            wanted.push((i, key));
                         }
-                        RemoteRead::Miss | RemoteRead::Failed => missing.push((key, stored)),
-                    }
+                    },
+                    LocalRead::Placeholder => out.not_found.push(key),
+                    LocalRead::Miss => wanted.push((i, key)),
                 }
             }
-            _ => missing = remote_wanted,
         }
+        let mut missing: Vec<(Key, String)> = Vec::new();
+        match &self.inner.remote {
+            Some(remote) if !wanted.is_empty() => {
+                let asked: Vec<&str> = wanted.iter().map(|(i, _)| stored.get(*i)).collect();
+                // The answers move one by one into the machine (which keeps
+                // them as local copies), each value decoded from them first,
+                // outside the lock: a batch's values are copied once, by the
+                // remote client (the loader_redis bench's batch row).
+                let answers: Vec<Result<Option<Vec<u8>>, ()>> = match remote.multi_get(&asked).await
+                {
+                    Ok(a) => {
+                        let mut a = a.into_iter();
+                        asked.iter().map(|_| Ok(a.next().flatten())).collect()
+                    }
+                    Err(_) => asked.iter().map(|_| Err(())).collect(),
+                };
+                let decoded: Vec<_> = answers.iter().map(|a| self.decode_answer(a)).collect();
+                let now = self.inner.now();
+                let mut corrupt = Vec::new();
+                {
+                    let mut state = self.inner.lock();
+                    let judged = wanted.into_iter().zip(answers.into_iter().zip(decoded));
+                    for ((i, key), (answer, decoded)) in judged {
+                        let s = stored.get(i);
+                        match Self::judge(&mut state, s, answer, decoded, now) {
+                            Judged::Value(v) => found.push((key, v)),
+                            Judged::Placeholder => out.not_found.push(key),
+                            Judged::Undecodable | Judged::Corrupt => {
+                                corrupt.push(i);
+                                missing.push((key, s.to_string()));
+                            }
+                            Judged::Miss => missing.push((key, s.to_string())),
+                        }
+                    }
+                }
+                for i in corrupt {
+                    let _ = remote.delete(stored.get(i)).await;
+                }
+            }
+            _ => {
+                missing = wanted
+                    .into_iter()
+                    .map(|(i, key)| (key, stored.get(i).to_string()))
+                    .collect();
+            }
+        }
+        out.values = found.into_iter().collect();
         if missing.is_empty() {
             return out;
         }
         let fk = FlightKey::batch(missing.iter().map(|(_, s)| s.clone()).collect());
         let loader: BatchFn<V> = Box::new(move |ks| Box::pin(loader(ks)));
-        let (begin, rx) = {
+        let (begin, cell) = {
             let mut state = self.inner.lock();
             let Some(begin) = state.machine.begin(fk, false) else {
                 out.error = Some(LoaderError::Closed);
                 return out;
             };
-            let (tx, rx) = oneshot::channel();
-            if let Some(w) = begin.waiter() {
-                state.senders.insert(w, tx);
-            }
-            if let Begin::Lead { flight, .. } = begin {
-                let token = CancellationToken::new();
-                state.tokens.insert(flight, token.clone());
-                drop(state);
+            let (cell, lead) = self.flight_cell(&mut state, begin);
+            drop(state);
+            if let Some(flight) = lead {
                 let this = self.clone();
                 let missing = missing.clone();
+                let cell = cell.clone();
                 spawn_tracked(&self.inner, async move {
                     let outcome = this
-                        .batch_body(flight, missing, loader, call.ttl_ms, &token)
+                        .batch_body(flight, missing, loader, call.ttl_ms, &cell)
                         .await;
                     this.settle(flight, Outcome::Batch(outcome));
                 });
             }
-            (begin, rx)
+            (begin, cell)
         };
-        match self.wait(begin, rx).await {
+        match self.wait(begin, &cell).await {
             Ok(Outcome::Batch(Ok((loaded, warning)))) => {
                 out.warning = warning;
                 for (key, v) in loaded {
@@ -1065,13 +1237,13 @@ where
         missing: Vec<(Key, String)>,
         loader: BatchFn<V>,
         ttl_ms: Option<i64>,
-        token: &CancellationToken,
+        cell: &FlightCell<V>,
     ) -> BatchOutcome<V> {
         if !self.inner.lock().machine.load_started(flight) {
             return Err(LoaderError::Closed);
         }
         let keys: Vec<Key> = missing.iter().map(|(k, _)| k.clone()).collect();
-        let result = run_loader(token, loader(keys)).await?;
+        let result = run_loader(cell, loader(keys)).await?;
         let mut loaded = match result {
             Ok(m) => m,
             Err(e) => {
@@ -1177,23 +1349,16 @@ where
     /// ticker stop; returns once no background task remains (LINV-8).
     /// Idempotent; afterwards every call fails with `Closed`.
     pub async fn close(&self) {
-        let (tokens, senders) = {
+        let cells: Vec<_> = {
             let mut state = self.inner.lock();
-            let ended = state.machine.close();
-            let tokens: Vec<_> = std::mem::take(&mut state.tokens).into_values().collect();
-            let senders: Vec<_> = ended
-                .into_iter()
-                .flat_map(|(_, ws)| ws)
-                .filter_map(|w| state.senders.remove(&w))
-                .collect();
-            (tokens, senders)
+            state.machine.close();
+            std::mem::take(&mut state.cells).into_values().collect()
         };
+        self.inner.is_closed.store(true, Ordering::SeqCst);
         self.inner.closed.cancel();
-        for t in tokens {
-            t.cancel();
-        }
-        for tx in senders {
-            let _ = tx.send(Outcome::Ended(LoaderError::Closed));
+        for cell in cells {
+            cell.cancel();
+            cell.answer(Outcome::Ended(LoaderError::Closed));
         }
         loop {
             let done = self.inner.tasks_done.notified();
@@ -1205,16 +1370,38 @@ where
     }
 }
 
+/// How `once` goes on after its synchronous start.
+enum Start<V> {
+    /// Answered without a flight (the local tier, or closed).
+    Done(Result<Loaded<V>, LoaderError>),
+    /// Wait on this flight, led or joined.
+    Flight(Begin, Arc<FlightCell<V>>),
+}
+
+/// A remote answer as [`Loader::judge`] sorts it.
+enum Judged<V> {
+    /// A live value, decoded.
+    Value(V),
+    /// A live placeholder (L-6).
+    Placeholder,
+    /// A live value envelope whose value does not decode as `V` (L-14).
+    Undecodable,
+    /// Bytes that are no record envelope (L-14).
+    Corrupt,
+    /// Absent, expired, or the read failed (L-4): load instead.
+    Miss,
+}
+
 /// Runs a flight's loader until it answers or the flight is cancelled (its
 /// last waiter left, L-2); a panic in the loader is its error (C-14's
 /// rule, applied to loaders).
-async fn run_loader<T>(
-    token: &CancellationToken,
+async fn run_loader<T, V: Clone>(
+    cell: &FlightCell<V>,
     load: impl Future<Output = Result<T, ResolverError>>,
 ) -> Result<Result<T, ResolverError>, LoaderError> {
     let result = tokio::select! {
         biased;
-        _ = token.cancelled() => return Err(LoaderError::Cancelled),
+        _ = cell.cancelled() => return Err(LoaderError::Cancelled),
         r = AssertUnwindSafe(load).catch_unwind() => r,
     };
     Ok(result.unwrap_or_else(|panic| {

@@ -177,12 +177,7 @@ pub async fn remote_check(name: &str, remote: &dyn Remote, advance: Advance<'_>)
             let c = "multi_get_keeps_order";
             ok!(c, remote.set("b", b"B".to_vec(), HOUR).await);
             ok!(c, remote.set("a", b"A".to_vec(), HOUR).await);
-            let keys = [
-                "b".to_string(),
-                "x".to_string(),
-                "a".to_string(),
-                "b".to_string(),
-            ];
+            let keys = ["b", "x", "a", "b"];
             expect(
                 c,
                 "multi_get [b, x, a, b]",

@@ -3,13 +3,19 @@
 //! pairs share a stored key, and batch flights have keys of their own kind.
 
 use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// A key as the caller gives it: one or more parts (`("user", "42")`).
 ///
 /// Parts are kept apart, never joined with a separator a part could contain:
 /// `["user", "1:2"]` and `["user:1", "2"]` are different keys (L-5).
+///
+/// The parts are shared: a clone (a batch's keys handed to its loader, a
+/// flight's key, a caller's reused key list) is a count increment, not a
+/// copy of every part.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key(Vec<String>);
+pub struct Key(Arc<[String]>);
 
 impl Key {
     /// A key from its parts, in order.
@@ -27,15 +33,38 @@ impl Key {
     }
 }
 
+/// `keys` sorted and de-duplicated, in [`Key`]'s order (as a `BTreeSet`
+/// would give them). Each key is tagged with the first 8 bytes of its first
+/// part, zero-padded and read big-endian, which orders like the full
+/// comparison wherever the tags differ (a zero pad sorts a shorter part
+/// first, as the full comparison does); only equal tags compare in full. A
+/// batch of short keys then sorts mostly on integers rather than on a
+/// string comparison per step.
+pub fn sort_dedup(keys: Vec<Key>) -> Vec<Key> {
+    let mut tagged: Vec<(u64, Key)> = keys.into_iter().map(|k| (sort_tag(&k), k)).collect();
+    tagged.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    tagged.dedup_by(|a, b| a.1 == b.1);
+    tagged.into_iter().map(|(_, k)| k).collect()
+}
+
+fn sort_tag(key: &Key) -> u64 {
+    let mut tag = [0u8; 8];
+    if let Some(first) = key.parts().first() {
+        let n = first.len().min(8);
+        tag[..n].copy_from_slice(&first.as_bytes()[..n]);
+    }
+    u64::from_be_bytes(tag)
+}
+
 impl From<&str> for Key {
     fn from(part: &str) -> Self {
-        Self(vec![part.to_string()])
+        Self(Arc::from([part.to_string()]))
     }
 }
 
 impl From<String> for Key {
     fn from(part: String) -> Self {
-        Self(vec![part])
+        Self(Arc::from([part]))
     }
 }
 
@@ -83,23 +112,134 @@ fn push_field(out: &mut String, field: &str) {
 /// assert_eq!(stored_key("users", &Key::new(["user", "42"])), "users:4:user2:42#5");
 /// ```
 pub fn stored_key(cache: &str, key: &Key) -> String {
-    let mut out = String::with_capacity(cache.len() + 8);
-    out.push_str(cache);
-    out.push(':');
-    for part in key.parts() {
-        push_field(&mut out, part);
-    }
-    out.push('#');
-    push_len(&mut out, cache.len());
-    out
+    KeyCoder::new(cache).stored_key(key)
 }
 
-/// Appends `len` in decimal without a temporary string (stored keys are
-/// built on every read).
+/// The stored-key encoder of one cache (L-5): its `<name>:` prefix and
+/// `#<name length>` suffix written once, so each key costs only its parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCoder {
+    prefix: String,
+    suffix: String,
+}
+
+impl KeyCoder {
+    /// The encoder of the cache named `cache`.
+    pub fn new(cache: &str) -> Self {
+        let mut suffix = String::from("#");
+        push_len(&mut suffix, cache.len());
+        Self {
+            prefix: format!("{cache}:"),
+            suffix,
+        }
+    }
+
+    /// [`stored_key`] of `key` in this cache, in one exactly sized allocation.
+    pub fn stored_key(&self, key: &Key) -> String {
+        let mut out = String::with_capacity(self.len(key));
+        self.push(&mut out, key);
+        out
+    }
+
+    /// The stored keys of `keys`, in order, in one buffer.
+    pub fn stored_keys<'k>(&self, keys: impl Iterator<Item = &'k Key> + Clone) -> StoredKeys {
+        let total = keys.clone().map(|k| self.len(k)).sum();
+        let mut out = StoredKeys {
+            text: String::with_capacity(total),
+            spans: Vec::with_capacity(keys.size_hint().0),
+        };
+        for key in keys {
+            let start = out.text.len();
+            self.push(&mut out.text, key);
+            out.spans.push(start..out.text.len());
+        }
+        out
+    }
+
+    fn len(&self, key: &Key) -> usize {
+        let fields: usize = key
+            .parts()
+            .iter()
+            .map(|p| decimal_len(p.len()) + 1 + p.len())
+            .sum();
+        self.prefix.len() + fields + self.suffix.len()
+    }
+
+    fn push(&self, out: &mut String, key: &Key) {
+        out.push_str(&self.prefix);
+        for part in key.parts() {
+            push_field(out, part);
+        }
+        out.push_str(&self.suffix);
+    }
+}
+
+/// The stored keys of a batch (L-5, L-13), written back to back into one
+/// buffer: one allocation for the whole batch instead of one per key, and
+/// each key lent out as a `&str` (to the remote's `MGET`, to the machine).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredKeys {
+    text: String,
+    spans: Vec<Range<usize>>,
+}
+
+impl StoredKeys {
+    /// The `i`-th stored key.
+    ///
+    /// # Panics
+    /// If `i` is out of range, as slice indexing does.
+    pub fn get(&self, i: usize) -> &str {
+        &self.text[self.spans[i].clone()]
+    }
+
+    /// Every stored key, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.spans.iter().map(|r| &self.text[r.clone()])
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// How many decimal digits `n` takes.
+fn decimal_len(mut n: usize) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
+/// Appends `len` in decimal, digit by digit (no formatter, no temporary).
 fn push_len(out: &mut String, len: usize) {
-    use std::fmt::Write;
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{len}");
+    if len < 10 {
+        // Most parts are short: one digit, no loop.
+        out.push(char::from(b'0' + len as u8));
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        // n % 10 < 10, so the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Splits a stored key back into (cache name, parts); `None` when `stored`
@@ -127,7 +267,7 @@ pub fn parse_stored_key(stored: &str) -> Option<(String, Key)> {
         parts.push(field.to_string());
         rest = &body[len..];
     }
-    Some((cache.to_string(), Key(parts)))
+    Some((cache.to_string(), Key(parts.into())))
 }
 
 /// Digits only, no leading zero (but `0` itself): the one spelling
@@ -187,6 +327,69 @@ impl fmt::Display for FlightKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digit writer and the exact sizing agree with the formatter at
+    /// every width, so no stored key changes spelling or reallocates.
+    #[test]
+    fn l5_lengths_are_written_as_the_formatter_would() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, usize::MAX] {
+            let mut out = String::new();
+            push_len(&mut out, n);
+            assert_eq!(out, n.to_string());
+            assert_eq!(decimal_len(n), out.len(), "{n}");
+        }
+        let long = "x".repeat(1234);
+        let key = Key::new(["", "a", long.as_str()]);
+        let coder = KeyCoder::new("cache:with:colons");
+        let stored = coder.stored_key(&key);
+        assert_eq!(stored.len(), coder.len(&key));
+        assert_eq!(stored, format!("cache:with:colons:0:1:a1234:{long}#17"),);
+    }
+
+    /// The tagged sort orders and de-duplicates exactly as a set does,
+    /// across parts that tie on their first 8 bytes, hold zero bytes, or
+    /// are prefixes of each other.
+    #[test]
+    fn sort_dedup_matches_a_set() {
+        let parts: Vec<Vec<&str>> = vec![
+            vec!["k10"],
+            vec!["k9"],
+            vec!["k1"],
+            vec!["k10"],
+            vec![],
+            vec![""],
+            vec!["", "a"],
+            vec!["a\0"],
+            vec!["a"],
+            vec!["abcdefgh"],
+            vec!["abcdefghZ"],
+            vec!["abcdefghA"],
+            vec!["abcdefgh", "2"],
+            vec!["abcdefgh", "1"],
+            vec!["ü", "x"],
+            vec!["\u{ff}"],
+        ];
+        let keys: Vec<Key> = parts.into_iter().map(Key::new).collect();
+        let set: std::collections::BTreeSet<Key> = keys.iter().cloned().collect();
+        assert_eq!(sort_dedup(keys), set.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A batch's buffer holds exactly each key's own stored key (L-5).
+    #[test]
+    fn l5_stored_keys_of_a_batch_are_each_keys_stored_key() {
+        let keys = [
+            Key::new(["user", "1:2"]),
+            Key::from(""),
+            Key::new(Vec::<String>::new()),
+            Key::new(["ü", "x".repeat(12).as_str()]),
+        ];
+        let batch = KeyCoder::new("c:x").stored_keys(keys.iter());
+        assert_eq!(batch.len(), keys.len());
+        let each: Vec<String> = keys.iter().map(|k| stored_key("c:x", k)).collect();
+        assert_eq!(batch.iter().collect::<Vec<_>>(), each);
+        assert_eq!(batch.get(3), each[3]);
+        assert!(KeyCoder::new("c").stored_keys([].iter()).is_empty());
+    }
 
     #[test]
     fn l5_parse_inverts_stored_key() {

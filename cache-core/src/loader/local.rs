@@ -70,6 +70,20 @@ impl LocalTier {
         }
     }
 
+    /// [`LocalTier::put`] of a borrowed key: a key already held is
+    /// overwritten in place (and made most recently used, as `put` does),
+    /// so only a new key costs a copy of its text.
+    pub fn put_str(&mut self, key: &str, entry: LocalEntry) {
+        if let Some(lru) = self.lru.as_mut() {
+            match lru.get_mut(key) {
+                Some(held) => *held = entry,
+                None => {
+                    lru.put(key.to_string(), entry);
+                }
+            }
+        }
+    }
+
     /// Removes `key`; whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
         self.lru.as_mut().and_then(|lru| lru.pop(key)).is_some()

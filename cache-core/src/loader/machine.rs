@@ -9,7 +9,7 @@
 //! The payload `P` of a refresh task is opaque to the machine (the async
 //! layer stores the loader to call; machine tests store `()`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::bus::{Event, EventKind};
 use super::counters::Counters;
@@ -86,7 +86,8 @@ impl std::fmt::Display for Violation {
 #[derive(Clone, Debug)]
 struct Flight {
     key: FlightKey,
-    waiters: BTreeSet<WaiterId>,
+    /// Ascending: waiter ids only grow, so a joiner is pushed at the end.
+    waiters: Vec<WaiterId>,
     /// Led by a refresh (the refresh holds it open without a waiter).
     refresh: bool,
     /// The write sequence when the flight began (L-7).
@@ -150,6 +151,22 @@ pub enum LocalRead {
 pub enum RemoteRead {
     /// A live record; it was copied to the local tier with its remaining lifetime (L-3).
     Live(Record),
+    /// The bytes are not a record: delete it remotely and load (L-14).
+    Corrupt,
+    /// Absent or expired.
+    Miss,
+    /// The read failed: load instead (L-4).
+    Failed,
+}
+
+/// What [`LoaderMachine::remote_read_kept`] found: [`RemoteRead`]
+/// without the record, which went to the local tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteKept {
+    /// A live value; copied to the local tier with its remaining lifetime (L-3).
+    Value,
+    /// A live placeholder (L-6); copied likewise.
+    Placeholder,
     /// The bytes are not a record: delete it remotely and load (L-14).
     Corrupt,
     /// Absent or expired.
@@ -397,7 +414,7 @@ impl<P: Clone> LoaderMachine<P> {
                 self.counters.flight_joins += 1;
             }
             if let Some(f) = self.by_id.get_mut(&flight) {
-                f.waiters.insert(waiter);
+                f.waiters.push(waiter);
             }
             return Some(Begin::Join {
                 flight,
@@ -425,7 +442,9 @@ impl<P: Clone> LoaderMachine<P> {
     pub fn leave(&mut self, flight: FlightId, waiter: WaiterId) -> bool {
         match self.by_id.get_mut(&flight) {
             Some(f) => {
-                f.waiters.remove(&waiter);
+                if let Ok(at) = f.waiters.binary_search(&waiter) {
+                    f.waiters.remove(at);
+                }
                 f.waiters.is_empty() && !f.refresh
             }
             None => false,
@@ -439,7 +458,7 @@ impl<P: Clone> LoaderMachine<P> {
                 if self.flights.get(&f.key) == Some(&flight) {
                     self.flights.remove(&f.key);
                 }
-                f.waiters.into_iter().collect()
+                f.waiters
             }
             None => Vec::new(),
         }
@@ -453,37 +472,81 @@ impl<P: Clone> LoaderMachine<P> {
         answer: Result<Option<Vec<u8>>, ()>,
         now_ms: i64,
     ) -> RemoteRead {
+        match self.judge_remote(key, answer, now_ms) {
+            Ok(record) => {
+                let seq = self.write_seq;
+                self.write_local(key, record.clone(), seq, now_ms, 0);
+                RemoteRead::Live(record)
+            }
+            Err(read) => read,
+        }
+    }
+
+    /// [`LoaderMachine::remote_read`] for a caller that has already read
+    /// what it needs from the answer's bytes (see
+    /// [`super::record::Record::value_bytes`]): the same judgement, counters
+    /// and local copy, but the record moves into the local tier instead of
+    /// being copied back out.
+    pub fn remote_read_kept(
+        &mut self,
+        key: &str,
+        answer: Result<Option<Vec<u8>>, ()>,
+        now_ms: i64,
+    ) -> RemoteKept {
+        match self.judge_remote(key, answer, now_ms) {
+            Ok(record) => {
+                let kept = if record.is_placeholder() {
+                    RemoteKept::Placeholder
+                } else {
+                    RemoteKept::Value
+                };
+                let seq = self.write_seq;
+                self.write_local(key, record, seq, now_ms, 0);
+                kept
+            }
+            Err(RemoteRead::Corrupt) => RemoteKept::Corrupt,
+            Err(RemoteRead::Failed) => RemoteKept::Failed,
+            Err(RemoteRead::Miss | RemoteRead::Live(_)) => RemoteKept::Miss,
+        }
+    }
+
+    /// The live record in a remote answer, or what else it was; counts
+    /// the outcome. The record is not yet copied to the local tier.
+    fn judge_remote(
+        &mut self,
+        key: &str,
+        answer: Result<Option<Vec<u8>>, ()>,
+        now_ms: i64,
+    ) -> Result<Record, RemoteRead> {
         let bytes = match answer {
             Err(()) => {
                 self.counters.remote_read_failures += 1;
-                return RemoteRead::Failed;
+                return Err(RemoteRead::Failed);
             }
             Ok(None) => {
                 self.counters.remote_miss += 1;
-                return RemoteRead::Miss;
+                return Err(RemoteRead::Miss);
             }
             Ok(Some(bytes)) => bytes,
         };
-        let record = match Record::decode(&bytes) {
+        let record = match Record::decode_owned(bytes) {
             Ok(r) => r,
             Err(_) => {
                 self.counters.codec_errors += 1;
                 self.local.remove(key);
-                return RemoteRead::Corrupt;
+                return Err(RemoteRead::Corrupt);
             }
         };
         if !record.is_live(now_ms) {
             self.counters.remote_miss += 1;
-            return RemoteRead::Miss;
+            return Err(RemoteRead::Miss);
         }
         self.counters.remote_hit += 1;
         self.counters.hit += 1;
         if record.is_placeholder() {
             self.counters.placeholder_hits += 1;
         }
-        let seq = self.write_seq;
-        self.write_local(key, record.clone(), seq, now_ms, 0);
-        RemoteRead::Live(record)
+        Ok(record)
     }
 
     /// A value in a tier failed to decode as `V` (L-14): counted, and the
@@ -655,8 +718,8 @@ impl<P: Clone> LoaderMachine<P> {
             .saturating_add(self.cfg.local_ttl_ms)
             .saturating_add(jitter_ms);
         record.expires_at_ms = record.expires_at_ms.min(cap);
-        self.local.put(
-            key.to_string(),
+        self.local.put_str(
+            key,
             LocalEntry {
                 record,
                 written_seq: seq,
@@ -924,7 +987,7 @@ mod tests {
             first + 100,
             Flight {
                 key: single("k"),
-                waiters: BTreeSet::new(),
+                waiters: Vec::new(),
                 refresh: false,
                 started_seq: 0,
             },
@@ -1032,6 +1095,42 @@ mod tests {
         m.counters.hit -= 1;
         m.counters.load_failures = m.counters.loads + 1; // plant
         assert_eq!(m.check_invariants(1).unwrap_err().rule, "LINV-6");
+    }
+
+    /// `remote_read_kept` judges, counts and copies exactly as
+    /// `remote_read` does (L-3, L-14); only the record's way out differs.
+    #[test]
+    fn l3_remote_read_kept_matches_remote_read() {
+        let cfg = MachineConfig {
+            has_remote: true,
+            ..cfg()
+        };
+        let answers: Vec<Result<Option<Vec<u8>>, ()>> = vec![
+            Ok(Some(Record::value(b"v".to_vec(), 1_000).encode())),
+            Ok(Some(Record::placeholder(900).encode())),
+            Ok(Some(Record::value(b"old".to_vec(), 5).encode())),
+            Ok(Some(b"junk".to_vec())),
+            Ok(None),
+            Err(()),
+        ];
+        let mut copied: LoaderMachine<()> = LoaderMachine::new(cfg.clone());
+        let mut kept: LoaderMachine<()> = LoaderMachine::new(cfg);
+        for (i, answer) in answers.into_iter().enumerate() {
+            let key = format!("k{i}");
+            let read = copied.remote_read(&key, answer.clone(), 10);
+            let verdict = kept.remote_read_kept(&key, answer, 10);
+            let want = match read {
+                RemoteRead::Live(r) if r.is_placeholder() => RemoteKept::Placeholder,
+                RemoteRead::Live(_) => RemoteKept::Value,
+                RemoteRead::Corrupt => RemoteKept::Corrupt,
+                RemoteRead::Miss => RemoteKept::Miss,
+                RemoteRead::Failed => RemoteKept::Failed,
+            };
+            assert_eq!(verdict, want, "answer {i}");
+            assert_eq!(copied.local().peek(&key), kept.local().peek(&key), "{i}");
+        }
+        assert_eq!(copied.counters(), kept.counters());
+        assert_eq!(kept.local().len(), 2, "the live value and placeholder");
     }
 
     #[test]

@@ -113,6 +113,48 @@ impl Record {
 
     /// Reads an envelope; arbitrary bytes give an error, never a panic (L-14).
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let (value, expires_at_ms) = Self::header(bytes)?;
+        let payload = if value {
+            Payload::Value(bytes[HEADER..].to_vec())
+        } else {
+            Payload::Placeholder
+        };
+        Ok(Self {
+            payload,
+            expires_at_ms,
+        })
+    }
+
+    /// [`Record::decode`] of bytes the caller gives up: the value keeps
+    /// their buffer (the header is cut off in place), so a record read from
+    /// the remote reaches the local tier without a copy.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, EnvelopeError> {
+        let (value, expires_at_ms) = Self::header(&bytes)?;
+        let payload = if value {
+            bytes.drain(..HEADER);
+            Payload::Value(bytes)
+        } else {
+            Payload::Placeholder
+        };
+        Ok(Self {
+            payload,
+            expires_at_ms,
+        })
+    }
+
+    /// The value bytes inside a well-formed value envelope, borrowed; `None`
+    /// for a placeholder or bytes that are not an envelope. Lets a caller
+    /// decode a value before handing the envelope to the machine.
+    pub fn value_bytes(bytes: &[u8]) -> Option<&[u8]> {
+        match Self::header(bytes) {
+            Ok((true, _)) => Some(&bytes[HEADER..]),
+            _ => None,
+        }
+    }
+
+    /// Checks the header: whether it is a value (else a placeholder) and
+    /// its expiry.
+    fn header(bytes: &[u8]) -> Result<(bool, i64), EnvelopeError> {
         if bytes.len() < HEADER {
             return Err(EnvelopeError::TooShort { len: bytes.len() });
         }
@@ -125,16 +167,49 @@ impl Record {
         let mut expiry = [0u8; 8];
         expiry.copy_from_slice(&bytes[3..HEADER]);
         let expires_at_ms = i64::from_be_bytes(expiry);
-        let body = &bytes[HEADER..];
-        let payload = match bytes[2] {
-            TAG_VALUE => Payload::Value(body.to_vec()),
-            TAG_PLACEHOLDER if body.is_empty() => Payload::Placeholder,
-            TAG_PLACEHOLDER => return Err(EnvelopeError::PlaceholderWithBytes(body.len())),
-            tag => return Err(EnvelopeError::BadTag(tag)),
-        };
-        Ok(Self {
-            payload,
-            expires_at_ms,
-        })
+        let body = bytes.len() - HEADER;
+        match bytes[2] {
+            TAG_VALUE => Ok((true, expires_at_ms)),
+            TAG_PLACEHOLDER if body == 0 => Ok((false, expires_at_ms)),
+            TAG_PLACEHOLDER => Err(EnvelopeError::PlaceholderWithBytes(body)),
+            tag => Err(EnvelopeError::BadTag(tag)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owned and borrowed readers agree on every input, garbage
+    /// included (L-14), and `value_bytes` finds exactly a value's bytes.
+    #[test]
+    fn l14_owned_decode_and_value_bytes_agree_with_decode() {
+        let mut inputs = vec![
+            Record::value(b"abc".to_vec(), 7).encode(),
+            Record::value(Vec::new(), -1).encode(),
+            Record::placeholder(9).encode(),
+            b"Lx".to_vec(),
+            b"short".to_vec(),
+        ];
+        let mut bad_tag = Record::value(b"v".to_vec(), 1).encode();
+        bad_tag[2] = 7;
+        let mut stray = Record::placeholder(1).encode();
+        stray.push(0);
+        let mut bad_magic = Record::value(b"v".to_vec(), 1).encode();
+        bad_magic[0] = b'X';
+        inputs.extend([bad_tag, stray, bad_magic]);
+        for bytes in inputs {
+            let borrowed = Record::decode(&bytes);
+            assert_eq!(Record::decode_owned(bytes.clone()), borrowed, "{bytes:?}");
+            let body = match &borrowed {
+                Ok(Record {
+                    payload: Payload::Value(v),
+                    ..
+                }) => Some(v.as_slice()),
+                _ => None,
+            };
+            assert_eq!(Record::value_bytes(&bytes), body, "{bytes:?}");
+        }
     }
 }

@@ -277,7 +277,7 @@ impl Remote for RedisRemote {
 
     fn multi_get<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [&'a str],
     ) -> BoxFuture<'a, RemoteResult<Vec<Option<Vec<u8>>>>> {
         Box::pin(async move {
             if keys.is_empty() {

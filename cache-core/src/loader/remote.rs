@@ -84,10 +84,11 @@ pub trait Remote: Send + Sync {
     ) -> BoxFuture<'a, RemoteResult<bool>>;
     /// Deletes `key`; whether it was there.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RemoteResult<bool>>;
-    /// The bytes under each key, in the order asked (Redis `MGET`).
+    /// The bytes under each key, in the order asked (Redis `MGET`). The
+    /// keys are borrowed (a batch lends them out of one buffer).
     fn multi_get<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [&'a str],
     ) -> BoxFuture<'a, RemoteResult<Vec<Option<Vec<u8>>>>>;
     /// Writes every (key, value, ttl_ms) (a pipeline of `SET PX`).
     fn multi_set(&self, items: Vec<(String, Vec<u8>, u64)>) -> BoxFuture<'_, RemoteResult<()>>;
@@ -280,11 +281,11 @@ impl Remote for MemoryRemote {
 
     fn multi_get<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [&'a str],
     ) -> BoxFuture<'a, RemoteResult<Vec<Option<Vec<u8>>>>> {
         Box::pin(self.op("multi_get", false, |rows, _| {
             keys.iter()
-                .map(|k| rows.get(k).map(|(v, _)| v.clone()))
+                .map(|k| rows.get(*k).map(|(v, _)| v.clone()))
                 .collect()
         }))
     }
