@@ -197,76 +197,102 @@ fn miss_complete_release(c: &mut Criterion) {
     g.finish();
 }
 
-/// C-3.3: N concurrent callers of one fresh key join one in-flight call.
-fn waiters(c: &mut Criterion) {
+/// The numbers of callers the join benches put on one call.
+const JOINERS: [usize; 4] = [1, 8, 64, 512];
+
+/// `iters` rounds of `n` concurrent callers of one fresh key (C-3.3): one
+/// runs the resolver, the others join it; every result is dropped (a bare
+/// caller's ref goes back on drop). Polled together on one spawned task.
+fn async_joins(
+    rt: &Runtime,
+    cache: &Cache<Value>,
+    ids: &Arc<Vec<CallId>>,
+    v: &Value,
+    n: usize,
+    iters: u64,
+) -> Duration {
+    let (cache, ids, v) = (cache.clone(), ids.clone(), v.clone());
+    in_task(rt, async move {
+        let ctx = Ctx::new();
+        let start = Instant::now();
+        for i in 0..iters {
+            let key = CallKey::new(ids[visit(i, ids.len())].clone()).concurrency_key("c");
+            let callers = (0..n).map(|_| {
+                let value = v.clone();
+                cache.get_or_init_call(&ctx, key.clone(), move |_| async move {
+                    Ok(Resolved::value(value))
+                })
+            });
+            let results = join_all(callers).await;
+            // Joined callers are served the call's own result: not hits,
+            // but every one is served.
+            debug_assert!(results.iter().all(|r| r.is_ok()));
+            black_box(&results);
+        }
+        start.elapsed()
+    })
+}
+
+/// The same rounds on moka's future cache: `n` callers of `get_with` on
+/// one key, then `invalidate`, so the key is fresh again.
+fn moka_joins(
+    rt: &Runtime,
+    moka: &MokaFuture,
+    keys: &Arc<Vec<Arc<str>>>,
+    v: &Value,
+    n: usize,
+    iters: u64,
+) -> Duration {
+    let (moka, keys, v) = (moka.clone(), keys.clone(), v.clone());
+    in_task(rt, async move {
+        let start = Instant::now();
+        for i in 0..iters {
+            let key = &keys[visit(i, keys.len())];
+            let callers = (0..n).map(|_| {
+                let value = v.clone();
+                moka.get_with(key.clone(), async move { value })
+            });
+            black_box(join_all(callers).await);
+            moka.invalidate(key).await;
+        }
+        start.elapsed()
+    })
+}
+
+/// The join benches' keys: fresh IDs and their moka keys.
+fn join_keys() -> (Arc<Vec<CallId>>, Arc<Vec<Arc<str>>>) {
     let ids = ids_named("join", 4096);
     let keys = moka_keys(&ids);
-    let (shared_ids, shared_keys) = (Arc::new(ids), Arc::new(keys));
+    (Arc::new(ids), Arc::new(keys))
+}
+
+/// C-3.3: N concurrent callers of one fresh key join one in-flight call.
+fn waiters(c: &mut Criterion) {
+    let (ids, keys) = join_keys();
     let v = value();
     let rt = runtime();
     let mut g = c.benchmark_group("waiters");
     g.warm_up_time(Duration::from_millis(300));
-    for n in [1usize, 8, 64, 512] {
+    for n in JOINERS {
         g.throughput(Throughput::Elements(n as u64));
         let cache: Cache<Value> = Cache::builder().build();
         g.bench_with_input(BenchmarkId::new("async_api", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let (cache, ids, v) = (cache.clone(), shared_ids.clone(), v.clone());
-                in_task(&rt, async move {
-                    let ctx = Ctx::new();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        let key =
-                            CallKey::new(ids[visit(i, ids.len())].clone()).concurrency_key("c");
-                        let callers = (0..n).map(|_| {
-                            let value = v.clone();
-                            cache.get_or_init_call(&ctx, key.clone(), move |_| async move {
-                                Ok(Resolved::value(value))
-                            })
-                        });
-                        let results = join_all(callers).await;
-                        debug_assert_eq!(
-                            results
-                                .iter()
-                                .filter(|r| !r.as_ref().unwrap().hit())
-                                .count(),
-                            1
-                        );
-                        black_box(&results);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| async_joins(&rt, &cache, &ids, &v, n, iters))
         });
         assert_eq!(cache.live_entries(), 0, "INV-1 after the bench");
 
         let moka_f: MokaFuture = MokaFuture::new(8192);
         g.bench_with_input(BenchmarkId::new("moka_future_get_with", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let (moka_f, keys, v) = (moka_f.clone(), shared_keys.clone(), v.clone());
-                in_task(&rt, async move {
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        let key = &keys[visit(i, keys.len())];
-                        let callers = (0..n).map(|_| {
-                            let value = v.clone();
-                            moka_f.get_with(key.clone(), async move { value })
-                        });
-                        black_box(join_all(callers).await);
-                        moka_f.invalidate(key).await;
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| moka_joins(&rt, &moka_f, &keys, &v, n, iters))
         });
     }
     g.finish();
 }
 
-/// The report's three gated ratios, each measured as a pair in alternating
-/// rounds ([`paired`]): ours and its baseline see the same machine, however
-/// its speed drifts during the run. Written for `ci/bench-report` as
-/// `paired_<name>.json`.
+/// The report's gated ratios (hits, misses, and N callers joining one
+/// call), each measured as a pair in alternating rounds ([`paired`]): ours
+/// and its baseline see the same machine, however its speed drifts during
+/// the run. Written for `ci/bench-report` as `paired_<name>.json`.
 fn paired_ratios() {
     let rounds = if quick() { 51 } else { 201 };
     let round = Duration::from_millis(3);
@@ -309,6 +335,20 @@ fn paired_ratios() {
     )
     .report("miss_async");
     assert_eq!(cache.live_entries(), 0, "INV-1 after the misses");
+
+    let (ids, keys) = join_keys();
+    for n in JOINERS {
+        let cache: Cache<Value> = Cache::builder().build();
+        let moka_f: MokaFuture = MokaFuture::new(8192);
+        paired(
+            rounds,
+            round,
+            |i| async_joins(&rt, &cache, &ids, &v, n, i),
+            |i| moka_joins(&rt, &moka_f, &keys, &v, n, i),
+        )
+        .report(&format!("joins_{n}"));
+        assert_eq!(cache.live_entries(), 0, "INV-1 after the joins");
+    }
 }
 
 criterion_group! {

@@ -366,7 +366,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
             do_not_cache,
             repeat_telemetry,
         } = key;
-        let mut req = CallRequest {
+        let req = CallRequest {
             id,
             storage_key: None,
             concurrency_key,
@@ -393,40 +393,79 @@ impl<V: Clone + Send + 'static> Cache<V> {
         if cancelled {
             return Err(CallError::Cancelled);
         }
-        if let Some(id) = req.id.as_ref().filter(|_| ttl_ms > 0) {
-            // Boxed for the same reason as the wait below (TTL calls only).
-            if let Some(choice) = Box::pin(self.ttl_choice(ctx, id, ttl_ms)).await {
-                req.storage_key = Some(choice.storage_key().to_string());
-                match choice {
-                    StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
-                    StorageKeyChoice::Live { .. } => req.shared_storage = true,
-                    StorageKeyChoice::Degraded { .. } if self.bug(Bug::TtlDbFailOpen) => {
-                        // BUG (ttl-db-fail-open, breaks T-2 / INV-8): the
-                        // bare call key, shared with every session.
-                        req.storage_key = None;
-                    }
-                    StorageKeyChoice::Degraded { .. } => {}
-                }
+        if ttl_ms > 0 {
+            // Boxed, and the whole call with it: the TTL store's state (and
+            // the request kept across it) would otherwise be part of every
+            // call's future, which a hit builds and moves too.
+            return Box::pin(self.call_with_ttl(ctx, req, ttl_ms, resolver)).await;
+        }
+        // The decision is scoped to this block: whatever is still in scope
+        // at the join's `await` below is kept in the call's future, even
+        // once moved out. A call is decided once (only arbitrary entries
+        // wait and decide again, K-5): the request moves into its one
+        // decision, taken in line.
+        let (entry, waiter, wait) = {
+            let caller = ctx.caller();
+            let (decision, wait) =
+                self.decide(ctx, move |m: &mut CallCache<V>| m.begin_call(&caller, req))?;
+            match decision {
+                // A hit (the common case) returns from here, without
+                // building the larger state of a wait or a run.
+                Decision::Hit(served) => return Ok(CallResult::new(self.shared.clone(), served)),
+                Decision::Wait { entry, waiter } => (entry, waiter, wait),
+                // Boxed: the run state is large, and in line it would make
+                // every call's future that large to build and move.
+                decision => return Box::pin(self.run_call(ctx, (decision, wait), resolver)).await,
             }
-        }
-        let caller = ctx.caller();
-        // A call is decided once: only arbitrary entries wait and decide
-        // again (K-5), so the request moves into its one decision.
-        let mut req = Some(req);
-        let mut begin = move |m: &mut CallCache<V>| match req.take() {
-            Some(req) => m.begin_call(&caller, req),
-            None => unreachable!("begin_call never blocks, so a call decides once"),
         };
-        // The first decision is taken in line: a hit (the common case)
-        // returns from here, without building the larger state of a wait
-        // or a run, which a hit never needs.
-        let first = self.decide(ctx, &mut begin)?;
-        if let Decision::Hit(served) = first.0 {
-            return Ok(CallResult::new(self.shared.clone(), served));
+        // A join (C-3.3) waits in line: its state is small (the waiter's
+        // registration and its cancellation), and boxing it cost every
+        // joined caller an allocation as large as a run's.
+        drop(resolver);
+        wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel, false).await
+    }
+
+    /// A TTL'd call: its storage key chosen (T-2), then decided and waited
+    /// for as any other call.
+    async fn call_with_ttl<F, Fut>(
+        &self,
+        ctx: &Ctx,
+        mut req: CallRequest,
+        ttl_ms: u64,
+        resolver: F,
+    ) -> Result<CallResult<V>, CallError>
+    where
+        F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+    {
+        self.choose_storage(ctx, &mut req, ttl_ms).await;
+        let caller = ctx.caller();
+        let (decision, wait) =
+            self.decide(ctx, move |m: &mut CallCache<V>| m.begin_call(&caller, req))?;
+        match decision {
+            Decision::Hit(served) => Ok(CallResult::new(self.shared.clone(), served)),
+            Decision::Wait { entry, waiter } => {
+                wait::outcome(&self.shared, entry, waiter, wait, &ctx.cancel, false).await
+            }
+            decision => self.run_call(ctx, (decision, wait), resolver).await,
         }
-        // Boxed: the wait or run state is large, and in line it would make
-        // every call's future (a hit's too) that large to build and move.
-        Box::pin(self.drive(ctx, first, begin, resolver)).await
+    }
+
+    /// Runs the resolver of a call decided to run, and waits for it.
+    async fn run_call<F, Fut>(
+        &self,
+        ctx: &Ctx,
+        first: (Decision<V>, wait::Wait),
+        resolver: F,
+    ) -> Result<CallResult<V>, CallError>
+    where
+        F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
+    {
+        let again = |_: &mut CallCache<V>| -> Begin<V> {
+            unreachable!("begin_call never blocks, so a call decides once")
+        };
+        self.drive(ctx, first, again, resolver).await
     }
 
     /// Keyed singleflight for arbitrary entries (section 4; K-5 on a change cache).
@@ -596,6 +635,26 @@ impl<V: Clone + Send + 'static> Cache<V> {
         .await
     }
 
+    /// T-2: sets the storage key of a TTL'd call (and what it must write),
+    /// as [`Cache::ttl_choice`] picks it.
+    async fn choose_storage(&self, ctx: &Ctx, req: &mut CallRequest, ttl_ms: u64) {
+        let Some(id) = req.id.as_ref() else { return };
+        let Some(choice) = self.ttl_choice(ctx, id, ttl_ms).await else {
+            return;
+        };
+        req.storage_key = Some(choice.storage_key().to_string());
+        match choice {
+            StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
+            StorageKeyChoice::Live { .. } => req.shared_storage = true,
+            StorageKeyChoice::Degraded { .. } if self.bug(Bug::TtlDbFailOpen) => {
+                // BUG (ttl-db-fail-open, breaks T-2 / INV-8): the
+                // bare call key, shared with every session.
+                req.storage_key = None;
+            }
+            StorageKeyChoice::Degraded { .. } => {}
+        }
+    }
+
     /// T-2: picks the storage key for a TTL'd call; never fails the call.
     ///
     /// T-7: expiry is judged on the highest clock reading seen, and the
@@ -654,7 +713,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
         &self,
         ctx: &Ctx,
         begin: impl FnOnce(&mut CallCache<V>) -> Begin<V>,
-    ) -> Result<(Decision<V>, wait::Wait<V>), CallError> {
+    ) -> Result<(Decision<V>, wait::Wait), CallError> {
         let mut state = self.shared.lock();
         // Fields are used in place, not moved: a `Begin` is a few hundred
         // bytes, most of them its trace line, and each move is a copy a hit
@@ -680,7 +739,7 @@ impl<V: Clone + Send + 'static> Cache<V> {
     async fn drive<F, Fut>(
         &self,
         ctx: &Ctx,
-        first: (Decision<V>, wait::Wait<V>),
+        first: (Decision<V>, wait::Wait),
         mut begin: impl FnMut(&mut CallCache<V>) -> Begin<V>,
         resolver: F,
     ) -> Result<CallResult<V>, CallError>

@@ -1,8 +1,8 @@
 //! Schedule exploration of the facade's wake-up protocol with `shuttle`.
 //!
 //! The facade's real code is driven here: `Cache::decide` (the decision and
-//! the waiter's one-shot registered under one lock), `wait::finish` (the
-//! completion, the one-shot sends and the releases of undelivered results),
+//! the waiter's slot registered under one lock), `wait::finish` (the
+//! completion, the deliveries to the slots and the releases of undelivered results),
 //! `Waiting::leave` (a caller leaving, or dropped, with the served-just-
 //! before-leaving case) and `Session::close`. Only the resolver task and the
 //! caller's `select!` are left out: they are tokio futures, which shuttle
@@ -41,7 +41,7 @@ fn output(v: V, hooks: &Arc<AtomicUsize>) -> Resolved<V> {
 }
 
 /// One caller's decision on `key`, as `get_or_init_call` takes it.
-fn decide(cache: &Cache<V>, ctx: &Ctx, key: &CallKey) -> (Decision<V>, Wait<V>) {
+fn decide(cache: &Cache<V>, ctx: &Ctx, key: &CallKey) -> (Decision<V>, Wait) {
     let req = CallRequest::new(key.id.clone().expect("an id"))
         .concurrency_key(key.concurrency_key.clone());
     let caller = ctx.caller();
@@ -51,32 +51,33 @@ fn decide(cache: &Cache<V>, ctx: &Ctx, key: &CallKey) -> (Decision<V>, Wait<V>) 
 }
 
 /// The entry and the registered waiter of a wait or run decision.
-fn waiting(cache: &Cache<V>, decision: Decision<V>, wait: Wait<V>) -> (EntryId, Waiting<V>) {
+fn waiting(cache: &Cache<V>, decision: Decision<V>, wait: Wait) -> (EntryId, Waiting<V>) {
     let (entry, waiter) = match decision {
         Decision::Wait { entry, waiter } => (entry, waiter),
         Decision::Run(order) => (order.entry, order.waiter),
         other => panic!("expected a wait or a run, got {other:?}"),
     };
-    let Wait::Outcome(rx) = wait else {
-        panic!("a waiter registers a one-shot")
+    let Wait::Outcome = wait else {
+        panic!("a waiter registers a slot")
     };
     let w = Waiting {
         shared: cache.shared.clone(),
         entry,
         waiter,
-        rx: Some(rx),
+        armed: true,
     };
     (entry, w)
 }
 
-/// What a waiter that stayed got: its result, taken out of the one-shot as
+/// What a waiter that stayed got: its result, taken out of its slot as
 /// `wait::outcome` does, or `None` if it was answered with an error.
 fn received(cache: &Cache<V>, mut w: Waiting<V>) -> Option<CallResult<V>> {
-    let mut rx = w.rx.take().expect("still waiting");
-    match rx.try_recv().expect("answered once the call completed") {
-        Ok(served) => Some(CallResult::new(cache.shared.clone(), served)),
-        Err(_) => None,
-    }
+    let outcome = w
+        .take_delivered()
+        .expect("answered once the call completed");
+    outcome
+        .ok()
+        .map(|served| CallResult::new(cache.shared.clone(), served))
 }
 
 /// Nothing is left, every hook ran once, the books agree (INV-1, INV-7).

@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use futures::FutureExt;
 use rustc_hash::FxHasher;
@@ -24,18 +26,32 @@ pub(super) type Outcome<V> = Result<Served<V>, CallError>;
 /// `check`, sorts what it reports.
 type Map<K, T> = std::collections::HashMap<K, T, BuildHasherDefault<FxHasher>>;
 
-/// The facade's bookkeeping beside the machine: who to wake, and each
-/// in-flight call's cancellation token.
+/// The facade's bookkeeping beside the machine: where each waiter's
+/// outcome goes and whom to wake, and each in-flight call's cancellation
+/// token.
 pub(crate) struct Waits<V> {
-    senders: Map<WaiterId, (EntryId, oneshot::Sender<Outcome<V>>)>,
+    /// One slot per registered waiter, under the cache's own lock: a
+    /// completion fills the slots of all its waiters in the pass that grants
+    /// their refs, then wakes them once the lock is released. A channel per
+    /// waiter cost an allocation, its own synchronisation and a wake-up
+    /// under the lock for each (a call joined by 512 callers made 512).
+    slots: Map<WaiterId, Slot<V>>,
     settle: Map<EntryId, Vec<oneshot::Sender<()>>>,
     tokens: Map<EntryId, CancellationToken>,
+}
+
+/// A waiter's outcome once delivered, and the waker of the future waiting
+/// for it until then.
+struct Slot<V> {
+    entry: EntryId,
+    outcome: Option<Outcome<V>>,
+    waker: Option<Waker>,
 }
 
 impl<V> Default for Waits<V> {
     fn default() -> Self {
         Self {
-            senders: Map::default(),
+            slots: Map::default(),
             settle: Map::default(),
             tokens: Map::default(),
         }
@@ -43,16 +59,17 @@ impl<V> Default for Waits<V> {
 }
 
 /// What a caller waits on after its decision.
-pub(crate) enum Wait<V> {
+pub(crate) enum Wait {
     Nothing,
-    Outcome(oneshot::Receiver<Outcome<V>>),
+    /// Its slot in [`Waits`].
+    Outcome,
     Settled(oneshot::Receiver<()>),
 }
 
 impl<V> Waits<V> {
     /// Registers the caller's wake-up for a decision, under the same lock as
     /// the decision itself, so no completion can slip in between.
-    pub(crate) fn register(&mut self, decision: &Decision<V>) -> Wait<V> {
+    pub(crate) fn register(&mut self, decision: &Decision<V>) -> Wait {
         let (entry, waiter) = match decision {
             Decision::Hit(_) => return Wait::Nothing,
             Decision::Blocked { entry } => {
@@ -63,9 +80,31 @@ impl<V> Waits<V> {
             Decision::Wait { entry, waiter } => (*entry, *waiter),
             Decision::Run(order) => (order.entry, order.waiter),
         };
-        let (tx, rx) = oneshot::channel();
-        self.senders.insert(waiter, (entry, tx));
-        Wait::Outcome(rx)
+        self.slots.insert(
+            waiter,
+            Slot {
+                entry,
+                outcome: None,
+                waker: None,
+            },
+        );
+        Wait::Outcome
+    }
+
+    /// Puts `outcome` in `waiter`'s slot and takes the waker to wake (after
+    /// the lock is released). Gives the outcome back if nobody waits for it.
+    fn deliver(
+        &mut self,
+        waiter: WaiterId,
+        outcome: Outcome<V>,
+        wake: &mut Vec<Waker>,
+    ) -> Option<Outcome<V>> {
+        let Some(slot) = self.slots.get_mut(&waiter) else {
+            return Some(outcome);
+        };
+        slot.outcome = Some(outcome);
+        wake.extend(slot.waker.take());
+        None
     }
 
     /// The resolver cancellation token of an in-flight call.
@@ -78,11 +117,14 @@ impl<V> Waits<V> {
     /// The first violation in id order, so the report is the same whatever
     /// the maps' layout.
     pub(crate) fn check<T: Clone>(&self, machine: &CallCache<T>) -> Result<(), Violation> {
+        // A delivered slot is no longer waiting in the machine: its waiter
+        // has been served and is about to take the outcome.
         let stray_waiter = self
-            .senders
+            .slots
             .iter()
-            .filter(|(waiter, (entry, _))| !machine.waiters(*entry).contains(waiter))
-            .map(|(waiter, (entry, _))| (*waiter, *entry))
+            .filter(|(_, slot)| slot.outcome.is_none())
+            .filter(|(waiter, slot)| !machine.waiters(slot.entry).contains(waiter))
+            .map(|(waiter, slot)| (*waiter, slot.entry))
             .min();
         if let Some((waiter, entry)) = stray_waiter {
             return Err(Violation {
@@ -111,12 +153,12 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
     shared: &Arc<Shared<V>>,
     entry: EntryId,
     waiter: WaiterId,
-    wait: Wait<V>,
+    wait: Wait,
     cancel: &CancellationToken,
     starter: bool,
 ) -> Result<CallResult<V>, CallError> {
     let first_ctx = shared.bug(Bug::FirstCtxCancelsAll);
-    let Wait::Outcome(rx) = wait else {
+    let Wait::Outcome = wait else {
         return Err(CallError::Unknown {
             what: "wait registration",
             id: waiter.to_string(),
@@ -126,32 +168,24 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
         shared: shared.clone(),
         entry,
         waiter,
-        rx: Some(rx),
+        armed: true,
     };
-    let received = {
-        let rx = waiting.rx.as_mut().expect("just set");
-        if first_ctx && !starter {
-            // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter
-            // cannot cancel on its own.
-            Some(rx.await)
-        } else {
-            tokio::select! {
-                biased;
-                r = rx => Some(r),
-                _ = cancel.cancelled() => None,
-            }
+    let received = if first_ctx && !starter {
+        // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter
+        // cannot cancel on its own.
+        Some(Delivery(&mut waiting).await)
+    } else {
+        tokio::select! {
+            biased;
+            r = Delivery(&mut waiting) => Some(r),
+            _ = cancel.cancelled() => None,
         }
     };
     match received {
-        Some(r) => {
-            waiting.rx = None;
-            match r {
-                Ok(Ok(served)) => Ok(CallResult::new(shared.clone(), served)),
-                Ok(Err(e)) => Err(e),
-                // The sender went without a word: only when the cache is torn down.
-                Err(_) => Err(CallError::Cancelled),
-            }
-        }
+        Some(r) => match r {
+            Ok(served) => Ok(CallResult::new(waiting.shared.clone(), served)),
+            Err(e) => Err(e),
+        },
         None => {
             if first_ctx {
                 // BUG (first-ctx-cancels-all, breaks C-5 / INV-7): the
@@ -167,10 +201,22 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
     }
 }
 
+/// Resolves with a waiter's outcome once a completion has put it in the
+/// waiter's slot.
+struct Delivery<'a, V: Clone>(&'a mut Waiting<V>);
+
+impl<V: Clone> Future for Delivery<'_, V> {
+    type Output = Outcome<V>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
+        self.0.poll_delivered(Some(cx.waker()))
+    }
+}
+
 /// K-5: waits until a blocking entry settles.
 pub(crate) async fn settled<V>(
     shared: &Arc<Shared<V>>,
-    wait: Wait<V>,
+    wait: Wait,
     cancel: &CancellationToken,
 ) -> Result<(), CallError> {
     let _ = shared;
@@ -189,15 +235,53 @@ pub(super) struct Waiting<V: Clone> {
     pub(super) shared: Arc<Shared<V>>,
     pub(super) entry: EntryId,
     pub(super) waiter: WaiterId,
-    pub(super) rx: Option<oneshot::Receiver<Outcome<V>>>,
+    /// Still registered: its outcome not yet taken, nor left.
+    pub(super) armed: bool,
 }
 
 impl<V: Clone> Waiting<V> {
+    /// Takes the outcome out of this waiter's slot if it has been
+    /// delivered; otherwise leaves `waker` (if any) to be woken when it is.
+    pub(super) fn poll_delivered(&mut self, waker: Option<&Waker>) -> Poll<Outcome<V>> {
+        let mut state = self.shared.lock();
+        let Some(slot) = state.waits.slots.get_mut(&self.waiter) else {
+            // A slot goes only with its own waiter (taking its outcome, or
+            // leaving), so this is not reached; answering it as a
+            // cancellation keeps a broken invariant from hanging the caller.
+            self.armed = false;
+            return Poll::Ready(Err(CallError::Cancelled));
+        };
+        let Some(outcome) = slot.outcome.take() else {
+            if let Some(waker) = waker {
+                match &mut slot.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    w => *w = Some(waker.clone()),
+                }
+            }
+            return Poll::Pending;
+        };
+        state.waits.slots.remove(&self.waiter);
+        self.armed = false;
+        Poll::Ready(outcome)
+    }
+
+    /// The delivered outcome, taken as [`Waiting::poll_delivered`] does;
+    /// `None` if none has been delivered yet.
+    #[cfg(test)]
+    pub(super) fn take_delivered(&mut self) -> Option<Outcome<V>> {
+        match self.poll_delivered(None) {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => None,
+        }
+    }
+
     pub(super) fn leave(&mut self) {
-        let Some(mut rx) = self.rx.take() else { return };
+        if !std::mem::take(&mut self.armed) {
+            return;
+        }
         let releases = {
             let mut state = self.shared.lock();
-            state.waits.senders.remove(&self.waiter);
+            let slot = state.waits.slots.remove(&self.waiter);
             match state.machine.leave(self.entry, self.waiter) {
                 Left::Removed => Vec::new(),
                 Left::CancelResolver => {
@@ -207,8 +291,8 @@ impl<V: Clone> Waiting<V> {
                     Vec::new()
                 }
                 // Served just before we left: give the ref straight back.
-                Left::NotWaiting => match rx.try_recv() {
-                    Ok(Ok(served)) => state.machine.release(served.handle).unwrap_or_default(),
+                Left::NotWaiting => match slot.and_then(|s| s.outcome) {
+                    Some(Ok(served)) => state.machine.release(served.handle).unwrap_or_default(),
                     _ => Vec::new(),
                 },
             }
@@ -282,6 +366,7 @@ pub(super) fn finish<V: Clone + Send + 'static>(
     entry: EntryId,
     outcome: Result<Resolved<V>, CallError>,
 ) -> Option<crate::ttl::PreparedWrite> {
+    let mut wake = Vec::new();
     let (releases, persist, index) = {
         let mut state = shared.lock();
         let completion = match state.machine.complete(entry, outcome) {
@@ -293,11 +378,9 @@ pub(super) fn finish<V: Clone + Send + 'static>(
         };
         state.waits.tokens.remove(&entry);
         let mut releases = completion.releases;
+        wake.reserve_exact(completion.served.len());
         for (waiter, result) in completion.served {
-            let undelivered = match state.waits.senders.remove(&waiter) {
-                Some((_, tx)) => tx.send(result).err(),
-                None => Some(result),
-            };
+            let undelivered = state.waits.deliver(waiter, result, &mut wake);
             // Nobody is listening any more: the ref goes straight back.
             if let Some(Ok(served)) = undelivered {
                 releases.extend(state.machine.release(served.handle).unwrap_or_default());
@@ -317,6 +400,11 @@ pub(super) fn finish<V: Clone + Send + 'static>(
             .then(|| state.machine.index_lines().join("\n"));
         (releases, completion.persist, index)
     };
+    // Woken once the lock is released: a woken waiter on another thread
+    // then finds the lock free to take its outcome.
+    for w in wake {
+        w.wake();
+    }
     // Sent after the lock is released, as spans are (S-5).
     if let Some(index) = index {
         tracing::debug!(target: "cache_core::completion", entry = %entry, index = index.as_str());

@@ -177,9 +177,8 @@ fn base_digest(parts: &Parts) -> Digest {
     }
     h.put_str(&parts.field);
     // Sensitive arguments are skipped entirely, count included (ID-3).
-    let visible: Vec<_> = parts.args.iter().filter(|a| !a.sensitive).collect();
-    h.put_len(visible.len());
-    for arg in visible {
+    h.put_len(parts.args.iter().filter(|a| !a.sensitive).count());
+    for arg in parts.args.iter().filter(|a| !a.sensitive) {
         h.put_str(&arg.name);
         write_literal(&mut h, &arg.value, hash_id);
     }

@@ -24,6 +24,8 @@
 //! The [`Sink`] primitives are shared with the recipe hashing in
 //! `digest.rs`, which is what makes that preimage length-prefixed too.
 
+use std::sync::Arc;
+
 use super::{Argument, CallId, IdError, Literal, Parts, Scope, MAX_NESTING_DEPTH};
 
 const MAGIC: &[u8; 4] = b"CCID";
@@ -181,9 +183,8 @@ fn write_call(out: &mut Vec<u8>, id: &CallId) {
 fn write_link(out: &mut Vec<u8>, parts: &Parts) {
     out.put_str(&parts.field);
     // Sensitive arguments are left out, count included (ID-3).
-    let visible: Vec<&Argument> = parts.args.iter().filter(|a| !a.sensitive).collect();
-    out.put_len(visible.len());
-    for arg in visible {
+    out.put_len(parts.args.iter().filter(|a| !a.sensitive).count());
+    for arg in parts.args.iter().filter(|a| !a.sensitive) {
         out.put_str(&arg.name);
         write_literal(out, &arg.value, write_call);
     }
@@ -350,11 +351,11 @@ fn read_link(r: &mut Reader<'_>, receiver: Option<CallId>, depth: usize) -> Resu
         scopes.push(read_scope(r)?);
     }
     Ok(Parts {
-        field,
+        field: field.into(),
         receiver,
-        args,
-        module,
-        view,
+        args: Arc::new(args),
+        module: module.map(Arc::from),
+        view: view.map(Arc::from),
         nth,
         custom_digest,
         content_digest,

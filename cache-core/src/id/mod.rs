@@ -235,13 +235,19 @@ struct Inner {
 }
 
 /// Everything a call ID is made of, apart from its cached recipe digest.
+///
+/// The text and the arguments are shared, not owned: every `with_*` copies
+/// the parts of the ID it starts from, and building a chain link by link
+/// (`with_receiver` on each) deep-copied every link's strings and argument
+/// lists, which cost several times the link's own hashing. A copy is now a
+/// few reference count updates; an edit copies only what it changes.
 #[derive(Clone, Default)]
 struct Parts {
-    field: String,
+    field: Arc<str>,
     receiver: Option<CallId>,
-    args: Vec<Argument>,
-    module: Option<String>,
-    view: Option<String>,
+    args: Arc<Vec<Argument>>,
+    module: Option<Arc<str>>,
+    view: Option<Arc<str>>,
     nth: u64,
     custom_digest: Option<Digest>,
     content_digest: Option<Digest>,
@@ -333,7 +339,7 @@ impl CallId {
     /// A call of `field` with no receiver, arguments, module or view.
     pub fn new(field: impl Into<String>) -> CallId {
         CallId::from_parts(Parts {
-            field: field.into(),
+            field: Arc::from(field.into()),
             ..Parts::default()
         })
     }
@@ -370,7 +376,7 @@ impl CallId {
 
     fn push_arg(&self, name: String, value: Literal, sensitive: bool) -> CallId {
         self.rebuild(|p| {
-            p.args.push(Argument {
+            Arc::make_mut(&mut p.args).push(Argument {
                 name,
                 value,
                 sensitive,
@@ -380,12 +386,12 @@ impl CallId {
 
     /// A new ID with the module set.
     pub fn with_module(&self, module: impl Into<String>) -> CallId {
-        self.rebuild(|p| p.module = Some(module.into()))
+        self.rebuild(|p| p.module = Some(Arc::from(module.into())))
     }
 
     /// A new ID with the view set.
     pub fn with_view(&self, view: impl Into<String>) -> CallId {
-        self.rebuild(|p| p.view = Some(view.into()))
+        self.rebuild(|p| p.view = Some(Arc::from(view.into())))
     }
 
     /// A new ID with `nth` set.
@@ -537,7 +543,7 @@ impl CallId {
                 let mut parts = parts.clone();
                 parts.receiver = prev.take();
                 if let Some(args) = args {
-                    parts.args = args;
+                    parts.args = Arc::new(args);
                 }
                 CallId::from_parts(parts)
             });

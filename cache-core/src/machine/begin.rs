@@ -130,12 +130,7 @@ impl<V: Clone> CallCache<V> {
         };
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
         if !concurrency_key.is_empty() {
-            let ongoing = self
-                .idx
-                .ongoing
-                .get(&(storage_key.clone(), concurrency_key.clone()))
-                .copied();
-            if let Some(entry) = ongoing {
+            if let Some(entry) = self.idx.ongoing_call(&storage_key, &concurrency_key) {
                 trace.rule = "C-3.3";
                 return self.join_traced(caller, entry, trace, telemetry);
             }

@@ -4,7 +4,7 @@
 //! entry; C-13 asks that a removal only ever removes the entry itself, never
 //! whatever newer entry now sits at the same key. Both live here.
 
-use std::collections::{btree_map, BTreeMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::ops::Deref;
 
@@ -118,6 +118,53 @@ pub struct Indexes {
     queued: Option<Vec<Queued>>,
 }
 
+/// A key of [`Indexes::ongoing`], owned or borrowed: the map is looked up
+/// through `dyn OngoingKey`, so a lookup needs no owned copy of either key.
+/// Both forms order as the owned pair does (storage key, then concurrency
+/// key), so the map's order, and every walk of it, is unchanged.
+pub trait OngoingKey {
+    /// The storage key and the concurrency key.
+    fn parts(&self) -> (&IndexKey, &str);
+}
+
+impl OngoingKey for (IndexKey, String) {
+    fn parts(&self) -> (&IndexKey, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl OngoingKey for (&IndexKey, &str) {
+    fn parts(&self) -> (&IndexKey, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn OngoingKey + 'a> for (IndexKey, String) {
+    fn borrow(&self) -> &(dyn OngoingKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn OngoingKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn OngoingKey + '_ {}
+
+impl PartialOrd for dyn OngoingKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn OngoingKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// How many removals ahead of the one applied a batch prefetches its queue.
 const QUEUE_AHEAD: usize = 8;
 
@@ -152,17 +199,23 @@ impl Indexes {
         }
     }
 
+    /// The in-flight call under (`storage`, `concurrency`), looked up
+    /// without building an owned pair: every caller that joins a call
+    /// (C-3.3) asks, and copying the concurrency key allocated each time.
+    pub fn ongoing_call(&self, storage: &IndexKey, concurrency: &str) -> Option<EntryId> {
+        self.ongoing
+            .get(&(storage, concurrency) as &dyn OngoingKey)
+            .copied()
+    }
+
     /// Removes `entry` from `slot`, and only `entry` (C-13).
     pub fn remove(&mut self, slot: &Slot, entry: EntryId) {
         match slot {
             Slot::Storage(k) => self.remove_listed(false, k, entry),
             Slot::Content(k) => self.remove_listed(true, k, entry),
             Slot::Ongoing(k, c) => {
-                let key = (k.clone(), c.clone());
-                if let btree_map::Entry::Occupied(o) = self.ongoing.entry(key) {
-                    if *o.get() == entry {
-                        o.remove();
-                    }
+                if self.ongoing_call(k, c) == Some(entry) {
+                    self.ongoing.remove(&(k, c.as_str()) as &dyn OngoingKey);
                 }
             }
             Slot::ArbitraryOngoing(k) => remove_if_same(&mut self.arbitrary_ongoing, k, entry),
@@ -309,7 +362,7 @@ impl Indexes {
         let first = match slot {
             Slot::Storage(k) => self.storage(k),
             Slot::Content(k) => self.content(k),
-            Slot::Ongoing(k, c) => self.ongoing.get(&(k.clone(), c.clone())).copied(),
+            Slot::Ongoing(k, c) => self.ongoing_call(k, c),
             Slot::ArbitraryOngoing(k) => self.arbitrary_ongoing.get(k).copied(),
             Slot::ArbitraryCompleted(k) => self.arbitrary_completed.get(k).copied(),
         };
