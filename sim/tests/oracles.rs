@@ -5,8 +5,14 @@ use sim::run::check_determinism;
 use sim::{run_seed, Plant, Scenario};
 
 fn first_inv(plant: Plant) -> String {
-    let s = Scenario::named("standard").unwrap();
-    for seed in 1..30 {
+    first_inv_in("standard", plant)
+}
+
+/// The first invariant a run of `scenario` with `plant` reports, over its
+/// first seeds.
+fn first_inv_in(scenario: &str, plant: Plant) -> String {
+    let s = Scenario::named(scenario).unwrap();
+    for seed in 1..40 {
         let o = run_seed(seed, &s, Some(plant));
         if let Some(inv) = o.first_invariant() {
             return inv.to_string();
@@ -163,24 +169,18 @@ fn inv8_ttl_row_for_an_unsafe_stored_entry_is_reported() {
     // T-3 per entry: the row belongs to the entry actually stored, whose
     // own result must be safe to persist. The plant leaves the per-key
     // record alone, so only the per-entry check can report it.
-    let s = Scenario::named("ttl-heavy").unwrap();
-    let found = (1..40).find_map(|seed| {
-        run_seed(seed, &s, Some(Plant::TtlStoredEntryUnsafe))
-            .first_invariant()
-            .map(str::to_string)
-    });
-    assert_eq!(found.as_deref(), Some("INV-8"));
+    assert_eq!(
+        first_inv_in("ttl-heavy", Plant::TtlStoredEntryUnsafe),
+        "INV-8"
+    );
 }
 
 #[test]
 fn inv8_fresh_key_handed_to_another_session_is_reported() {
     // T-2(a): the plant makes a session's reuse of its own fresh key look
     // like a second session getting it.
-    let s = Scenario::named("ttl-heavy").unwrap();
-    let found = (1..40).find_map(|seed| {
-        run_seed(seed, &s, Some(Plant::FreshKeyOwnerPerRun))
-            .first_invariant()
-            .map(str::to_string)
-    });
-    assert_eq!(found.as_deref(), Some("INV-8"));
+    assert_eq!(
+        first_inv_in("ttl-heavy", Plant::FreshKeyOwnerPerRun),
+        "INV-8"
+    );
 }

@@ -294,6 +294,19 @@ impl SpanCheck {
 mod tests {
     use super::*;
 
+    /// Call `call` of key 7 in session 1: its span, whether its resolver
+    /// ran, and how it answered, each step required to pass.
+    fn run_call(c: &mut SpanCheck, call: u64, span: Option<bool>, ran: bool, answer: Answer) {
+        c.call_started(call, facts(Some(1), 7, false));
+        if let Some(cached) = span {
+            c.span(call, cached).unwrap();
+        }
+        if ran {
+            c.resolver_ran(call).unwrap();
+        }
+        c.call_answered(call, answer).unwrap();
+    }
+
     fn facts(session: Option<u64>, key: u64, always: bool) -> CallFacts {
         CallFacts {
             session,
@@ -306,12 +319,8 @@ mod tests {
     #[test]
     fn s5_first_call_runs_second_hits() {
         let mut c = SpanCheck::new();
-        c.call_started(1, facts(Some(1), 7, false));
-        c.span(1, false).unwrap();
-        c.resolver_ran(1).unwrap();
-        c.call_answered(1, Answer::Value).unwrap();
-        c.call_started(2, facts(Some(1), 7, false));
-        c.call_answered(2, Answer::Value).unwrap();
+        run_call(&mut c, 1, Some(false), true, Answer::Value);
+        run_call(&mut c, 2, None, false, Answer::Value);
         c.finish().unwrap();
         assert_eq!(c.spans_seen(), 1);
     }
@@ -349,23 +358,15 @@ mod tests {
 
         // A forced retry without its span.
         let mut c = SpanCheck::new();
-        c.call_started(1, facts(Some(1), 7, false));
-        c.span(1, false).unwrap();
-        c.resolver_ran(1).unwrap();
-        c.call_answered(1, Answer::ResolverError).unwrap();
+        run_call(&mut c, 1, Some(false), true, Answer::ResolverError);
         c.call_started(2, facts(Some(1), 7, false));
         c.resolver_ran(2).unwrap();
         assert!(c.call_answered(2, Answer::Value).is_err());
 
         // A repeat emitted again.
         let mut c = SpanCheck::new();
-        c.call_started(1, facts(Some(1), 7, false));
-        c.span(1, false).unwrap();
-        c.resolver_ran(1).unwrap();
-        c.call_answered(1, Answer::Value).unwrap();
-        c.call_started(2, facts(Some(1), 7, false));
-        c.span(2, true).unwrap();
-        c.call_answered(2, Answer::Value).unwrap();
+        run_call(&mut c, 1, Some(false), true, Answer::Value);
+        run_call(&mut c, 2, Some(true), false, Answer::Value);
         assert!(c.finish().is_err());
     }
 
@@ -374,10 +375,7 @@ mod tests {
         // The later call may decide first (the first waits on its TTL
         // store lookup), run as the forced retry and clear the flag.
         let mut c = SpanCheck::new();
-        c.call_started(1, facts(Some(1), 7, false));
-        c.span(1, false).unwrap();
-        c.resolver_ran(1).unwrap();
-        c.call_answered(1, Answer::ResolverError).unwrap();
+        run_call(&mut c, 1, Some(false), true, Answer::ResolverError);
         c.call_started(2, facts(Some(1), 7, false));
         c.call_started(3, facts(Some(1), 7, false));
         c.span(3, false).unwrap();
@@ -390,13 +388,8 @@ mod tests {
     #[test]
     fn s5_repeats_after_an_error_are_not_judged() {
         let mut c = SpanCheck::new();
-        c.call_started(1, facts(Some(1), 7, false));
-        c.span(1, false).unwrap();
-        c.call_answered(1, Answer::ResolverError).unwrap();
-        c.call_started(2, facts(Some(1), 7, false));
-        c.span(2, false).unwrap();
-        c.resolver_ran(2).unwrap();
-        c.call_answered(2, Answer::Value).unwrap();
+        run_call(&mut c, 1, Some(false), false, Answer::ResolverError);
+        run_call(&mut c, 2, Some(false), true, Answer::Value);
         c.finish().unwrap();
     }
 }
