@@ -437,3 +437,29 @@ fn runs_are_deterministic() {
     let f = sample(facade_input(), 99);
     assert_eq!(driver::run_facade(&f), driver::run_facade(&f));
 }
+
+/// The drivers' S-5 check fires on a real fault of the cache, not only on
+/// its own unit tests: with `forced-retry-silent` on (a forced retry's run
+/// emits no span), the long machine runs fail with S-5, and the facade's
+/// too; with it off they pass (`long_*_runs_cover_every_path`).
+#[test]
+fn s5_forced_retry_silent_is_caught_by_both_drivers() {
+    use cache_core::bugs::{Bug, Bugs};
+    let bugs = Bugs::none().with(Bug::ForcedRetrySilent);
+    let machine = (1..=12u8).find_map(|seed| {
+        let input = MachineInput {
+            change_cache: seed % 2 == 1,
+            ops: sample(prop::collection::vec(op(), 2_000), seed),
+        };
+        driver::run_machine_with(&input, bugs).err()
+    });
+    assert_eq!(machine.map(|f| f.invariant), Some("S-5"));
+    let facade = (1..=6u8).find_map(|seed| {
+        let input = FacadeInput {
+            change_cache: seed % 2 == 1,
+            ops: sample(prop::collection::vec(session_op(), 400), seed),
+        };
+        driver::run_facade_with(&input, bugs).err()
+    });
+    assert_eq!(facade.map(|f| f.invariant), Some("S-5"));
+}
