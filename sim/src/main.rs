@@ -93,16 +93,8 @@ enum Cmd {
     /// Replay one seed, or a plan file written by `shrink`: the full trace
     /// on stdout (simulated time only).
     Replay {
-        /// The seed.
-        #[arg(long, required_unless_present = "plan")]
-        seed: Option<u64>,
-        /// A plan file written by `cache-sim shrink` (carries its scenario
-        /// and switches; `--bug` adds more).
-        #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
-        plan: Option<String>,
-        /// Scenario name or TOML file.
-        #[arg(long)]
-        scenario: Option<String>,
+        #[command(flatten)]
+        run: RunOf,
         /// Also write the trace to this file (the text printed).
         #[arg(long)]
         trace: Option<String>,
@@ -110,12 +102,6 @@ enum Cmd {
         /// every O-2 decision with its request), for `cache-sim diff`.
         #[arg(long, value_name = "FILE")]
         trace_out: Option<String>,
-        /// Override the scenario's number of clients.
-        #[arg(long)]
-        clients: Option<usize>,
-        /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
-        bugs: Vec<String>,
     },
     /// Shrink a failing seed's plan, print the minimal plan and write it to
     /// a plan file that `replay --plan` runs.
@@ -206,21 +192,8 @@ enum Cmd {
     /// returned ID, session; and for a surprising miss or hit, the first
     /// step of the checklist that explains it.
     Explain {
-        /// The seed.
-        #[arg(long, required_unless_present = "plan")]
-        seed: Option<u64>,
-        /// A plan file written by `cache-sim shrink`.
-        #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
-        plan: Option<String>,
-        /// Scenario name or TOML file.
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Override the scenario's number of clients.
-        #[arg(long)]
-        clients: Option<usize>,
-        /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
-        bugs: Vec<String>,
+        #[command(flatten)]
+        run: RunOf,
         /// The plan's key index (the `kK` of the trace).
         #[arg(long)]
         key: u64,
@@ -332,20 +305,12 @@ fn main() -> ExitCode {
             .map(|v| v.exit_code())
         }
         Cmd::Replay {
-            seed,
-            plan,
-            scenario,
+            run,
             trace,
             trace_out,
-            clients,
-            bugs,
         } => cli::replay(
-            replay_of(&plan, seed),
-            &cli::Setup {
-                scenario,
-                clients,
-                bugs,
-            },
+            run.replay_of(),
+            &run.setup(),
             trace.as_deref(),
             trace_out.as_deref(),
         )
@@ -382,23 +347,7 @@ fn main() -> ExitCode {
             &svg,
         )
         .map(code),
-        Cmd::Explain {
-            seed,
-            plan,
-            scenario,
-            clients,
-            bugs,
-            key,
-        } => cli::explain(
-            replay_of(&plan, seed),
-            &cli::Setup {
-                scenario,
-                clients,
-                bugs,
-            },
-            key,
-        )
-        .map(|_| 0),
+        Cmd::Explain { run, key } => cli::explain(run.replay_of(), &run.setup(), key).map(|_| 0),
         Cmd::Diff { a, b, context } => cli::diff(&a, &b, context).map(code),
         Cmd::Serve {
             listen,
@@ -472,18 +421,51 @@ mod wall {
     }
 }
 
-/// Rust ignores SIGPIPE, so printing to a closed pipe (`cache-sim run ... |
-/// head`) would panic; the default action ends the process quietly, as
-/// every Unix filter does.
-/// What `--plan FILE` or `--seed N` names (clap requires `--seed` when
-/// `--plan` is absent).
-fn replay_of(plan: &Option<String>, seed: Option<u64>) -> cli::ReplayOf<'_> {
-    match plan {
-        Some(path) => cli::ReplayOf::PlanFile(path),
-        None => cli::ReplayOf::Seed(seed.unwrap_or_default()),
+/// The run `replay` and `explain` look at: a seed of a scenario, or a plan
+/// file written by `shrink`.
+#[derive(clap::Args)]
+struct RunOf {
+    /// The seed.
+    #[arg(long, required_unless_present = "plan")]
+    seed: Option<u64>,
+    /// A plan file written by `cache-sim shrink` (carries its scenario and
+    /// switches; `--bug` adds more).
+    #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
+    plan: Option<String>,
+    /// Scenario name or TOML file.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Override the scenario's number of clients.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Turn on a bug-zoo switch (repeatable).
+    #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
+    bugs: Vec<String>,
+}
+
+impl RunOf {
+    /// What `--plan FILE` or `--seed N` names (clap requires `--seed` when
+    /// `--plan` is absent).
+    fn replay_of(&self) -> cli::ReplayOf<'_> {
+        match &self.plan {
+            Some(path) => cli::ReplayOf::PlanFile(path),
+            None => cli::ReplayOf::Seed(self.seed.unwrap_or_default()),
+        }
+    }
+
+    /// The scenario, client count and switches it asks for.
+    fn setup(&self) -> cli::Setup {
+        cli::Setup {
+            scenario: self.scenario.clone(),
+            clients: self.clients,
+            bugs: self.bugs.clone(),
+        }
     }
 }
 
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`cache-sim run ... |
+/// head`) would panic; the default action ends the process quietly, as
+/// every Unix filter does.
 fn restore_default_sigpipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in `main`, before any thread exists; it
