@@ -54,6 +54,26 @@ fn view(d: Option<&Decision>, horizon: u64) -> Option<Decision> {
     Some(d)
 }
 
+/// The first place where `xs` and `ys`, cut at `horizon` ms, differ: the
+/// two items there (one may be missing) and the earlier of their times.
+fn first_difference<T: Clone + PartialEq>(
+    xs: &[T],
+    ys: &[T],
+    horizon: u64,
+    ms: impl Fn(&T) -> u64,
+) -> Option<(Option<T>, Option<T>, u64)> {
+    let cut = |v: &[T]| -> Vec<T> { v.iter().filter(|x| ms(x) <= horizon).cloned().collect() };
+    let (xs, ys) = (cut(xs), cut(ys));
+    let i = (0..xs.len().max(ys.len())).find(|&i| xs.get(i) != ys.get(i))?;
+    let (x, y) = (xs.get(i).cloned(), ys.get(i).cloned());
+    let at = [&x, &y]
+        .iter()
+        .filter_map(|v| v.as_ref().map(&ms))
+        .min()
+        .unwrap_or(0);
+    Some((x, y, at))
+}
+
 /// The earliest (in simulated time) decision where `a` and `b` differ,
 /// up to the end of the shorter run; `None` if they made the same
 /// decisions with the same answers.
@@ -100,22 +120,10 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
             });
         }
     }
-    let rel = |r: &RunRecord| -> Vec<Release> {
-        r.releases
-            .iter()
-            .filter(|x| x.ms <= horizon)
-            .cloned()
-            .collect()
-    };
-    let (ra, rb) = (rel(a), rel(b));
-    let first_release = (0..ra.len().max(rb.len())).find(|&i| ra.get(i) != rb.get(i));
-    if let Some(i) = first_release {
-        let (x, y) = (ra.get(i).cloned(), rb.get(i).cloned());
-        let ms = [&x, &y]
-            .iter()
-            .filter_map(|r| r.as_ref().map(|r| r.ms))
-            .min()
-            .unwrap_or(0);
+    // A release, or the indexes after a completion or a close, that
+    // differ before the first differing decision.
+    let releases = first_difference(&a.releases, &b.releases, horizon, |r| r.ms);
+    if let Some((x, y, ms)) = releases {
         if best.as_ref().is_none_or(|b| ms < b.ms) {
             let common = common_before(a, b, ms);
             best = Some(Divergence {
@@ -129,21 +137,8 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
             });
         }
     }
-    let snaps = |r: &RunRecord| -> Vec<IndexSnapshot> {
-        r.snapshots
-            .iter()
-            .filter(|x| x.ms <= horizon)
-            .cloned()
-            .collect()
-    };
-    let (ca, cb) = (snaps(a), snaps(b));
-    if let Some(i) = (0..ca.len().max(cb.len())).find(|&i| ca.get(i) != cb.get(i)) {
-        let (x, y) = (ca.get(i).cloned(), cb.get(i).cloned());
-        let ms = [&x, &y]
-            .iter()
-            .filter_map(|c| c.as_ref().map(|c| c.ms))
-            .min()
-            .unwrap_or(0);
+    let snapshots = first_difference(&a.snapshots, &b.snapshots, horizon, |c| c.ms);
+    if let Some((x, y, ms)) = snapshots {
         if best.as_ref().is_none_or(|b| ms < b.ms) {
             let common = common_before(a, b, ms);
             best = Some(Divergence {
