@@ -122,31 +122,19 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
     }
     // A release, or the indexes after a completion or a close, that
     // differ before the first differing decision.
-    let releases = first_difference(&a.releases, &b.releases, horizon, |r| r.ms);
-    if let Some((x, y, ms)) = releases {
+    let releases = first_difference(&a.releases, &b.releases, horizon, |r| r.ms)
+        .map(|(x, y, ms)| (ms, Some((x, y)), None));
+    let snapshots = first_difference(&a.snapshots, &b.snapshots, horizon, |c| c.ms)
+        .map(|(x, y, ms)| (ms, None, Some((x, y))));
+    for (ms, release, close) in [releases, snapshots].into_iter().flatten() {
         if best.as_ref().is_none_or(|b| ms < b.ms) {
             let common = common_before(a, b, ms);
             best = Some(Divergence {
                 index: common,
                 common,
                 ms,
-                release: Some((x, y)),
-                close: None,
-                a: None,
-                b: None,
-            });
-        }
-    }
-    let snapshots = first_difference(&a.snapshots, &b.snapshots, horizon, |c| c.ms);
-    if let Some((x, y, ms)) = snapshots {
-        if best.as_ref().is_none_or(|b| ms < b.ms) {
-            let common = common_before(a, b, ms);
-            best = Some(Divergence {
-                index: common,
-                common,
-                ms,
-                release: None,
-                close: Some((x, y)),
+                release,
+                close,
                 a: None,
                 b: None,
             });
