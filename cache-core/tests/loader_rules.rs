@@ -844,14 +844,15 @@ async fn l13_batch_loads_exactly_the_missing_keys_once() {
         *seen.lock().unwrap(),
         vec![vec![Key::from("k2"), Key::from("k3")]]
     );
+    assert_eq!(got.get(&Key::from("k1")).map(String::as_str), Some("one"));
     assert_eq!(
-        got.values.get(&Key::from("k1")).map(String::as_str),
-        Some("one")
-    );
-    assert_eq!(
-        got.values.get(&Key::from("k2")).map(String::as_str),
+        got.get(&Key::from("k2")).map(String::as_str),
         Some("loaded k2")
     );
+    assert_eq!(got.get(&Key::from("k3")), None);
+    // A hit and a loaded value come back in key order, as one list.
+    let order: Vec<&Key> = got.values.iter().map(|(k, _)| k).collect();
+    assert_eq!(order, [&Key::from("k1"), &Key::from("k2")]);
     assert_eq!(got.not_found, vec![Key::from("k3")]);
     assert_eq!(got.error, None);
     // Everything is now in the tiers: no further call.

@@ -87,9 +87,11 @@ impl<V> Loaded<V> {
 /// What `load_many` gives back (L-13).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch<V> {
-    /// Values found or loaded, by key.
-    pub values: BTreeMap<Key, V>,
-    /// Keys the tiers or the loader said are not found.
+    /// Values found or loaded, sorted by key, each key once: the order
+    /// the keys were de-duplicated in, so no map is built per batch.
+    /// [`Batch::get`] finds one key.
+    pub values: Vec<(Key, V)>,
+    /// Keys the tiers or the loader said are not found, sorted.
     pub not_found: Vec<Key>,
     /// The loader's failure, if it failed (the hits are still in `values`).
     pub error: Option<LoaderError>,
@@ -97,10 +99,31 @@ pub struct Batch<V> {
     pub warning: Option<RemoteError>,
 }
 
+impl<V> Batch<V> {
+    /// The value of `key`, if it was found or loaded.
+    pub fn get(&self, key: &Key) -> Option<&V> {
+        self.values
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|at| &self.values[at].1)
+    }
+}
+
 /// A single-key flight's outcome: value, source, remote write warning.
 type SingleOutcome<V> = Result<(V, Source, Option<RemoteError>), LoaderError>;
-/// A batch flight's outcome: each missing key's value, or `None` for not found.
-type BatchOutcome<V> = Result<(BTreeMap<Key, Option<V>>, Option<RemoteError>), LoaderError>;
+/// A batch flight's outcome: each missing key's value, or `None` for not
+/// found, in the order the flight was given its keys.
+type BatchOutcome<V> = Result<(Vec<(Key, Option<V>)>, Option<RemoteError>), LoaderError>;
+
+/// What one key of a batch got so far.
+enum Got<V> {
+    /// Nothing yet (or nothing: the loader failed).
+    Nothing,
+    /// A value.
+    Value(V),
+    /// A placeholder, or the loader's map lacked it (L-6).
+    NotFound,
+}
 
 enum Outcome<V> {
     Single(SingleOutcome<V>),
@@ -1086,7 +1109,7 @@ where
         Fut: Future<Output = Result<BTreeMap<Key, V>, ResolverError>> + Send + 'static,
     {
         let mut out = Batch {
-            values: BTreeMap::new(),
+            values: Vec::new(),
             not_found: Vec::new(),
             error: None,
             warning: None,
@@ -1107,13 +1130,14 @@ where
         let now = self.inner.now();
         // Every stored key of the batch in one buffer, lent out as `&str`.
         let stored = self.inner.coder.stored_keys(keys.iter());
-        // Hits are gathered in key order per tier and the map is built
-        // once at the end, rather than a tree insert per key.
-        let mut found: Vec<(Key, V)> = Vec::with_capacity(keys.len());
-        // The keys (with their index in `stored`) no local copy answered.
-        let mut wanted: Vec<(usize, Key)> = Vec::with_capacity(keys.len());
+        // What each key got, by its place in `keys`: the answer is read off
+        // in key order at the end, with no map built and no sort.
+        let mut got: Vec<Got<V>> = Vec::with_capacity(keys.len());
+        // The places of the keys no local copy answered.
+        let mut wanted: Vec<usize> = Vec::with_capacity(keys.len());
         if call.skip_local {
-            wanted.extend(keys.into_iter().enumerate());
+            got.resize_with(keys.len(), || Got::Nothing);
+            wanted.extend(0..keys.len());
         } else {
             // One lock for every local read; decoding waits until it is
             // released. Reads of distinct keys commute, so this is the
@@ -1125,24 +1149,29 @@ where
                     .map(|s| state.machine.read_local(s, now))
                     .collect()
             };
-            for ((i, key), read) in keys.into_iter().enumerate().zip(reads) {
-                match read {
+            for (i, read) in reads.into_iter().enumerate() {
+                got.push(match read {
                     LocalRead::Value(bytes) => match self.decode(&bytes) {
-                        Ok(v) => found.push((key, v)),
+                        Ok(v) => Got::Value(v),
                         Err(_) => {
                             self.inner.lock().machine.corrupt(stored.get(i));
-                            wanted.push((i, key));
+                            wanted.push(i);
+                            Got::Nothing
                         }
                     },
-                    LocalRead::Placeholder => out.not_found.push(key),
-                    LocalRead::Miss => wanted.push((i, key)),
-                }
+                    LocalRead::Placeholder => Got::NotFound,
+                    LocalRead::Miss => {
+                        wanted.push(i);
+                        Got::Nothing
+                    }
+                });
             }
         }
-        let mut missing: Vec<(Key, String)> = Vec::new();
+        // The places of the keys that missed every tier.
+        let mut missing: Vec<usize> = Vec::new();
         match &self.inner.remote {
             Some(remote) if !wanted.is_empty() => {
-                let asked: Vec<&str> = wanted.iter().map(|(i, _)| stored.get(*i)).collect();
+                let asked: Vec<&str> = wanted.iter().map(|&i| stored.get(i)).collect();
                 // The answers move one by one into the machine (which keeps
                 // them as local copies), each value decoded from them first,
                 // outside the lock: a batch's values are copied once, by the
@@ -1161,16 +1190,15 @@ where
                 {
                     let mut state = self.inner.lock();
                     let judged = wanted.into_iter().zip(answers.into_iter().zip(decoded));
-                    for ((i, key), (answer, decoded)) in judged {
-                        let s = stored.get(i);
-                        match Self::judge(&mut state, s, answer, decoded, now) {
-                            Judged::Value(v) => found.push((key, v)),
-                            Judged::Placeholder => out.not_found.push(key),
+                    for (i, (answer, decoded)) in judged {
+                        match Self::judge(&mut state, stored.get(i), answer, decoded, now) {
+                            Judged::Value(v) => got[i] = Got::Value(v),
+                            Judged::Placeholder => got[i] = Got::NotFound,
                             Judged::Undecodable | Judged::Corrupt => {
                                 corrupt.push(i);
-                                missing.push((key, s.to_string()));
+                                missing.push(i);
                             }
-                            Judged::Miss => missing.push((key, s.to_string())),
+                            Judged::Miss => missing.push(i),
                         }
                     }
                 }
@@ -1178,30 +1206,60 @@ where
                     let _ = remote.delete(stored.get(i)).await;
                 }
             }
-            _ => {
-                missing = wanted
-                    .into_iter()
-                    .map(|(i, key)| (key, stored.get(i).to_string()))
-                    .collect();
+            _ => missing = wanted,
+        }
+        if !missing.is_empty() {
+            let flight_keys: Vec<(Key, String)> = missing
+                .iter()
+                .map(|&i| (keys[i].clone(), stored.get(i).to_string()))
+                .collect();
+            match self.load_missing(flight_keys, call, loader).await {
+                Ok((loaded, warning)) => {
+                    out.warning = warning;
+                    // The flight answers its keys in the order it was given
+                    // them: `missing`'s.
+                    for (&i, (_, v)) in missing.iter().zip(loaded) {
+                        got[i] = v.map_or(Got::NotFound, Got::Value);
+                    }
+                }
+                Err(e) => out.error = Some(e),
             }
         }
-        out.values = found.into_iter().collect();
-        if missing.is_empty() {
-            return out;
+        // Keys in order, so both lists come out sorted.
+        for (key, g) in keys.into_iter().zip(got) {
+            match g {
+                Got::Value(v) => out.values.push((key, v)),
+                Got::NotFound => out.not_found.push(key),
+                Got::Nothing => {}
+            }
         }
+        out
+    }
+
+    /// The batch flight (L-13) for the keys that missed every tier, led or
+    /// joined: each key's loaded value, or `None` for not found, in the
+    /// order given.
+    async fn load_missing<F, Fut>(
+        &self,
+        missing: Vec<(Key, String)>,
+        call: CallOptions,
+        loader: F,
+    ) -> BatchOutcome<V>
+    where
+        F: FnOnce(Vec<Key>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<BTreeMap<Key, V>, ResolverError>> + Send + 'static,
+    {
         let fk = FlightKey::batch(missing.iter().map(|(_, s)| s.clone()).collect());
         let loader: BatchFn<V> = Box::new(move |ks| Box::pin(loader(ks)));
         let (begin, cell) = {
             let mut state = self.inner.lock();
             let Some(begin) = state.machine.begin(fk, false) else {
-                out.error = Some(LoaderError::Closed);
-                return out;
+                return Err(LoaderError::Closed);
             };
             let (cell, lead) = self.flight_cell(&mut state, begin);
             drop(state);
             if let Some(flight) = lead {
                 let this = self.clone();
-                let missing = missing.clone();
                 let cell = cell.clone();
                 spawn_tracked(&self.inner, async move {
                     let outcome = this
@@ -1213,22 +1271,10 @@ where
             (begin, cell)
         };
         match self.wait(begin, &cell).await {
-            Ok(Outcome::Batch(Ok((loaded, warning)))) => {
-                out.warning = warning;
-                for (key, v) in loaded {
-                    match v {
-                        Some(v) => {
-                            out.values.insert(key, v);
-                        }
-                        None => out.not_found.push(key),
-                    }
-                }
-            }
-            Ok(Outcome::Batch(Err(e)) | Outcome::Ended(e)) | Err(e) => out.error = Some(e),
-            Ok(Outcome::Single(_)) => out.error = Some(LoaderError::Cancelled),
+            Ok(Outcome::Batch(outcome)) => outcome,
+            Ok(Outcome::Ended(e)) | Err(e) => Err(e),
+            Ok(Outcome::Single(_)) => Err(LoaderError::Cancelled),
         }
-        out.not_found.sort();
-        out
     }
 
     async fn batch_body(
@@ -1340,7 +1386,7 @@ where
                 let v = loaded.remove(&key);
                 (key, v)
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok((answer, warning))
     }
 

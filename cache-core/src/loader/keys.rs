@@ -14,8 +14,19 @@ use std::sync::Arc;
 /// The parts are shared: a clone (a batch's keys handed to its loader, a
 /// flight's key, a caller's reused key list) is a count increment, not a
 /// copy of every part.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key(Arc<[String]>);
+///
+/// Keys order as their parts do, lexicographically (as a derived order
+/// would). Each key also carries its sort tag: the first 8 bytes of its
+/// first part, zero-padded and read big-endian, which orders like the
+/// full comparison wherever two tags differ (a zero pad sorts a shorter
+/// part first, as the full comparison does). A comparison of short keys
+/// is then one integer comparison, and only keys with equal tags compare
+/// their parts; a batch sorts its keys (L-13) mostly on integers.
+#[derive(Clone)]
+pub struct Key {
+    tag: u64,
+    parts: Arc<[String]>,
+}
 
 impl Key {
     /// A key from its parts, in order.
@@ -24,47 +35,79 @@ impl Key {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self(parts.into_iter().map(Into::into).collect())
+        Self::of(parts.into_iter().map(Into::into).collect())
+    }
+
+    fn of(parts: Arc<[String]>) -> Self {
+        let mut tag = [0u8; 8];
+        if let Some(first) = parts.first() {
+            let n = first.len().min(8);
+            tag[..n].copy_from_slice(&first.as_bytes()[..n]);
+        }
+        Self {
+            tag: u64::from_be_bytes(tag),
+            parts,
+        }
     }
 
     /// The parts, in order.
     pub fn parts(&self) -> &[String] {
-        &self.0
+        &self.parts
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.tag == other.tag && self.parts == other.parts
+    }
+}
+
+impl Eq for Key {}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.tag
+            .cmp(&other.tag)
+            .then_with(|| self.parts.cmp(&other.parts))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The tag is a function of the parts: equal keys hash equally.
+        self.parts.hash(state);
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key").field(&self.parts).finish()
     }
 }
 
 /// `keys` sorted and de-duplicated, in [`Key`]'s order (as a `BTreeSet`
-/// would give them). Each key is tagged with the first 8 bytes of its first
-/// part, zero-padded and read big-endian, which orders like the full
-/// comparison wherever the tags differ (a zero pad sorts a shorter part
-/// first, as the full comparison does); only equal tags compare in full. A
-/// batch of short keys then sorts mostly on integers rather than on a
-/// string comparison per step.
-pub fn sort_dedup(keys: Vec<Key>) -> Vec<Key> {
-    let mut tagged: Vec<(u64, Key)> = keys.into_iter().map(|k| (sort_tag(&k), k)).collect();
-    tagged.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-    tagged.dedup_by(|a, b| a.1 == b.1);
-    tagged.into_iter().map(|(_, k)| k).collect()
-}
-
-fn sort_tag(key: &Key) -> u64 {
-    let mut tag = [0u8; 8];
-    if let Some(first) = key.parts().first() {
-        let n = first.len().min(8);
-        tag[..n].copy_from_slice(&first.as_bytes()[..n]);
-    }
-    u64::from_be_bytes(tag)
+/// would give them), in place: the comparisons are mostly of sort tags.
+pub fn sort_dedup(mut keys: Vec<Key>) -> Vec<Key> {
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 impl From<&str> for Key {
     fn from(part: &str) -> Self {
-        Self(Arc::from([part.to_string()]))
+        Self::of(Arc::from([part.to_string()]))
     }
 }
 
 impl From<String> for Key {
     fn from(part: String) -> Self {
-        Self(Arc::from([part]))
+        Self::of(Arc::from([part]))
     }
 }
 
@@ -76,7 +119,7 @@ impl<const N: usize> From<[&str; N]> for Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        write!(f, "{:?}", self.parts)
     }
 }
 
@@ -267,7 +310,7 @@ pub fn parse_stored_key(stored: &str) -> Option<(String, Key)> {
         parts.push(field.to_string());
         rest = &body[len..];
     }
-    Some((cache.to_string(), Key(parts.into())))
+    Some((cache.to_string(), Key::of(parts.into())))
 }
 
 /// Digits only, no leading zero (but `0` itself): the one spelling
@@ -369,9 +412,24 @@ mod tests {
             vec!["ü", "x"],
             vec!["\u{ff}"],
         ];
-        let keys: Vec<Key> = parts.into_iter().map(Key::new).collect();
-        let set: std::collections::BTreeSet<Key> = keys.iter().cloned().collect();
-        assert_eq!(sort_dedup(keys), set.into_iter().collect::<Vec<_>>());
+        let keys: Vec<Key> = parts.iter().cloned().map(Key::new).collect();
+        // The order of the parts themselves, not `Key`'s own.
+        let set: std::collections::BTreeSet<Vec<&str>> = parts.into_iter().collect();
+        let sorted: Vec<Key> = set.into_iter().map(Key::new).collect();
+        assert_eq!(sort_dedup(keys.clone()), sorted);
+        // Every pair compares as its parts do, tags equal or not.
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.cmp(b), a.parts().cmp(b.parts()), "{a} vs {b}");
+                assert_eq!(a == b, a.parts() == b.parts(), "{a} vs {b}");
+            }
+        }
+        // Already ascending: returned as given.
+        assert_eq!(sort_dedup(sorted.clone()), sorted);
+        // Ascending but for one repeat: still de-duplicated.
+        let mut repeat = sorted.clone();
+        repeat.insert(3, sorted[3].clone());
+        assert_eq!(sort_dedup(repeat), sorted);
     }
 
     /// A batch's buffer holds exactly each key's own stored key (L-5).
