@@ -307,6 +307,66 @@ fn nests(rng: &mut Rng, s: &Scenario) -> Vec<Nest> {
     nests
 }
 
+/// The crossed pair of a plan, if it draws one (`calls.cross`): two
+/// clients and their first calls, on keys `x` and `y`, each resolver
+/// calling the other key once both are running (C-4b). Drawn from a stream
+/// of its own, so plans that draw none are as before.
+///
+/// Both keys are plain: a TTL'd key is stored per session (T-2) and a
+/// result call key indexes elsewhere (C-6), so a resolver's nested call
+/// (which has no session) would not join the other client's call.
+fn crossed(seed: u64, s: &Scenario, keys: &[KeyProps]) -> Option<(usize, usize, [OpKind; 2])> {
+    let mut rng = Rng::new(seed, "cross");
+    if s.clients < 2 || s.ops_per_client == 0 || !rng.chance(s.calls.cross) {
+        return None;
+    }
+    let plain: Vec<u64> = (0..keys.len() as u64)
+        .filter(|&k| keys[k as usize].ttl_ms == 0 && keys[k as usize].result_key.is_none())
+        .collect();
+    if plain.len() < 2 {
+        return None;
+    }
+    let clients = s.clients as u64;
+    let a = rng.below(clients);
+    let b = (a + 1 + rng.below(clients - 1)) % clients;
+    let n = plain.len() as u64;
+    let i = rng.below(n);
+    let (x, y) = (
+        plain[i as usize],
+        plain[((i + 1 + rng.below(n - 1)) % n) as usize],
+    );
+    let max_ms = s.resolver.max_duration_ms.max(2);
+    // Late enough for both calls to have begun, and each resolver runs
+    // past it (within the scenario's longest run), so the second nested
+    // call meets the first still waiting.
+    let after_ms = rng.range(1, max_ms / 2 + 1);
+    let mut call = |key: u64, other: u64| OpKind::Call {
+        key,
+        ckey: true,
+        dnc: false,
+        behave: Behave {
+            outcome: Outcome::Value,
+            dur_ms: rng.range(after_ms + 1, max_ms),
+            safe: rng.chance(s.calls.safe_to_persist),
+            deaf: false,
+        },
+        nested: None,
+        cancel_ms: None,
+        retry: false,
+        pipelined: false,
+        nests: vec![Nest {
+            key: other,
+            after_ms,
+            dnc: false,
+            fails: false,
+            retry: false,
+            then: None,
+        }],
+    };
+    let pair = [call(x, y), call(y, x)];
+    Some((a as usize, b as usize, pair))
+}
+
 /// Serde: a flag left out when false.
 fn is_false(b: &bool) -> bool {
     !*b
@@ -329,7 +389,7 @@ impl Plan {
         let mut id_rng = Rng::new(seed, "result-ids");
         // Pipelining and cancelled inits likewise: their own stream.
         let mut wrng = Rng::new(seed, "workload");
-        let keys = (0..s.key_space)
+        let keys: Vec<KeyProps> = (0..s.key_space)
             .map(|k| KeyProps {
                 content: rng.chance(s.calls.shared_content).then(|| rng.below(2)),
                 ttl_ms: if rng.chance(s.calls.ttl_key) {
@@ -342,7 +402,7 @@ impl Plan {
             })
             .collect();
         let mut horizon = 0;
-        let clients = (0..s.clients)
+        let mut clients: Vec<Vec<Op>> = (0..s.clients)
             .map(|_| {
                 let mut t = 0;
                 let ops: Vec<Op> = (0..s.ops_per_client)
@@ -395,6 +455,15 @@ impl Plan {
                 ops
             })
             .collect();
+        if let Some((a, b, pair)) = crossed(seed, s, &keys) {
+            // Both first operations, at the first one's instant: neither
+            // client has waited on an answer yet, so both calls are in
+            // flight when their resolvers call each other.
+            let gap_ms = clients[a][0].gap_ms;
+            for (client, op) in [a, b].into_iter().zip(pair) {
+                clients[client][0] = Op { gap_ms, kind: op };
+            }
+        }
         let heal_at_ms = horizon.max(1000);
         let mut frng = Rng::new(seed, "faults");
         let mut faults = Vec::new();
@@ -810,5 +879,55 @@ impl fmt::Display for Plan {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// C-4b: with `calls.cross` at 1, every plan with two plain keys starts
+    /// two clients at one instant on calls whose resolvers call each
+    /// other's key; at 0 the plans are those drawn without it.
+    #[test]
+    fn crossed_pairs_start_together_and_nest_into_each_other() {
+        let mut s = Scenario::named("nested-heavy").unwrap();
+        let mut drawn = 0;
+        for seed in 0..50 {
+            s.calls.cross = 0.0;
+            let plain = Plan::generate(seed, &s);
+            s.calls.cross = 1.0;
+            let plan = Plan::generate(seed, &s);
+            let changed: Vec<usize> = (0..s.clients)
+                .filter(|&c| plan.clients[c] != plain.clients[c])
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            drawn += 1;
+            let [a, b] = changed[..] else {
+                panic!("seed {seed}: a pair changes two clients, not {changed:?}");
+            };
+            // Only their first operations, at the same instant.
+            assert_eq!(plan.clients[a][1..], plain.clients[a][1..]);
+            assert_eq!(plan.clients[b][1..], plain.clients[b][1..]);
+            assert_eq!(plan.clients[a][0].gap_ms, plan.clients[b][0].gap_ms);
+            let call = |c: usize| match &plan.clients[c][0].kind {
+                OpKind::Call {
+                    key, nests, ckey, ..
+                } => (*key, nests.clone(), *ckey),
+                other => panic!("seed {seed}: not a call: {other:?}"),
+            };
+            let ((x, nx, cx), (y, ny, cy)) = (call(a), call(b));
+            assert!(x != y && cx && cy, "seed {seed}");
+            assert_eq!((nx.len(), ny.len()), (1, 1), "seed {seed}");
+            assert_eq!((nx[0].key, ny[0].key), (y, x), "seed {seed}");
+            for k in [x, y] {
+                let props = &plan.keys[k as usize];
+                assert!(props.ttl_ms == 0 && props.result_key.is_none(), "seed {seed}");
+            }
+            plan.check(s.clients, s.key_space).unwrap();
+        }
+        assert!(drawn > 30, "only {drawn} of 50 plans drew a pair");
     }
 }

@@ -118,6 +118,11 @@ pub struct CallMix {
     /// The client cancels an arbitrary or change-cache init after a while
     /// (K-4, K-5).
     pub cancel_init: f64,
+    /// Per plan: two clients start crossed calls at the same instant, each
+    /// resolver calling the other's key later in its run: a wait-for cycle
+    /// the cache must refuse (C-4b). Left to chance, two calls nesting into
+    /// each other almost never overlap.
+    pub cross: f64,
     /// TTL bounds, simulated ms.
     pub ttl_min_ms: u64,
     /// TTL bounds, simulated ms.
@@ -137,6 +142,7 @@ impl Default for CallMix {
             result_id: 0.1,
             pipeline: 0.2,
             cancel_init: 0.08,
+            cross: 0.0,
             ttl_min_ms: 100,
             ttl_max_ms: 2000,
         }
@@ -465,6 +471,7 @@ impl Scenario {
             ("calls", "result_id", c.result_id),
             ("calls", "pipeline", c.pipeline),
             ("calls", "cancel_init", c.cancel_init),
+            ("calls", "cross", c.cross),
             ("faults", "enable", f.enable),
             ("resolver", "deaf", r.deaf),
         ] {

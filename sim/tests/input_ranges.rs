@@ -90,7 +90,7 @@ fn scenario(b: Bounds) -> impl Strategy<Value = Scenario> {
         weights(5),
         edge(1, b.time),
         prob(),
-        prop::collection::vec(prob(), 8),
+        prop::collection::vec(prob(), 11),
         edge(1, MAX_MS).prop_flat_map(|max| (edge(1, max), Just(max))),
     );
     let faults = (
@@ -136,7 +136,12 @@ fn scenario(b: Bounds) -> impl Strategy<Value = Scenario> {
             c.cancel,
             c.retry,
             c.result_id,
-        ] = [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]];
+            c.pipeline,
+            c.cancel_init,
+            c.cross,
+        ] = [
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
+        ];
         c.ttl_min_ms = ttl_min;
         c.ttl_max_ms = ttl_max;
         let f = &mut s.faults;

@@ -112,6 +112,7 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         "nested-retry",
         "ttl-row-written",
         "ttl-row-replaced",
+        "wait-cycle-refused",
     ] {
         assert!(
             fired.get(case).copied().unwrap_or(0) > 0,
