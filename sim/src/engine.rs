@@ -659,6 +659,12 @@ fn answer<H: EngineHost>(
         Ok(r) if host.plant() == Some(Plant::ClosedErrorOnOpenSession) && !r.hit() => {
             Err(CallError::ClosedDuringExecution)
         }
+        // Planted: a miss is answered as a refused recursion.
+        Ok(r) if host.plant() == Some(Plant::TopLevelRefused) && !r.hit() => {
+            Err(CallError::Recursive {
+                key: "planted".into(),
+            })
+        }
         other => other,
     };
     match res {

@@ -924,7 +924,10 @@ mod tests {
             assert_eq!((nx[0].key, ny[0].key), (y, x), "seed {seed}");
             for k in [x, y] {
                 let props = &plan.keys[k as usize];
-                assert!(props.ttl_ms == 0 && props.result_key.is_none(), "seed {seed}");
+                assert!(
+                    props.ttl_ms == 0 && props.result_key.is_none(),
+                    "seed {seed}"
+                );
             }
             plan.check(s.clients, s.key_space).unwrap();
         }

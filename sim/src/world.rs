@@ -64,6 +64,9 @@ pub enum Plant {
     /// INV-7 (C-5): a miss is answered "closed during execution" although
     /// the caller's session is open.
     ClosedErrorOnOpenSession,
+    /// INV-11 (C-4): a top-level miss is answered with the recursive-call
+    /// error, which only a resolver's nested call may get.
+    TopLevelRefused,
     /// S-5: every telemetry span reaches the oracle saying `cached`.
     SpanSaysCached,
     /// S-5: every telemetry span reaches the oracle twice.

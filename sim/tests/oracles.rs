@@ -165,6 +165,13 @@ fn inv7_closed_error_for_an_open_session_is_reported() {
 }
 
 #[test]
+fn inv11_top_level_call_refused_as_recursive_is_reported() {
+    // C-4: only a resolver's nested call can revisit a chain or close a
+    // wait-for cycle; a client's own call is never refused as recursive.
+    assert_eq!(first_inv(Plant::TopLevelRefused), "INV-11");
+}
+
+#[test]
 fn inv8_ttl_row_for_an_unsafe_stored_entry_is_reported() {
     // T-3 per entry: the row belongs to the entry actually stored, whose
     // own result must be safe to persist. The plant leaves the per-key

@@ -17,6 +17,7 @@ use super::ops::*;
 use super::shadow::{expect_panic, quiet_expected_panics, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
+use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::error::CallError;
 use crate::facade::{
@@ -845,6 +846,17 @@ impl Driver {
             Origin::Inner(_) => None,
         };
         let closed_now = session.is_some_and(|s| !self.is_open(s));
+        // C-4 / C-5, judged by the check the simulation shares; this driver
+        // follows neither chains nor the wait-for graph.
+        let standing = Standing {
+            nested: matches!(c.origin, Origin::Inner(_)),
+            session_open: session.map(|_| !closed_now),
+            revisits: None,
+            closes_cycle: None,
+        };
+        if let Err(v) = answers::judge(standing, Answered::of(&result)) {
+            return Err(self.fail(v.rule, format!("{} ({})", v.detail, c.info.key)));
+        }
         let result = match result {
             Err(e) => {
                 match &e {
@@ -869,15 +881,7 @@ impl Driver {
                             "a caller that did not cancel got a cancellation"
                         );
                     }
-                    CallError::Recursive { .. } => {
-                        self.stats.recursive += 1;
-                        ensure!(
-                            self,
-                            matches!(c.origin, Origin::Inner(_)),
-                            "C-4",
-                            "a top-level call refused as recursive"
-                        );
-                    }
+                    CallError::Recursive { .. } => self.stats.recursive += 1,
                     CallError::Resolver(_) | CallError::Panicked(_) => {}
                     other => {
                         return Err(self.fail("C-1", format!("unexpected error {other}")));

@@ -8,6 +8,7 @@ use super::ops::*;
 use super::shadow::{ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
+use crate::checks::answers::{judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::error::CallError;
@@ -587,37 +588,34 @@ impl Driver {
             _ => false,
         };
         self.judge_begin(&b, &r, forced)?;
-        if in_chain && !closed_session {
-            ensure!(
-                self,
-                matches!(b.outcome, Err(CallError::Recursive { .. })),
-                "C-4",
-                "revisiting {} in its own chain gave {:?}",
-                r.key,
-                b.outcome
-            );
+        // C-4 / C-4b / C-5, judged by the check the simulation shares.
+        let answered = Answered::of(&b.outcome);
+        let standing = Standing {
+            nested: matches!(r.origin, Origin::Inner(_)),
+            session_open: match r.origin {
+                Origin::Top(Some(_)) => Some(!closed_session),
+                Origin::Top(None) | Origin::Inner(_) => None,
+            },
+            revisits: Some(in_chain),
+            closes_cycle: match r.origin {
+                Origin::Inner(parent) if answered == Answered::Refused => Some(
+                    !r.dnc
+                        && self
+                            .joinable(&r.key, &r.conc, r.arbitrary)
+                            .is_some_and(|e| self.reaches(e, parent)),
+                ),
+                _ => None,
+            },
+        };
+        if let Err(v) = judge(standing, answered) {
+            return Err(self.fail(v.rule, format!("{} ({}: {:?})", v.detail, r.key, b.outcome)));
         }
         match b.outcome {
             Err(CallError::SessionClosed) => {
                 self.stats.session_closed += 1;
                 ensure!(self, closed_session, "S-2", "an open session was refused");
             }
-            Err(CallError::Recursive { .. }) => {
-                self.stats.recursive += 1;
-                let Origin::Inner(parent) = r.origin else {
-                    return Err(self.fail("C-4", "a top-level call refused as recursive".into()));
-                };
-                let cycle = !r.dnc
-                    && self
-                        .joinable(&r.key, &r.conc, r.arbitrary)
-                        .is_some_and(|e| self.reaches(e, parent));
-                ensure!(
-                    self,
-                    in_chain || cycle,
-                    "C-4",
-                    "recursion refused without a cycle"
-                );
-            }
+            Err(CallError::Recursive { .. }) => self.stats.recursive += 1,
             Err(e) => return Err(self.fail("C-1", format!("unexpected error {e}"))),
             Ok(d) if closed_session => {
                 return Err(self.fail("S-2", format!("a closed session was served {d:?}")))

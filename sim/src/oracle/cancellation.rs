@@ -2,7 +2,7 @@
 //! that did not cancel gets the outcome.
 
 use cache_core::facade::Cache;
-use cache_core::machine::{EntryId, SessionId};
+use cache_core::machine::EntryId;
 use cache_core::CallError;
 
 use crate::protocol::ErrKind;
@@ -14,48 +14,6 @@ pub(super) fn failed(world: &World, req: u64, key: u64, error: &CallError, calle
         world.violate(
             "INV-7",
             format!("r{req} k{key}: cancelled without cancelling"),
-        );
-    }
-}
-
-/// C-5: a call fails because a session closed only when that session is
-/// its own (S-2, S-3); a shared call never fails because the session that
-/// started it closed while this waiter's session stays open.
-pub(super) fn closed_error(
-    world: &World,
-    req: u64,
-    key: u64,
-    error: &CallError,
-    (inc, session): (u64, SessionId),
-) {
-    let kind = ErrKind::of(error);
-    if !matches!(
-        kind,
-        ErrKind::SessionClosed | ErrKind::ClosedDuringExecution
-    ) {
-        return;
-    }
-    if world.shadow().session_open(inc, session) {
-        world.violate(
-            "INV-7",
-            format!(
-                "r{req} k{key} failed {} while its session {session} is open (C-5)",
-                kind.as_str()
-            ),
-        );
-    }
-}
-
-/// C-5: a resolver's nested call has no session, so it never fails because
-/// one closed (the resolver does not run "as" the caller that started it).
-pub(super) fn nested_answered(world: &World, run: u64, key: u64, error: Option<ErrKind>) {
-    if let Some(kind @ (ErrKind::SessionClosed | ErrKind::ClosedDuringExecution)) = error {
-        world.violate(
-            "INV-7",
-            format!(
-                "run{run}'s nested call of k{key} failed {} (C-5)",
-                kind.as_str()
-            ),
         );
     }
 }

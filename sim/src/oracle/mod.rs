@@ -325,7 +325,7 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             }
             errors::failed(world, req, key, error, t0_ms);
             cancellation::failed(world, req, key, error, caller_cancelled);
-            cancellation::closed_error(world, req, key, error, session);
+            recursion::top_level_failed(world, req, key, error, session);
         }
         Observation::CallAnswered {
             inc,
@@ -391,10 +391,7 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             chain,
             revisits,
             error,
-        } => {
-            cancellation::nested_answered(world, run, key, error);
-            recursion::nested_answered(world, run, key, chain, revisits, error)
-        }
+        } => recursion::nested_answered(world, run, key, chain, revisits, error),
         Observation::ClientAnswered {
             client,
             req,
