@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cache_core::machine::EntryId;
+use cache_core::machine::{EntryId, Owner};
 
 use crate::world::{Engine, World};
 
@@ -37,11 +37,18 @@ pub(super) fn step(world: &World, eng: &Engine) {
     drop(shadow);
     eng.calls.inspect(|m| {
         for (sid, n) in sessions {
-            let real = m.session_refs(sid);
-            if m.session_is_open(sid) && real != n as usize {
+            if !m.session_is_open(sid) {
+                continue;
+            }
+            // What the session records, and the live refs that name it as
+            // their owner, whether or not it records them.
+            let (recorded, named) = (m.session_refs(sid), m.refs_owned_by(Owner::Session(sid)));
+            if recorded != n as usize || named != n as usize {
                 world.violate(
                     "INV-2",
-                    format!("session {sid} holds {real} refs, shadow says {n}"),
+                    format!(
+                        "session {sid} records {recorded} refs and {named} name it, shadow says {n}"
+                    ),
                 );
             }
         }
