@@ -40,6 +40,19 @@ pub(super) fn call_served(world: &World, s: &Served<'_>, v: &Val) {
     if v.key != key && v.id_key == key {
         world.count("result-id-hits");
     }
+    // C-3.1: a storage hit on a key without a TTL (its storage key is its
+    // call key) comes from the completed call indexed under that key.
+    if s.hit && !s.content_hit && !s.detached && keys[key as usize].ttl_ms == 0 {
+        let id = world.key_id(key);
+        if s.cache.inspect(|m| m.completed_call(&id)).is_none() {
+            world.violate(
+                "INV-5",
+                format!(
+                    "k{key}: a storage hit, but no completed call is indexed under its call key"
+                ),
+            );
+        }
+    }
 }
 
 /// Judges one served arbitrary value: it must be this key's init's.
