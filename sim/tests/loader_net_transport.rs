@@ -88,17 +88,14 @@ fn a_held_link_is_a_timeout_and_a_repaired_one_reconnects() {
     let s = seen.clone();
     sim.client("test", async move {
         let r = NetRemote::new("remote", Duration::from_millis(500));
-        s.lock()
-            .unwrap()
-            .push(r.set("k", b"1".to_vec(), 60_000).await);
+        let got = r.set("k", b"1".to_vec(), 60_000).await;
+        s.lock().unwrap().push(got);
         turmoil::partition("test", "remote");
-        s.lock()
-            .unwrap()
-            .push(r.set("k", b"2".to_vec(), 60_000).await);
+        let got = r.set("k", b"2".to_vec(), 60_000).await;
+        s.lock().unwrap().push(got);
         turmoil::repair("test", "remote");
-        s.lock()
-            .unwrap()
-            .push(r.set("k", b"3".to_vec(), 60_000).await);
+        let got = r.set("k", b"3".to_vec(), 60_000).await;
+        s.lock().unwrap().push(got);
         let got = r.get("k").await;
         assert_eq!(got, Ok(Some(b"3".to_vec())));
         Ok(())
@@ -143,8 +140,10 @@ fn a_malformed_reply_is_a_protocol_error() {
     let s = seen.clone();
     sim.client("test", async move {
         let r = NetRemote::new("remote", Duration::from_millis(500));
-        s.lock().unwrap().push(r.get("k").await);
-        s.lock().unwrap().push(r.get("k").await);
+        let got = r.get("k").await;
+        s.lock().unwrap().push(got);
+        let got = r.get("k").await;
+        s.lock().unwrap().push(got);
         Ok(())
     });
     sim.run().unwrap();
