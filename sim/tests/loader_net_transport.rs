@@ -22,7 +22,7 @@ fn sim() -> turmoil::Sim<'static> {
 }
 
 fn remote_host(sim: &mut turmoil::Sim<'_>, name: &str, backend: MemoryRemote) {
-    sim.host(name, move || serve_remote(backend.clone(), |_| {}));
+    sim.host(name, move || serve_remote(backend.clone(), |_, _| {}));
 }
 
 #[test]

@@ -29,11 +29,18 @@
 
 pub mod bus;
 pub mod frame;
-
+pub mod oracle;
+pub mod plan;
 pub mod remote;
+pub mod run;
+pub mod scenario;
+pub mod world;
 
 use std::future::Future;
 use std::pin::Pin;
+
+pub use run::{as_run_outcome, run_net_plan, run_net_seed, NetOutcome};
+pub use scenario::{NetScenario, NET_NAMED};
 
 /// A boxed, sendable future (the loader traits' return type; the sim does
 /// not depend on `futures` for this one alias).

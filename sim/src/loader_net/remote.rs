@@ -104,26 +104,30 @@ pub async fn apply(remote: &MemoryRemote, req: RemoteReq) -> RemoteReply {
 }
 
 /// The remote host: serves `remote` on [`REMOTE_PORT`], one task per
-/// connection. `on_request` sees every decoded request first (the world
-/// records which keys were written, for the convergence oracle).
+/// connection. `on_applied` sees every request with its reply, in the
+/// order the backend ran them (the world records what each key was last
+/// written to, for the convergence oracle).
 pub async fn serve_remote(
     remote: MemoryRemote,
-    on_request: impl Fn(&RemoteReq) + Clone + Send + Sync + 'static,
+    on_applied: impl Fn(&RemoteReq, &RemoteReply) + Clone + Send + Sync + 'static,
 ) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", REMOTE_PORT)).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let remote = remote.clone();
-        let on_request = on_request.clone();
+        let on_applied = on_applied.clone();
         tokio::spawn(async move {
             serve_rpc(
                 stream,
                 WRITE_TIMEOUT,
                 |e| RemoteReply::Failed(WireErrorKind::Protocol, e),
                 |req: RemoteReq| {
-                    on_request(&req);
-                    let remote = remote.clone();
-                    async move { apply(&remote, req).await }
+                    let (remote, on_applied) = (remote.clone(), on_applied.clone());
+                    async move {
+                        let reply = apply(&remote, req.clone()).await;
+                        on_applied(&req, &reply);
+                        reply
+                    }
                 },
             )
             .await;
