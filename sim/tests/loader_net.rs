@@ -102,3 +102,23 @@ fn bad_scenario_values_name_the_field() {
     assert!(err.contains("[ops]"), "{err}");
     assert_eq!(NetScenario::parse(base).unwrap(), scenario());
 }
+
+#[test]
+fn the_cli_dispatch_runs_the_loader_net_world() {
+    let s = sim::Scenario::named("loader-net").unwrap();
+    assert!(s.loader_net.is_some() && s.loader.is_none());
+    let via_cli = sim::run_seed(3, &s, None);
+    assert_eq!(via_cli.trace, run_net_seed(3, &scenario()).trace);
+    assert!(via_cli.passed(), "{:?}", via_cli.violations);
+    // A scenario file declaring the world runs it too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.toml");
+    let text = include_str!("../scenarios/loader-net.toml")
+        .replace("name = \"loader-net\"", "name = \"mine\"");
+    std::fs::write(&path, text).unwrap();
+    let f = sim::Scenario::load(Some(path.to_str().unwrap())).unwrap();
+    assert_eq!(f.loader_net.as_ref().map(|l| l.name.as_str()), Some("mine"));
+    // The world has no bug-zoo switches: asking for one names the flag.
+    let err = s.with_bugs(&["refresh-after-close"]).unwrap_err();
+    assert!(err.contains("--bug") && err.contains("loader-net"), "{err}");
+}

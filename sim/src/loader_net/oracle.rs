@@ -189,7 +189,8 @@ pub struct Oracle {
     lost: BTreeSet<String>,
     /// What each stored key was last written to at the remote (`None`: deleted).
     last_write: BTreeMap<String, Option<Vec<u8>>>,
-    /// Keys with a remote write that may have applied unreported.
+    /// Keys with a remote write that may have applied unreported (a
+    /// timed-out write, or an operation its node's restart cut short).
     ambiguous: BTreeSet<u64>,
 }
 
@@ -295,6 +296,7 @@ impl Oracle {
                 Obs::AmbiguousWrite { key } => {
                     self.ambiguous.insert(*key);
                 }
+                Obs::CrashedMidOp { keys } => self.ambiguous.extend(keys.iter().copied()),
             }
         }
         out

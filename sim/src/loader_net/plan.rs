@@ -26,6 +26,16 @@ pub enum NetOpKind {
     ChangeSource(u64),
 }
 
+impl NetOpKind {
+    /// The key indexes it touches.
+    pub fn keys(&self) -> Vec<u64> {
+        match self {
+            Self::Once(k) | Self::Set(k) | Self::Delete(k) | Self::ChangeSource(k) => vec![*k],
+            Self::LoadMany(ks) => ks.clone(),
+        }
+    }
+}
+
 /// An operation after a pause.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetOp {

@@ -258,6 +258,7 @@ fn inject(sim: &mut turmoil::Sim<'_>, w: &NetWorld, f: &NetFault) {
         NetFaultKind::NodeRestart => {
             // The bounced host's tasks drop in an order tokio does not
             // make deterministic: nothing they do may reach the trace.
+            w.crashing(f.node);
             w.set_quiet(true);
             sim.bounce(node);
             w.set_quiet(false);

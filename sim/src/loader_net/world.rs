@@ -207,6 +207,13 @@ pub enum Obs {
         /// What it holds.
         bytes: Option<Vec<u8>>,
     },
+    /// A node restarted while its streams were in these operations: a
+    /// remote write may have landed without its event (the node died
+    /// between the two), a loss no node can know of.
+    CrashedMidOp {
+        /// The key indexes of the operations cut short.
+        keys: Vec<u64>,
+    },
     /// A remote write timed out: it may have been applied, and no event
     /// follows (L-4 reports it as failed).
     AmbiguousWrite {
@@ -268,6 +275,8 @@ pub struct NetWorld {
     seq: AtomicU64,
     nodes: Mutex<Vec<NodeSlot>>,
     progress: Mutex<Vec<usize>>,
+    /// Per stream: the keys of the operation under way, if any.
+    under_way: Mutex<Vec<Vec<u64>>>,
     done: Mutex<Vec<bool>>,
     rng: Mutex<Rng>,
     bus_faults: Mutex<BusFaultState>,
@@ -316,6 +325,7 @@ impl NetWorld {
             log: Mutex::new(Vec::new()),
             seq: AtomicU64::new(1),
             progress: Mutex::new(vec![0; streams]),
+            under_way: Mutex::new(vec![Vec::new(); streams]),
             done: Mutex::new(vec![false; streams]),
             bus_faults: Mutex::new(BusFaultState::default()),
             close: AtomicBool::new(false),
@@ -416,6 +426,19 @@ impl NetWorld {
     /// The bus faults in force.
     pub fn bus_faults(&self) -> BusFaultState {
         *lock(&self.bus_faults)
+    }
+
+    /// Node `n` is about to restart: the operations its streams are in
+    /// are cut short (recorded as [`Obs::CrashedMidOp`]).
+    pub fn crashing(&self, n: usize) {
+        let per = self.scenario.streams_per_node;
+        let keys: Vec<u64> = lock(&self.under_way)[n * per..(n + 1) * per]
+            .iter_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        if !keys.is_empty() {
+            self.observe(Obs::CrashedMidOp { keys });
+        }
     }
 
     /// Asks every node to close its loader.
@@ -649,7 +672,9 @@ async fn stream(w: Arc<NetWorld>, n: usize, inc: u64, st: usize, loader: Loader<
             return;
         };
         tokio::time::sleep(Duration::from_millis(op.gap_ms)).await;
+        lock(&w.under_way)[idx] = op.kind.keys();
         run_op(&w, n, inc, &loader, &op.kind).await;
+        lock(&w.under_way)[idx].clear();
         lock(&w.progress)[idx] = i + 1;
     }
 }
