@@ -19,6 +19,7 @@ use cache_core::loader::bus::{BusError, Subscription};
 use cache_core::loader::{Event, EventBus, EventKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use turmoil::net::TcpStream;
 
 use super::frame::{read_msg, serve_rpc, with_timeout, write_msg, CallError, RpcClient};
@@ -224,7 +225,10 @@ async fn subscription(mut stream: TcpStream, id: u64, subs: Subscribers) {
         let event = if seq == 0 {
             None
         } else {
+            // Biased: an unbiased select draws from tokio's per-runtime
+            // generator, which no seed controls (INV-12).
             tokio::select! {
+                biased;
                 e = rx.recv() => e,
                 _ = tokio::time::sleep(Duration::from_millis(PING_MS)) => None,
             }
@@ -260,6 +264,7 @@ pub struct NetBus {
     asked: AtomicUsize,
     up: Arc<AtomicUsize>,
     up_changed: Arc<Notify>,
+    stop: CancellationToken,
 }
 
 impl NetBus {
@@ -273,7 +278,16 @@ impl NetBus {
             asked: AtomicUsize::new(0),
             up: Arc::default(),
             up_changed: Arc::default(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// This bus stops when `stop` fires: publishes fail, subscriptions
+    /// drop their connections and end (see [`RpcClient::stopping_on`]).
+    pub fn stopping_on(mut self, stop: CancellationToken) -> Self {
+        self.rpc = self.rpc.stopping_on(stop.clone());
+        self.stop = stop;
+        self
     }
 
     /// Its counters.
@@ -325,6 +339,7 @@ impl EventBus for NetBus {
             stats: self.stats.clone(),
             up: self.up.clone(),
             up_changed: self.up_changed.clone(),
+            stop: self.stop.clone(),
         };
         tokio::spawn(task.run());
         rx
@@ -338,6 +353,7 @@ struct SubTask {
     stats: Arc<NetBusStats>,
     up: Arc<AtomicUsize>,
     up_changed: Arc<Notify>,
+    stop: CancellationToken,
 }
 
 impl SubTask {
@@ -346,10 +362,14 @@ impl SubTask {
         let first = AtomicBool::new(true);
         loop {
             tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
                 _ = self.tx.closed() => break,
                 _ = self.connection(&first) => {}
             }
             tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
                 _ = self.tx.closed() => break,
                 _ = tokio::time::sleep(Duration::from_millis(RECONNECT_MS)) => {}
             }

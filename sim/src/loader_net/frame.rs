@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 use turmoil::net::TcpStream;
 
 /// Longest frame body accepted, bytes: far above any batch the world
@@ -113,6 +114,7 @@ pub struct RpcClient {
     timeout: Duration,
     idle: Mutex<Vec<TcpStream>>,
     next_id: AtomicU64,
+    stop: CancellationToken,
 }
 
 impl RpcClient {
@@ -124,7 +126,24 @@ impl RpcClient {
             timeout,
             idle: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// This client stops when `stop` fires: calls in flight end with
+    /// [`CallError::Unavailable`] and drop their connections, in the order
+    /// their tasks run, and later calls fail at once. A simulated node
+    /// stops its clients before its host is torn down, whose task order
+    /// follows tokio's process-global task ids (not the seed).
+    pub fn stopping_on(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Closes the idle connections, oldest first.
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(idle);
     }
 
     /// The call timeout.
@@ -165,14 +184,24 @@ impl RpcClient {
                 .push(stream);
             Ok(reply.body)
         };
-        with_timeout(self.timeout, exchange)
-            .await
-            .unwrap_or_else(|| {
-                Err(CallError::Timeout(format!(
-                    "no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
-            })
+        let timed = async {
+            with_timeout(self.timeout, exchange)
+                .await
+                .unwrap_or_else(|| {
+                    Err(CallError::Timeout(format!(
+                        "no answer within {} ms",
+                        self.timeout.as_millis()
+                    )))
+                })
+        };
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => {
+                self.close_idle();
+                Err(CallError::Unavailable("client stopped".into()))
+            }
+            r = timed => r,
+        }
     }
 }
 

@@ -151,6 +151,12 @@ impl NetRemote {
         }
     }
 
+    /// This client stops when `stop` fires (see [`RpcClient::stopping_on`]).
+    pub fn stopping_on(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.rpc = self.rpc.stopping_on(stop);
+        self
+    }
+
     async fn call(&self, op: &'static str, req: RemoteReq) -> RemoteResult<RemoteReply> {
         let reply = self.rpc.call(req).await.map_err(|e| match e {
             CallError::Unavailable(detail) => RemoteError::Unavailable { op, detail },

@@ -106,12 +106,25 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
     let mut healed = false;
     let mut phase = Phase::Running;
     let mut now;
+    // Nodes whose clients stopped last step, bounced now.
+    let mut bounce: Vec<usize> = Vec::new();
     loop {
         now = sim.elapsed().as_millis() as u64;
         world.set_now(now);
+        for n in std::mem::take(&mut bounce) {
+            // The rest of the host's tasks drop in an order tokio does not
+            // make deterministic: nothing they do may reach the trace.
+            world.set_quiet(true);
+            sim.bounce(node_name(n).as_str());
+            world.set_quiet(false);
+        }
         if !healed {
+            let mut stopped = Vec::new();
             while let Some(f) = faults.next_if(|f| f.at_ms <= now) {
-                inject(&mut sim, &world, f);
+                if f.kind == NetFaultKind::NodeRestart && stopped.contains(&f.node) {
+                    continue;
+                }
+                inject(&mut sim, &world, f, &mut stopped);
                 if f.kind.has_window() {
                     windows.push((now.saturating_add(f.dur_ms), f.clone()));
                 }
@@ -123,6 +136,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
             for (_, f) in due {
                 repair(&sim, &world, &f);
             }
+            bounce = stopped;
             if heal {
                 heal_all(&sim, &world, s.nodes);
                 healed = true;
@@ -224,7 +238,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
     outcome
 }
 
-fn inject(sim: &mut turmoil::Sim<'_>, w: &NetWorld, f: &NetFault) {
+fn inject(sim: &mut turmoil::Sim<'_>, w: &NetWorld, f: &NetFault, bounce: &mut Vec<usize>) {
     let node = node_name(f.node);
     let node = node.as_str();
     match f.kind {
@@ -256,12 +270,11 @@ fn inject(sim: &mut turmoil::Sim<'_>, w: &NetWorld, f: &NetFault) {
             ..w.bus_faults()
         }),
         NetFaultKind::NodeRestart => {
-            // The bounced host's tasks drop in an order tokio does not
-            // make deterministic: nothing they do may reach the trace.
+            // Two phases, as the call-cache world's engine restart: the
+            // node's clients stop now (their sockets close during the next
+            // step, in task order), the bounce follows after that step.
             w.crashing(f.node);
-            w.set_quiet(true);
-            sim.bounce(node);
-            w.set_quiet(false);
+            bounce.push(f.node);
         }
         NetFaultKind::ClockJump => w.jump(f.arg),
     }

@@ -244,6 +244,9 @@ pub struct NodeSlot {
     pub bus: Option<Arc<NetBusStats>>,
     /// Its report after close, once closed.
     pub closed: Option<Closed>,
+    /// Fired before its host is torn down (a restart): its sockets close
+    /// in the order its tasks run, which the seed decides.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The bus faults in force (per mille, ms).
@@ -428,9 +431,12 @@ impl NetWorld {
         *lock(&self.bus_faults)
     }
 
-    /// Node `n` is about to restart: the operations its streams are in
-    /// are cut short (recorded as [`Obs::CrashedMidOp`]).
+    /// Node `n` is about to restart: its network clients stop (their
+    /// sockets close now, in an order the seed decides, before the host's
+    /// teardown), and the operations its streams are in are cut short
+    /// (recorded as [`Obs::CrashedMidOp`]).
     pub fn crashing(&self, n: usize) {
+        lock(&self.nodes)[n].stop.cancel();
         let per = self.scenario.streams_per_node;
         let keys: Vec<u64> = lock(&self.under_way)[n * per..(n + 1) * per]
             .iter_mut()
@@ -609,8 +615,9 @@ pub async fn node_host(w: Arc<NetWorld>, n: usize) -> turmoil::Result {
     };
     let s = &w.scenario;
     let timeout = Duration::from_millis(s.timeout_ms);
-    let remote = Arc::new(NetRemote::new("remote", timeout));
-    let bus = Arc::new(NetBus::new("bus", timeout));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let remote = Arc::new(NetRemote::new("remote", timeout).stopping_on(stop.clone()));
+    let bus = Arc::new(NetBus::new("bus", timeout).stopping_on(stop.clone()));
     let opts = LoaderOptions {
         node: node_name(n),
         ttl_ms: s.ttl_ms as i64,
@@ -637,6 +644,7 @@ pub async fn node_host(w: Arc<NetWorld>, n: usize) -> turmoil::Result {
         nodes[n].loader = Some(loader.clone());
         nodes[n].bus = Some(bus.stats());
         nodes[n].closed = None;
+        nodes[n].stop = stop;
     }
     bus.ready().await;
     w.trace(
