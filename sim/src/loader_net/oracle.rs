@@ -102,6 +102,12 @@ pub enum Verdict {
         /// Node.
         node: usize,
     },
+    /// INV-11: the run could not finish — a host failed, or streams were
+    /// still running long after healing (a call that never answers).
+    Stuck {
+        /// What was seen.
+        detail: String,
+    },
 }
 
 impl Verdict {
@@ -116,6 +122,7 @@ impl Verdict {
             Self::Diverged { .. } => "LINV-5",
             Self::Counters { .. } | Self::LoadsMiscounted { .. } => "LINV-6",
             Self::Remains { .. } | Self::CloseHung { .. } => "LINV-8",
+            Self::Stuck { .. } => "INV-11",
         }
     }
 
@@ -172,6 +179,7 @@ impl Verdict {
                 closed.background_tasks, closed.flights, closed.refresh_tasks
             ),
             Self::CloseHung { node } => format!("node{node}'s close() did not return"),
+            Self::Stuck { detail } => detail.clone(),
         }
     }
 }

@@ -143,8 +143,9 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
             }
         }
         if let Err(e) = sim.step() {
-            world.trace("sim", format!("a host failed: {e}"));
-            verdicts.push(Verdict::CloseHung { node: usize::MAX });
+            verdicts.push(Verdict::Stuck {
+                detail: format!("a host failed: {e}"),
+            });
             break;
         }
         let log = world.drain_log();
@@ -162,9 +163,9 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
                 };
             }
             Phase::Running if now > plan.heal_at_ms.saturating_add(DRAIN_MS) => {
-                world.trace("sim", "streams still running after healing and draining");
-                world.count("hung-streams");
-                verdicts.push(Verdict::CloseHung { node: usize::MAX });
+                verdicts.push(Verdict::Stuck {
+                    detail: "client streams still running after healing and draining".into(),
+                });
                 break;
             }
             Phase::Settling { until } if now >= until => {
@@ -211,12 +212,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
     let violations: Vec<Violation> = verdicts
         .iter()
         .map(|v| {
-            let (inv, detail) = match v {
-                Verdict::CloseHung { node: usize::MAX } => {
-                    ("INV-11", "a host failed or streams hung".to_string())
-                }
-                v => (v.inv(), v.detail()),
-            };
+            let (inv, detail) = (v.inv(), v.detail());
             world.trace("oracle", format!("VIOLATION {inv}: {detail}"));
             Violation {
                 inv,
