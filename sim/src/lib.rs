@@ -31,6 +31,7 @@ pub mod explain;
 pub mod failure;
 pub mod load;
 pub mod loader;
+pub mod loader_net;
 pub mod oracle;
 pub mod plan;
 pub mod plan_file;

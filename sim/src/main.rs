@@ -62,8 +62,9 @@ enum Cmd {
         #[arg(long)]
         shard: Option<String>,
         /// A named scenario (standard, ttl-heavy, cancel-storm,
-        /// restart-heavy, nested-heavy), a TOML file, or `all`: every named
-        /// scenario, interleaved seed by seed (seed 0 of each, then seed 1…).
+        /// restart-heavy, nested-heavy, loader, loader-faults, loader-net),
+        /// a TOML file, or `all`: every named scenario but loader-net,
+        /// interleaved seed by seed (seed 0 of each, then seed 1…).
         #[arg(long)]
         scenario: Option<String>,
         /// Override the scenario's number of clients.

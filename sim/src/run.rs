@@ -121,6 +121,9 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
         // The loader world has its own plans (and no planted call-cache leaks).
         return crate::loader::as_run_outcome(crate::loader::run_loader_seed(plan.seed, l));
     }
+    if let Some(l) = &scenario.loader_net {
+        return crate::loader_net::as_run_outcome(crate::loader_net::run_net_seed(plan.seed, l));
+    }
     quiet_planned_panics();
     let mut sqlite_lock = None;
     let (store, memory, _dir): (Arc<dyn TtlStore>, _, _) = match scenario.store {
@@ -428,6 +431,9 @@ fn quiescent(world: &World) -> bool {
 pub fn run_seed(seed: u64, scenario: &Scenario, plant: Option<Plant>) -> RunOutcome {
     if let Some(l) = &scenario.loader {
         return crate::loader::as_run_outcome(crate::loader::run_loader_seed(seed, l));
+    }
+    if let Some(l) = &scenario.loader_net {
+        return crate::loader_net::as_run_outcome(crate::loader_net::run_net_seed(seed, l));
     }
     run_plan(Plan::generate(seed, scenario), scenario, plant)
 }

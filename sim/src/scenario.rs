@@ -231,6 +231,10 @@ pub struct Scenario {
     /// `crate::loader`); the call-cache fields are then unused.
     #[serde(skip)]
     pub loader: Option<Box<crate::loader::LoaderScenario>>,
+    /// The `loader-net` world's scenario when this is one (`world =
+    /// "loader-net"`, `crate::loader_net`); the call-cache fields are then unused.
+    #[serde(skip)]
+    pub loader_net: Option<Box<crate::loader_net::NetScenario>>,
 }
 
 impl Default for Scenario {
@@ -249,6 +253,7 @@ impl Default for Scenario {
             faults: FaultRates::default(),
             bugs: cache_core::bugs::Bugs::none(),
             loader: None,
+            loader_net: None,
         }
     }
 }
@@ -319,11 +324,31 @@ impl Scenario {
         }
     }
 
-    /// A named scenario (see [`NAMED`] and the loader's
-    /// [`LOADER_NAMED`](crate::loader::LOADER_NAMED)).
+    /// A scenario running the `loader-net` world `l` (named after it).
+    pub fn from_loader_net(l: crate::loader_net::NetScenario) -> Scenario {
+        Scenario {
+            name: l.name.clone(),
+            loader_net: Some(Box::new(l)),
+            ..Scenario::default()
+        }
+    }
+
+    /// Whether `name` is a named scenario of any world.
+    pub fn is_named(name: &str) -> bool {
+        NAMED.contains(&name)
+            || crate::loader::LOADER_NAMED.contains(&name)
+            || crate::loader_net::NET_NAMED.contains(&name)
+    }
+
+    /// A named scenario (see [`NAMED`], the loader's
+    /// [`LOADER_NAMED`](crate::loader::LOADER_NAMED) and
+    /// [`NET_NAMED`](crate::loader_net::NET_NAMED)).
     pub fn named(name: &str) -> Result<Scenario, String> {
         if crate::loader::LOADER_NAMED.contains(&name) {
             return crate::loader::LoaderScenario::named(name).map(Scenario::from_loader);
+        }
+        if crate::loader_net::NET_NAMED.contains(&name) {
+            return crate::loader_net::NetScenario::named(name).map(Scenario::from_loader_net);
         }
         let text = match name {
             "standard" => include_str!("../scenarios/standard.toml"),
@@ -344,6 +369,13 @@ impl Scenario {
     /// This scenario with the named bug-zoo switches on; an unknown name is
     /// an error listing the known ones.
     pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<Scenario, String> {
+        if let (Some(_), Some(name)) = (&self.loader_net, names.first()) {
+            return Err(format!(
+                "bad --bug {:?}: the loader-net world has no bug-zoo switches (the loader's \
+                 switches run in the `loader` and `loader-faults` scenarios)",
+                name.as_ref()
+            ));
+        }
         if let Some(l) = self.loader.take() {
             self.loader = Some(Box::new(l.with_bugs(names)?));
             return Ok(self);
@@ -383,6 +415,11 @@ impl Scenario {
                  (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -; it labels reports and shrunk plan files)"
             ));
         }
+        if table.get("world").and_then(|w| w.as_str()) == Some(crate::loader_net::scenario::WORLD) {
+            return crate::loader_net::NetScenario::parse(text)
+                .map(Scenario::from_loader_net)
+                .map_err(|e| format!("{path}: {e}"));
+        }
         if table.contains_key("world") {
             return crate::loader::LoaderScenario::parse(text)
                 .map(Scenario::from_loader)
@@ -396,9 +433,7 @@ impl Scenario {
     pub fn load(arg: Option<&str>) -> Result<Scenario, String> {
         match arg {
             None => Scenario::named("standard"),
-            Some(a) if NAMED.contains(&a) || crate::loader::LOADER_NAMED.contains(&a) => {
-                Scenario::named(a)
-            }
+            Some(a) if Scenario::is_named(a) => Scenario::named(a),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {

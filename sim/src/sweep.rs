@@ -31,7 +31,9 @@ use crate::scenario::{Scenario, NAMED};
 pub const ALL_SCENARIOS: &str = "all";
 
 /// What `--scenario all` sweeps: the call cache's named scenarios, then
-/// the loader world's.
+/// the loader world's. Not `loader-net` (`crate::loader_net`) yet: its
+/// seeds still find a loader race (two mutations of one key on one node,
+/// docs/loader.md), and `all` is what CI campaigns run; sweep it by name.
 pub fn all_named() -> impl Iterator<Item = &'static str> {
     NAMED.iter().chain(crate::loader::LOADER_NAMED).copied()
 }
@@ -511,7 +513,11 @@ pub fn sweep(
         // cache scenario is swept (a loader run counts its own, every one).
         coverage: crate::oracle::CASES
             .iter()
-            .filter(|_| swept.iter().any(|sw| sw.scenario.loader.is_none()))
+            .filter(|_| {
+                swept
+                    .iter()
+                    .any(|sw| sw.scenario.loader.is_none() && sw.scenario.loader_net.is_none())
+            })
             .map(|(case, _)| (case.to_string(), 0))
             .collect(),
         bar,

@@ -150,3 +150,34 @@ fn bad_input_names_the_flag_or_field() {
         &["plan.ops[0]", "key_space"],
     );
 }
+
+#[test]
+fn loader_net_runs_replays_and_refuses_what_it_lacks() {
+    expect(
+        &["run", "--scenario", "loader-net", "--seeds", "5"],
+        0,
+        &["seeds 5 failures 0", "(scenario loader-net)"],
+    );
+    // Seed 902 finds the same-node read/delete race (docs/loader.md).
+    let args = ["replay", "--scenario", "loader-net", "--seed", "902"];
+    let first = expect(&args, 1, &["VIOLATION LINV-5", "swarm:", "replay:"]);
+    assert_eq!(expect(&args, 1, &[]), first);
+    expect(
+        &["shrink", "--scenario", "loader-net", "--seed", "902"],
+        2,
+        &["--scenario loader-net", "shrink"],
+    );
+    expect(
+        &[
+            "run",
+            "--scenario",
+            "loader-net",
+            "--seeds",
+            "1",
+            "--bug",
+            "refresh-after-close",
+        ],
+        2,
+        &["--bug", "loader-net"],
+    );
+}

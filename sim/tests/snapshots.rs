@@ -67,3 +67,14 @@ fn loader_golden_traces() {
         );
     }
 }
+
+#[test]
+fn loader_net_golden_trace() {
+    // Seed 1 enables remote errors and slowness, bus delays, node restarts
+    // and clock jumps (the swarm is the trace's second line); the trace
+    // ends with the convergence tally and every node closed.
+    let s = sim::loader_net::NetScenario::named("loader-net").unwrap();
+    let o = sim::loader_net::run_net_seed(1, &s);
+    assert!(o.passed(), "{:?}", o.violations);
+    snap!("trace_loader_net_seed_1", o.trace.join("\n"));
+}
