@@ -31,11 +31,13 @@ use crate::scenario::{Scenario, NAMED};
 pub const ALL_SCENARIOS: &str = "all";
 
 /// What `--scenario all` sweeps: the call cache's named scenarios, then
-/// the loader world's. Not `loader-net` (`crate::loader_net`) yet: its
-/// seeds still find a loader race (two mutations of one key on one node,
-/// docs/loader.md), and `all` is what CI campaigns run; sweep it by name.
+/// the loader worlds' (the modelled network, then turmoil's).
 pub fn all_named() -> impl Iterator<Item = &'static str> {
-    NAMED.iter().chain(crate::loader::LOADER_NAMED).copied()
+    NAMED
+        .iter()
+        .chain(crate::loader::LOADER_NAMED)
+        .chain(crate::loader_net::NET_NAMED)
+        .copied()
 }
 
 /// Wall seconds after which the progress line names a seed still running.

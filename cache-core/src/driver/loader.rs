@@ -784,7 +784,10 @@ impl Driver {
             self.stats.remote_failures += 1;
         }
         let now = self.high;
-        let read = self.nodes[n].m.remote_read(key, answer, now);
+        // The harness reads in one step: nothing can touch the key between
+        // sending and answering.
+        let seq = self.nodes[n].m.seq();
+        let read = self.nodes[n].m.remote_read(key, answer, now, seq);
         match read {
             RemoteRead::Live(record) => {
                 self.stats.remote_hits += 1;
@@ -1265,7 +1268,12 @@ impl Driver {
             .record
             .expires_at_ms
             .min(now + LOCAL_TTL_MS + order.jitter_ms);
-        if order.record.expires_at_ms > now {
+        if node.m.local().peek(&order.key).is_none() {
+            // The write raced a touch of its key since its load or `set`
+            // began (L-12: which landed last at the remote is unknown), so
+            // the machine kept no copy; a copy may always be dropped.
+            node.local.remove(&order.key);
+        } else if order.record.expires_at_ms > now {
             node.local.insert(
                 order.key.clone(),
                 Shadow {
@@ -1474,6 +1482,9 @@ impl Driver {
         }
         if applied {
             self.stats.events_applied += 1;
+            // The machine counts an applied event as a write (it touches
+            // its keys, L-12).
+            node.seq += 1;
             for key in &ev.keys {
                 node.local.remove(key);
             }

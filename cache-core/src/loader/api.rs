@@ -802,8 +802,12 @@ where
         answer: Result<Option<Vec<u8>>, ()>,
         decoded: Option<Result<V, LoaderError>>,
         now: i64,
+        read_seq: u64,
     ) -> Judged<V> {
-        match state.machine.remote_read_kept(stored, answer, now) {
+        match state
+            .machine
+            .remote_read_kept(stored, answer, now, read_seq)
+        {
             RemoteKept::Value => match decoded {
                 Some(Ok(v)) => Judged::Value(v),
                 Some(Err(_)) | None => {
@@ -850,7 +854,12 @@ where
                 let answer = answer.map_err(|_| ());
                 let decoded = self.decode_answer(&answer);
                 let now = self.inner.now();
-                let judged = Self::judge(&mut self.inner.lock(), stored, answer, decoded, now);
+                let judged = {
+                    let mut state = self.inner.lock();
+                    // Sent after the flight began (L-12).
+                    let read_seq = state.machine.flight_seq(flight);
+                    Self::judge(&mut state, stored, answer, decoded, now, read_seq)
+                };
                 match judged {
                     Judged::Value(v) => return Ok((v, Source::Remote, None)),
                     Judged::Placeholder => return Err(self.not_found_error()),
@@ -980,7 +989,10 @@ where
         }
         let stored = self.stored_key(&key);
         let now = self.inner.now();
-        let read = self.inner.lock().machine.read_local(&stored, now);
+        let (read, read_seq) = {
+            let mut state = self.inner.lock();
+            (state.machine.read_local(&stored, now), state.machine.seq())
+        };
         match read {
             LocalRead::Value(bytes) => match self.decode(&bytes) {
                 Ok(v) => return Ok(v),
@@ -995,11 +1007,11 @@ where
         let answer = remote.get(&stored).await;
         let failure = answer.as_ref().err().cloned();
         let now = self.inner.now();
-        let read = self
-            .inner
-            .lock()
-            .machine
-            .remote_read(&stored, answer.map_err(|_| ()), now);
+        let read =
+            self.inner
+                .lock()
+                .machine
+                .remote_read(&stored, answer.map_err(|_| ()), now, read_seq);
         match read {
             RemoteRead::Live(record) => match record.payload {
                 Payload::Value(bytes) => match self.decode(&bytes) {
@@ -1135,7 +1147,11 @@ where
         let mut got: Vec<Got<V>> = Vec::with_capacity(keys.len());
         // The places of the keys no local copy answered.
         let mut wanted: Vec<usize> = Vec::with_capacity(keys.len());
+        // Remote answers are judged against what touched their keys since
+        // (L-12): they are all sent after this.
+        let read_seq;
         if call.skip_local {
+            read_seq = self.inner.lock().machine.seq();
             got.resize_with(keys.len(), || Got::Nothing);
             wanted.extend(0..keys.len());
         } else {
@@ -1144,6 +1160,7 @@ where
             // order a key-by-key loop would leave too.
             let reads: Vec<LocalRead> = {
                 let mut state = self.inner.lock();
+                read_seq = state.machine.seq();
                 stored
                     .iter()
                     .map(|s| state.machine.read_local(s, now))
@@ -1191,7 +1208,8 @@ where
                     let mut state = self.inner.lock();
                     let judged = wanted.into_iter().zip(answers.into_iter().zip(decoded));
                     for (i, (answer, decoded)) in judged {
-                        match Self::judge(&mut state, stored.get(i), answer, decoded, now) {
+                        match Self::judge(&mut state, stored.get(i), answer, decoded, now, read_seq)
+                        {
                             Judged::Value(v) => got[i] = Got::Value(v),
                             Judged::Placeholder => got[i] = Got::NotFound,
                             Judged::Undecodable | Judged::Corrupt => {

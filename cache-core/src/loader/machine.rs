@@ -238,7 +238,53 @@ pub struct LoaderMachine<P> {
     closed: bool,
     next_id: u64,
     write_seq: u64,
+    touched: Touched,
     bugs: LoaderBugs,
+}
+
+/// Slots of the touched-key filter (a power of two).
+const TOUCH_SLOTS: usize = 1024;
+
+/// When each key was last touched — written, deleted, invalidated by an
+/// event — as a write sequence, kept per slot of a fixed table that keys
+/// share by hash (FNV-1a, so the same on every run): a key's entry is the
+/// newest touch of any key in its slot, never older than its own. A local
+/// copy is only kept for an operation that began after its key's last
+/// touch (L-12): one that began before may carry what that touch replaced
+/// (a remote read answered before a delete, a load finished after a
+/// `set`, a write that lost its race at the remote), and the node ignores
+/// its own events, so nothing would correct it later. A shared slot only
+/// ever drops a copy that was safe to keep; the table never grows.
+struct Touched {
+    slots: Box<[u64]>,
+    /// The last time every key was touched at once (a resync).
+    all: u64,
+}
+
+impl Touched {
+    fn new() -> Self {
+        Self {
+            slots: vec![0; TOUCH_SLOTS].into_boxed_slice(),
+            all: 0,
+        }
+    }
+
+    fn slot(key: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h as usize) & (TOUCH_SLOTS - 1)
+    }
+
+    fn touch(&mut self, key: &str, seq: u64) {
+        self.slots[Self::slot(key)] = seq;
+    }
+
+    /// Whether `key` may have been touched after `seq`.
+    fn since(&self, key: &str, seq: u64) -> bool {
+        self.all > seq || self.slots[Self::slot(key)] > seq
+    }
 }
 
 impl<P: Clone> LoaderMachine<P> {
@@ -254,6 +300,7 @@ impl<P: Clone> LoaderMachine<P> {
             closed: false,
             next_id: 1,
             write_seq: 0,
+            touched: Touched::new(),
             bugs: LoaderBugs::none(),
         }
     }
@@ -466,20 +513,49 @@ impl<P: Clone> LoaderMachine<P> {
 
     /// Judges a remote read of `key` (L-3, L-4, L-14). A live record is
     /// copied to the local tier with its remaining lifetime.
+    ///
+    /// `read_seq` is [`LoaderMachine::seq`] when the read was sent: if the
+    /// key was touched since, the answer may predate that touch, so no
+    /// local copy is kept (L-12).
     pub fn remote_read(
         &mut self,
         key: &str,
         answer: Result<Option<Vec<u8>>, ()>,
         now_ms: i64,
+        read_seq: u64,
     ) -> RemoteRead {
         match self.judge_remote(key, answer, now_ms) {
             Ok(record) => {
-                let seq = self.write_seq;
-                self.write_local(key, record.clone(), seq, now_ms, 0);
+                self.copy_local(key, record.clone(), now_ms, read_seq);
                 RemoteRead::Live(record)
             }
             Err(read) => read,
         }
+    }
+
+    /// The write sequence now: pass it back with a remote read's answer
+    /// ([`LoaderMachine::remote_read`]).
+    pub fn seq(&self) -> u64 {
+        self.write_seq
+    }
+
+    /// The write sequence when `flight` began (now, if it is gone): its
+    /// remote reads were sent after that.
+    pub fn flight_seq(&self, flight: FlightId) -> u64 {
+        self.by_id
+            .get(&flight)
+            .map_or(self.write_seq, |f| f.started_seq)
+    }
+
+    /// A remote hit's local copy (L-3), unless its key was touched since
+    /// the read was sent (L-12).
+    fn copy_local(&mut self, key: &str, record: Record, now_ms: i64, read_seq: u64) {
+        if self.touched.since(key, read_seq) {
+            self.local.remove(key);
+            return;
+        }
+        let seq = self.write_seq;
+        self.write_local(key, record, seq, now_ms, 0);
     }
 
     /// [`LoaderMachine::remote_read`] for a caller that has already read
@@ -492,6 +568,7 @@ impl<P: Clone> LoaderMachine<P> {
         key: &str,
         answer: Result<Option<Vec<u8>>, ()>,
         now_ms: i64,
+        read_seq: u64,
     ) -> RemoteKept {
         match self.judge_remote(key, answer, now_ms) {
             Ok(record) => {
@@ -500,8 +577,7 @@ impl<P: Clone> LoaderMachine<P> {
                 } else {
                     RemoteKept::Value
                 };
-                let seq = self.write_seq;
-                self.write_local(key, record, seq, now_ms, 0);
+                self.copy_local(key, record, now_ms, read_seq);
                 kept
             }
             Err(RemoteRead::Corrupt) => RemoteKept::Corrupt,
@@ -689,15 +765,26 @@ impl<P: Clone> LoaderMachine<P> {
                         }
                     }
                 }
+                // The remote took this write, but a touch of the key since
+                // it began may have raced it there: which landed last is
+                // unknown here, so no local copy is kept (L-12).
+                let raced = self.touched.since(&order.key, order.started_seq)
+                    && !(order.record.is_placeholder()
+                        && self.bug(LoaderBug::PlaceholderOverwritesValue));
                 self.write_seq += 1;
                 let seq = self.write_seq;
-                self.write_local(
-                    &order.key,
-                    order.record.clone(),
-                    seq,
-                    now_ms,
-                    order.jitter_ms,
-                );
+                self.touched.touch(&order.key, seq);
+                if raced {
+                    self.local.remove(&order.key);
+                } else {
+                    self.write_local(
+                        &order.key,
+                        order.record.clone(),
+                        seq,
+                        now_ms,
+                        order.jitter_ms,
+                    );
+                }
                 true
             }
         }
@@ -730,6 +817,7 @@ impl<P: Clone> LoaderMachine<P> {
     /// `delete(key)`: drops the local copy and cancels the key's refresh task (L-9).
     pub fn delete(&mut self, key: &str) {
         self.write_seq += 1;
+        self.touched.touch(key, self.write_seq);
         self.local.remove(key);
         if !self.bug(LoaderBug::DeleteKeepsRefreshTask) {
             self.tasks.remove(key);
@@ -824,6 +912,8 @@ impl<P: Clone> LoaderMachine<P> {
             // be stale, so none is kept (L-12). Not an event any node
             // emitted, so no event counter moves (L-11 conservation).
             self.local.clear();
+            self.write_seq += 1;
+            self.touched.all = self.write_seq;
             return true;
         }
         if event.source == self.cfg.node {
@@ -831,7 +921,9 @@ impl<P: Clone> LoaderMachine<P> {
             return false;
         }
         self.counters.events_delivered += 1;
+        self.write_seq += 1;
         for key in &event.keys {
+            self.touched.touch(key, self.write_seq);
             self.local.remove(key);
         }
         true
@@ -1065,7 +1157,7 @@ mod tests {
         });
         assert_eq!(m.read_local("k", 0), LocalRead::Miss);
         let f = m.begin(single("k"), false).unwrap().flight();
-        assert_eq!(m.remote_read("k", Ok(None), 0), RemoteRead::Miss);
+        assert_eq!(m.remote_read("k", Ok(None), 0, 0), RemoteRead::Miss);
         assert!(m.load_started(f));
         let order = m
             .load_finished(f, "k", LoadOutcome::Value(b"v".to_vec()), None, 0, 3)
@@ -1075,7 +1167,7 @@ mod tests {
         assert_eq!(m.read_local("k", 1), LocalRead::Value(b"v".to_vec()));
         let rec = Record::value(b"w".to_vec(), 10_000).encode();
         assert!(matches!(
-            m.remote_read("j", Ok(Some(rec)), 1),
+            m.remote_read("j", Ok(Some(rec)), 1, 0),
             RemoteRead::Live(_)
         ));
         let f = m.begin(single("e"), false).unwrap().flight();
@@ -1117,8 +1209,8 @@ mod tests {
         let mut kept: LoaderMachine<()> = LoaderMachine::new(cfg);
         for (i, answer) in answers.into_iter().enumerate() {
             let key = format!("k{i}");
-            let read = copied.remote_read(&key, answer.clone(), 10);
-            let verdict = kept.remote_read_kept(&key, answer, 10);
+            let read = copied.remote_read(&key, answer.clone(), 10, 0);
+            let verdict = kept.remote_read_kept(&key, answer, 10, 0);
             let want = match read {
                 RemoteRead::Live(r) if r.is_placeholder() => RemoteKept::Placeholder,
                 RemoteRead::Live(_) => RemoteKept::Value,
@@ -1170,7 +1262,7 @@ mod tests {
             ..cfg()
         });
         let rec = Record::value(b"v".to_vec(), 1_000);
-        m.remote_read("k", Ok(Some(rec.encode())), 400);
+        m.remote_read("k", Ok(Some(rec.encode())), 400, 0);
         assert_eq!(m.local().peek("k").unwrap().record.expires_at_ms, 1_000);
         assert_eq!(
             m.read_local("k", 1_000),
@@ -1178,12 +1270,73 @@ mod tests {
             "LINV-3: not at its expiry"
         );
         assert_eq!(
-            m.remote_read("j", Ok(Some(rec.encode())), 1_000),
+            m.remote_read("j", Ok(Some(rec.encode())), 1_000, 0),
             RemoteRead::Miss
         );
         assert_eq!(
-            m.remote_read("x", Ok(Some(b"junk".to_vec())), 0),
+            m.remote_read("x", Ok(Some(b"junk".to_vec())), 0, 0),
             RemoteRead::Corrupt
         );
+    }
+
+    /// L-12: an answer or a write that began before its key was touched —
+    /// deleted, written, invalidated by another node's event, or every key
+    /// by a resync — leaves no local copy, since it may carry what that
+    /// touch replaced; one that began after keeps its copy as usual.
+    #[test]
+    fn l12_no_local_copy_from_before_the_keys_last_touch() {
+        let rec = |v: &[u8]| Record {
+            payload: Payload::Value(v.to_vec()),
+            expires_at_ms: 10_000,
+        };
+        let mut m: LoaderMachine<()> = LoaderMachine::new(cfg());
+        // A remote read sent, then the key deleted, then the answer.
+        let sent = m.seq();
+        m.delete("k");
+        m.remote_read("k", Ok(Some(rec(b"old").encode())), 1, sent);
+        assert!(m.local().peek("k").is_none(), "a read from before a delete");
+        // Sent after the delete: kept.
+        let sent = m.seq();
+        m.remote_read("k", Ok(Some(rec(b"new").encode())), 1, sent);
+        assert!(m.local().peek("k").is_some());
+        // Another key's touch leaves this one's copy alone (slots apart).
+        let sent = m.seq();
+        m.delete("other");
+        m.remote_read("j", Ok(Some(rec(b"j").encode())), 1, sent);
+        assert_eq!(
+            Touched::slot("other") == Touched::slot("j"),
+            m.local().peek("j").is_none()
+        );
+        // A set that began before another node's event for its key.
+        let order = m.prepare_set("k", b"mine".to_vec(), None, 1, 0);
+        let theirs = Event {
+            source: "elsewhere".into(),
+            kind: EventKind::Set,
+            keys: vec!["k".into()],
+        };
+        assert!(m.event_received(&theirs));
+        assert!(m.write_applied(&order, RemoteWrite::Done(true), 1));
+        assert!(
+            m.local().peek("k").is_none(),
+            "a set raced by another node's"
+        );
+        // Two sets of one key on this node: the later one to begin wins
+        // locally only if the earlier one was done before it began.
+        let first = m.prepare_set("k", b"a".to_vec(), None, 1, 0);
+        let second = m.prepare_set("k", b"b".to_vec(), None, 1, 0);
+        assert!(m.write_applied(&second, RemoteWrite::Done(true), 1));
+        assert!(m.write_applied(&first, RemoteWrite::Done(true), 1));
+        assert!(
+            m.local().peek("k").is_none(),
+            "which landed last is unknown"
+        );
+        let third = m.prepare_set("k", b"c".to_vec(), None, 1, 0);
+        assert!(m.write_applied(&third, RemoteWrite::Done(true), 1));
+        assert!(m.local().peek("k").is_some(), "nothing raced it");
+        // A resync touches every key.
+        let sent = m.seq();
+        assert!(m.event_received(&Event::resync()));
+        m.remote_read("z", Ok(Some(rec(b"z").encode())), 1, sent);
+        assert!(m.local().peek("z").is_none());
     }
 }
