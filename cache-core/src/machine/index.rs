@@ -116,6 +116,12 @@ pub struct Indexes {
     /// During a batch (see [`Indexes::start_batch`]): the storage and
     /// content removals not yet applied.
     queued: Option<Vec<Queued>>,
+    /// Entries added to or removed from any index since the log was last
+    /// taken; `None` (the default) keeps no log. A removal by key alone
+    /// (`remove_first`) logs the entry it actually removed, which may be
+    /// another entry than the caller meant (C-13): that entry is the one a
+    /// check of what the step touched must look at.
+    log: Option<Vec<EntryId>>,
 }
 
 /// A key of [`Indexes::ongoing`], owned or borrowed: the map is looked up
@@ -180,6 +186,7 @@ struct Queued {
 impl Indexes {
     /// Puts `entry` under `slot`. The caller records the slot on the entry.
     pub fn insert(&mut self, slot: &Slot, entry: EntryId) {
+        self.note(entry);
         match slot {
             Slot::Storage(k) => {
                 self.listed_storage += usize::from(push_unique(&mut self.by_storage, k, entry));
@@ -199,6 +206,30 @@ impl Indexes {
         }
     }
 
+    /// Starts logging the entries whose listings change (see
+    /// [`Indexes::take_log`]).
+    pub fn keep_log(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the entries logged since the last call into `into` (cleared
+    /// first).
+    pub fn take_log(&mut self, into: &mut Vec<EntryId>) {
+        into.clear();
+        if let Some(log) = &mut self.log {
+            std::mem::swap(log, into);
+        }
+    }
+
+    /// Logs that `entry`'s listing changed, for a change made on the map
+    /// itself rather than through `insert` or `remove`.
+    #[inline]
+    pub fn note(&mut self, entry: EntryId) {
+        if let Some(log) = &mut self.log {
+            log.push(entry);
+        }
+    }
+
     /// The in-flight call under (`storage`, `concurrency`), looked up
     /// without building an owned pair: every caller that joins a call
     /// (C-3.3) asks, and copying the concurrency key allocated each time.
@@ -210,6 +241,7 @@ impl Indexes {
 
     /// Removes `entry` from `slot`, and only `entry` (C-13).
     pub fn remove(&mut self, slot: &Slot, entry: EntryId) {
+        self.note(entry);
         match slot {
             Slot::Storage(k) => self.remove_listed(false, k, entry),
             Slot::Content(k) => self.remove_listed(true, k, entry),

@@ -89,6 +89,68 @@ struct SessionState {
     telemetry_seen: index::KeySet,
 }
 
+/// The open sessions. Reads go through `Deref`; every change goes through
+/// `get_mut`, `insert` or `remove`, which log the session while a harness
+/// asks for a log of what changed (see [`CallCache::track_touched`]).
+#[derive(Default)]
+struct Sessions {
+    map: BTreeMap<SessionId, SessionState>,
+    log: Option<Vec<SessionId>>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = BTreeMap<SessionId, SessionState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    #[inline]
+    fn note(&mut self, s: SessionId) {
+        if let Some(log) = &mut self.log {
+            log.push(s);
+        }
+    }
+
+    fn get_mut(&mut self, s: &SessionId) -> Option<&mut SessionState> {
+        self.note(*s);
+        self.map.get_mut(s)
+    }
+
+    fn insert(&mut self, s: SessionId, state: SessionState) {
+        self.note(s);
+        self.map.insert(s, state);
+    }
+
+    fn remove(&mut self, s: &SessionId) -> Option<SessionState> {
+        self.note(*s);
+        self.map.remove(s)
+    }
+}
+
+/// What changed in a [`CallCache`] since the last [`CallCache::take_touched`]:
+/// the entries, refs and sessions written, each sorted and without repeats.
+/// [`CallCache::check_touched`] checks exactly these. The buffers are reused
+/// from one step to the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Entries created, changed, removed, or added to or removed from an index.
+    pub entries: Vec<EntryId>,
+    /// Refs created, changed (owner) or removed.
+    pub refs: Vec<RefId>,
+    /// Sessions opened, changed (refs, waits, retry flags) or closed.
+    pub sessions: Vec<SessionId>,
+    keys: Vec<arena::Key>,
+}
+
+impl Touched {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.refs.is_empty() && self.sessions.is_empty()
+    }
+}
+
 /// The call cache's state machine, generic over the cached value type.
 pub struct CallCache<V> {
     instance: u64,
@@ -97,7 +159,7 @@ pub struct CallCache<V> {
     entries: Arena<Entry<V>>,
     refs: Arena<RefRecord>,
     idx: Indexes,
-    sessions: BTreeMap<SessionId, SessionState>,
+    sessions: Sessions,
     next_session: u64,
     next_waiter: u64,
     next_detached: u64,
@@ -115,7 +177,7 @@ impl<V: Clone> CallCache<V> {
             entries: Arena::default(),
             refs: Arena::default(),
             idx: Indexes::default(),
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
             next_session: 1,
             next_waiter: 1,
             next_detached: 1,
@@ -137,6 +199,39 @@ impl<V: Clone> CallCache<V> {
     pub fn with_bugs(mut self, bugs: Bugs) -> Self {
         self.bugs = bugs;
         self
+    }
+
+    /// Starts keeping a log of what every event changes, for a harness that
+    /// checks each step incrementally ([`CallCache::take_touched`],
+    /// [`CallCache::check_touched`]). Off by default: a cache that is not
+    /// asked keeps no log (one untaken branch per change).
+    pub fn track_touched(&mut self) {
+        self.entries.keep_log();
+        self.refs.keep_log();
+        self.idx.keep_log();
+        self.sessions.log.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves what changed since the last call (or since
+    /// [`CallCache::track_touched`]) into `into`, sorted and deduplicated.
+    /// Empty unless tracking is on.
+    pub fn take_touched(&mut self, into: &mut Touched) {
+        self.entries.take_log(&mut into.keys);
+        self.idx.take_log(&mut into.entries);
+        into.entries.extend(into.keys.iter().map(|k| EntryId(*k)));
+        into.entries.sort_unstable();
+        into.entries.dedup();
+        self.refs.take_log(&mut into.keys);
+        into.refs.clear();
+        into.refs.extend(into.keys.iter().map(|k| RefId(*k)));
+        into.refs.sort_unstable();
+        into.refs.dedup();
+        into.sessions.clear();
+        if let Some(log) = &mut self.sessions.log {
+            std::mem::swap(log, &mut into.sessions);
+        }
+        into.sessions.sort_unstable();
+        into.sessions.dedup();
     }
 
     /// The bug-zoo switches that are on (none in a normal build).
