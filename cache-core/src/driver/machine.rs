@@ -50,21 +50,39 @@ pub fn run_machine(input: &MachineInput) -> Result<Stats, Failure> {
 /// without the `bug-zoo` feature): how the fuzz targets show what they
 /// catch.
 pub fn run_machine_with(input: &MachineInput, bugs: Bugs) -> Result<Stats, Failure> {
-    run_checked(input, bugs, FULL_CHECK_EVERY, &mut |_, _| {})
+    run_checked(input, bugs, Checks::default(), &mut |_, _| {})
 }
 
-/// [`run_machine_with`], the full check every `full_every` steps, and
-/// `plant` called on the cache after each step's operation, before its
-/// check (with the step's index): how the tests show which check catches
-/// what.
+/// Which checks run after each step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Checks {
+    /// The full check every this many steps (and after the last).
+    pub full_every: usize,
+    /// The check of what each step touched, on the other steps.
+    pub incremental: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            full_every: FULL_CHECK_EVERY,
+            incremental: true,
+        }
+    }
+}
+
+/// [`run_machine_with`] with the given `checks`, and `plant` called on the
+/// cache after each step's operation, before its check (with the step's
+/// index): how the tests show which check catches what.
 pub(crate) fn run_checked(
     input: &MachineInput,
     bugs: Bugs,
-    full_every: usize,
+    checks: Checks,
     plant: &mut dyn FnMut(usize, &mut CallCache<u32>),
 ) -> Result<Stats, Failure> {
     let mut d = Driver::new(input.change_cache, bugs);
-    d.full_every = full_every.max(1);
+    d.full_every = checks.full_every.max(1);
+    d.incremental = checks.incremental;
     for (i, op) in input.ops.iter().enumerate() {
         d.step = i;
         d.op = Some(op.clone());
@@ -113,7 +131,8 @@ struct Running {
     /// The concurrency key the machine dedupes on.
     conc: String,
     starter: Origin,
-    requested: Option<CallId>,
+    /// The requested ID's index in [`call_ids`] (see `IdKeys`).
+    requested_ix: Option<usize>,
     ttl: Option<TtlRun>,
 }
 
@@ -154,7 +173,35 @@ struct Req {
     dnc: bool,
     arbitrary: bool,
     requested: Option<CallId>,
+    requested_ix: Option<usize>,
     ttl: Option<TtlRun>,
+}
+
+/// The call key and content key of each of [`call_ids`], as text: made
+/// once per process, so that no step formats a digest (a call key is 64 hex
+/// digits through the formatter; it was 3 % of a corpus replay).
+struct IdKeys(Vec<(String, Option<String>)>);
+
+impl IdKeys {
+    fn get() -> &'static IdKeys {
+        static KEYS: std::sync::OnceLock<IdKeys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            IdKeys(
+                call_ids()
+                    .iter()
+                    .map(|id| (id.call_key(), id.content_key()))
+                    .collect(),
+            )
+        })
+    }
+
+    fn call_key(&self, ix: usize) -> &str {
+        &self.0[ix].0
+    }
+
+    fn content_key(&self, ix: usize) -> Option<&str> {
+        self.0[ix].1.as_deref()
+    }
 }
 
 struct Driver {
@@ -198,6 +245,7 @@ struct Driver {
     /// Steps since the last full check.
     since_full: usize,
     full_every: usize,
+    incremental: bool,
 }
 
 impl Driver {
@@ -235,6 +283,7 @@ impl Driver {
             moved: Vec::new(),
             since_full: 0,
             full_every: FULL_CHECK_EVERY,
+            incremental: true,
         }
         .tracking()
     }
@@ -268,6 +317,10 @@ impl Driver {
             return self.check();
         }
         self.cache.take_touched(&mut self.touched);
+        if !self.incremental {
+            self.moved.clear();
+            return Ok(());
+        }
         self.cache
             .check_touched(&self.touched)
             .map_err(|v| self.fail(v.rule, v.detail))?;
@@ -596,9 +649,10 @@ impl Driver {
 
     fn call(&mut self, who: Who, id: u8, conc: u8, dnc: bool, ttl: Ttl) -> Result<(), Failure> {
         let (caller, origin) = self.pick_caller(who);
-        let id = self.ids[usize::from(id) % self.ids.len()].clone();
+        let ix = usize::from(id) % self.ids.len();
+        let id = self.ids[ix].clone();
         let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
-        let call_key = id.call_key();
+        let call_key = IdKeys::get().call_key(ix).to_string();
         let mut req = CallRequest::new(id.clone())
             .concurrency_key(conc.clone())
             .do_not_cache(dnc);
@@ -666,6 +720,7 @@ impl Driver {
             dnc,
             arbitrary: false,
             requested: Some(id),
+            requested_ix: Some(ix),
             ttl: ttl_run,
         };
         self.apply_begin(b, r)
@@ -684,6 +739,7 @@ impl Driver {
             dnc: false,
             arbitrary: true,
             requested: None,
+            requested_ix: None,
             ttl: None,
         };
         self.apply_begin(b, r)
@@ -838,7 +894,7 @@ impl Driver {
                         call_key: r.call_key,
                         conc: r.conc,
                         starter: r.origin,
-                        requested: r.requested,
+                        requested_ix: r.requested_ix,
                         ttl: r.ttl,
                     },
                 );
@@ -925,10 +981,10 @@ impl Driver {
         );
         if served.content_hit {
             self.stats.content_hits += 1;
-            let want = r.requested.as_ref().and_then(|i| i.content_key());
+            let want = r.requested_ix.and_then(|i| IdKeys::get().content_key(i));
             ensure!(
                 self,
-                want.is_some() && stored.content_key == want,
+                want.is_some() && stored.content_key.as_deref() == want,
                 "INV-5",
                 "content hit on {entry} (content {:?}) for content {want:?}",
                 stored.content_key
@@ -1014,6 +1070,9 @@ impl Driver {
             _ => None,
         };
         let mut rejected = false;
+        let returned_ix = returned_id
+            .filter(|_| !r.arbitrary())
+            .map(|i| usize::from(i) % self.ids.len());
         let result: Result<Resolved<u32>, CallError> = match outcome {
             Outcome::Value(_) | Outcome::NoValue => {
                 let counter = self.hooks.counter(entry);
@@ -1023,8 +1082,8 @@ impl Driver {
                 }
                 .with_release(counter.hook())
                 .safe_to_persist(safe);
-                if let Some(i) = returned_id.filter(|_| !r.arbitrary()) {
-                    resolved.id = Some(self.ids[usize::from(i) % self.ids.len()].clone());
+                if let Some(i) = returned_ix {
+                    resolved.id = Some(self.ids[i].clone());
                 }
                 self.stats.nested += r.inner.len();
                 resolved.nested = std::mem::take(&mut r.inner);
@@ -1061,20 +1120,20 @@ impl Driver {
         let success = result.is_ok() && !rejected;
         let error = result.as_ref().err().cloned();
         if success {
-            let id = match &result {
-                Ok(res) => res.id.clone().or_else(|| r.requested.clone()),
-                Err(_) => None,
-            };
+            // The ID the result reports: the one it returned, else the one
+            // requested (by index, for its keys).
+            let ix = returned_ix.or(r.requested_ix);
+            let id = ix.map(|i| self.ids[i].clone());
             let mut keys = vec![r.key.clone()];
             let ttl_scoped = r.key != r.call_key;
-            if let Some(rk) = id.as_ref().map(|i| i.call_key()) {
+            if let Some(i) = ix {
                 if !ttl_scoped && !r.arbitrary() {
-                    keys.push(rk);
+                    keys.push(IdKeys::get().call_key(i).to_string());
                 }
             }
             let stored = Stored {
                 value,
-                content_key: id.as_ref().and_then(|i| i.content_key()),
+                content_key: ix.and_then(|i| IdKeys::get().content_key(i).map(str::to_string)),
                 id: if r.arbitrary() { None } else { id },
                 keys,
                 ttl: r.ttl.as_ref().map(|t| {
@@ -1379,5 +1438,99 @@ impl Driver {
         self.hooks
             .check_final()
             .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+}
+
+/// The incremental check and the full one each catch what they must: a
+/// fault a step makes and undoes before the next full check is seen only
+/// by the check of what the step touched, at that step; damage no step
+/// records is seen by the full check, after the last step at the latest.
+/// Either way the input fails.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores one result (call ID 2) in a session, then idles three steps.
+    fn stored_then_idle() -> MachineInput {
+        let mut ops = vec![
+            Op::Open,
+            Op::Call {
+                who: Who::Session(0),
+                id: 2,
+                conc: 0,
+                dnc: false,
+                ttl: Ttl::None,
+            },
+            Op::Complete {
+                which: 0,
+                outcome: Outcome::Value(1),
+                returned_id: None,
+                safe: false,
+                stale_nested: false,
+            },
+        ];
+        ops.extend(std::iter::repeat_n(Op::Advance { ms: 1 }, 3));
+        MachineInput {
+            change_cache: false,
+            ops,
+        }
+    }
+
+    fn stored(cache: &CallCache<u32>) -> EntryId {
+        cache
+            .completed_call(&call_ids()[2])
+            .expect("the result is stored")
+    }
+
+    /// Skews the stored entry's refcount after step 2 and puts it back
+    /// after step 3: a fault visible for one step only.
+    fn transient(step: usize, cache: &mut CallCache<u32>) {
+        match step {
+            2 => assert!(cache.plant_refcount_skew(stored(cache), 1)),
+            3 => assert!(cache.plant_refcount_skew(stored(cache), -1)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_incremental_check_sees_a_transient_fault_at_its_step() {
+        let input = stored_then_idle();
+        run_machine(&input).expect("healthy without the fault");
+        let rare = Checks {
+            full_every: 100,
+            incremental: true,
+        };
+        let f = run_checked(&input, Bugs::none(), rare, &mut transient).unwrap_err();
+        assert_eq!((f.invariant, f.step), ("INV-10", 2), "{f}");
+        assert!(f.detail.contains("counts 2 refs but 1 are live"), "{f}");
+        // Without it no full check ever sees the fault: healed by step 3.
+        let full_only = Checks {
+            full_every: 2,
+            incremental: false,
+        };
+        run_checked(&input, Bugs::none(), full_only, &mut transient)
+            .expect("the full checks at steps 1, 3 and the end see a healthy cache");
+    }
+
+    #[test]
+    fn the_full_check_sees_what_no_step_recorded_at_the_end_at_the_latest() {
+        let input = stored_then_idle();
+        let mut drift = |step: usize, cache: &mut CallCache<u32>| {
+            if step == 2 {
+                cache.plant_bucket_drift();
+            }
+        };
+        // The default: no full check between the fault and the end.
+        assert!(FULL_CHECK_EVERY > input.ops.len());
+        let f = run_checked(&input, Bugs::none(), Checks::default(), &mut drift).unwrap_err();
+        assert_eq!((f.invariant, f.step), ("INV-3", input.ops.len()), "{f}");
+        assert!(f.detail.contains("the completed buckets count"), "{f}");
+        // A full check every 4 steps finds it after step 3.
+        let often = Checks {
+            full_every: 4,
+            incremental: true,
+        };
+        let f = run_checked(&input, Bugs::none(), often, &mut drift).unwrap_err();
+        assert_eq!((f.invariant, f.step), ("INV-3", 3), "{f}");
     }
 }

@@ -287,7 +287,7 @@ impl Indexes {
 
     /// The storage lists and their running count, for tests that damage
     /// them on purpose (the invariant checks must notice).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "harness-hooks"))]
     pub(crate) fn storage_lists_mut(&mut self) -> (&mut KeyMap<Ids>, &mut usize) {
         (&mut self.by_storage, &mut self.listed_storage)
     }
