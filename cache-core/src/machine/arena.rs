@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::touch::TouchLog;
+
 /// A slot index plus the generation it was allocated in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
@@ -43,11 +45,9 @@ pub struct Arena<T> {
     /// The most recently freed slot: the top of the LIFO free list.
     free_head: u32,
     len: usize,
-    /// Keys inserted, borrowed mutably or removed since the log was last
-    /// taken; `None` (the default) keeps no log. A harness that checks only
-    /// what a step changed reads it (`CallCache::take_touched`): every change
-    /// to a value goes through one of those three doors, so none escapes it.
-    log: Option<Vec<Key>>,
+    /// Keys inserted, borrowed mutably or removed: every change to a value
+    /// goes through one of those three doors, so none escapes the log.
+    pub(crate) log: TouchLog<Key>,
 }
 
 impl<T> Default for Arena<T> {
@@ -56,37 +56,16 @@ impl<T> Default for Arena<T> {
             slots: Vec::new(),
             free_head: NONE,
             len: 0,
-            log: None,
+            log: TouchLog::default(),
         }
     }
 }
 
 impl<T> Arena<T> {
-    /// Starts logging the keys of changed values (see [`Arena::take_log`]).
-    pub fn keep_log(&mut self) {
-        self.log.get_or_insert_with(Vec::new);
-    }
-
-    /// Moves the keys changed since the last call into `into` (cleared
-    /// first), in the order they changed, repeats included.
-    pub fn take_log(&mut self, into: &mut Vec<Key>) {
-        into.clear();
-        if let Some(log) = &mut self.log {
-            std::mem::swap(log, into);
-        }
-    }
-
-    #[inline]
-    fn note(&mut self, key: Key) {
-        if let Some(log) = &mut self.log {
-            log.push(key);
-        }
-    }
-
     /// Stores `value` and returns its key.
     pub fn insert(&mut self, value: T) -> Key {
         let key = self.place(value);
-        self.note(key);
+        self.log.note(key);
         key
     }
 
@@ -139,7 +118,7 @@ impl<T> Arena<T> {
 
     /// Mutable access to the value under `key`, if the key is current.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
-        self.note(key);
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;
@@ -149,7 +128,7 @@ impl<T> Arena<T> {
 
     /// Removes and returns the value under `key`, if the key is current.
     pub fn remove(&mut self, key: Key) -> Option<T> {
-        self.note(key);
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;
@@ -165,7 +144,7 @@ impl<T> Arena<T> {
     /// has moved out of it what the caller keeps. The rest is dropped where
     /// it lies: a large value is not copied out whole just to be dropped.
     pub fn remove_with<R>(&mut self, key: Key, take: impl FnOnce(&mut T) -> R) -> Option<R> {
-        self.note(key);
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;

@@ -12,6 +12,7 @@ use rustc_hash::FxHasher;
 
 use super::entry::Slot;
 use super::key::IndexKey;
+use super::touch::TouchLog;
 use super::types::EntryId;
 
 /// A map keyed by [`IndexKey`] with rustc's Fx hasher: fixed and unseeded,
@@ -116,12 +117,11 @@ pub struct Indexes {
     /// During a batch (see [`Indexes::start_batch`]): the storage and
     /// content removals not yet applied.
     queued: Option<Vec<Queued>>,
-    /// Entries added to or removed from any index since the log was last
-    /// taken; `None` (the default) keeps no log. A removal by key alone
-    /// (`remove_first`) logs the entry it actually removed, which may be
-    /// another entry than the caller meant (C-13): that entry is the one a
-    /// check of what the step touched must look at.
-    log: Option<Vec<EntryId>>,
+    /// Entries added to or removed from any index (see `touch`). A removal
+    /// by key alone (`remove_first`) logs the entry it actually removed,
+    /// which may be another entry than the caller meant (C-13): that entry
+    /// is the one a check of what the step touched must look at.
+    pub(crate) log: TouchLog<EntryId>,
 }
 
 /// A key of [`Indexes::ongoing`], owned or borrowed: the map is looked up
@@ -206,28 +206,11 @@ impl Indexes {
         }
     }
 
-    /// Starts logging the entries whose listings change (see
-    /// [`Indexes::take_log`]).
-    pub fn keep_log(&mut self) {
-        self.log.get_or_insert_with(Vec::new);
-    }
-
-    /// Moves the entries logged since the last call into `into` (cleared
-    /// first).
-    pub fn take_log(&mut self, into: &mut Vec<EntryId>) {
-        into.clear();
-        if let Some(log) = &mut self.log {
-            std::mem::swap(log, into);
-        }
-    }
-
     /// Logs that `entry`'s listing changed, for a change made on the map
     /// itself rather than through `insert` or `remove`.
     #[inline]
     pub fn note(&mut self, entry: EntryId) {
-        if let Some(log) = &mut self.log {
-            log.push(entry);
-        }
+        self.log.note(entry);
     }
 
     /// The in-flight call under (`storage`, `concurrency`), looked up

@@ -47,6 +47,7 @@ mod key;
 mod release;
 mod report;
 mod session;
+mod touch;
 mod types;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ pub use index::Buckets;
 pub use invariants::Violation;
 pub use report::{FlightKey, LeakClass, LeakReport, SurvivingEntry};
 pub use session::SessionClose;
+pub use touch::Touched;
 pub use types::*;
 
 use crate::bugs::{Bug, Bugs};
@@ -95,7 +97,7 @@ struct SessionState {
 #[derive(Default)]
 struct Sessions {
     map: BTreeMap<SessionId, SessionState>,
-    log: Option<Vec<SessionId>>,
+    log: touch::TouchLog<SessionId>,
 }
 
 impl std::ops::Deref for Sessions {
@@ -106,48 +108,19 @@ impl std::ops::Deref for Sessions {
 }
 
 impl Sessions {
-    #[inline]
-    fn note(&mut self, s: SessionId) {
-        if let Some(log) = &mut self.log {
-            log.push(s);
-        }
-    }
-
     fn get_mut(&mut self, s: &SessionId) -> Option<&mut SessionState> {
-        self.note(*s);
+        self.log.note(*s);
         self.map.get_mut(s)
     }
 
     fn insert(&mut self, s: SessionId, state: SessionState) {
-        self.note(s);
+        self.log.note(s);
         self.map.insert(s, state);
     }
 
     fn remove(&mut self, s: &SessionId) -> Option<SessionState> {
-        self.note(*s);
+        self.log.note(*s);
         self.map.remove(s)
-    }
-}
-
-/// What changed in a [`CallCache`] since the last [`CallCache::take_touched`]:
-/// the entries, refs and sessions written, each sorted and without repeats.
-/// [`CallCache::check_touched`] checks exactly these. The buffers are reused
-/// from one step to the next.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Touched {
-    /// Entries created, changed, removed, or added to or removed from an index.
-    pub entries: Vec<EntryId>,
-    /// Refs created, changed (owner) or removed.
-    pub refs: Vec<RefId>,
-    /// Sessions opened, changed (refs, waits, retry flags) or closed.
-    pub sessions: Vec<SessionId>,
-    keys: Vec<arena::Key>,
-}
-
-impl Touched {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.refs.is_empty() && self.sessions.is_empty()
     }
 }
 
@@ -199,39 +172,6 @@ impl<V: Clone> CallCache<V> {
     pub fn with_bugs(mut self, bugs: Bugs) -> Self {
         self.bugs = bugs;
         self
-    }
-
-    /// Starts keeping a log of what every event changes, for a harness that
-    /// checks each step incrementally ([`CallCache::take_touched`],
-    /// [`CallCache::check_touched`]). Off by default: a cache that is not
-    /// asked keeps no log (one untaken branch per change).
-    pub fn track_touched(&mut self) {
-        self.entries.keep_log();
-        self.refs.keep_log();
-        self.idx.keep_log();
-        self.sessions.log.get_or_insert_with(Vec::new);
-    }
-
-    /// Moves what changed since the last call (or since
-    /// [`CallCache::track_touched`]) into `into`, sorted and deduplicated.
-    /// Empty unless tracking is on.
-    pub fn take_touched(&mut self, into: &mut Touched) {
-        self.entries.take_log(&mut into.keys);
-        self.idx.take_log(&mut into.entries);
-        into.entries.extend(into.keys.iter().map(|k| EntryId(*k)));
-        into.entries.sort_unstable();
-        into.entries.dedup();
-        self.refs.take_log(&mut into.keys);
-        into.refs.clear();
-        into.refs.extend(into.keys.iter().map(|k| RefId(*k)));
-        into.refs.sort_unstable();
-        into.refs.dedup();
-        into.sessions.clear();
-        if let Some(log) = &mut self.sessions.log {
-            std::mem::swap(log, &mut into.sessions);
-        }
-        into.sessions.sort_unstable();
-        into.sessions.dedup();
     }
 
     /// The bug-zoo switches that are on (none in a normal build).
