@@ -4,8 +4,9 @@
 //! Each engine hands the driver a sequence of operations; the driver applies
 //! them to the cache, keeps a shadow model of who holds which ref, which
 //! resolver runs and what every response must be (DESIGN principle 4), checks
-//! every applicable invariant after each step, settles everything at the end
-//! and checks INV-1. A violation is never a panic: it comes back as a
+//! every applicable invariant after each step (on the state machine: on what
+//! the step touched, and on the whole cache every few steps and after the
+//! last), settles everything at the end and checks INV-1. A violation is never a panic: it comes back as a
 //! [`Failure`] naming the invariant and the step, so proptest can shrink on it
 //! and a fuzz target can `panic!` with it.
 //!

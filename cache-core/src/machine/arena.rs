@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::touch::TouchLog;
+
 /// A slot index plus the generation it was allocated in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
@@ -43,6 +45,9 @@ pub struct Arena<T> {
     /// The most recently freed slot: the top of the LIFO free list.
     free_head: u32,
     len: usize,
+    /// Keys inserted, borrowed mutably or removed: every change to a value
+    /// goes through one of those three doors, so none escapes the log.
+    pub(crate) log: TouchLog<Key>,
 }
 
 impl<T> Default for Arena<T> {
@@ -51,6 +56,7 @@ impl<T> Default for Arena<T> {
             slots: Vec::new(),
             free_head: NONE,
             len: 0,
+            log: TouchLog::default(),
         }
     }
 }
@@ -58,6 +64,12 @@ impl<T> Default for Arena<T> {
 impl<T> Arena<T> {
     /// Stores `value` and returns its key.
     pub fn insert(&mut self, value: T) -> Key {
+        let key = self.place(value);
+        self.log.note(key);
+        key
+    }
+
+    fn place(&mut self, value: T) -> Key {
         self.len += 1;
         if self.free_head != NONE {
             let index = self.free_head;
@@ -106,6 +118,7 @@ impl<T> Arena<T> {
 
     /// Mutable access to the value under `key`, if the key is current.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;
@@ -115,6 +128,7 @@ impl<T> Arena<T> {
 
     /// Removes and returns the value under `key`, if the key is current.
     pub fn remove(&mut self, key: Key) -> Option<T> {
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;
@@ -130,6 +144,7 @@ impl<T> Arena<T> {
     /// has moved out of it what the caller keeps. The rest is dropped where
     /// it lies: a large value is not copied out whole just to be dropped.
     pub fn remove_with<R>(&mut self, key: Key, take: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.log.note(key);
         let slot = self.slots.get_mut(key.index as usize)?;
         if slot.generation != key.generation {
             return None;

@@ -38,7 +38,9 @@ impl<V: Clone> CallCache<V> {
             // it is this call's: a newer call registered there is dropped.
             let e = self.entries.get(entry.0).expect("checked above");
             let key = (e.storage_key.clone(), e.concurrency_key.clone());
-            self.idx.ongoing.remove(&key);
+            if let Some(gone) = self.idx.ongoing.remove(&key) {
+                self.idx.note(gone);
+            }
         }
         let resolved = match self.adopt_nested(entry, outcome, &mut done) {
             Ok(resolved) => resolved,

@@ -19,9 +19,25 @@ impl<V: Clone> CallCache<V> {
     /// on each other in a ring, in walk order. Iterative, so a long chain of
     /// nested calls cannot overflow the stack.
     pub fn wait_cycle(&self) -> Option<Vec<EntryId>> {
+        // An entry that waits on nothing closes no ring, and a walk that
+        // reaches it marks it done at once: starting only from entries with
+        // edges finds the same first ring without a mark per entry.
+        self.wait_cycle_from(
+            self.entries
+                .iter()
+                .filter(|(_, e)| !e.waits_on.is_empty())
+                .map(|(key, _)| EntryId(key)),
+        )
+    }
+
+    /// The first wait-for cycle reachable from `starts`, walked in their
+    /// order (see [`CallCache::wait_cycle`]).
+    pub(crate) fn wait_cycle_from(
+        &self,
+        starts: impl Iterator<Item = EntryId>,
+    ) -> Option<Vec<EntryId>> {
         let mut marks: BTreeMap<EntryId, Mark> = BTreeMap::new();
-        for (key, _) in self.entries.iter() {
-            let start = EntryId(key);
+        for start in starts {
             if marks.contains_key(&start) {
                 continue;
             }

@@ -37,4 +37,24 @@ impl<V: Clone> CallCache<V> {
         }
         true
     }
+
+    /// Changes `entry`'s refcount by `delta` without a ref behind it, through
+    /// the arena's logged door, as a faulty event would (INV-10 must fire,
+    /// in the check of what the step touched too). Returns false when the
+    /// entry is gone.
+    #[doc(hidden)]
+    pub fn plant_refcount_skew(&mut self, entry: super::types::EntryId, delta: i32) -> bool {
+        let Some(e) = self.entries.get_mut(entry.0) else {
+            return false;
+        };
+        e.refcount = e.refcount.wrapping_add_signed(delta);
+        true
+    }
+
+    /// Miscounts the completed storage listings by one, a total only the
+    /// full check recounts (INV-3 must fire there, and only there).
+    #[doc(hidden)]
+    pub fn plant_bucket_drift(&mut self) {
+        *self.idx.storage_lists_mut().1 += 1;
+    }
 }

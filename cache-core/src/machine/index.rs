@@ -12,6 +12,7 @@ use rustc_hash::FxHasher;
 
 use super::entry::Slot;
 use super::key::IndexKey;
+use super::touch::TouchLog;
 use super::types::EntryId;
 
 /// A map keyed by [`IndexKey`] with rustc's Fx hasher: fixed and unseeded,
@@ -116,6 +117,11 @@ pub struct Indexes {
     /// During a batch (see [`Indexes::start_batch`]): the storage and
     /// content removals not yet applied.
     queued: Option<Vec<Queued>>,
+    /// Entries added to or removed from any index (see `touch`). A removal
+    /// by key alone (`remove_first`) logs the entry it actually removed,
+    /// which may be another entry than the caller meant (C-13): that entry
+    /// is the one a check of what the step touched must look at.
+    pub(crate) log: TouchLog<EntryId>,
 }
 
 /// A key of [`Indexes::ongoing`], owned or borrowed: the map is looked up
@@ -180,6 +186,7 @@ struct Queued {
 impl Indexes {
     /// Puts `entry` under `slot`. The caller records the slot on the entry.
     pub fn insert(&mut self, slot: &Slot, entry: EntryId) {
+        self.note(entry);
         match slot {
             Slot::Storage(k) => {
                 self.listed_storage += usize::from(push_unique(&mut self.by_storage, k, entry));
@@ -199,6 +206,13 @@ impl Indexes {
         }
     }
 
+    /// Logs that `entry`'s listing changed, for a change made on the map
+    /// itself rather than through `insert` or `remove`.
+    #[inline]
+    pub fn note(&mut self, entry: EntryId) {
+        self.log.note(entry);
+    }
+
     /// The in-flight call under (`storage`, `concurrency`), looked up
     /// without building an owned pair: every caller that joins a call
     /// (C-3.3) asks, and copying the concurrency key allocated each time.
@@ -210,6 +224,7 @@ impl Indexes {
 
     /// Removes `entry` from `slot`, and only `entry` (C-13).
     pub fn remove(&mut self, slot: &Slot, entry: EntryId) {
+        self.note(entry);
         match slot {
             Slot::Storage(k) => self.remove_listed(false, k, entry),
             Slot::Content(k) => self.remove_listed(true, k, entry),
@@ -255,7 +270,7 @@ impl Indexes {
 
     /// The storage lists and their running count, for tests that damage
     /// them on purpose (the invariant checks must notice).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "harness-hooks"))]
     pub(crate) fn storage_lists_mut(&mut self) -> (&mut KeyMap<Ids>, &mut usize) {
         (&mut self.by_storage, &mut self.listed_storage)
     }

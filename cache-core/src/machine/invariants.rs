@@ -1,14 +1,22 @@
 //! `check_invariants`: INV-3 (index consistency), INV-10 (no dangling or
 //! negative counter), C-11a (one owner per ref), and INV-2 given the handle
 //! counts a shadow model passes in.
+//!
+//! `check_touched` runs the same checks on what one step changed (the
+//! entries, refs and sessions a [`Touched`] names, and every index list
+//! that names a changed entry), so a harness can check every step without
+//! walking the whole cache; it must still run the full check every so often
+//! and at the end, for the counts only the full walk recomputes (the C-15
+//! bucket totals) and for damage no step recorded.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::entry::{Phase, Slot};
-use super::index::sorted;
+use super::entry::{Entry, Phase, Slot};
+use super::index::{sorted, Ids};
+use super::key::IndexKey;
 use super::types::*;
-use super::CallCache;
+use super::{CallCache, RefRecord, SessionState, Touched};
 
 /// A broken invariant, naming the rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +62,22 @@ fn fail<T>(rule: &'static str, detail: String) -> Result<T, Violation> {
     Err(Violation { rule, detail })
 }
 
+/// Which list map a storage or content list belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Storage,
+    Content,
+}
+
+impl ListKind {
+    fn name(self) -> &'static str {
+        match self {
+            ListKind::Storage => "storage",
+            ListKind::Content => "content",
+        }
+    }
+}
+
 impl<V: Clone> CallCache<V> {
     /// Checks every internal invariant; the first violation found is returned.
     pub fn check_invariants(&self) -> Result<(), Violation> {
@@ -68,6 +92,120 @@ impl<V: Clone> CallCache<V> {
             );
         }
         self.check_wait_edges()
+    }
+
+    /// The checks of [`CallCache::check_invariants`] restricted to what
+    /// `touched` names (take it with [`CallCache::take_touched`] right after
+    /// the step): each changed entry (its index slots, refcount, phase,
+    /// owned refs and wait-for edges, or, once gone, that nothing still
+    /// names it), every index list or map slot that lists a changed entry,
+    /// each changed ref and session, and a wait-for cycle through a changed
+    /// entry (a new cycle needs a new edge, and an edge is added on the
+    /// waiting entry). Walks the index and the refs once without allocating,
+    /// instead of building maps of the whole cache.
+    ///
+    /// Not covered: the C-15 bucket totals (only [`CallCache::check_invariants`]
+    /// recounts them; a wrong total stays wrong, so the next full check finds
+    /// it) and damage done without going through the tracked doors.
+    pub fn check_touched(&self, touched: &Touched) -> Result<(), Violation> {
+        let changed = |id: &EntryId| touched.entries.binary_search(id).is_ok();
+        if !touched.entries.is_empty() {
+            for kind in [ListKind::Storage, ListKind::Content] {
+                for (key, list) in self.lists(kind) {
+                    if list.iter().any(changed) {
+                        self.check_list(kind, key, list)?;
+                    }
+                }
+            }
+            for ((key, conc), id) in &self.idx.ongoing {
+                if changed(id) {
+                    self.check_ongoing(key, conc, *id)?;
+                }
+            }
+            for (name, map) in self.arbitrary_maps() {
+                for (key, id) in map {
+                    if changed(id) {
+                        self.check_arbitrary(name, key, *id)?;
+                    }
+                }
+            }
+        }
+        for &id in &touched.entries {
+            let refs = self.refs.iter().filter(|(_, r)| r.entry == id).count();
+            let Some(e) = self.entries.get(id.0) else {
+                if refs > 0 {
+                    return fail("INV-10", format!("refs remain on dead entry {id}"));
+                }
+                // A gone resolver's wait-for edges went with it; edges
+                // onto it must have gone with its waiters.
+                for (key, p) in self.entries.iter() {
+                    if p.waits_on.contains(&id) {
+                        self.check_edge(EntryId(key), id)?;
+                    }
+                }
+                continue;
+            };
+            self.check_entry(id, e, refs as u32)?;
+            self.check_owned_refs(id, e)?;
+            for on in &e.waits_on {
+                self.check_edge(id, *on)?;
+            }
+            for from in e.waiters.iter().filter_map(|w| w.from) {
+                self.check_edge(from, id)?;
+            }
+        }
+        for &id in &touched.refs {
+            match self.refs.get(id.0) {
+                Some(r) => self.check_ref(id, r)?,
+                None => {
+                    // A gone ref is recorded by no owner any more.
+                    for (s, st) in self.sessions.iter() {
+                        if st.refs.contains(id) {
+                            return fail(
+                                "C-11a",
+                                format!("session {s} records ref {id} it does not own"),
+                            );
+                        }
+                    }
+                    for (key, e) in self.entries.iter() {
+                        self.check_owned_refs(EntryId(key), e)?;
+                    }
+                }
+            }
+        }
+        for &s in &touched.sessions {
+            match self.sessions.get(&s) {
+                Some(st) => {
+                    let waiting = self
+                        .entries
+                        .iter()
+                        .flat_map(|(_, e)| &e.waiters)
+                        .filter(|w| w.session == Some(s))
+                        .count();
+                    self.check_session_state(s, st, waiting)?;
+                }
+                None => {
+                    // Closed: no ref may still name it (S-3).
+                    for (key, r) in self.refs.iter() {
+                        if r.owner == Owner::Session(s) {
+                            self.check_ref(RefId(key), r)?;
+                        }
+                    }
+                }
+            }
+        }
+        let starts = touched.entries.iter().copied().filter(|id| {
+            self.entries
+                .get(id.0)
+                .is_some_and(|e| !e.waits_on.is_empty())
+        });
+        if let Some(ring) = self.wait_cycle_from(starts) {
+            return fail(
+                "C-4b",
+                format!("resolvers wait on each other in a cycle: {ring:?}"),
+            );
+        }
+        Ok(())
     }
 
     /// C-4b's bookkeeping: the wait-for graph the cycle check walks is
@@ -90,30 +228,39 @@ impl<V: Clone> CallCache<V> {
         }
         for (&(from, on), &listed) in &edges {
             let waiters = waiting.get(&(from, on)).copied().unwrap_or(0);
-            if listed != waiters {
-                return fail(
-                    "C-4b",
-                    format!(
-                        "entry {from}'s resolver is listed as waiting on entry {on} {listed} time(s) but has {waiters} waiter(s) there"
-                    ),
-                );
-            }
+            edge_counts_agree(from, on, listed, waiters)?;
         }
         for (&(from, on), &waiters) in &waiting {
-            let running = self
-                .entries
-                .get(from.0)
-                .is_some_and(|e| e.phase != Phase::Completed);
-            if running && !edges.contains_key(&(from, on)) {
-                return fail(
-                    "C-4b",
-                    format!(
-                        "entry {from}'s resolver has {waiters} waiter(s) on entry {on} but is not listed as waiting on it"
-                    ),
-                );
+            if self.is_running(from) && !edges.contains_key(&(from, on)) {
+                return fail("C-4b", unlisted_edge(from, on, waiters));
             }
         }
         Ok(())
+    }
+
+    /// [`CallCache::check_wait_edges`] for the one pair `from` → `on`.
+    fn check_edge(&self, from: EntryId, on: EntryId) -> Result<(), Violation> {
+        let listed = self
+            .entries
+            .get(from.0)
+            .map_or(0, |e| e.waits_on.iter().filter(|x| **x == on).count());
+        let waiters = self.entries.get(on.0).map_or(0, |e| {
+            e.waiters.iter().filter(|w| w.from == Some(from)).count()
+        });
+        if listed > 0 {
+            edge_counts_agree(from, on, listed, waiters)
+        } else if waiters > 0 && self.is_running(from) {
+            fail("C-4b", unlisted_edge(from, on, waiters))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether `entry`'s resolver still runs (in flight or abandoned).
+    fn is_running(&self, entry: EntryId) -> bool {
+        self.entries
+            .get(entry.0)
+            .is_some_and(|e| e.phase != Phase::Completed)
     }
 
     /// INV-2: each entry's refcount equals the handles a shadow model counts
@@ -144,11 +291,41 @@ impl<V: Clone> CallCache<V> {
         Ok(())
     }
 
+    /// INV-2 for one entry: its refcount equals the `want` handles a shadow
+    /// model counts for it (a gone entry must have none).
+    pub fn check_refcount(&self, id: EntryId, want: u32) -> Result<(), Violation> {
+        match self.entries.get(id.0) {
+            Some(e) if e.refcount != want => fail(
+                "INV-2",
+                format!(
+                    "entry {id} ({}) has refcount {} but {want} handles are outstanding",
+                    e.label(),
+                    e.refcount
+                ),
+            ),
+            None if want > 0 => fail(
+                "INV-2",
+                format!("{want} handles outstanding on entry {id}, which is gone"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn lists(&self, kind: ListKind) -> &super::index::KeyMap<Ids> {
+        match kind {
+            ListKind::Storage => self.idx.storage_lists(),
+            ListKind::Content => self.idx.content_lists(),
+        }
+    }
+
+    fn arbitrary_maps(&self) -> [(&'static str, &BTreeMap<String, EntryId>); 2] {
+        [
+            ("ongoing", &self.idx.arbitrary_ongoing),
+            ("completed", &self.idx.arbitrary_completed),
+        ]
+    }
+
     fn check_lists(&self) -> Result<(), Violation> {
-        let lists = [
-            ("storage", self.idx.storage_lists()),
-            ("content", self.idx.content_lists()),
-        ];
         let counted = self.buckets();
         let listed = self.idx.recount();
         if (counted.completed_calls, counted.completed_calls_by_content) != listed {
@@ -160,50 +337,75 @@ impl<V: Clone> CallCache<V> {
                 ),
             );
         }
-        for (name, map) in lists {
-            // Key order, not hash order: the first violation reported must
-            // be the same in every run.
-            for (key, list) in sorted(map) {
-                if list.is_empty() {
-                    return fail("INV-3", format!("empty {name} list under {key}"));
-                }
-                for (i, id) in list.iter().enumerate() {
-                    if list[..i].contains(id) {
-                        return fail(
-                            "INV-3",
-                            format!("entry {id} twice in the {name} list under {key}"),
-                        );
-                    }
-                    let Some(e) = self.entries.get(id.0) else {
-                        return fail(
-                            "INV-3",
-                            format!("{name} index under {key} points at dead entry {id}"),
-                        );
-                    };
-                    if e.phase != Phase::Completed
-                        || matches!(e.mode, RunMode::Arbitrary | RunMode::DoNotCache)
-                    {
-                        return fail("INV-3", format!("{name} index under {key} holds {id} ({}), which is not a completed call", e.label()));
-                    }
-                    let matches = if name == "storage" {
-                        e.storage_key == *key || e.result_call_key.as_ref() == Some(key)
-                    } else {
-                        e.content_key.as_ref() == Some(key)
-                    };
-                    let slot = if name == "storage" {
-                        Slot::Storage(key.clone())
-                    } else {
-                        Slot::Content(key.clone())
-                    };
-                    if !matches || !e.slots.contains(&slot) {
-                        return fail(
-                            "INV-3",
-                            format!(
-                                "{name} index under {key} holds {id} whose own keys do not match"
-                            ),
-                        );
-                    }
-                }
+        let kinds = [ListKind::Storage, ListKind::Content];
+        // Hash order first, which needs no sorted copy of the keys; only
+        // when something is wrong, key order, so that the first violation
+        // reported is the same in every run.
+        let clean = kinds.iter().all(|&kind| {
+            self.lists(kind)
+                .iter()
+                .all(|(key, list)| self.check_list(kind, key, list).is_ok())
+        });
+        if clean {
+            return Ok(());
+        }
+        for kind in kinds {
+            for (key, list) in sorted(self.lists(kind)) {
+                self.check_list(kind, key, list)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// INV-3 for the list under one storage or content key.
+    fn check_list(&self, kind: ListKind, key: &IndexKey, list: &Ids) -> Result<(), Violation> {
+        let name = kind.name();
+        if list.is_empty() {
+            return fail("INV-3", format!("empty {name} list under {key}"));
+        }
+        for (i, id) in list.iter().enumerate() {
+            if list[..i].contains(id) {
+                return fail(
+                    "INV-3",
+                    format!("entry {id} twice in the {name} list under {key}"),
+                );
+            }
+            let Some(e) = self.entries.get(id.0) else {
+                return fail(
+                    "INV-3",
+                    format!("{name} index under {key} points at dead entry {id}"),
+                );
+            };
+            if e.phase != Phase::Completed
+                || matches!(e.mode, RunMode::Arbitrary | RunMode::DoNotCache)
+            {
+                return fail(
+                    "INV-3",
+                    format!(
+                        "{name} index under {key} holds {id} ({}), which is not a completed call",
+                        e.label()
+                    ),
+                );
+            }
+            let (matches, recorded) = match kind {
+                ListKind::Storage => (
+                    e.storage_key == *key || e.result_call_key.as_ref() == Some(key),
+                    e.slots
+                        .iter()
+                        .any(|s| matches!(s, Slot::Storage(k) if k == key)),
+                ),
+                ListKind::Content => (
+                    e.content_key.as_ref() == Some(key),
+                    e.slots
+                        .iter()
+                        .any(|s| matches!(s, Slot::Content(k) if k == key)),
+                ),
+            };
+            if !matches || !recorded {
+                return fail(
+                    "INV-3",
+                    format!("{name} index under {key} holds {id} whose own keys do not match"),
+                );
             }
         }
         Ok(())
@@ -211,174 +413,158 @@ impl<V: Clone> CallCache<V> {
 
     fn check_maps(&self) -> Result<(), Violation> {
         for ((key, conc), id) in &self.idx.ongoing {
-            let Some(e) = self.entries.get(id.0) else {
-                return fail(
-                    "INV-3",
-                    format!("ongoing index ({key}, {conc}) points at dead entry {id}"),
-                );
-            };
-            if e.phase != Phase::InFlight {
-                return fail(
-                    "INV-3",
-                    format!("entry {id} is {:?} but still in the ongoing index", e.phase),
-                );
-            }
-            if e.storage_key != *key
-                || e.concurrency_key != *conc
-                || !e.slots.contains(&Slot::Ongoing(key.clone(), conc.clone()))
-            {
-                return fail(
-                    "INV-3",
-                    format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"),
-                );
+            self.check_ongoing(key, conc, *id)?;
+        }
+        for (name, map) in self.arbitrary_maps() {
+            for (key, id) in map {
+                self.check_arbitrary(name, key, *id)?;
             }
         }
-        let arb = [
-            ("ongoing", &self.idx.arbitrary_ongoing),
-            ("completed", &self.idx.arbitrary_completed),
-        ];
-        for (name, map) in arb {
-            for (key, id) in map {
-                let Some(e) = self.entries.get(id.0) else {
-                    return fail(
-                        "INV-3",
-                        format!("arbitrary {name} index under {key} points at dead entry {id}"),
-                    );
-                };
-                let phase_ok = match name {
-                    "ongoing" => {
-                        e.phase == Phase::InFlight
-                            || (self.change_mode && e.phase == Phase::Abandoned)
-                    }
-                    _ => e.phase == Phase::Completed,
-                };
-                let slot = if name == "ongoing" {
-                    Slot::ArbitraryOngoing(key.clone())
-                } else {
-                    Slot::ArbitraryCompleted(key.clone())
-                };
-                if !phase_ok
-                    || e.mode != RunMode::Arbitrary
-                    || e.storage_key != **key
-                    || !e.slots.contains(&slot)
-                {
-                    return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));
-                }
-            }
+        Ok(())
+    }
+
+    /// INV-3 for one in-flight registration.
+    fn check_ongoing(&self, key: &IndexKey, conc: &str, id: EntryId) -> Result<(), Violation> {
+        let Some(e) = self.entries.get(id.0) else {
+            return fail(
+                "INV-3",
+                format!("ongoing index ({key}, {conc}) points at dead entry {id}"),
+            );
+        };
+        if e.phase != Phase::InFlight {
+            return fail(
+                "INV-3",
+                format!("entry {id} is {:?} but still in the ongoing index", e.phase),
+            );
+        }
+        let recorded = e
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::Ongoing(k, c) if k == key && c == conc));
+        if e.storage_key != *key || e.concurrency_key != conc || !recorded {
+            return fail(
+                "INV-3",
+                format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"),
+            );
+        }
+        Ok(())
+    }
+
+    /// INV-3 for one arbitrary registration (`name`: `ongoing` or `completed`).
+    fn check_arbitrary(&self, name: &str, key: &str, id: EntryId) -> Result<(), Violation> {
+        let Some(e) = self.entries.get(id.0) else {
+            return fail(
+                "INV-3",
+                format!("arbitrary {name} index under {key} points at dead entry {id}"),
+            );
+        };
+        let ongoing = name == "ongoing";
+        let phase_ok = if ongoing {
+            e.phase == Phase::InFlight || (self.change_mode && e.phase == Phase::Abandoned)
+        } else {
+            e.phase == Phase::Completed
+        };
+        let recorded = e.slots.iter().any(|s| match s {
+            Slot::ArbitraryOngoing(k) => ongoing && k == key,
+            Slot::ArbitraryCompleted(k) => !ongoing && k == key,
+            _ => false,
+        });
+        if !phase_ok || e.mode != RunMode::Arbitrary || e.storage_key != *key || !recorded {
+            return fail("INV-3", format!("arbitrary {name} index under {key} holds {id} ({:?}) whose state or keys do not match", e.phase));
         }
         Ok(())
     }
 
     fn check_entries(&self) -> Result<(), Violation> {
-        let mut counted: BTreeMap<EntryId, u32> = BTreeMap::new();
-        for (_, r) in self.refs.iter() {
-            *counted.entry(r.entry).or_default() += 1;
-        }
+        // The entry of every live ref, sorted: one allocation, where a map
+        // of counts allocated a node per entry on every check.
+        let mut on: Vec<EntryId> = self.refs.iter().map(|(_, r)| r.entry).collect();
+        on.sort_unstable();
         for (key, e) in self.entries.iter() {
             let id = EntryId(key);
-            for slot in &e.slots {
-                let present = match slot {
-                    Slot::Storage(k) => self
-                        .idx
-                        .storage_lists()
-                        .get(k)
-                        .is_some_and(|l| l.contains(&id)),
-                    Slot::Content(k) => self
-                        .idx
-                        .content_lists()
-                        .get(k)
-                        .is_some_and(|l| l.contains(&id)),
-                    Slot::Ongoing(k, c) => {
-                        self.idx.ongoing.get(&(k.clone(), c.clone())) == Some(&id)
-                    }
-                    Slot::ArbitraryOngoing(k) => self.idx.arbitrary_ongoing.get(k) == Some(&id),
-                    Slot::ArbitraryCompleted(k) => self.idx.arbitrary_completed.get(k) == Some(&id),
-                };
-                if !present {
-                    return fail(
-                        "INV-3",
-                        format!("entry {id} records slot {slot:?} but is not in that index"),
-                    );
-                }
-            }
-            let refs = counted.get(&id).copied().unwrap_or(0);
-            if e.refcount != refs {
-                return fail(
-                    "INV-10",
-                    format!(
-                        "entry {id} ({}) counts {} refs but {refs} are live",
-                        e.label(),
-                        e.refcount
-                    ),
-                );
-            }
-            match e.phase {
-                Phase::InFlight if e.waiters.is_empty() => {
-                    return fail(
-                        "C-5",
-                        format!(
-                            "entry {id} ({}) is in flight with no waiter; it should be abandoned",
-                            e.label()
-                        ),
-                    );
-                }
-                Phase::Completed if !e.waiters.is_empty() => {
-                    return fail("INV-3", format!("completed entry {id} still has waiters"));
-                }
-                Phase::Completed if e.refcount == 0 => {
-                    return fail("C-12", format!("completed entry {id} ({}) has no ref and no waiter but was not removed", e.label()));
-                }
-                Phase::Abandoned if !e.waiters.is_empty() || e.refcount != 0 => {
-                    return fail(
-                        "C-5",
-                        format!("abandoned entry {id} still has waiters or refs"),
-                    );
-                }
-                // An abandoned entry still indexed (C-9) is found above: every
-                // index accepts only its own phases, and only a change-cache
-                // init stays indexed once abandoned (K-5).
-                _ => {}
-            }
+            let from = on.partition_point(|x| *x < id);
+            let refs = on[from..].partition_point(|x| *x == id);
+            self.check_entry(id, e, refs as u32)?;
         }
-        if let Some(r) = counted.keys().find(|r| !self.entries.contains(r.0)) {
+        on.dedup();
+        if let Some(r) = on.iter().find(|r| !self.entries.contains(r.0)) {
             return fail("INV-10", format!("refs remain on dead entry {r}"));
         }
         Ok(())
     }
 
+    /// Whether the index slot `slot` lists `id`.
+    fn slot_present(&self, slot: &Slot, id: EntryId) -> bool {
+        match slot {
+            Slot::Storage(k) => self
+                .idx
+                .storage_lists()
+                .get(k)
+                .is_some_and(|l| l.contains(&id)),
+            Slot::Content(k) => self
+                .idx
+                .content_lists()
+                .get(k)
+                .is_some_and(|l| l.contains(&id)),
+            Slot::Ongoing(k, c) => self.idx.ongoing_call(k, c) == Some(id),
+            Slot::ArbitraryOngoing(k) => self.idx.arbitrary_ongoing.get(k) == Some(&id),
+            Slot::ArbitraryCompleted(k) => self.idx.arbitrary_completed.get(k) == Some(&id),
+        }
+    }
+
+    /// INV-3, INV-10, C-5, C-12 for one live entry, `refs` live refs on it.
+    fn check_entry(&self, id: EntryId, e: &Entry<V>, refs: u32) -> Result<(), Violation> {
+        for slot in &e.slots {
+            if !self.slot_present(slot, id) {
+                return fail(
+                    "INV-3",
+                    format!("entry {id} records slot {slot:?} but is not in that index"),
+                );
+            }
+        }
+        if e.refcount != refs {
+            return fail(
+                "INV-10",
+                format!(
+                    "entry {id} ({}) counts {} refs but {refs} are live",
+                    e.label(),
+                    e.refcount
+                ),
+            );
+        }
+        match e.phase {
+            Phase::InFlight if e.waiters.is_empty() => fail(
+                "C-5",
+                format!(
+                    "entry {id} ({}) is in flight with no waiter; it should be abandoned",
+                    e.label()
+                ),
+            ),
+            Phase::Completed if !e.waiters.is_empty() => {
+                fail("INV-3", format!("completed entry {id} still has waiters"))
+            }
+            Phase::Completed if e.refcount == 0 => fail(
+                "C-12",
+                format!(
+                    "completed entry {id} ({}) has no ref and no waiter but was not removed",
+                    e.label()
+                ),
+            ),
+            Phase::Abandoned if !e.waiters.is_empty() || e.refcount != 0 => fail(
+                "C-5",
+                format!("abandoned entry {id} still has waiters or refs"),
+            ),
+            // An abandoned entry still indexed (C-9) is found above: every
+            // index accepts only its own phases, and only a change-cache
+            // init stays indexed once abandoned (K-5).
+            _ => Ok(()),
+        }
+    }
+
     /// C-11a: each ref is recorded with exactly the owner it names.
     fn check_refs(&self) -> Result<(), Violation> {
         for (key, r) in self.refs.iter() {
-            let id = RefId(key);
-            let recorded = match r.owner {
-                Owner::Session(s) if !self.sessions.contains_key(&s) => {
-                    return fail(
-                        "S-3",
-                        format!("ref {id} on {} belongs to closed session {s}: a late completion was kept instead of released", r.entry),
-                    );
-                }
-                Owner::Session(s) => self.sessions.get(&s).is_some_and(|st| st.refs.contains(id)),
-                Owner::Entry(p) => self
-                    .entries
-                    .get(p.0)
-                    .is_some_and(|e| e.owned_refs.iter().filter(|x| **x == id).count() == 1),
-                Owner::Caller => true,
-            };
-            if !recorded {
-                return fail(
-                    "C-11a",
-                    format!("ref {id} names owner {} which does not record it", r.owner),
-                );
-            }
-            if r.owner == Owner::Entry(r.entry) {
-                return fail(
-                    "C-11a",
-                    format!(
-                        "entry {} owns a ref on itself and can never be released",
-                        r.entry
-                    ),
-                );
-            }
+            self.check_ref(RefId(key), r)?;
         }
         let mut waiting: BTreeMap<SessionId, usize> = BTreeMap::new();
         for w in self.entries.iter().flat_map(|(_, e)| &e.waiters) {
@@ -386,44 +572,119 @@ impl<V: Clone> CallCache<V> {
                 *waiting.entry(s).or_default() += 1;
             }
         }
-        for (s, st) in &self.sessions {
-            let waiting = waiting.get(s).copied().unwrap_or(0);
-            if st.waiting != waiting {
-                return fail(
-                    "INV-3",
-                    format!(
-                        "session {s} counts {} waits on calls in flight but {waiting} waiters are its",
-                        st.waiting
-                    ),
-                );
-            }
-            if !st.refs.is_consistent() {
-                return fail(
-                    "INV-3",
-                    format!("session {s}'s ref list and its positions disagree"),
-                );
-            }
-            for id in st.refs.iter() {
-                if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(*s)) {
-                    return fail(
-                        "C-11a",
-                        format!("session {s} records ref {id} it does not own"),
-                    );
-                }
-            }
+        for (s, st) in self.sessions.iter() {
+            self.check_session_state(*s, st, waiting.get(s).copied().unwrap_or(0))?;
         }
         for (key, e) in self.entries.iter() {
-            for id in &e.owned_refs {
-                if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Entry(EntryId(key))) {
-                    return fail(
-                        "C-11a",
-                        format!("entry {} records ref {id} it does not own", EntryId(key)),
-                    );
-                }
+            self.check_owned_refs(EntryId(key), e)?;
+        }
+        Ok(())
+    }
+
+    /// C-11a (and S-3) for one live ref.
+    fn check_ref(&self, id: RefId, r: &RefRecord) -> Result<(), Violation> {
+        let recorded = match r.owner {
+            Owner::Session(s) if !self.sessions.contains_key(&s) => {
+                return fail(
+                    "S-3",
+                    format!("ref {id} on {} belongs to closed session {s}: a late completion was kept instead of released", r.entry),
+                );
+            }
+            Owner::Session(s) => self.sessions.get(&s).is_some_and(|st| st.refs.contains(id)),
+            Owner::Entry(p) => self
+                .entries
+                .get(p.0)
+                .is_some_and(|e| e.owned_refs.iter().filter(|x| **x == id).count() == 1),
+            Owner::Caller => true,
+        };
+        if !recorded {
+            return fail(
+                "C-11a",
+                format!("ref {id} names owner {} which does not record it", r.owner),
+            );
+        }
+        if r.owner == Owner::Entry(r.entry) {
+            return fail(
+                "C-11a",
+                format!(
+                    "entry {} owns a ref on itself and can never be released",
+                    r.entry
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// INV-3 and C-11a for one open session, `waiting` waiters of it found
+    /// on in-flight entries.
+    fn check_session_state(
+        &self,
+        s: SessionId,
+        st: &SessionState,
+        waiting: usize,
+    ) -> Result<(), Violation> {
+        if st.waiting != waiting {
+            return fail(
+                "INV-3",
+                format!(
+                    "session {s} counts {} waits on calls in flight but {waiting} waiters are its",
+                    st.waiting
+                ),
+            );
+        }
+        if !st.refs.is_consistent() {
+            return fail(
+                "INV-3",
+                format!("session {s}'s ref list and its positions disagree"),
+            );
+        }
+        for id in st.refs.iter() {
+            if self.refs.get(id.0).map(|r| r.owner) != Some(Owner::Session(s)) {
+                return fail(
+                    "C-11a",
+                    format!("session {s} records ref {id} it does not own"),
+                );
             }
         }
         Ok(())
     }
+
+    /// C-11a: every ref `e` records as its own names it as owner.
+    fn check_owned_refs(&self, id: EntryId, e: &Entry<V>) -> Result<(), Violation> {
+        for r in &e.owned_refs {
+            if self.refs.get(r.0).map(|x| x.owner) != Some(Owner::Entry(id)) {
+                return fail(
+                    "C-11a",
+                    format!("entry {id} records ref {r} it does not own"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// C-4b for one pair with `listed` edges: one per waiter.
+fn edge_counts_agree(
+    from: EntryId,
+    on: EntryId,
+    listed: usize,
+    waiters: usize,
+) -> Result<(), Violation> {
+    if listed != waiters {
+        return fail(
+            "C-4b",
+            format!(
+                "entry {from}'s resolver is listed as waiting on entry {on} {listed} time(s) but has {waiters} waiter(s) there"
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn unlisted_edge(from: EntryId, on: EntryId, waiters: usize) -> String {
+    format!(
+        "entry {from}'s resolver has {waiters} waiter(s) on entry {on} but is not listed as waiting on it"
+    )
 }
 
 /// Every check above fires on the damage it looks for: each test builds
@@ -510,13 +771,44 @@ mod tests {
     }
 
     /// Breaks the world with `damage`; the check must report `rule`
-    /// (reported as `invariant`) with `detail` in its message.
+    /// (reported as `invariant`) with `detail` in its message, and so must
+    /// the check of what the damage touched (`check_touched`).
     fn fires(rule: &str, invariant: &str, detail: &str, damage: impl FnOnce(&mut World)) {
+        let (w, touched) = damaged(rule, invariant, detail, damage);
+        match w.cache.check_touched(&touched) {
+            Err(t) => assert_eq!(t.rule, rule, "{t} (touched: {touched:?})"),
+            Ok(()) => panic!("check_touched missed {detail:?} (touched: {touched:?})"),
+        }
+    }
+
+    /// [`fires`] for damage only the full check can see: made on an index
+    /// map directly, around the doors the touch log watches (no entry, ref
+    /// or session changed), or a count only the full check recounts. A
+    /// harness that checks steps incrementally finds it at its next full
+    /// check.
+    fn fires_full_only(rule: &str, invariant: &str, detail: &str, damage: impl FnOnce(&mut World)) {
+        let (w, touched) = damaged(rule, invariant, detail, damage);
+        assert!(touched.is_empty(), "{touched:?}");
+        w.cache.check_touched(&touched).expect("nothing touched");
+    }
+
+    /// The world after `damage`, which the full check must report as
+    /// `rule`, with what the damage touched.
+    fn damaged(
+        rule: &str,
+        invariant: &str,
+        detail: &str,
+        damage: impl FnOnce(&mut World),
+    ) -> (World, Touched) {
         let mut w = world();
+        let mut touched = Touched::default();
+        w.cache.track_touched();
         damage(&mut w);
+        w.cache.take_touched(&mut touched);
         let v = w.cache.check_invariants().expect_err("the damage is found");
         assert_eq!((v.rule, v.invariant()), (rule, invariant), "{v}");
         assert!(v.to_string().contains(detail), "{v}");
+        (w, touched)
     }
 
     fn entry(w: &mut World, id: EntryId) -> &mut Entry<u8> {
@@ -662,10 +954,10 @@ mod tests {
 
     #[test]
     fn inv3_lists_and_their_counts_agree() {
-        fires("INV-3", "INV-3", "the completed buckets count", |w| {
+        fires_full_only("INV-3", "INV-3", "the completed buckets count", |w| {
             *w.cache.idx.storage_lists_mut().1 += 1;
         });
-        fires("INV-3", "INV-3", "empty storage list under", |w| {
+        fires_full_only("INV-3", "INV-3", "empty storage list under", |w| {
             let lists = w.cache.idx.storage_lists_mut().0;
             lists.insert(IndexKey::from_text("empty"), Ids::Empty);
         });
@@ -722,7 +1014,7 @@ mod tests {
             let gone = dead(w);
             w.cache.idx.arbitrary_completed.insert("arb2".into(), gone);
         });
-        fires("INV-3", "INV-3", "whose state or keys do not match", |w| {
+        fires_full_only("INV-3", "INV-3", "whose state or keys do not match", |w| {
             let arbitrary = w.arbitrary;
             w.cache
                 .idx

@@ -47,6 +47,7 @@ mod key;
 mod release;
 mod report;
 mod session;
+mod touch;
 mod types;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ pub use index::Buckets;
 pub use invariants::Violation;
 pub use report::{FlightKey, LeakClass, LeakReport, SurvivingEntry};
 pub use session::SessionClose;
+pub use touch::Touched;
 pub use types::*;
 
 use crate::bugs::{Bug, Bugs};
@@ -89,6 +91,39 @@ struct SessionState {
     telemetry_seen: index::KeySet,
 }
 
+/// The open sessions. Reads go through `Deref`; every change goes through
+/// `get_mut`, `insert` or `remove`, which log the session while a harness
+/// asks for a log of what changed (see [`CallCache::track_touched`]).
+#[derive(Default)]
+struct Sessions {
+    map: BTreeMap<SessionId, SessionState>,
+    log: touch::TouchLog<SessionId>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = BTreeMap<SessionId, SessionState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    fn get_mut(&mut self, s: &SessionId) -> Option<&mut SessionState> {
+        self.log.note(*s);
+        self.map.get_mut(s)
+    }
+
+    fn insert(&mut self, s: SessionId, state: SessionState) {
+        self.log.note(s);
+        self.map.insert(s, state);
+    }
+
+    fn remove(&mut self, s: &SessionId) -> Option<SessionState> {
+        self.log.note(*s);
+        self.map.remove(s)
+    }
+}
+
 /// The call cache's state machine, generic over the cached value type.
 pub struct CallCache<V> {
     instance: u64,
@@ -97,7 +132,7 @@ pub struct CallCache<V> {
     entries: Arena<Entry<V>>,
     refs: Arena<RefRecord>,
     idx: Indexes,
-    sessions: BTreeMap<SessionId, SessionState>,
+    sessions: Sessions,
     next_session: u64,
     next_waiter: u64,
     next_detached: u64,
@@ -115,7 +150,7 @@ impl<V: Clone> CallCache<V> {
             entries: Arena::default(),
             refs: Arena::default(),
             idx: Indexes::default(),
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
             next_session: 1,
             next_waiter: 1,
             next_detached: 1,
