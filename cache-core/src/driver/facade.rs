@@ -4,8 +4,10 @@
 //! sequence: after each operation every task runs until it blocks.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::time::Duration;
 
 use futures::FutureExt;
@@ -608,7 +610,7 @@ impl Driver {
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle = tokio::spawn(async move {
-            as_call(call, cache.get_or_init_call(&ctx, key, resolver)).await
+            as_call(call, repolled(cache.get_or_init_call(&ctx, key, resolver))).await
         });
         self.callers.push(CallerTask::new(
             handle,
@@ -626,7 +628,11 @@ impl Driver {
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle = tokio::spawn(async move {
-            as_call(call, cache.get_or_init_arbitrary(&ctx, &key, init)).await
+            as_call(
+                call,
+                repolled(cache.get_or_init_arbitrary(&ctx, &key, init)),
+            )
+            .await
         });
         self.callers.push(CallerTask::new(
             handle,
@@ -1138,4 +1144,19 @@ impl Driver {
             .check_final()
             .map_err(|(rule, detail)| self.fail(rule, detail))
     }
+}
+
+/// Polls `fut` once with a waker that wakes nothing, then awaits it in its
+/// task: every waiting call is polled again with a different waker, as a
+/// call moved between tasks or raced in a `select!` is, and must wake the
+/// newest one (a waiter that kept the first would sleep forever, INV-11).
+async fn repolled<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(out) = fut
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        return out;
+    }
+    fut.await
 }
