@@ -1098,10 +1098,12 @@ where
         let stored = self.stored_key(&key);
         self.inner.lock().machine.delete(&stored);
         if let Some(remote) = &self.inner.remote {
-            remote
-                .delete(&stored)
-                .await
-                .map_err(LoaderError::RemoteUnavailable)?;
+            let deleted = remote.delete(&stored).await;
+            // A read that began after the local drop but was answered
+            // before the remote row went may have copied it back: touch
+            // the key again now the row is gone (L-12).
+            self.inner.lock().machine.delete(&stored);
+            deleted.map_err(LoaderError::RemoteUnavailable)?;
         }
         if self.inner.bus.is_some() {
             self.publish(EventKind::Delete, vec![stored]).await;
