@@ -405,7 +405,14 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             storage_key,
             inc,
             session,
-        } => ttl_identity::run_started(world, key, storage_key, inc, session),
+        } => {
+            // Rows the store accepted earlier in this step are judged first:
+            // the lookup that chose this storage key may already have read
+            // one (a row persisted the key, T-2), and the identity check
+            // must know of it.
+            ttl_writes::step(world);
+            ttl_identity::run_started(world, key, storage_key, inc, session)
+        }
         Observation::CallDone { call, answer } => telemetry::answered(world, call, answer),
         Observation::SessionClosed {
             cache,
