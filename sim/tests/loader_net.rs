@@ -51,10 +51,10 @@ fn one_seed_gives_one_trace() {
 /// its key was last touched on the node. Seed 2716 (the standing campaign):
 /// a `once` began after a `delete` dropped node0's copy and read the row
 /// before the delete reached the remote; a delete now touches its key
-/// again once the remote row is gone.
+/// again once the remote row is gone (10286 and 12287 too).
 #[test]
 fn l12_reads_and_writes_that_race_a_touch_of_their_key_keep_no_local_copy() {
-    for seed in [902, 917, 1140, 1328, 1574, 1678, 1773, 2716] {
+    for seed in [902, 917, 1140, 1328, 1574, 1678, 1773, 2716, 10286, 12287] {
         let o = run_net_seed(seed, &scenario());
         assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);
     }

@@ -30,13 +30,15 @@ fn t7_backward_clock_jumps_never_revive_an_expired_result() {
 /// so it reported s8's fresh key handed to s7 before any row persisted it:
 /// the harness's error, not the cache's. Rows the store accepted are now
 /// judged before a resolver start is.
+/// `restart-heavy` seed 6757 failed the same way.
 #[test]
 fn t2a_a_row_persisted_in_the_same_step_lets_another_session_share_the_key() {
-    let s = Scenario::named("ttl-heavy").unwrap();
-    let o = run_seed(2323, &s, None);
-    assert!(
-        o.counters.get("ttl-row-written").copied().unwrap_or(0) > 0,
-        "seed 2323 no longer writes TTL rows: pick another regression seed"
-    );
-    assert!(o.passed(), "seed 2323: {:?}", o.violations);
+    for (scenario, seed) in [("ttl-heavy", 2323), ("restart-heavy", 6757)] {
+        let o = run_seed(seed, &Scenario::named(scenario).unwrap(), None);
+        assert!(
+            o.counters.get("ttl-row-written").copied().unwrap_or(0) > 0,
+            "{scenario} seed {seed} no longer writes TTL rows: pick another regression seed"
+        );
+        assert!(o.passed(), "{scenario} seed {seed}: {:?}", o.violations);
+    }
 }
