@@ -1,9 +1,13 @@
 //! Shrinking a failing loader plan: remove chunks of its operations
-//! (halving, down to single ones) while it still fails the same invariant.
+//! (halving, down to single ones) while it still fails the same invariant
+//! (the shared loop, [`crate::shrink::reduce`]).
+
+use std::ops::Range;
 
 use super::plan::LoaderPlan;
 use super::scenario::LoaderScenario;
 use super::world::run_loader_plan;
+use crate::shrink::{reduce, Cut};
 
 /// A shrunk loader failure.
 #[derive(Clone, Debug)]
@@ -18,44 +22,32 @@ pub struct LoaderShrunk {
     pub runs: usize,
 }
 
-fn fails_with(plan: &LoaderPlan, s: &LoaderScenario) -> Option<&'static str> {
-    run_loader_plan(plan.clone(), s).violation.map(|v| v.inv)
+/// A loader plan has one list: its operations (faults are operations).
+impl Cut for LoaderPlan {
+    fn lists(&self) -> usize {
+        1
+    }
+
+    fn len(&self, _list: usize) -> usize {
+        self.ops.len()
+    }
+
+    fn cut(&mut self, _list: usize, range: Range<usize>) -> bool {
+        self.ops.drain(range);
+        true
+    }
 }
 
 /// Shrinks `plan`; `None` if it passes. At most `budget` simulations.
 pub fn shrink_loader(plan: LoaderPlan, s: &LoaderScenario, budget: usize) -> Option<LoaderShrunk> {
-    let inv = fails_with(&plan, s)?;
     let original_size = plan.size();
-    let mut best = plan;
-    let mut runs = 1;
-    let mut progress = true;
-    while progress && runs < budget {
-        progress = false;
-        let mut chunk = best.ops.len().max(1);
-        loop {
-            let mut start = 0;
-            while start < best.ops.len() && runs < budget {
-                let mut cand = best.clone();
-                let end = (start + chunk).min(cand.ops.len());
-                cand.ops.drain(start..end);
-                runs += 1;
-                if fails_with(&cand, s) == Some(inv) {
-                    best = cand;
-                    progress = true;
-                } else {
-                    start += chunk;
-                }
-            }
-            if chunk == 1 || runs >= budget {
-                break;
-            }
-            chunk /= 2;
-        }
-    }
+    let r = reduce(plan, budget, |p: &LoaderPlan| {
+        run_loader_plan(p.clone(), s).violation.map(|v| v.inv)
+    })?;
     Some(LoaderShrunk {
-        inv,
-        plan: best,
+        inv: r.verdict,
+        plan: r.plan,
         original_size,
-        runs,
+        runs: r.runs,
     })
 }
