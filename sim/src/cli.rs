@@ -1,6 +1,10 @@
 //! The CLI's commands, as library functions (the binary only parses
 //! arguments and reads the wall clock).
 
+use crate::decisions::RunRecord;
+use crate::loader_net::plan::NetPlan;
+use crate::loader_net::tools::NetPlanFile;
+use crate::loader_net::NetScenario;
 use crate::plan::Plan;
 use crate::run::{run_plan, run_seed, RunOutcome};
 use crate::scenario::Scenario;
@@ -104,6 +108,78 @@ pub enum ReplayOf<'a> {
     PlanFile(&'a str),
 }
 
+/// A run to replay, shrink or explain, in its own world's terms.
+enum Loaded {
+    /// The call cache.
+    Calls(Plan, Scenario),
+    /// The modelled loader world.
+    Loader(crate::loader::LoaderPlan, crate::loader::LoaderScenario),
+    /// The `loader-net` world.
+    Net(NetPlan, NetScenario),
+}
+
+/// A loaded run: its plan, the setup's scenario as the CLI shows it, and
+/// the command that replays it.
+struct Run {
+    loaded: Loaded,
+    scenario: Scenario,
+    again: String,
+}
+
+/// The run a seed or plan file names; a plan file's world is its
+/// `world` field (none: the call cache's).
+fn load_run(of: ReplayOf<'_>, setup: &Setup) -> Result<Run, String> {
+    match of {
+        ReplayOf::Seed(seed) => {
+            let s = setup.load()?;
+            let again = replay_cmd(seed, &s, setup.scenario.as_deref());
+            let loaded = if let Some(l) = &s.loader {
+                Loaded::Loader(crate::loader::LoaderPlan::generate(seed, l), (**l).clone())
+            } else if let Some(n) = &s.loader_net {
+                Loaded::Net(NetPlan::generate(seed, n), (**n).clone())
+            } else {
+                Loaded::Calls(Plan::generate(seed, &s), s.clone())
+            };
+            Ok(Run {
+                loaded,
+                scenario: s,
+                again,
+            })
+        }
+        ReplayOf::PlanFile(path) => {
+            let again = plan_replay_cmd(path, &setup.bugs);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read plan file {path}: {e}"))?;
+            if NetPlanFile::is_one(&text) {
+                let f = NetPlanFile::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+                let names: Vec<&String> = f.bugs.iter().chain(&setup.bugs).collect();
+                let s = Scenario::from_loader_net(f.scenario).with_bugs(&names)?;
+                let n = s.loader_net.as_deref().cloned().unwrap_or_default();
+                return Ok(Run {
+                    loaded: Loaded::Net(f.plan, n),
+                    scenario: s,
+                    again,
+                });
+            }
+            if let Some(f) = crate::loader::plan_file::LoaderPlanFile::load_if_loader(path)? {
+                let l = f.scenario_with_bugs(&setup.bugs)?;
+                return Ok(Run {
+                    loaded: Loaded::Loader(f.plan, l.clone()),
+                    scenario: Scenario::from_loader(l),
+                    again,
+                });
+            }
+            let f = crate::plan_file::PlanFile::load(path)?;
+            let s = f.scenario_with_bugs(&setup.bugs)?;
+            Ok(Run {
+                loaded: Loaded::Calls(f.plan, s.clone()),
+                scenario: s,
+                again,
+            })
+        }
+    }
+}
+
 /// `cache-sim replay`: prints the full trace; `Ok(true)` if the plan passes.
 /// For a plan file, the setup's `--bug` switches add to the file's.
 pub fn replay(
@@ -112,39 +188,81 @@ pub fn replay(
     trace_file: Option<&str>,
     trace_out: Option<&str>,
 ) -> Result<bool, String> {
-    if let ReplayOf::PlanFile(path) = of {
-        if let Some(f) = crate::loader::plan_file::LoaderPlanFile::load_if_loader(path)? {
-            let l = f.scenario_with_bugs(&setup.bugs)?;
-            let o = crate::loader::run_loader_plan(f.plan, &l);
-            let again = plan_replay_cmd(path, &setup.bugs);
-            return print_replay(
-                crate::loader::as_run_outcome(o),
-                &Scenario::from_loader(l),
-                &again,
-                trace_file,
-            );
-        }
-    }
-    let (plan, s, again) = resolve(of, setup)?;
-    if (s.loader.is_some() || s.loader_net.is_some()) && trace_out.is_some() {
-        return Err(
-            "bad --trace-out: the loader world records no O-2 decisions (its trace is the \
-             replay output; use --trace FILE)"
-                .into(),
-        );
+    replay_saving(of, setup, trace_file, trace_out, None)
+}
+
+/// [`replay`], first writing the run's plan to the plan file `save_plan`
+/// (`replay --save-plan FILE`), which `replay --plan FILE` runs again.
+pub fn replay_saving(
+    of: ReplayOf<'_>,
+    setup: &Setup,
+    trace_file: Option<&str>,
+    trace_out: Option<&str>,
+    save_plan: Option<&str>,
+) -> Result<bool, String> {
+    let run = load_run(of, setup)?;
+    if let Some(path) = save_plan {
+        let text = plan_file_text(&run.loaded, &run.scenario, None)?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write --save-plan {path}: {e}"))?;
     }
     let o = match trace_out {
         Some(path) => {
             // The decision capture does not change the run: the trace printed
             // below is the same with or without it.
-            let (o, rec) = crate::decisions::record_run(plan, &s);
+            let (o, rec) = record(run.loaded);
             std::fs::write(path, rec.to_json()?)
                 .map_err(|e| format!("cannot write --trace-out {path}: {e}"))?;
             o
         }
-        None => run_plan(plan, &s, None),
+        None => match run.loaded {
+            Loaded::Calls(plan, s) => run_plan(plan, &s, None),
+            Loaded::Loader(plan, l) => {
+                crate::loader::as_run_outcome(crate::loader::run_loader_plan(plan, &l))
+            }
+            Loaded::Net(plan, n) => {
+                crate::loader_net::as_run_outcome(crate::loader_net::run_net_plan(plan, &n))
+            }
+        },
     };
-    print_replay(o, &s, &again, trace_file)
+    print_replay(o, &run.scenario, &run.again, trace_file)
+}
+
+/// The plan file of a loaded run, in its world's format.
+fn plan_file_text(loaded: &Loaded, s: &Scenario, fails: Option<&str>) -> Result<String, String> {
+    match loaded {
+        Loaded::Calls(plan, calls) => {
+            crate::plan_file::PlanFile::new(plan.clone(), calls, fails).to_toml()
+        }
+        Loaded::Loader(plan, l) => {
+            crate::loader::plan_file::LoaderPlanFile::new(plan.clone(), l, fails).to_toml()
+        }
+        Loaded::Net(plan, n) => {
+            let mut f = NetPlanFile::new(plan.clone(), n, fails);
+            f.bugs = s.bugs.iter().map(|b| b.to_string()).collect();
+            f.to_toml()
+        }
+    }
+}
+
+/// Runs a loaded run with its decisions recorded (the call cache's O-2
+/// capture, or a loader world's decisions).
+fn record(loaded: Loaded) -> (RunOutcome, RunRecord) {
+    match loaded {
+        Loaded::Calls(plan, s) => crate::decisions::record_run(plan, &s),
+        Loaded::Loader(plan, l) => {
+            let o = crate::loader::run_loader_plan(plan, &l);
+            let decisions = o.decisions.clone();
+            let o = crate::loader::as_run_outcome(o);
+            let rec = crate::decisions::loader_record(&o, decisions);
+            (o, rec)
+        }
+        Loaded::Net(plan, n) => {
+            let o = crate::loader_net::as_run_outcome(crate::loader_net::run_net_plan(plan, &n));
+            let rec =
+                crate::decisions::loader_record(&o, crate::loader_net::tools::decisions(&o.trace));
+            (o, rec)
+        }
+    }
 }
 
 /// Prints a replayed run's trace, hash and verdict (and writes the trace
@@ -169,29 +287,18 @@ fn print_replay(
     Ok(o.passed())
 }
 
-/// The plan, scenario and replay command a seed or plan file names.
-fn resolve(of: ReplayOf<'_>, setup: &Setup) -> Result<(Plan, Scenario, String), String> {
-    Ok(match of {
-        ReplayOf::Seed(seed) => {
-            let s = setup.load()?;
-            let again = replay_cmd(seed, &s, setup.scenario.as_deref());
-            (Plan::generate(seed, &s), s, again)
-        }
-        ReplayOf::PlanFile(path) => {
-            let f = crate::plan_file::PlanFile::load(path)?;
-            let s = f.scenario_with_bugs(&setup.bugs)?;
-            (f.plan, s, plan_replay_cmd(path, &setup.bugs))
-        }
-    })
-}
-
 /// `cache-sim explain`: runs the seed (or plan file) with the decision
 /// capture and explains every call of key `key`. `Ok(true)` when the run
 /// passed.
 pub fn explain(of: ReplayOf<'_>, setup: &Setup, key: u64) -> Result<bool, String> {
-    let (plan, s, _) = resolve(of, setup)?;
-    not_loader_net(&s, "explain")?;
-    let (o, rec) = crate::decisions::record_run(plan, &s);
+    let run = load_run(of, setup)?;
+    let s = run.scenario;
+    let key_space = match &run.loaded {
+        Loaded::Calls(..) => None,
+        Loaded::Loader(_, l) => Some(l.key_space),
+        Loaded::Net(_, n) => Some(n.key_space),
+    };
+    let (o, rec) = record(run.loaded);
     println!(
         "seed {} scenario {}{}",
         o.plan.seed,
@@ -202,7 +309,10 @@ pub fn explain(of: ReplayOf<'_>, setup: &Setup, key: u64) -> Result<bool, String
             format!(" bugs {}", s.bugs)
         }
     );
-    print!("{}", crate::explain::explain(&o.plan, &rec, key)?);
+    match key_space {
+        None => print!("{}", crate::explain::explain(&o.plan, &rec, key)?),
+        Some(n) => print!("{}", crate::explain::explain_loader(&rec, key, n)?),
+    }
     Ok(o.passed())
 }
 
@@ -216,19 +326,6 @@ pub fn diff(a: &str, b: &str, context: usize) -> Result<bool, String> {
     Ok(crate::diff::first_divergence(&ra, &rb).is_none())
 }
 
-/// `command` has no `loader-net` form yet (run and replay do): a clear
-/// error rather than a call-cache run under the loader-net's name.
-fn not_loader_net(s: &Scenario, command: &str) -> Result<(), String> {
-    match &s.loader_net {
-        Some(_) => Err(format!(
-            "bad --scenario {}: `cache-sim {command}` does not support the loader-net world \
-             (use `cache-sim replay --scenario {} --seed N` for its trace)",
-            s.name, s.name
-        )),
-        None => Ok(()),
-    }
-}
-
 /// The command that replays a plan file.
 fn plan_replay_cmd(path: &str, extra_bugs: &[String]) -> String {
     let mut cmd = format!("cargo run -p sim --release --bin cache-sim -- replay --plan {path}");
@@ -238,85 +335,122 @@ fn plan_replay_cmd(path: &str, extra_bugs: &[String]) -> String {
     cmd
 }
 
-/// `cache-sim shrink`: shrinks a failing seed, prints the minimal plan and
-/// writes it to a plan file (`out`, default `shrunk-<scenario>-<seed>.toml`)
-/// that `cache-sim replay --plan` runs.
-pub fn shrink(seed: u64, setup: &Setup, out: Option<&str>) -> Result<bool, String> {
-    // Checked before any work: the plan file could not record this seed.
-    if seed > i64::MAX as u64 {
-        return Err(format!(
-            "bad --seed {seed}: shrink writes a plan file, whose seed is a TOML integer (at most 2^63-1)"
-        ));
-    }
-    let s = setup.load()?;
-    not_loader_net(&s, "shrink")?;
-    let arg = setup.scenario.as_deref();
-    if let Some(l) = &s.loader {
-        return shrink_loader(seed, l, &s, arg, out);
-    }
-    let plan = Plan::generate(seed, &s);
-    let Some(result) = shrink::shrink(plan, &s, None, 300) else {
-        println!("seed {seed} passes: nothing to shrink");
-        return Ok(true);
-    };
-    println!(
-        "seed {seed} fails {}: shrunk from {} to {} steps in {} runs",
-        result.inv,
-        result.original_size,
-        result.plan.size(),
-        result.runs
-    );
-    print!(
-        "{}",
-        crate::plan_file::PlanFile::new(result.plan.clone(), &s, Some(result.inv)).to_toml()?
-    );
-    let default_out = format!("shrunk-{}-{seed}.toml", s.name);
-    let out = out.unwrap_or(&default_out);
-    let file = crate::plan_file::PlanFile::new(result.plan, &s, Some(result.inv));
-    std::fs::write(out, file.to_toml()?).map_err(|e| format!("cannot write {out}: {e}"))?;
-    println!("wrote the shrunk plan to {out}");
-    println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
-    println!("replay the unshrunk seed: {}", replay_cmd(seed, &s, arg));
-    Ok(false)
+/// Simulations one `cache-sim shrink` may run.
+pub const SHRINK_BUDGET: usize = 300;
+
+/// What a shrink found, in any world: the invariant, sizes, runs and the
+/// shrunk plan file's text.
+struct ShrinkReport {
+    inv: &'static str,
+    original_size: usize,
+    size: usize,
+    runs: usize,
+    unit: &'static str,
+    file: String,
 }
 
-/// `cache-sim shrink` on a loader scenario: the loader plan shrunk, printed
-/// and written as a loader plan file.
-fn shrink_loader(
-    seed: u64,
-    l: &crate::loader::LoaderScenario,
-    s: &Scenario,
-    arg: Option<&str>,
-    out: Option<&str>,
-) -> Result<bool, String> {
-    use crate::loader::plan_file::LoaderPlanFile;
-    let plan = crate::loader::LoaderPlan::generate(seed, l);
-    let Some(r) = crate::loader::shrink::shrink_loader(plan, l, 300) else {
+/// `cache-sim shrink`: shrinks a failing seed (or plan file), prints the
+/// minimal plan and writes it to a plan file (`out`, default
+/// `shrunk-<scenario>-<seed>.toml`) that `cache-sim replay --plan` runs.
+pub fn shrink(of: ReplayOf<'_>, setup: &Setup, out: Option<&str>) -> Result<bool, String> {
+    // Checked before any work: the plan file could not record this seed.
+    if let ReplayOf::Seed(seed) = of {
+        if seed > i64::MAX as u64 {
+            return Err(format!(
+                "bad --seed {seed}: shrink writes a plan file, whose seed is a TOML integer (at most 2^63-1)"
+            ));
+        }
+    }
+    let run = load_run(of, setup)?;
+    let (seed, name, found) = match run.loaded {
+        Loaded::Calls(plan, s) => {
+            let seed = plan.seed;
+            let found = shrink::shrink(plan, &s, None, SHRINK_BUDGET)
+                .map(|r| -> Result<ShrinkReport, String> {
+                    let size = r.plan.size();
+                    let file = crate::plan_file::PlanFile::new(r.plan, &s, Some(r.inv));
+                    Ok(ShrinkReport {
+                        inv: r.inv,
+                        original_size: r.original_size,
+                        size,
+                        runs: r.runs,
+                        unit: "steps",
+                        file: file.to_toml()?,
+                    })
+                })
+                .transpose()?;
+            (seed, s.name.clone(), found)
+        }
+        Loaded::Loader(plan, l) => {
+            use crate::loader::plan_file::LoaderPlanFile;
+            let seed = plan.seed;
+            let found = crate::loader::shrink::shrink_loader(plan, &l, SHRINK_BUDGET)
+                .map(|r| -> Result<ShrinkReport, String> {
+                    Ok(ShrinkReport {
+                        inv: r.inv,
+                        original_size: r.original_size,
+                        size: r.plan.size(),
+                        runs: r.runs,
+                        unit: "operations",
+                        file: LoaderPlanFile::new(r.plan, &l, Some(r.inv)).to_toml()?,
+                    })
+                })
+                .transpose()?;
+            (seed, l.name.clone(), found)
+        }
+        Loaded::Net(plan, n) => {
+            use crate::loader_net::tools;
+            let seed = plan.seed;
+            let found = tools::shrink_net(plan, &n, SHRINK_BUDGET)
+                .map(|r| -> Result<ShrinkReport, String> {
+                    let inv = r.failing.inv;
+                    let size = tools::size(&r.case.plan);
+                    let loaded = Loaded::Net(r.case.plan, r.case.scenario);
+                    Ok(ShrinkReport {
+                        inv,
+                        original_size: r.original_size,
+                        size,
+                        runs: r.runs,
+                        unit: "operations and faults",
+                        file: plan_file_text(&loaded, &run.scenario, Some(inv))?,
+                    })
+                })
+                .transpose()?;
+            (seed, n.name.clone(), found)
+        }
+    };
+    let Some(r) = found else {
         println!("seed {seed} passes: nothing to shrink");
         return Ok(true);
     };
     println!(
-        "seed {seed} fails {}: shrunk from {} to {} operations in {} runs",
-        r.inv,
-        r.original_size,
-        r.plan.size(),
-        r.runs
+        "seed {seed} fails {}: shrunk from {} to {} {} in {} runs",
+        r.inv, r.original_size, r.size, r.unit, r.runs
     );
-    let text = LoaderPlanFile::new(r.plan, l, Some(r.inv)).to_toml()?;
-    print!("{text}");
-    let default_out = format!("shrunk-{}-{seed}.toml", l.name);
+    print!("{}", r.file);
+    let default_out = format!("shrunk-{name}-{seed}.toml");
     let out = out.unwrap_or(&default_out);
-    std::fs::write(out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
+    std::fs::write(out, &r.file).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote the shrunk plan to {out}");
     println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
-    println!("replay the unshrunk seed: {}", replay_cmd(seed, s, arg));
+    println!("replay the unshrunk run: {}", run.again);
     Ok(false)
 }
 
 /// `cache-sim report`: writes the SVG timeline.
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
-    not_loader_net(&s, "report")?;
+    if let Some(n) = &s.loader_net {
+        let o = crate::loader_net::run_net_seed(seed, n);
+        std::fs::write(svg, crate::loader_net::tools::report_svg(&o, n)?)
+            .map_err(|e| format!("cannot write {svg}: {e}"))?;
+        println!(
+            "wrote {svg}: {} samples over {} ms",
+            o.samples.len(),
+            o.sim_ms
+        );
+        return Ok(o.passed());
+    }
     if let Some(l) = &s.loader {
         let o = crate::loader::run_loader_seed(seed, l);
         std::fs::write(svg, crate::loader::report::svg(&o, l)?)

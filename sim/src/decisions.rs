@@ -7,6 +7,12 @@
 //!
 //! A run's record (its trace and its decisions) is what `cache-sim explain`
 //! reads and `cache-sim replay --trace-out FILE` writes for `cache-sim diff`.
+//!
+//! The loader worlds (`loader`, `loader-faults`, `loader-net`) fill the same
+//! record with [`LoaderDecision`]s instead: one per read or write a node
+//! made, with the path the read took (local copy, placeholder, remote,
+//! a flight led or joined, the loader) and what it returned (L-15 style),
+//! plus one per flight the loader answered.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -133,6 +139,67 @@ impl Decision {
     }
 }
 
+/// One loader-world decision: a node's read or write of some keys, the
+/// path it took and what it returned; or a flight the loader answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderDecision {
+    /// Simulated ms.
+    pub ms: u64,
+    /// The node (none: the database changed behind the cache).
+    pub node: Option<usize>,
+    /// `once`, `get`, `exists`, `load_many`, `set`, `delete`,
+    /// `change_source`, `cancel`, or `loaded` (a flight answered).
+    pub op: String,
+    /// The plan's key indexes it touched.
+    pub keys: Vec<u64>,
+    /// The path: `local`, `local-placeholder`, `remote`, `lead`, `join`,
+    /// `loader`, `joined` (a flight another call led), `not-found`,
+    /// `error`, `batch`, `write`, `loaded`, or `-` (none the world saw).
+    pub path: String,
+    /// What the caller got (or the flight loaded), as the trace shows it.
+    pub outcome: String,
+}
+
+impl LoaderDecision {
+    /// Who decided: `n2`, or `db`.
+    pub fn who(&self) -> String {
+        self.node.map_or("db".into(), |n| format!("n{n}"))
+    }
+
+    /// The decision as one line.
+    pub fn line(&self) -> String {
+        let keys: Vec<String> = self.keys.iter().map(|k| format!("k{k}")).collect();
+        format!(
+            "op={} keys=[{}] path={} outcome={}",
+            self.op,
+            keys.join(" "),
+            self.path,
+            self.outcome
+        )
+    }
+
+    /// The rule that explains the path (SPEC §7).
+    pub fn rule(&self) -> &'static str {
+        match self.path.as_str() {
+            "local" => "L-1: a live local copy answers without the remote or the loader",
+            "local-placeholder" => "L-6: a not-found placeholder answers \"not found\"",
+            "remote" => "L-3: local miss, the remote tier's live copy is kept locally",
+            "lead" | "loader" => {
+                "L-1: local and remote missed; this call led the node's one loader call"
+            }
+            "join" | "joined" => "L-2: a flight for the key was in the air; the call joined it",
+            "write" => "L-8/L-12: a write goes to the remote, the local tier, then the bus",
+            "loaded" => {
+                "L-4/L-6: the loader's answer (values and not-found are kept, failures never)"
+            }
+            "not-found" => "L-6: not found (a placeholder, or the loader said so)",
+            "error" => "L-4: a failure reaches the callers of its flight and is never cached",
+            "batch" => "L-13: each key through the tiers, one batch loader call for the misses",
+            _ => "no read path: the call was answered without one the world records",
+        }
+    }
+}
+
 /// A run, as `explain` and `diff` read it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -148,6 +215,13 @@ pub struct RunRecord {
     pub snapshots: Vec<IndexSnapshot>,
     /// The first violation: `INV-n at MS ms: detail`, if any.
     pub violation: Option<(String, u64, String)>,
+    /// A loader world's decisions (empty for the call cache).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loader: Vec<LoaderDecision>,
+    /// When the run ended, simulated ms (set by the loader worlds, whose
+    /// trace lines are stamped differently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -460,8 +534,24 @@ pub fn record_run(plan: Plan, scenario: &Scenario) -> (RunOutcome, RunRecord) {
             .violations
             .first()
             .map(|v| (v.inv.to_string(), v.at_ms, v.detail.clone())),
+        ..RunRecord::default()
     };
     (outcome, record)
+}
+
+/// A loader world's run as a record: its trace, decisions, first violation
+/// and end.
+pub fn loader_record(o: &RunOutcome, decisions: Vec<LoaderDecision>) -> RunRecord {
+    RunRecord {
+        trace: o.trace.clone(),
+        violation: o
+            .violations
+            .first()
+            .map(|v| (v.inv.to_string(), v.at_ms, v.detail.clone())),
+        loader: decisions,
+        end_ms: Some(o.sim_ms),
+        ..RunRecord::default()
+    }
 }
 
 impl RunRecord {

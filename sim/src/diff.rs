@@ -9,10 +9,14 @@
 //! releases (a result's hook running when the cache lets go of it: its last
 //! ref went, or a duplicate completion was discarded, C-7). The earlier
 //! divergence in simulated time is the one reported.
+//!
+//! The loader worlds' records hold loader decisions instead (a node's read
+//! or write with its path and answer, a flight answered): the first one
+//! that differs, up to the end of the shorter run, is the divergence.
 
 use std::fmt::Write as _;
 
-use crate::decisions::{Decision, IndexSnapshot, Release, RunRecord};
+use crate::decisions::{Decision, IndexSnapshot, LoaderDecision, Release, RunRecord};
 
 /// Where two runs first diverge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,11 +37,17 @@ pub struct Divergence {
     pub a: Option<Decision>,
     /// B's decision there.
     pub b: Option<Decision>,
+    /// In a loader world: A's and B's loader decisions there (one may be
+    /// missing: that run made fewer).
+    pub loader: Option<(Option<LoaderDecision>, Option<LoaderDecision>)>,
 }
 
 /// Simulated ms of a run's last trace line: a run stops at its first
 /// violation, so what the other run did later is not a divergence.
 fn end_ms(r: &RunRecord) -> u64 {
+    if let Some(ms) = r.end_ms {
+        return ms;
+    }
     r.trace
         .last()
         .and_then(|l| crate::decisions::split_line(l))
@@ -79,6 +89,9 @@ fn first_difference<T: Clone + PartialEq>(
 /// decisions with the same answers.
 pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
     let horizon = end_ms(a).min(end_ms(b));
+    if !a.loader.is_empty() || !b.loader.is_empty() {
+        return first_loader_divergence(a, b, horizon);
+    }
     let n = a.decisions.len().max(b.decisions.len());
     let mut best: Option<Divergence> = None;
     for i in 0..n {
@@ -117,6 +130,7 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
                 ms,
                 a: a.decisions.get(i).cloned(),
                 b: b.decisions.get(i).cloned(),
+                loader: None,
             });
         }
     }
@@ -137,10 +151,57 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
                 close,
                 a: None,
                 b: None,
+                loader: None,
             });
         }
     }
     best
+}
+
+/// The first loader decision where `a` and `b` differ, both cut at
+/// `horizon` ms.
+fn first_loader_divergence(a: &RunRecord, b: &RunRecord, horizon: u64) -> Option<Divergence> {
+    let cut = |r: &RunRecord| -> Vec<LoaderDecision> {
+        r.loader
+            .iter()
+            .filter(|d| d.ms <= horizon)
+            .cloned()
+            .collect()
+    };
+    let (xs, ys) = (cut(a), cut(b));
+    let i = (0..xs.len().max(ys.len())).find(|&i| xs.get(i) != ys.get(i))?;
+    let (x, y) = (xs.get(i).cloned(), ys.get(i).cloned());
+    let ms = [&x, &y]
+        .iter()
+        .filter_map(|d| d.as_ref().map(|d| d.ms))
+        .min()
+        .unwrap_or(0);
+    Some(Divergence {
+        index: i,
+        common: i,
+        release: None,
+        close: None,
+        ms,
+        a: None,
+        b: None,
+        loader: Some((x, y)),
+    })
+}
+
+/// A loader decision's fields, side by side in the report.
+fn loader_flow(d: Option<&LoaderDecision>) -> Vec<(&'static str, String)> {
+    let Some(d) = d else {
+        return vec![("decision", "(none: the run made no more decisions)".into())];
+    };
+    let keys: Vec<String> = d.keys.iter().map(|k| format!("k{k}")).collect();
+    vec![
+        ("decided", format!("{}ms", d.ms)),
+        ("who", d.who()),
+        ("op", d.op.clone()),
+        ("keys", keys.join(" ")),
+        ("path", d.path.clone()),
+        ("outcome", d.outcome.clone()),
+    ]
 }
 
 /// How many leading decisions both runs made alike up to `ms`.
@@ -208,10 +269,35 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
         let _ = writeln!(
             out,
             "no divergence: both runs made the same {} decisions",
-            a.decisions.len()
+            a.decisions.len() + a.loader.len()
         );
         return out;
     };
+    if let Some((x, y)) = &div.loader {
+        let _ = writeln!(
+            out,
+            "first divergence: loader decision #{} at {}ms ({} common decisions before it)",
+            div.index + 1,
+            div.ms,
+            div.common
+        );
+        let from = div.common.saturating_sub(context);
+        if from > 0 {
+            let _ = writeln!(out, "  … {from} earlier common decisions");
+        }
+        for d in &a.loader[from..div.common] {
+            let _ = writeln!(out, "  = {:>6}ms {:<4} {}", d.ms, d.who(), d.line());
+        }
+        side_by_side(
+            &mut out,
+            a_name,
+            b_name,
+            loader_flow(x.as_ref()),
+            loader_flow(y.as_ref()),
+        );
+        verdicts(&mut out, a_name, a, b_name, b);
+        return out;
+    }
     match (&div.release, &div.close) {
         (None, Some((x, y))) => {
             let after = x
@@ -283,6 +369,19 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
     } else {
         (flow(a, da.as_ref()), flow(b, db.as_ref()))
     };
+    side_by_side(&mut out, a_name, b_name, fa, fb);
+    verdicts(&mut out, a_name, a, b_name, b);
+    out
+}
+
+/// Two decisions' fields in two columns, `*` where they differ.
+fn side_by_side(
+    out: &mut String,
+    a_name: &str,
+    b_name: &str,
+    fa: Vec<(&'static str, String)>,
+    fb: Vec<(&'static str, String)>,
+) {
     let width = fa
         .iter()
         .map(|(_, v)| v.len())
@@ -297,6 +396,10 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
         let mark = if va != vb { '*' } else { ' ' };
         let _ = writeln!(out, "{mark} {name:<10} | {va:<width$} | {vb}");
     }
+}
+
+/// Each run's verdict, one line each.
+fn verdicts(out: &mut String, a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord) {
     for (name, rec) in [(a_name, a), (b_name, b)] {
         match &rec.violation {
             Some((inv, ms, detail)) => {
@@ -307,5 +410,4 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
             }
         }
     }
-    out
 }

@@ -332,3 +332,80 @@ pub fn explain(plan: &Plan, rec: &RunRecord, key: u64) -> Result<String, String>
     }
     Ok(out)
 }
+
+/// `cache-sim explain` in a loader world (`loader`, `loader-faults`,
+/// `loader-net`): every decision that touched key `key` (reads, writes,
+/// flights answered, database changes), each with the rule its path
+/// follows and, for a read, the last write of the key before it — where a
+/// stale or surprising answer starts to make sense.
+pub fn explain_loader(rec: &RunRecord, key: u64, key_space: usize) -> Result<String, String> {
+    if key as usize >= key_space {
+        return Err(format!(
+            "bad --key {key}: the scenario has keys 0..{key_space}"
+        ));
+    }
+    let mine: Vec<&crate::decisions::LoaderDecision> = rec
+        .loader
+        .iter()
+        .filter(|d| d.keys.contains(&key))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "key k{key}: {} decisions touched it (of {} in the run)",
+        mine.len(),
+        rec.loader.len()
+    );
+    if mine.is_empty() {
+        let _ = writeln!(out, "  no call touched k{key} in this run");
+    }
+    let writes = ["set", "delete", "change_source"];
+    for (i, d) in mine.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:>7}ms {:<4} {:<13} path={:<17} -> {}",
+            d.ms,
+            d.who(),
+            d.op,
+            d.path,
+            d.outcome
+        );
+        let _ = writeln!(out, "      rule: {}", d.rule());
+        if writes.contains(&d.op.as_str()) || d.op == "loaded" {
+            continue;
+        }
+        match mine[..i]
+            .iter()
+            .rev()
+            .find(|e| writes.contains(&e.op.as_str()))
+        {
+            Some(w) => {
+                let _ = writeln!(
+                    out,
+                    "      last write before it: {} {} at {}ms -> {}{}",
+                    w.who(),
+                    w.op,
+                    w.ms,
+                    w.outcome,
+                    if w.node.is_some() && w.node != d.node {
+                        " (another node: its local copy is dropped by the bus event, L-10)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "      no write of k{key} before it");
+            }
+        }
+    }
+    match &rec.violation {
+        Some((inv, ms, detail)) => {
+            let _ = writeln!(out, "run violated {inv} at {ms} ms: {detail}");
+        }
+        None => {
+            let _ = writeln!(out, "run passed");
+        }
+    }
+    Ok(out)
+}

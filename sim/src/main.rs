@@ -100,28 +100,25 @@ enum Cmd {
         #[arg(long)]
         trace: Option<String>,
         /// Write the run's decision trace to this file (JSON: the trace and
-        /// every O-2 decision with its request), for `cache-sim diff`.
+        /// every O-2 decision with its request; in the loader worlds every
+        /// read and write with its path and answer), for `cache-sim diff`.
         #[arg(long, value_name = "FILE")]
         trace_out: Option<String>,
+        /// Also write the run's plan to this plan file (every world), which
+        /// `replay --plan FILE` runs again and `shrink --plan FILE` shrinks.
+        #[arg(long, value_name = "FILE")]
+        save_plan: Option<String>,
     },
-    /// Shrink a failing seed's plan, print the minimal plan and write it to
-    /// a plan file that `replay --plan` runs.
+    /// Shrink a failing seed's plan (or a plan file): remove nodes,
+    /// streams, faults and operations while the same invariant fails; print
+    /// the minimal plan and write it to a plan file that `replay --plan`
+    /// runs. Works for every world (call cache, loader, loader-net).
     Shrink {
-        /// The seed.
-        #[arg(long)]
-        seed: u64,
+        #[command(flatten)]
+        run: RunOf,
         /// The plan file to write (default: shrunk-<scenario>-<seed>.toml).
         #[arg(long)]
         out: Option<String>,
-        /// Scenario name or TOML file.
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Override the scenario's number of clients.
-        #[arg(long)]
-        clients: Option<usize>,
-        /// Turn on a bug-zoo switch (repeatable).
-        #[arg(long = "bug", value_name = "NAME", value_parser = bug_names())]
-        bugs: Vec<String>,
     },
     /// Hunt the bug zoo: with each switch on, sweep until a seed fails and
     /// print a Markdown row (switch, rule, invariant, seed, runs, time).
@@ -309,29 +306,18 @@ fn main() -> ExitCode {
             run,
             trace,
             trace_out,
-        } => cli::replay(
+            save_plan,
+        } => cli::replay_saving(
             run.replay_of(),
             &run.setup(),
             trace.as_deref(),
             trace_out.as_deref(),
+            save_plan.as_deref(),
         )
         .map(code),
-        Cmd::Shrink {
-            seed,
-            out,
-            scenario,
-            clients,
-            bugs,
-        } => cli::shrink(
-            seed,
-            &cli::Setup {
-                scenario,
-                clients,
-                bugs,
-            },
-            out.as_deref(),
-        )
-        .map(code),
+        Cmd::Shrink { run, out } => {
+            cli::shrink(run.replay_of(), &run.setup(), out.as_deref()).map(code)
+        }
         Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()).map(code),
         Cmd::Report {
             seed,

@@ -152,7 +152,7 @@ fn bad_input_names_the_flag_or_field() {
 }
 
 #[test]
-fn loader_net_runs_replays_and_refuses_what_it_lacks() {
+fn loader_net_runs_and_replays_a_seed_or_its_plan_file() {
     expect(
         &["run", "--scenario", "loader-net", "--seeds", "5"],
         0,
@@ -163,11 +163,39 @@ fn loader_net_runs_replays_and_refuses_what_it_lacks() {
     let args = ["replay", "--scenario", "loader-net", "--seed", "902"];
     let first = expect(&args, 0, &["swarm:"]);
     assert_eq!(expect(&args, 0, &[]), first);
+    // Its plan, saved to a file, replays to the same trace.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("902.toml");
+    let plan = plan.to_str().unwrap();
+    let saved = expect(&[&args[..], &["--save-plan", plan]].concat(), 0, &[]);
+    assert_eq!(saved, first);
+    let text = std::fs::read_to_string(plan).unwrap();
+    assert!(
+        text.starts_with("world = \"loader-net\"\nformat = 1\n"),
+        "{text:.80}"
+    );
+    let hash = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("trace hash "))
+            .map(str::to_string)
+    };
+    let replayed = expect(&["replay", "--plan", plan], 0, &["seed 902 passes"]);
+    assert_eq!(hash(&replayed), hash(&first));
+    assert!(hash(&first).is_some());
+    // A passing seed (or plan file) has nothing to shrink.
     expect(
         &["shrink", "--scenario", "loader-net", "--seed", "902"],
-        2,
-        &["--scenario loader-net", "shrink"],
+        0,
+        &["seed 902 passes: nothing to shrink"],
     );
+    expect(&["shrink", "--plan", plan], 0, &["nothing to shrink"]);
+    // A bad plan file names the field and its line.
+    std::fs::write(
+        plan,
+        text.replacen("kind = { once = ", "kind = { once = 99, x = ", 1),
+    )
+    .unwrap();
+    expect(&["replay", "--plan", plan], 2, &["line ", "x"]);
     expect(
         &[
             "run",
@@ -181,4 +209,101 @@ fn loader_net_runs_replays_and_refuses_what_it_lacks() {
         2,
         &["--bug", "loader-net"],
     );
+}
+
+#[test]
+fn loader_net_report_explain_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let svg = path("net.svg");
+    let seed = ["--scenario", "loader-net", "--seed", "3"];
+    expect(
+        &[&["report", "--svg", &svg][..], &seed].concat(),
+        0,
+        &["wrote ", " samples over "],
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg")
+            && text.contains("flights in the air")
+            && text.contains("loader-net"),
+        "{text:.200}"
+    );
+    // `explain` lists the decisions of one key, each with its rule.
+    let out = expect(
+        &[&["explain", "--key", "0"][..], &seed].concat(),
+        0,
+        &["key k0: "],
+    );
+    let listed = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("rule: "))
+        .count();
+    let n: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key k0: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count of decisions");
+    assert!(n > 0 && listed == n, "{out}");
+    expect(
+        &[&["explain", "--key", "10"][..], &seed].concat(),
+        2,
+        &["--key 10"],
+    );
+    // The same run twice: no divergence. Another plan: a divergence.
+    let (a, b, c) = (path("a.json"), path("b.json"), path("c.json"));
+    expect(
+        &[&["replay", "--trace-out", &a][..], &seed].concat(),
+        0,
+        &[],
+    );
+    expect(
+        &[&["replay", "--trace-out", &b][..], &seed].concat(),
+        0,
+        &[],
+    );
+    expect(&["diff", &a, &b], 0, &["no divergence"]);
+    let other = ["--scenario", "loader-net", "--seed", "4"];
+    expect(
+        &[&["replay", "--trace-out", &c][..], &other].concat(),
+        0,
+        &[],
+    );
+    expect(
+        &["diff", &a, &c],
+        1,
+        &["first divergence: loader decision #"],
+    );
+}
+
+#[test]
+fn modelled_loader_explain_and_diff_a_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let seed = ["--scenario", "loader", "--seed", "0"];
+    let bug = ["--bug", "local-ignores-expiry"];
+    let out = expect(
+        &[&["explain", "--key", "1"][..], &seed].concat(),
+        0,
+        &["key k1: "],
+    );
+    assert!(out.contains("rule: L-"), "{out}");
+    let (a, b) = (path("a.json"), path("b.json"));
+    expect(
+        &[&["replay", "--trace-out", &a][..], &seed].concat(),
+        0,
+        &[],
+    );
+    expect(
+        &[&["replay", "--trace-out", &b][..], &seed, &bug].concat(),
+        1,
+        &["violated LINV-3"],
+    );
+    let out = expect(
+        &["diff", &a, &b],
+        1,
+        &["first divergence: loader decision #"],
+    );
+    assert!(out.contains(&format!("{b}: violated LINV-3")), "{out}");
 }

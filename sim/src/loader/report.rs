@@ -1,6 +1,8 @@
 //! `cache-sim report` for a loader seed: an SVG timeline of the nodes'
 //! flights in the air, refresh tasks, local entries and waiting events,
-//! with the violation (if any) marked where it was found.
+//! with the violation (if any) marked where it was found. The drawing
+//! ([`timeline_svg`]) is shared with the `loader-net` world, whose gauges
+//! differ.
 
 use plotters::prelude::*;
 
@@ -21,25 +23,52 @@ fn text<E: std::fmt::Display>(e: E) -> String {
 
 /// The SVG text of `o`'s timeline.
 pub fn svg(o: &LoaderOutcome, s: &LoaderScenario) -> Result<String, String> {
+    let bugs = if s.bugs.is_empty() {
+        "none".to_string()
+    } else {
+        s.bugs.to_string()
+    };
+    let samples: Vec<(u64, &[usize])> = o.samples.iter().map(|(t, g)| (*t, &g[..])).collect();
+    timeline_svg(&Timeline {
+        world: format!(
+            "scenario {} · seed {} · loader switches: {bugs}",
+            s.name, o.plan.seed
+        ),
+        series: &SERIES,
+        samples: &samples,
+        sim_ms: o.sim_ms,
+        violation: o.violation.as_ref().map(|v| (v.inv, v.at_ms)),
+    })
+}
+
+/// A loader world's timeline: gauges sampled over simulated time.
+pub struct Timeline<'a> {
+    /// The caption's start: scenario, seed, switches (the verdict follows).
+    pub world: String,
+    /// Each gauge's name and colour, in the samples' order.
+    pub series: &'a [(&'a str, RGBColor)],
+    /// `(simulated ms, one value per series)`, in time order.
+    pub samples: &'a [(u64, &'a [usize])],
+    /// When the run ended, simulated ms.
+    pub sim_ms: u64,
+    /// The violation (invariant, simulated ms), marked as a red line.
+    pub violation: Option<(&'a str, u64)>,
+}
+
+/// The SVG text of a loader world's timeline (`loader`, `loader-faults`,
+/// `loader-net`).
+pub fn timeline_svg(t: &Timeline<'_>) -> Result<String, String> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(text)?;
-        let verdict = match &o.violation {
+        let verdict = match t.violation {
             None => "PASS".to_string(),
-            Some(v) => format!("FAIL {} at {} ms", v.inv, v.at_ms),
+            Some((inv, at)) => format!("FAIL {inv} at {at} ms"),
         };
-        let bugs = if s.bugs.is_empty() {
-            "none".to_string()
-        } else {
-            s.bugs.to_string()
-        };
-        let caption = format!(
-            "scenario {} · seed {} · loader switches: {bugs} · {verdict}",
-            s.name, o.plan.seed
-        );
-        let t_max = o.samples.last().map_or(1, |x| x.0).max(o.sim_ms).max(1);
-        let y_max = o
+        let caption = format!("{} · {verdict}", t.world);
+        let t_max = t.samples.last().map_or(1, |x| x.0).max(t.sim_ms).max(1);
+        let y_max = t
             .samples
             .iter()
             .flat_map(|(_, g)| g.iter().copied())
@@ -59,10 +88,12 @@ pub fn svg(o: &LoaderOutcome, s: &LoaderScenario) -> Result<String, String> {
             .y_desc("count (all nodes)")
             .draw()
             .map_err(text)?;
-        for (i, (name, color)) in SERIES.iter().enumerate() {
+        for (i, (name, color)) in t.series.iter().enumerate() {
             chart
                 .draw_series(LineSeries::new(
-                    o.samples.iter().map(|(t, g)| (*t, g[i])),
+                    t.samples
+                        .iter()
+                        .map(|(at, g)| (*at, g.get(i).copied().unwrap_or(0))),
                     color.stroke_width(2),
                 ))
                 .map_err(text)?
@@ -71,14 +102,14 @@ pub fn svg(o: &LoaderOutcome, s: &LoaderScenario) -> Result<String, String> {
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                 });
         }
-        if let Some(v) = &o.violation {
+        if let Some((inv, at)) = t.violation {
             chart
                 .draw_series(LineSeries::new(
-                    [(v.at_ms, 0), (v.at_ms, y_max + 1)],
+                    [(at, 0), (at, y_max + 1)],
                     RED.stroke_width(2),
                 ))
                 .map_err(text)?
-                .label(v.inv)
+                .label(inv)
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
         }
         chart

@@ -18,6 +18,7 @@ use cache_core::driver::{
 
 use super::plan::{Answer, Behave, LoaderFault, LoaderPlan, PlanOp};
 use super::scenario::LoaderScenario;
+use crate::decisions::LoaderDecision;
 use crate::rng::Rng;
 
 /// Simulated ms after the last planned operation until the run ends: every
@@ -57,6 +58,9 @@ pub struct LoaderOutcome {
     /// The timeline: after each simulated ms with events, the totals over
     /// the nodes of flights, refresh tasks, local entries and waiting events.
     pub samples: Vec<(u64, [usize; 4])>,
+    /// Each operation's decision and each flight's answer, typed, in trace
+    /// order (`cache-sim explain`, `replay --trace-out`).
+    pub decisions: Vec<LoaderDecision>,
 }
 
 impl LoaderOutcome {
@@ -141,6 +145,7 @@ struct Sim<'a> {
     trace: Vec<String>,
     counters: BTreeMap<String, u64>,
     samples: Vec<(u64, [usize; 4])>,
+    decisions: Vec<LoaderDecision>,
 }
 
 /// Runs `plan` under `s` (its loader zoo switches included).
@@ -178,6 +183,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         trace: Vec::new(),
         counters: BTreeMap::new(),
         samples: Vec::new(),
+        decisions: Vec::new(),
     };
     sim.line(format!("seed {} scenario {}", plan.seed, s.name));
     if !s.bugs.is_empty() {
@@ -200,6 +206,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         mut trace,
         mut counters,
         samples,
+        decisions,
         ..
     } = sim;
     let violation = match result {
@@ -232,6 +239,7 @@ pub fn run_loader_plan(plan: LoaderPlan, s: &LoaderScenario) -> LoaderOutcome {
         sim_ms,
         metrics,
         samples,
+        decisions,
     }
 }
 
@@ -240,6 +248,27 @@ fn violation(f: Failure, at_ms: u64) -> LoaderViolation {
         inv: f.invariant,
         at_ms,
         detail: f.detail,
+    }
+}
+
+/// An operation's node, name and keys, for its decision record (keys as
+/// the world uses them: a write's key is taken modulo the key space).
+fn op_parts(op: &PlanOp, key_space: usize) -> (Option<usize>, &'static str, Vec<u64>) {
+    let k = |key: usize| vec![(key % key_space.max(1)) as u64];
+    match op {
+        PlanOp::Once { node, key, .. } => (Some(*node), "once", k(*key)),
+        PlanOp::Get { node, key } => (Some(*node), "get", k(*key)),
+        PlanOp::Exists { node, key } => (Some(*node), "exists", k(*key)),
+        PlanOp::Set { node, key, .. } => (Some(*node), "set", k(*key)),
+        PlanOp::Delete { node, key } => (Some(*node), "delete", k(*key)),
+        PlanOp::LoadMany { node, keys, .. } => (
+            Some(*node),
+            "load_many",
+            keys.iter().map(|key| *key as u64).collect(),
+        ),
+        PlanOp::ChangeSource { key } => (None, "change_source", k(*key)),
+        PlanOp::Cancel { .. } => (None, "cancel", Vec::new()),
+        PlanOp::Fault { node, .. } => (Some(*node), "fault", Vec::new()),
     }
 }
 
@@ -451,6 +480,20 @@ impl Sim<'_> {
             "-".to_string()
         };
         self.at(format!("{text} -> {outcome}"));
+        let (node, name, keys) = op_parts(op, self.s.key_space);
+        let path = match outcome.split(' ').next().unwrap_or("-") {
+            "local" if outcome == "local placeholder" => "local-placeholder",
+            "-" if matches!(name, "set" | "delete") => "write",
+            p => p,
+        };
+        self.decisions.push(LoaderDecision {
+            ms: self.now,
+            node,
+            op: name.into(),
+            keys,
+            path: path.into(),
+            outcome,
+        });
         self.discover(led);
         Ok(())
     }
@@ -483,6 +526,23 @@ impl Sim<'_> {
             } else {
                 format!("{per:?}")
             };
+            self.decisions.push(LoaderDecision {
+                ms: self.now,
+                node: Some(f.node),
+                op: "loaded".into(),
+                keys: f
+                    .keys
+                    .iter()
+                    .filter_map(|k| self.index.get(k).map(|i| *i as u64))
+                    .collect(),
+                path: "loaded".into(),
+                outcome: format!(
+                    "f{}.{}{} {what}",
+                    f.inc,
+                    f.id,
+                    if f.refresh { " refresh" } else { "" }
+                ),
+            });
             self.at(format!(
                 "n{} f{}.{} [{}]{} loaded {what}",
                 f.node,

@@ -34,6 +34,7 @@ pub mod plan;
 pub mod remote;
 pub mod run;
 pub mod scenario;
+pub mod tools;
 pub mod world;
 
 use std::future::Future;

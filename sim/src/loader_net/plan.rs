@@ -6,13 +6,16 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::rng::Rng;
 use crate::scenario::{KeyDist, MIN_FAULT_MS};
 
 use super::scenario::NetScenario;
 
-/// One client operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One client operation (in plan files: `{ once = 3 }`, `{ load_many = [1, 2] }`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NetOpKind {
     /// `once(key)`.
     Once(u64),
@@ -37,7 +40,8 @@ impl NetOpKind {
 }
 
 /// An operation after a pause.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetOp {
     /// Pause before it, simulated ms.
     pub gap_ms: u64,
@@ -45,8 +49,9 @@ pub struct NetOp {
     pub kind: NetOpKind,
 }
 
-/// A fault kind of the swarm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A fault kind of the swarm (in plan files by its [`name`](Self::name)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NetFaultKind {
     /// Node ↔ remote partition for a window.
     PartitionRemote,
@@ -129,7 +134,8 @@ impl NetFaultKind {
 }
 
 /// One timed fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetFault {
     /// When, simulated ms.
     pub at_ms: u64,

@@ -49,6 +49,8 @@ pub struct NetOutcome {
     pub counters: BTreeMap<String, u64>,
     /// Simulated ms the run took.
     pub sim_ms: u64,
+    /// The gauges over time, for `cache-sim report` ([`super::tools::Gauges`]).
+    pub samples: Vec<(u64, super::tools::Gauges)>,
 }
 
 impl NetOutcome {
@@ -106,6 +108,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
     let mut healed = false;
     let mut phase = Phase::Running;
     let mut now;
+    let mut samples = Vec::new();
     // Nodes whose clients stopped last step, bounced now.
     let mut bounce: Vec<usize> = Vec::new();
     loop {
@@ -150,6 +153,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
         }
         let log = world.drain_log();
         let nodes = world.nodes();
+        super::tools::sample(&mut samples, now, &nodes, s.key_space);
         let mut found = oracle.observe(&log, &world.db());
         found.extend(oracle.check_counters(&nodes));
         if !found.is_empty() {
@@ -229,6 +233,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
         violations,
         counters: world.counters(),
         sim_ms: now,
+        samples,
     };
     drop(sim);
     outcome
