@@ -299,16 +299,13 @@ pub fn explain(of: ReplayOf<'_>, setup: &Setup, key: u64) -> Result<bool, String
         Loaded::Net(_, n) => Some(n.key_space),
     };
     let (o, rec) = record(run.loaded);
-    println!(
-        "seed {} scenario {}{}",
-        o.plan.seed,
-        s.name,
-        if s.bugs.is_empty() {
-            String::new()
-        } else {
-            format!(" bugs {}", s.bugs)
-        }
-    );
+    // The loader's switches live in its own scenario.
+    let bugs = match &s.loader {
+        Some(l) if !l.bugs.is_empty() => format!(" bugs {}", l.bugs),
+        _ if !s.bugs.is_empty() => format!(" bugs {}", s.bugs),
+        _ => String::new(),
+    };
+    println!("seed {} scenario {}{bugs}", o.plan.seed, s.name);
     match key_space {
         None => print!("{}", crate::explain::explain(&o.plan, &rec, key)?),
         Some(n) => print!("{}", crate::explain::explain_loader(&rec, key, n)?),
@@ -440,36 +437,22 @@ pub fn shrink(of: ReplayOf<'_>, setup: &Setup, out: Option<&str>) -> Result<bool
 /// `cache-sim report`: writes the SVG timeline.
 pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     let s = setup.load()?;
-    if let Some(n) = &s.loader_net {
+    // (the SVG, samples drawn, simulated ms, passed) in the world's terms.
+    let (text, samples, sim_ms, passed) = if let Some(n) = &s.loader_net {
         let o = crate::loader_net::run_net_seed(seed, n);
-        std::fs::write(svg, crate::loader_net::tools::report_svg(&o, n)?)
-            .map_err(|e| format!("cannot write {svg}: {e}"))?;
-        println!(
-            "wrote {svg}: {} samples over {} ms",
-            o.samples.len(),
-            o.sim_ms
-        );
-        return Ok(o.passed());
-    }
-    if let Some(l) = &s.loader {
+        let text = crate::loader_net::tools::report_svg(&o, n)?;
+        (text, o.samples.len(), o.sim_ms, o.passed())
+    } else if let Some(l) = &s.loader {
         let o = crate::loader::run_loader_seed(seed, l);
-        std::fs::write(svg, crate::loader::report::svg(&o, l)?)
-            .map_err(|e| format!("cannot write {svg}: {e}"))?;
-        println!(
-            "wrote {svg}: {} samples over {} ms",
-            o.samples.len(),
-            o.sim_ms
-        );
-        return Ok(o.passed());
-    }
-    let o = run_seed(seed, &s, None);
-    std::fs::write(svg, report::svg(&o, &s)?).map_err(|e| format!("cannot write {svg}: {e}"))?;
-    println!(
-        "wrote {svg}: {} samples over {} ms",
-        o.samples.len(),
-        o.sim_ms
-    );
-    Ok(o.passed())
+        let text = crate::loader::report::svg(&o, l)?;
+        (text, o.samples.len(), o.sim_ms, o.passed())
+    } else {
+        let o = run_seed(seed, &s, None);
+        (report::svg(&o, &s)?, o.samples.len(), o.sim_ms, o.passed())
+    };
+    std::fs::write(svg, text).map_err(|e| format!("cannot write {svg}: {e}"))?;
+    println!("wrote {svg}: {samples} samples over {sim_ms} ms");
+    Ok(passed)
 }
 
 /// `cache-sim zoo`: hunts each named switch (all when `names` is empty) over

@@ -188,17 +188,22 @@ enum Cmd {
     /// The identity flow of every call of one key in a run: requested ID,
     /// call and storage key (and the TTL rule that chose it), path, entry,
     /// returned ID, session; and for a surprising miss or hit, the first
-    /// step of the checklist that explains it.
+    /// step of the checklist that explains it. In the loader worlds
+    /// (loader, loader-faults, loader-net): every read, write and loaded
+    /// flight that touched the key, the path it took with its L-rule, and
+    /// the last write of the key before each read.
     Explain {
         #[command(flatten)]
         run: RunOf,
-        /// The plan's key index (the `kK` of the trace).
+        /// The plan's key index (the `kK` of the trace), below the
+        /// scenario's key space.
         #[arg(long)]
         key: u64,
     },
     /// The first decision where two runs diverge (files written by
-    /// `replay --trace-out`), both identity flows side by side. Exits 0 when
-    /// the runs made the same decisions, 1 when they diverge.
+    /// `replay --trace-out`), both identity flows side by side (in the
+    /// loader worlds: both loader decisions). Exits 0 when the runs made
+    /// the same decisions, 1 when they diverge.
     Diff {
         /// The first run's decision trace.
         a: String,
@@ -208,7 +213,9 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         context: usize,
     },
-    /// SVG timeline of cache entries (by bucket) and connected clients.
+    /// SVG timeline of cache entries (by bucket) and connected clients; in
+    /// the loader worlds, of flights in the air, refresh tasks, local
+    /// entries and waiting events (loader-net: background tasks).
     Report {
         /// The seed.
         #[arg(long)]
@@ -415,8 +422,8 @@ struct RunOf {
     /// The seed.
     #[arg(long, required_unless_present = "plan")]
     seed: Option<u64>,
-    /// A plan file written by `cache-sim shrink` (carries its scenario and
-    /// switches; `--bug` adds more).
+    /// A plan file written by `cache-sim shrink` or `replay --save-plan`,
+    /// of any world (carries its scenario and switches; `--bug` adds more).
     #[arg(long, conflicts_with_all = ["seed", "scenario", "clients"])]
     plan: Option<String>,
     /// Scenario name or TOML file.

@@ -114,7 +114,7 @@ struct Head<'a> {
 }
 
 /// `value` as an inline TOML value (one line).
-fn inline<T: Serialize>(value: &T) -> Result<String, String> {
+pub(crate) fn inline<T: Serialize>(value: &T) -> Result<String, String> {
     let mut out = String::new();
     value
         .serialize(toml::ser::ValueSerializer::new(&mut out))
@@ -122,8 +122,9 @@ fn inline<T: Serialize>(value: &T) -> Result<String, String> {
     Ok(out)
 }
 
-/// `items` as a TOML array, one item per line.
-fn lines<T: Serialize>(out: &mut String, key: &str, items: &[T]) -> Result<(), String> {
+/// `items` as a TOML array, one item per line (so that an error's line
+/// number points at one item; every world's plan file writes its lists so).
+pub(crate) fn lines<T: Serialize>(out: &mut String, key: &str, items: &[T]) -> Result<(), String> {
     if items.is_empty() {
         out.push_str(&format!("{key} = []\n"));
         return Ok(());

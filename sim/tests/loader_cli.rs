@@ -86,6 +86,36 @@ fn shrink_writes_a_plan_file_that_replays_the_failure() {
     expect(&["replay", "--plan", out], 1, &["violated LINV-3"]);
     // A clean seed has nothing to shrink.
     expect(&shrink, 0, &["nothing to shrink"]);
+    // A saved plan file (switches included) shrinks like its seed.
+    let saved = dir.path().join("saved.toml");
+    let saved = saved.to_str().unwrap();
+    expect(
+        &[
+            &[
+                "replay",
+                "--scenario",
+                "loader",
+                "--seed",
+                "0",
+                "--save-plan",
+                saved,
+            ][..],
+            &bug,
+        ]
+        .concat(),
+        1,
+        &["violated LINV-3"],
+    );
+    let again = dir.path().join("again.toml");
+    expect(
+        &["shrink", "--plan", saved, "--out", again.to_str().unwrap()],
+        1,
+        &["seed 0 fails LINV-3: shrunk from", "replay --plan"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        std::fs::read_to_string(out).unwrap()
+    );
 }
 
 #[test]

@@ -12,8 +12,9 @@
 //! LINV-1 … LINV-8 after every step and at the end; this module only
 //! plans ([`plan`]), schedules and injects ([`world`]), and shrinks
 //! ([`shrink`]). The named scenarios are `loader` and `loader-faults`
-//! (`sim/scenarios/loader*.toml`); `cache-sim run|replay|shrink|report`
-//! take them like the call cache's.
+//! (`sim/scenarios/loader*.toml`); `cache-sim run|replay|shrink|report|
+//! explain|diff` take them like the call cache's (the decisions `explain`
+//! and `diff` read are [`LoaderOutcome::decisions`]).
 //!
 //! ```
 //! use sim::loader::{run_loader_seed, LoaderScenario};

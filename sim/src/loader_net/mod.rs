@@ -15,7 +15,9 @@
 //!   the observation log they write;
 //! - [`oracle`]: LINV-1, -2, -5, -6, -8 judged from that log and the
 //!   loaders' own accessors, outside the hosts;
-//! - [`run`]: one seed, step by step, faults injected and healed.
+//! - [`run`]: one seed, step by step, faults injected and healed;
+//! - [`tools`]: the debugging loop — plan files, shrinking, the report's
+//!   gauges and the decisions `explain` and `diff` read.
 //!
 //! ```
 //! use sim::loader_net::{run_net_seed, NetScenario};

@@ -52,6 +52,7 @@ use super::plan::{NetFault, NetFaultKind, NetOp, NetPlan};
 use super::run::{run_net_plan, NetOutcome};
 use super::scenario::{NetScenario, MAX_BATCH, MAX_OPS, WORLD};
 use crate::plan::MAX_HEAL_MS;
+use crate::plan_file::{inline, lines};
 use crate::scenario::MAX_MS;
 use crate::shrink::{reduce, Cut};
 
@@ -119,29 +120,6 @@ struct Head<'a> {
     fails: &'a Option<String>,
     bugs: &'a [String],
     scenario: &'a NetScenario,
-}
-
-/// `value` as an inline TOML value (one line).
-fn inline<T: Serialize>(value: &T) -> Result<String, String> {
-    let mut out = String::new();
-    value
-        .serialize(toml::ser::ValueSerializer::new(&mut out))
-        .map_err(|e| format!("cannot encode the plan: {e}"))?;
-    Ok(out)
-}
-
-/// `items` as a TOML array, one item per line.
-fn lines<T: Serialize>(out: &mut String, key: &str, items: &[T]) -> Result<(), String> {
-    if items.is_empty() {
-        out.push_str(&format!("{key} = []\n"));
-        return Ok(());
-    }
-    out.push_str(&format!("{key} = [\n"));
-    for item in items {
-        out.push_str(&format!("    {},\n", inline(item)?));
-    }
-    out.push_str("]\n");
-    Ok(())
 }
 
 /// The range a fault kind's `arg` must be in (see [`NetFaultKind`]).
