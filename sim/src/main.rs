@@ -215,7 +215,8 @@ enum Cmd {
     },
     /// SVG timeline of cache entries (by bucket) and connected clients; in
     /// the loader worlds, of flights in the air, refresh tasks, local
-    /// entries and waiting events (loader-net: background tasks).
+    /// entries and waiting events (loader-net: background tasks and nodes
+    /// serving instead of the last two).
     Report {
         /// The seed.
         #[arg(long)]

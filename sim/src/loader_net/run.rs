@@ -153,7 +153,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
         }
         let log = world.drain_log();
         let nodes = world.nodes();
-        super::tools::sample(&mut samples, now, &nodes, s.key_space);
+        super::tools::sample(&mut samples, now, &nodes);
         let mut found = oracle.observe(&log, &world.db());
         found.extend(oracle.check_counters(&nodes));
         if !found.is_empty() {
