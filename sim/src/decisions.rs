@@ -154,7 +154,8 @@ pub struct LoaderDecision {
     pub keys: Vec<u64>,
     /// The path: `local`, `local-placeholder`, `remote`, `lead`, `join`,
     /// `loader`, `joined` (a flight another call led), `not-found`,
-    /// `error`, `batch`, `write`, `loaded`, or `-` (none the world saw).
+    /// `error`, `batch`, `write` (set, delete), `source` (the database
+    /// changed behind the cache), `loaded`, or `-` (none the world saw).
     pub path: String,
     /// What the caller got (or the flight loaded), as the trace shows it.
     pub outcome: String,
@@ -181,14 +182,24 @@ impl LoaderDecision {
     /// The rule that explains the path (SPEC §7).
     pub fn rule(&self) -> &'static str {
         match self.path.as_str() {
-            "local" => "L-1: a live local copy answers without the remote or the loader",
-            "local-placeholder" => "L-6: a not-found placeholder answers \"not found\"",
-            "remote" => "L-3: local miss, the remote tier's live copy is kept locally",
+            "local" => "L-3: a live local copy is served without the remote or the loader",
+            "local-placeholder" => "L-6: a live not-found placeholder answers \"not found\"",
+            "remote" => {
+                "L-3: local miss; the remote's live copy is served and copied locally \
+                 with its remaining lifetime"
+            }
             "lead" | "loader" => {
                 "L-1: local and remote missed; this call led the node's one loader call"
             }
             "join" | "joined" => "L-2: a flight for the key was in the air; the call joined it",
-            "write" => "L-8/L-12: a write goes to the remote, the local tier, then the bus",
+            "write" => {
+                "L-11: a set or delete writes the tiers and emits one event naming its keys; \
+                 the other nodes drop their copies when it arrives"
+            }
+            "source" => {
+                "the database changed behind the cache: no event, so copies stay until \
+                 they expire (L-8)"
+            }
             "loaded" => {
                 "L-4/L-6: the loader's answer (values and not-found are kept, failures never)"
             }

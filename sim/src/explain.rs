@@ -388,7 +388,7 @@ pub fn explain_loader(rec: &RunRecord, key: u64, key_space: usize) -> Result<Str
                     w.ms,
                     w.outcome,
                     if w.node.is_some() && w.node != d.node {
-                        " (another node: its local copy is dropped by the bus event, L-10)"
+                        " (another node: this node's copy is dropped when that write's event arrives, L-11)"
                     } else {
                         ""
                     }

@@ -484,6 +484,7 @@ impl Sim<'_> {
         let path = match outcome.split(' ').next().unwrap_or("-") {
             "local" if outcome == "local placeholder" => "local-placeholder",
             "-" if matches!(name, "set" | "delete") => "write",
+            "-" if name == "change_source" => "source",
             p => p,
         };
         self.decisions.push(LoaderDecision {

@@ -583,8 +583,8 @@ pub fn report_svg(o: &NetOutcome, s: &NetScenario) -> Result<String, String> {
 /// record (their format is pinned by the golden trace snapshot); the path
 /// is the answer's source (`local`, `remote`, `loader`), `joined` for a
 /// caller that joined a flight, `not-found`, `error` (the outcome is its
-/// cause), `write` for a set, delete or database change, `batch` for a
-/// `load_many` (its keys come from several paths).
+/// cause), `write` for a set or delete, `source` for a database change,
+/// `batch` for a `load_many` (its keys come from several paths).
 pub fn decisions(trace: &[String]) -> Vec<crate::decisions::LoaderDecision> {
     use crate::decisions::{split_line, LoaderDecision};
     let key = |w: &str| w.strip_prefix('k').and_then(|k| k.parse::<u64>().ok());
@@ -624,7 +624,8 @@ pub fn decisions(trace: &[String]) -> Vec<crate::decisions::LoaderDecision> {
             _ => continue,
         };
         let (path, outcome) = match op {
-            "set" | "delete" | "change_source" => ("write", answer.to_string()),
+            "set" | "delete" => ("write", answer.to_string()),
+            "change_source" => ("source", answer.to_string()),
             "once" => match answer.split_once(" from ") {
                 Some((value, source)) => match source.strip_suffix(" (joined)") {
                     Some(_) => ("joined", value.to_string()),
