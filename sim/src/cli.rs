@@ -335,15 +335,27 @@ fn plan_replay_cmd(path: &str, extra_bugs: &[String]) -> String {
 /// Simulations one `cache-sim shrink` may run.
 pub const SHRINK_BUDGET: usize = 300;
 
-/// What a shrink found, in any world: the invariant, sizes, runs and the
-/// shrunk plan file's text.
+/// What a shrink found, in any world: the invariant, the size before, the
+/// simulations run, and the shrunk run.
 struct ShrinkReport {
     inv: &'static str,
     original_size: usize,
-    size: usize,
     runs: usize,
-    unit: &'static str,
-    file: String,
+    shrunk: Loaded,
+}
+
+impl Loaded {
+    /// How big the plan is, and in what unit (shrink reports).
+    fn size(&self) -> (usize, &'static str) {
+        match self {
+            Loaded::Calls(plan, _) => (plan.size(), "steps"),
+            Loaded::Loader(plan, _) => (plan.size(), "operations"),
+            Loaded::Net(plan, _) => (
+                crate::loader_net::tools::size(plan),
+                "operations and faults",
+            ),
+        }
+    }
 }
 
 /// `cache-sim shrink`: shrinks a failing seed (or plan file), prints the
@@ -361,73 +373,54 @@ pub fn shrink(of: ReplayOf<'_>, setup: &Setup, out: Option<&str>) -> Result<bool
     let run = load_run(of, setup)?;
     let (seed, name, found) = match run.loaded {
         Loaded::Calls(plan, s) => {
-            let seed = plan.seed;
-            let found = shrink::shrink(plan, &s, None, SHRINK_BUDGET)
-                .map(|r| -> Result<ShrinkReport, String> {
-                    let size = r.plan.size();
-                    let file = crate::plan_file::PlanFile::new(r.plan, &s, Some(r.inv));
-                    Ok(ShrinkReport {
-                        inv: r.inv,
-                        original_size: r.original_size,
-                        size,
-                        runs: r.runs,
-                        unit: "steps",
-                        file: file.to_toml()?,
-                    })
-                })
-                .transpose()?;
-            (seed, s.name.clone(), found)
+            let (seed, name) = (plan.seed, s.name.clone());
+            let found = shrink::shrink(plan, &s, None, SHRINK_BUDGET).map(|r| ShrinkReport {
+                inv: r.inv,
+                original_size: r.original_size,
+                runs: r.runs,
+                shrunk: Loaded::Calls(r.plan, s.clone()),
+            });
+            (seed, name, found)
         }
         Loaded::Loader(plan, l) => {
-            use crate::loader::plan_file::LoaderPlanFile;
-            let seed = plan.seed;
-            let found = crate::loader::shrink::shrink_loader(plan, &l, SHRINK_BUDGET)
-                .map(|r| -> Result<ShrinkReport, String> {
-                    Ok(ShrinkReport {
-                        inv: r.inv,
-                        original_size: r.original_size,
-                        size: r.plan.size(),
-                        runs: r.runs,
-                        unit: "operations",
-                        file: LoaderPlanFile::new(r.plan, &l, Some(r.inv)).to_toml()?,
-                    })
-                })
-                .transpose()?;
-            (seed, l.name.clone(), found)
+            let (seed, name) = (plan.seed, l.name.clone());
+            let found = crate::loader::shrink::shrink_loader(plan, &l, SHRINK_BUDGET).map(|r| {
+                ShrinkReport {
+                    inv: r.inv,
+                    original_size: r.original_size,
+                    runs: r.runs,
+                    shrunk: Loaded::Loader(r.plan, l.clone()),
+                }
+            });
+            (seed, name, found)
         }
         Loaded::Net(plan, n) => {
-            use crate::loader_net::tools;
-            let seed = plan.seed;
-            let found = tools::shrink_net(plan, &n, SHRINK_BUDGET)
-                .map(|r| -> Result<ShrinkReport, String> {
-                    let inv = r.failing.inv;
-                    let size = tools::size(&r.case.plan);
-                    let loaded = Loaded::Net(r.case.plan, r.case.scenario);
-                    Ok(ShrinkReport {
-                        inv,
-                        original_size: r.original_size,
-                        size,
-                        runs: r.runs,
-                        unit: "operations and faults",
-                        file: plan_file_text(&loaded, &run.scenario, Some(inv))?,
-                    })
-                })
-                .transpose()?;
-            (seed, n.name.clone(), found)
+            let (seed, name) = (plan.seed, n.name.clone());
+            let found = crate::loader_net::tools::shrink_net(plan, &n, SHRINK_BUDGET).map(|r| {
+                ShrinkReport {
+                    inv: r.failing.inv,
+                    original_size: r.original_size,
+                    runs: r.runs,
+                    shrunk: Loaded::Net(r.case.plan, r.case.scenario),
+                }
+            });
+            (seed, name, found)
         }
     };
     let Some(r) = found else {
         println!("seed {seed} passes: nothing to shrink");
         return Ok(true);
     };
+    let (size, unit) = r.shrunk.size();
     println!(
-        "seed {seed} fails {}: shrunk from {} to {} {} in {} runs",
-        r.inv, r.original_size, r.size, r.unit, r.runs
+        "seed {seed} fails {}: shrunk from {} to {size} {unit} in {} runs",
+        r.inv, r.original_size, r.runs
     );
-    print!("{}", r.file);
+    let file = plan_file_text(&r.shrunk, &run.scenario, Some(r.inv))?;
+    print!("{file}");
     let default_out = format!("shrunk-{name}-{seed}.toml");
     let out = out.unwrap_or(&default_out);
-    std::fs::write(out, &r.file).map_err(|e| format!("cannot write {out}: {e}"))?;
+    std::fs::write(out, &file).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote the shrunk plan to {out}");
     println!("replay the shrunk plan: {}", plan_replay_cmd(out, &[]));
     println!("replay the unshrunk run: {}", run.again);
