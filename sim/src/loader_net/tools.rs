@@ -1,7 +1,9 @@
 //! The debugging loop for the `loader-net` world: plan files (a seed's
 //! [`NetPlan`] with its scenario, replayed by `cache-sim replay --plan
-//! FILE`) and shrinking (nodes, streams, faults and operations removed
-//! while the same typed verdict still fails).
+//! FILE`), shrinking (nodes, streams, faults and operations removed while
+//! the same typed verdict still fails, [`shrink_net`]), the gauges
+//! `cache-sim report` draws ([`sample`], [`report_svg`]) and the decisions
+//! `explain` and `diff` read ([`decisions`]).
 //!
 //! # Plan file layout (format 1)
 //!
