@@ -63,7 +63,7 @@ enum Cmd {
         shard: Option<String>,
         /// A named scenario (standard, ttl-heavy, cancel-storm,
         /// restart-heavy, nested-heavy, loader, loader-faults, loader-net),
-        /// a TOML file, or `all`: every named scenario but loader-net,
+        /// a TOML file, or `all`: every named scenario,
         /// interleaved seed by seed (seed 0 of each, then seed 1…).
         #[arg(long)]
         scenario: Option<String>,
