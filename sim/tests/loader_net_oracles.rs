@@ -501,6 +501,10 @@ fn done(call: u64, missed: &[u64]) -> Obs {
         call,
         missed: missed.to_vec(),
         answered: true,
+        loaded: missed
+            .iter()
+            .map(|&key| (key, DbValue { key, version: 0 }))
+            .collect(),
     }
 }
 
@@ -545,7 +549,8 @@ fn linv7_fires_when_a_batch_loader_sees_other_keys_than_the_missed_ones() {
         }]
     );
     // Plant: key 12 answered by the flight of keys 1 and 2 (their parts
-    // read alike, the zoo's batch-key-text).
+    // read alike, the zoo's batch-key-text), with key 1's value.
+    let one = DbValue { key: 1, version: 0 };
     let collided = [
         batch_call(6, &[1, 2]),
         saw(6, &[1, 2]),
@@ -553,16 +558,33 @@ fn linv7_fires_when_a_batch_loader_sees_other_keys_than_the_missed_ones() {
         batch_call(7, &[12]),
         end(0, Flight::Batch(vec![1, 2])),
         done(6, &[1, 2]),
-        done(7, &[12]),
+        Obs::BatchDone {
+            node: 0,
+            inc: 1,
+            call: 7,
+            missed: vec![12],
+            answered: true,
+            loaded: vec![(12, one)],
+        },
     ];
     assert_eq!(
         o.observe(&collided, &db),
-        vec![Verdict::BatchAnsweredUnseen {
-            node: 0,
-            missed: vec![12],
-            ran: vec![vec![1, 2]]
-        }]
+        vec![
+            Verdict::BatchAnsweredUnseen {
+                node: 0,
+                missed: vec![12]
+            },
+            Verdict::BatchAnswerMismatch {
+                node: 0,
+                key: 12,
+                value: one
+            }
+        ]
     );
+    // A joined batch whose key set a loader saw before (its flight was
+    // still writing when the call joined) is fine.
+    let late_join = [batch_call(8, &[2, 1]), done(8, &[1, 2])];
+    assert_eq!(o.observe(&late_join, &db), vec![]);
 }
 
 #[test]

@@ -162,14 +162,23 @@ pub enum Verdict {
         missed: Vec<u64>,
     },
     /// LINV-7: a `load_many`'s missed keys were answered by a shared
-    /// flight, yet no batch loader in the air on the node saw exactly them.
+    /// flight, yet no batch loader on the node incarnation ever saw
+    /// exactly them.
     BatchAnsweredUnseen {
         /// Node.
         node: usize,
         /// What missed (sorted).
         missed: Vec<u64>,
-        /// The key sets of the batch loaders that ran meanwhile.
-        ran: Vec<Vec<u64>>,
+    },
+    /// LINV-7: a missed key of a `load_many` was answered with another
+    /// key's value: the flight that answered it loaded other keys.
+    BatchAnswerMismatch {
+        /// Node.
+        node: usize,
+        /// The missed key.
+        key: u64,
+        /// What it was answered with.
+        value: DbValue,
     },
     /// LINV-5: after every event was delivered, a node's local copy differs
     /// from the remote's.
@@ -245,7 +254,8 @@ impl Verdict {
             }
             Self::BatchKeysRepeated { .. }
             | Self::BatchLoaderSawOther { .. }
-            | Self::BatchAnsweredUnseen { .. } => "LINV-7",
+            | Self::BatchAnsweredUnseen { .. }
+            | Self::BatchAnswerMismatch { .. } => "LINV-7",
             Self::Remains { .. } | Self::CloseHung { .. } => "LINV-8",
             Self::Stuck { .. } => "INV-11",
         }
@@ -329,9 +339,13 @@ impl Verdict {
             Self::BatchLoaderSawOther { node, saw, missed } => format!(
                 "node{node}'s batch loader saw {saw:?}, but the keys that missed were {missed:?}"
             ),
-            Self::BatchAnsweredUnseen { node, missed, ran } => format!(
-                "node{node} answered the missed keys {missed:?} from a shared flight, but the \
-                 batch loaders that ran saw {ran:?}"
+            Self::BatchAnsweredUnseen { node, missed } => format!(
+                "node{node} answered the missed keys {missed:?} from a shared flight, but no \
+                 batch loader there ever saw exactly them"
+            ),
+            Self::BatchAnswerMismatch { node, key, value } => format!(
+                "node{node} answered the missed key k{key} of a batch with {value:?}: the \
+                 flight that answered it loaded other keys"
             ),
             Self::Diverged {
                 node,
@@ -407,6 +421,9 @@ pub struct Oracle {
     joined: BTreeMap<(usize, u64), u64>,
     /// `load_many` calls in progress, by call.
     batches: BTreeMap<u64, OpenBatch>,
+    /// Per node incarnation: the key set of every batch loader call so far
+    /// (a joined batch flight's loader started before its joiner ended).
+    batch_sets: BTreeMap<(usize, u64), BTreeSet<Vec<u64>>>,
     /// Stored keys to key indexes.
     stored_index: BTreeMap<String, u64>,
     /// What the oracles judged (fairness counts).
@@ -431,8 +448,6 @@ struct OpenBatch {
     node: usize,
     inc: u64,
     asked: BTreeSet<u64>,
-    /// Key sets of the batch loaders in the air on its node meanwhile.
-    ran: BTreeSet<Vec<u64>>,
     /// What its own loader saw, if it was called.
     saw: Option<Vec<u64>>,
 }
@@ -481,11 +496,10 @@ impl Oracle {
                         });
                     }
                     if let Flight::Batch(ks) = flight {
-                        for b in self.batches.values_mut() {
-                            if (b.node, b.inc) == (*node, *inc) {
-                                b.ran.insert(ks.clone());
-                            }
-                        }
+                        self.batch_sets
+                            .entry((*node, *inc))
+                            .or_default()
+                            .insert(ks.clone());
                     }
                     *self.calls.entry((*node, *inc)).or_default() += 1;
                     let depth = self
@@ -621,22 +635,12 @@ impl Oracle {
                     call,
                     asked,
                 } => {
-                    let ran = self
-                        .in_flight
-                        .keys()
-                        .filter(|(n, i, _)| (n, i) == (node, inc))
-                        .filter_map(|(_, _, f)| match f {
-                            Flight::Batch(ks) => Some(ks.clone()),
-                            Flight::Single(_) => None,
-                        })
-                        .collect();
                     self.batches.insert(
                         *call,
                         OpenBatch {
                             node: *node,
                             inc: *inc,
                             asked: asked.iter().copied().collect(),
-                            ran,
                             saw: None,
                         },
                     );
@@ -663,10 +667,18 @@ impl Oracle {
                     call,
                     missed,
                     answered,
+                    loaded,
                     ..
                 } => {
                     if let Some(b) = self.batches.remove(call) {
                         out.extend(self.judge_batch(*node, b, missed, *answered));
+                    }
+                    if let Some((key, value)) = loaded.iter().find(|(k, v)| v.key != *k) {
+                        out.push(Verdict::BatchAnswerMismatch {
+                            node: *node,
+                            key: *key,
+                            value: *value,
+                        });
                     }
                 }
                 Obs::LateResult { .. } => {}
@@ -729,12 +741,14 @@ impl Oracle {
         match b.saw {
             Some(saw) if saw != missed => Some(Verdict::BatchLoaderSawOther { node, saw, missed }),
             Some(_) => None,
-            None if b.ran.contains(&missed) => None,
-            None => Some(Verdict::BatchAnsweredUnseen {
-                node,
-                missed,
-                ran: b.ran.into_iter().collect(),
-            }),
+            None if self
+                .batch_sets
+                .get(&(b.node, b.inc))
+                .is_some_and(|sets| sets.contains(&missed)) =>
+            {
+                None
+            }
+            None => Some(Verdict::BatchAnsweredUnseen { node, missed }),
         }
     }
 

@@ -302,6 +302,8 @@ pub enum Obs {
         missed: Vec<u64>,
         /// Whether a flight answered them (no `Closed` or cancelled error).
         answered: bool,
+        /// The values the call got for its missed keys.
+        loaded: Vec<(u64, DbValue)>,
     },
     /// A loader call that ignores cancellation finished after the loader
     /// had dropped it: its result went nowhere.
@@ -1109,12 +1111,19 @@ async fn run_op(w: &Arc<NetWorld>, n: usize, inc: u64, loader: &Loader<DbValue>,
                 .load_many(keys, call, batch_loader(w, n, inc, started))
                 .await;
             let answered = !matches!(b.error, Some(LoaderError::Closed | LoaderError::Cancelled));
+            let loaded = b
+                .values
+                .iter()
+                .filter(|(k, _)| b.missed.contains(k))
+                .map(|(k, v)| (index_of(k), *v))
+                .collect();
             w.observe(Obs::BatchDone {
                 node: n,
                 inc,
                 call: started,
                 missed: b.missed.iter().map(index_of).collect(),
                 answered,
+                loaded,
             });
             for k in ks {
                 note_warning(w, *k, &b.warning);
