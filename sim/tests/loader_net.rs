@@ -51,10 +51,16 @@ fn one_seed_gives_one_trace() {
 /// its key was last touched on the node. Seed 2716 (the standing campaign):
 /// a `once` began after a `delete` dropped node0's copy and read the row
 /// before the delete reached the remote; a delete now touches its key
-/// again once the remote row is gone (10286 and 12287 too).
+/// again once the remote row is gone (10286 and 12287 too). Seeds 1080
+/// and 1808 (with refresh-ahead and short lifetimes): a refresh wrote a
+/// short-lived value that had expired by the time the remote acknowledged
+/// it; the node skipped the local write and kept its older copy for its
+/// whole local lifetime. Such a write now removes the older copy.
 #[test]
 fn l12_reads_and_writes_that_race_a_touch_of_their_key_keep_no_local_copy() {
-    for seed in [902, 917, 1140, 1328, 1574, 1678, 1773, 2716, 10286, 12287] {
+    for seed in [
+        902, 917, 1140, 1328, 1574, 1678, 1773, 2716, 10286, 12287, 1080, 1808,
+    ] {
         let o = run_net_seed(seed, &scenario());
         assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);
     }
