@@ -168,6 +168,7 @@ fn loader_net_runs_replays_and_refuses_what_it_lacks() {
         2,
         &["--scenario loader-net", "shrink"],
     );
+    // A call-cache switch is refused, naming the flag and the world.
     expect(
         &[
             "run",
@@ -176,9 +177,23 @@ fn loader_net_runs_replays_and_refuses_what_it_lacks() {
             "--seeds",
             "1",
             "--bug",
-            "refresh-after-close",
+            "key-only-delete",
         ],
         2,
         &["--bug", "loader-net"],
+    );
+    // The loader's switches run through the world's real loaders.
+    expect(
+        &[
+            "run",
+            "--scenario",
+            "loader-net",
+            "--seeds",
+            "3",
+            "--bug",
+            "waiters-not-counted",
+        ],
+        1,
+        &["LINV-6", "--bug waiters-not-counted"],
     );
 }
