@@ -4,7 +4,7 @@
 //! fields and values outside their documented range
 //! (`sim/scenarios/loader-net.toml`) are errors naming the field.
 
-use cache_core::bugs::{LoaderBug, LoaderBugs};
+use cache_core::bugs::LoaderBugs;
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{valid_name, KeyDist, MAX_FAULT_RATE, MAX_MS, MAX_NAME_LEN, MIN_FAULT_MS};
@@ -304,17 +304,13 @@ impl NetScenario {
     }
 
     /// This scenario with the named loader zoo switches on; an unknown
-    /// name is an error naming `--bug` and the known ones.
+    /// name is an error naming `--bug`, this world and the known ones.
     pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<NetScenario, String> {
-        for name in names {
-            let bug: LoaderBug = name.as_ref().parse().map_err(|_| {
-                let known: Vec<&str> = LoaderBug::ALL.iter().map(|b| b.name()).collect();
-                format!(
-                    "bad --bug {:?}: the loader-net world takes the loader's switches: {}",
-                    name.as_ref(),
-                    known.join(", ")
-                )
-            })?;
+        // One parser of the loader's switch names: the modelled world's.
+        let parsed = crate::loader::LoaderScenario::default()
+            .with_bugs(names)
+            .map_err(|e| format!("{e} (scenario world loader-net)"))?;
+        for bug in parsed.bugs.iter() {
             self.bugs = self.bugs.with(bug);
         }
         Ok(self)
