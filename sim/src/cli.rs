@@ -61,6 +61,11 @@ pub fn replay_cmd(seed: u64, s: &Scenario, arg: Option<&str>) -> String {
             cmd.push_str(&format!(" --bug {bug}"));
         }
     }
+    if let Some(l) = &s.loader_net {
+        for bug in l.bugs.iter() {
+            cmd.push_str(&format!(" --bug {bug}"));
+        }
+    }
     cmd
 }
 

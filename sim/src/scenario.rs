@@ -369,12 +369,9 @@ impl Scenario {
     /// This scenario with the named bug-zoo switches on; an unknown name is
     /// an error listing the known ones.
     pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<Scenario, String> {
-        if let (Some(_), Some(name)) = (&self.loader_net, names.first()) {
-            return Err(format!(
-                "bad --bug {:?}: the loader-net world has no bug-zoo switches (the loader's \
-                 switches run in the `loader` and `loader-faults` scenarios)",
-                name.as_ref()
-            ));
+        if let Some(l) = self.loader_net.take() {
+            self.loader_net = Some(Box::new(l.with_bugs(names)?));
+            return Ok(self);
         }
         if let Some(l) = self.loader.take() {
             self.loader = Some(Box::new(l.with_bugs(names)?));

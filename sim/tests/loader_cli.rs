@@ -226,6 +226,7 @@ fn loader_net_runs_and_replays_a_seed_or_its_plan_file() {
     )
     .unwrap();
     expect(&["replay", "--plan", plan], 2, &["line ", "x"]);
+    // A call-cache switch is refused, naming the flag and the world.
     expect(
         &[
             "run",
@@ -234,10 +235,24 @@ fn loader_net_runs_and_replays_a_seed_or_its_plan_file() {
             "--seeds",
             "1",
             "--bug",
-            "refresh-after-close",
+            "key-only-delete",
         ],
         2,
         &["--bug", "loader-net"],
+    );
+    // The loader's switches run through the world's real loaders.
+    expect(
+        &[
+            "run",
+            "--scenario",
+            "loader-net",
+            "--seeds",
+            "3",
+            "--bug",
+            "waiters-not-counted",
+        ],
+        1,
+        &["LINV-6", "--bug waiters-not-counted"],
     );
 }
 

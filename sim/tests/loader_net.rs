@@ -51,10 +51,16 @@ fn one_seed_gives_one_trace() {
 /// its key was last touched on the node. Seed 2716 (the standing campaign):
 /// a `once` began after a `delete` dropped node0's copy and read the row
 /// before the delete reached the remote; a delete now touches its key
-/// again once the remote row is gone (10286 and 12287 too).
+/// again once the remote row is gone (10286 and 12287 too). Seeds 1080
+/// and 1808 (with refresh-ahead and short lifetimes): a refresh wrote a
+/// short-lived value that had expired by the time the remote acknowledged
+/// it; the node skipped the local write and kept its older copy for its
+/// whole local lifetime. Such a write now removes the older copy.
 #[test]
 fn l12_reads_and_writes_that_race_a_touch_of_their_key_keep_no_local_copy() {
-    for seed in [902, 917, 1140, 1328, 1574, 1678, 1773, 2716, 10286, 12287] {
+    for seed in [
+        902, 917, 1140, 1328, 1574, 1678, 1773, 2716, 10286, 12287, 1080, 1808,
+    ] {
         let o = run_net_seed(seed, &scenario());
         assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);
     }
@@ -77,6 +83,26 @@ fn bad_scenario_values_name_the_field() {
             "`faults.max_duration_ms`",
         ),
         ("once = 65", "onse = 65", "onse"),
+        ("short_ttl = 0.3", "short_ttl = -1.0", "`short_ttl`"),
+        ("short_ttl_ms = 800", "short_ttl_ms = 0", "`short_ttl_ms`"),
+        ("give_up_ms = 300", "give_up_ms = 0", "`give_up_ms`"),
+        (
+            "ignore_cancel = 0.3",
+            "ignore_cancel = 2.0",
+            "`loader.ignore_cancel`",
+        ),
+        (
+            "interval_ms = 300",
+            "interval_ms = 0",
+            "`refresh.interval_ms`",
+        ),
+        (
+            "concurrency = 2 ",
+            "concurrency = 0 ",
+            "`refresh.concurrency`",
+        ),
+        ("tasks_max = 4 ", "tasks_max = 5000 ", "`refresh.tasks_max`"),
+        ("idle_ms = 700", "idle_ms = 0", "`refresh.idle_ms`"),
         ("key_space = 10", "key_space = \"ten\"", "key_space"),
     ] {
         let text = base.replacen(from, to, 1);
@@ -89,7 +115,9 @@ fn bad_scenario_values_name_the_field() {
         .replace("set = 10", "set = 0")
         .replace("delete = 6", "delete = 0")
         .replace("load_many = 12", "load_many = 0")
-        .replace("change_source = 7 ", "change_source = 0 ");
+        .replace("change_source = 7 ", "change_source = 0 ")
+        .replace("once_refresh = 10", "once_refresh = 0")
+        .replace("once_give_up = 6", "once_give_up = 0");
     let err = NetScenario::parse(&zero).unwrap_err();
     assert!(err.contains("[ops]"), "{err}");
     assert_eq!(NetScenario::parse(base).unwrap(), scenario());
@@ -110,8 +138,10 @@ fn the_cli_dispatch_runs_the_loader_net_world() {
     std::fs::write(&path, text).unwrap();
     let f = sim::Scenario::load(Some(path.to_str().unwrap())).unwrap();
     assert_eq!(f.loader_net.as_ref().map(|l| l.name.as_str()), Some("mine"));
-    // The world has no bug-zoo switches: asking for one names the flag.
-    let err = s.with_bugs(&["refresh-after-close"]).unwrap_err();
+    // The world takes the loader's zoo switches; an unknown one names the flag.
+    let on = s.clone().with_bugs(&["delete-keeps-refresh-task"]).unwrap();
+    assert!(!on.loader_net.as_ref().unwrap().bugs.is_empty());
+    let err = s.with_bugs(&["no-such-switch"]).unwrap_err();
     assert!(err.contains("--bug") && err.contains("loader-net"), "{err}");
 }
 

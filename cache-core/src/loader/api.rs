@@ -75,6 +75,10 @@ pub struct Loaded<V> {
     pub joined: bool,
     /// A remote write failed: the value is good but was not cached (L-4).
     pub warning: Option<RemoteError>,
+    /// The expiry, on the injected clock, of the tier record that answered
+    /// (the local copy's own, capped one; the remote record's); `None` when
+    /// the loader answered. Lets an oracle judge LINV-3 from outside.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl<V> Loaded<V> {
@@ -97,6 +101,10 @@ pub struct Batch<V> {
     pub error: Option<LoaderError>,
     /// A remote write failed (L-4).
     pub warning: Option<RemoteError>,
+    /// The de-duplicated keys that missed every tier and went to a batch
+    /// flight (led or joined), sorted: what that flight's loader must
+    /// have seen (LINV-7). Empty when every key was a hit.
+    pub missed: Vec<Key>,
 }
 
 impl<V> Batch<V> {
@@ -109,8 +117,9 @@ impl<V> Batch<V> {
     }
 }
 
-/// A single-key flight's outcome: value, source, remote write warning.
-type SingleOutcome<V> = Result<(V, Source, Option<RemoteError>), LoaderError>;
+/// A single-key flight's outcome: value, source, remote write warning,
+/// and the expiry of the remote record that answered (if one did).
+type SingleOutcome<V> = Result<(V, Source, Option<RemoteError>, Option<i64>), LoaderError>;
 /// A batch flight's outcome: each missing key's value, or `None` for not
 /// found, in the order the flight was given its keys.
 type BatchOutcome<V> = Result<(Vec<(Key, Option<V>)>, Option<RemoteError>), LoaderError>;
@@ -233,6 +242,7 @@ pub struct LoaderBuilder<V> {
     clock: Arc<dyn Clock>,
     remote: Option<Arc<dyn Remote>>,
     bus: Option<Arc<dyn EventBus>>,
+    bugs: crate::bugs::LoaderBugs,
     _v: std::marker::PhantomData<fn() -> V>,
 }
 
@@ -252,6 +262,25 @@ where
         self
     }
 
+    /// With the loader zoo's `bugs` switched on in its machine (harness
+    /// self-tests only: the faulty paths exist only with feature `bug-zoo`).
+    #[cfg(feature = "bug-zoo")]
+    pub fn bugs(mut self, bugs: crate::bugs::LoaderBugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
+
+    #[cfg(feature = "bug-zoo")]
+    fn machine(&self, has_remote: bool) -> LoaderMachine<RefreshJob<V>> {
+        LoaderMachine::new(self.opts.machine_config(has_remote)).with_bugs(self.bugs)
+    }
+
+    #[cfg(not(feature = "bug-zoo"))]
+    fn machine(&self, has_remote: bool) -> LoaderMachine<RefreshJob<V>> {
+        let _ = self.bugs;
+        LoaderMachine::new(self.opts.machine_config(has_remote))
+    }
+
     /// Builds the loader; the first bad option is named (L-8). Needs a tokio
     /// runtime when a bus is configured (its subscriber runs on it).
     pub fn build(self) -> Result<Loader<V>, LoaderError> {
@@ -266,7 +295,7 @@ where
         }
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                machine: LoaderMachine::new(self.opts.machine_config(has_remote)),
+                machine: self.machine(has_remote),
                 cells: BTreeMap::new(),
                 rng: SplitMix64::new(self.opts.seed),
                 ticker: false,
@@ -411,6 +440,7 @@ where
             clock,
             remote: None,
             bus: None,
+            bugs: crate::bugs::LoaderBugs::none(),
             _v: std::marker::PhantomData,
         }
     }
@@ -438,6 +468,16 @@ where
     /// How many refresh tasks exist (L-9).
     pub fn refresh_tasks(&self) -> usize {
         self.inner.lock().machine.tasks()
+    }
+
+    /// The stored keys with a refresh task, sorted (L-9; for oracles).
+    pub fn refresh_task_keys(&self) -> Vec<String> {
+        self.inner.lock().machine.task_keys()
+    }
+
+    /// How many refresh-led flights are in the air (L-9; for oracles).
+    pub fn refreshing(&self) -> usize {
+        self.inner.lock().machine.refreshing()
     }
 
     /// How many flights are in the air.
@@ -532,11 +572,12 @@ where
         };
         let joined = matches!(begin, Begin::Join { .. });
         match self.wait(begin, &cell).await? {
-            Outcome::Single(Ok((value, source, warning))) => Ok(Loaded {
+            Outcome::Single(Ok((value, source, warning, expires_at_ms))) => Ok(Loaded {
                 value,
                 source,
                 joined,
                 warning,
+                expires_at_ms,
             }),
             Outcome::Single(Err(e)) | Outcome::Ended(e) => Err(e),
             Outcome::Batch(_) => Err(LoaderError::Cancelled),
@@ -557,6 +598,12 @@ where
         // (one of the orders two separate lock round trips allowed).
         let mut state = self.inner.lock();
         if !call.skip_local {
+            // The entry a hit serves is the one held now (read under this lock).
+            let held = state
+                .machine
+                .local()
+                .peek(&stored)
+                .map(|e| e.record.expires_at_ms);
             match state.machine.read_local(&stored, now) {
                 LocalRead::Value(bytes) => {
                     drop(state);
@@ -568,6 +615,7 @@ where
                                 source: Source::Local,
                                 joined: false,
                                 warning: None,
+                                expires_at_ms: held,
                             }));
                         }
                         Err(_) => {
@@ -853,6 +901,11 @@ where
                 };
                 let answer = answer.map_err(|_| ());
                 let decoded = self.decode_answer(&answer);
+                let expires = answer
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| b.as_deref())
+                    .and_then(Record::expires_at);
                 let now = self.inner.now();
                 let judged = {
                     let mut state = self.inner.lock();
@@ -861,7 +914,7 @@ where
                     Self::judge(&mut state, stored, answer, decoded, now, read_seq)
                 };
                 match judged {
-                    Judged::Value(v) => return Ok((v, Source::Remote, None)),
+                    Judged::Value(v) => return Ok((v, Source::Remote, None, expires)),
                     Judged::Placeholder => return Err(self.not_found_error()),
                     Judged::Undecodable | Judged::Corrupt => {
                         let _ = remote.delete(stored).await;
@@ -936,7 +989,7 @@ where
                 self.publish(kind, vec![stored.to_string()]).await;
             }
         }
-        answer.map(|v| (v, Source::Loader, warning))
+        answer.map(|v| (v, Source::Loader, warning, None))
     }
 
     /// Writes the remote first, then the local tier if the remote took it (L-4).
@@ -1127,6 +1180,7 @@ where
             not_found: Vec::new(),
             error: None,
             warning: None,
+            missed: Vec::new(),
         };
         if let Some(ttl) = call.ttl_ms {
             if let Err(e) = check_ttl("ttl_ms", ttl) {
@@ -1229,6 +1283,7 @@ where
             _ => missing = wanted,
         }
         if !missing.is_empty() {
+            out.missed = missing.iter().map(|&i| keys[i].clone()).collect();
             let flight_keys: Vec<(Key, String)> = missing
                 .iter()
                 .map(|&i| (keys[i].clone(), stored.get(i).to_string()))

@@ -798,7 +798,15 @@ impl<P: Clone> LoaderMachine<P> {
         now_ms: i64,
         jitter_ms: i64,
     ) {
-        if self.closed || !record.is_live(now_ms) {
+        if self.closed {
+            return;
+        }
+        if !record.is_live(now_ms) {
+            // Already expired when the remote acknowledged it (a short
+            // lifetime, a slow write): nothing to keep, but the copy it
+            // replaces is older than what the remote now holds, and the
+            // node ignores its own event (L-12).
+            self.local.remove(key);
             return;
         }
         let cap = now_ms
@@ -1037,6 +1045,21 @@ mod tests {
 
     fn single(k: &str) -> FlightKey {
         FlightKey::Single(k.into())
+    }
+
+    /// L-12 (loader-net seeds 1080, 1808): a write whose record expired
+    /// before the remote acknowledged it still replaces the older local
+    /// copy — by removing it — rather than leaving it to be served.
+    #[test]
+    fn l12_a_write_expired_on_arrival_drops_the_older_local_copy() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(cfg());
+        let old = m.prepare_set("k", vec![1], Some(10_000), 0, 0);
+        assert!(m.write_applied(&old, RemoteWrite::Done(true), 0));
+        assert!(m.local().peek("k").is_some());
+        let short = m.prepare_set("k", vec![2], Some(40), 100, 0);
+        // Acknowledged after its 40 ms lifetime.
+        assert!(m.write_applied(&short, RemoteWrite::Done(true), 200));
+        assert!(m.local().peek("k").is_none(), "the older copy stayed");
     }
 
     #[test]

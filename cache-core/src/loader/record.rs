@@ -152,6 +152,12 @@ impl Record {
         }
     }
 
+    /// The expiry in a well-formed envelope (value or placeholder), `None`
+    /// for bytes that are not one.
+    pub fn expires_at(bytes: &[u8]) -> Option<i64> {
+        Self::header(bytes).ok().map(|(_, at)| at)
+    }
+
     /// Checks the header: whether it is a value (else a placeholder) and
     /// its expiry.
     fn header(bytes: &[u8]) -> Result<(bool, i64), EnvelopeError> {

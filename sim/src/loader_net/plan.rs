@@ -27,13 +27,22 @@ pub enum NetOpKind {
     LoadMany(Vec<u64>),
     /// The database gets a new version of the key; the cache is not told.
     ChangeSource(u64),
+    /// `once(key)` with refresh-ahead on (L-9): the key gets a refresh task.
+    OnceRefresh(u64),
+    /// `once(key)` whose caller gives up after the given ms (L-2).
+    OnceGiveUp(u64, u64),
 }
 
 impl NetOpKind {
     /// The key indexes it touches.
     pub fn keys(&self) -> Vec<u64> {
         match self {
-            Self::Once(k) | Self::Set(k) | Self::Delete(k) | Self::ChangeSource(k) => vec![*k],
+            Self::Once(k)
+            | Self::Set(k)
+            | Self::Delete(k)
+            | Self::ChangeSource(k)
+            | Self::OnceRefresh(k)
+            | Self::OnceGiveUp(k, _) => vec![*k],
             Self::LoadMany(ks) => ks.clone(),
         }
     }
@@ -203,7 +212,12 @@ impl NetPlan {
                                 let n = rng.range(1, s.batch_max as u64);
                                 NetOpKind::LoadMany((0..n).map(|_| key(&mut rng, s)).collect())
                             }
-                            _ => NetOpKind::ChangeSource(key(&mut rng, s)),
+                            4 => NetOpKind::ChangeSource(key(&mut rng, s)),
+                            5 => NetOpKind::OnceRefresh(key(&mut rng, s)),
+                            _ => {
+                                let k = key(&mut rng, s);
+                                NetOpKind::OnceGiveUp(k, rng.range(1, s.give_up_ms))
+                            }
                         };
                         NetOp { gap_ms, kind }
                     })

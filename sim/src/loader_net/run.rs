@@ -68,7 +68,7 @@ pub fn run_net_seed(seed: u64, s: &NetScenario) -> NetOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
-    Settling { until: u64 },
+    Settling { until: u64, deadline: u64 },
     Closing { deadline: u64, quiet: u32 },
 }
 
@@ -80,6 +80,9 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
         format!("seed {} scenario {} (loader-net)", plan.seed, s.name),
     );
     world.trace("sim", plan.to_string());
+    if !s.bugs.is_empty() {
+        world.trace("sim", format!("loader zoo switches on: {}", s.bugs));
+    }
     let mut sim = turmoil::Builder::new()
         .rng_seed(plan.seed)
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
@@ -154,8 +157,10 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
         let log = world.drain_log();
         let nodes = world.nodes();
         super::tools::sample(&mut samples, now, &nodes);
+        oracle.set_time(now, world.clock_ms());
         let mut found = oracle.observe(&log, &world.db());
         found.extend(oracle.check_counters(&nodes));
+        found.extend(oracle.check_refresh(&nodes, &s.refresh, s.key_space as u64));
         if !found.is_empty() {
             verdicts.extend(found);
             break;
@@ -164,6 +169,7 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
             Phase::Running if healed && world.all_done() => {
                 phase = Phase::Settling {
                     until: now + SETTLE_MS,
+                    deadline: now + DRAIN_MS,
                 };
             }
             Phase::Running if now > plan.heal_at_ms.saturating_add(DRAIN_MS) => {
@@ -172,7 +178,24 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
                 });
                 break;
             }
-            Phase::Settling { until } if now >= until => {
+            // Refresh tasks run until their keys go idle, and each refresh
+            // may write and publish: convergence waits until none is left
+            // and their last events can have arrived (bounded: a task
+            // outliving its idle window is LINV-4's).
+            Phase::Settling { deadline, .. } if now > deadline => {
+                verdicts.push(Verdict::Stuck {
+                    detail: "refresh tasks or flights still running long after the streams ended"
+                        .into(),
+                });
+                break;
+            }
+            Phase::Settling { until, deadline } if now >= until && refresh_active(&nodes) => {
+                phase = Phase::Settling {
+                    until: now + SETTLE_MS,
+                    deadline,
+                };
+            }
+            Phase::Settling { until, .. } if now >= until => {
                 let (found, tally) =
                     oracle.check_convergence(&nodes, &world.remote, s.key_space as u64);
                 world.count_by("linv5-judged", tally.judged);
@@ -225,6 +248,16 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
             }
         })
         .collect();
+    let t = oracle.tally;
+    for (name, n) in [
+        ("linv3-judged", t.linv3_judged),
+        ("linv3-expired", t.linv3_expired),
+        ("linv4-tasks", t.linv4_tasks),
+        ("linv4-deleted-with-task", t.linv4_deleted_with_task),
+        ("linv7-batches", t.linv7_batches),
+    ] {
+        world.count_by(name, n);
+    }
     world.trace("sim", format!("end at {now} ms"));
     let outcome = NetOutcome {
         plan,
@@ -237,6 +270,15 @@ pub fn run_net_plan(plan: NetPlan, s: &NetScenario) -> NetOutcome {
     };
     drop(sim);
     outcome
+}
+
+/// Whether some node still has a refresh task or a flight in the air.
+fn refresh_active(nodes: &[super::world::NodeSlot]) -> bool {
+    nodes.iter().any(|slot| {
+        slot.loader
+            .as_ref()
+            .is_some_and(|l| l.refresh_tasks() > 0 || l.flights() > 0)
+    })
 }
 
 fn inject(sim: &mut turmoil::Sim<'_>, w: &NetWorld, f: &NetFault, bounce: &mut Vec<usize>) {

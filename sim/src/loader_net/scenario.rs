@@ -4,6 +4,7 @@
 //! fields and values outside their documented range
 //! (`sim/scenarios/loader-net.toml`) are errors naming the field.
 
+use cache_core::bugs::LoaderBugs;
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{valid_name, KeyDist, MAX_FAULT_RATE, MAX_MS, MAX_NAME_LEN, MIN_FAULT_MS};
@@ -31,6 +32,10 @@ pub const MAX_BATCH: usize = 16;
 pub const MIN_TIMEOUT_MS: u64 = 100;
 /// Longest remote/bus call timeout, ms.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Most refresh loads at once per node.
+pub const MAX_REFRESH_CONCURRENCY: usize = 64;
+/// Most refresh tasks per node.
+pub const MAX_REFRESH_TASKS: usize = 4096;
 
 /// Relative weights of client operations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,17 +51,25 @@ pub struct NetOps {
     pub load_many: u32,
     /// The database changes behind the cache's back (a new version).
     pub change_source: u32,
+    /// `once(key)` with refresh-ahead on (L-9, L-10): the key gets a
+    /// refresh task.
+    pub once_refresh: u32,
+    /// `once(key)` whose caller gives up after up to `give_up_ms` (L-2:
+    /// it leaves the flight, which is cancelled when nobody else waits).
+    pub once_give_up: u32,
 }
 
 impl NetOps {
     /// The weights in declaration order.
-    pub fn weights(&self) -> [u32; 5] {
+    pub fn weights(&self) -> [u32; 7] {
         [
             self.once,
             self.set,
             self.delete,
             self.load_many,
             self.change_source,
+            self.once_refresh,
+            self.once_give_up,
         ]
     }
 }
@@ -69,6 +82,8 @@ impl Default for NetOps {
             delete: 6,
             load_many: 12,
             change_source: 7,
+            once_refresh: 10,
+            once_give_up: 6,
         }
     }
 }
@@ -89,6 +104,10 @@ pub struct NetLoaderMix {
     pub slow: f64,
     /// Longest slow run, simulated ms, 1..=10^9.
     pub slow_ms: u64,
+    /// Probability that a call ignores cancellation, 0..=1: its work runs
+    /// on after the loader dropped it (a caller gave up, close), and its
+    /// late result goes nowhere.
+    pub ignore_cancel: f64,
 }
 
 impl Default for NetLoaderMix {
@@ -100,6 +119,32 @@ impl Default for NetLoaderMix {
             max_duration_ms: 120,
             slow: 0.1,
             slow_ms: 1_500,
+            ignore_cancel: 0.3,
+        }
+    }
+}
+
+/// Refresh-ahead (L-9, L-10): the loader's refresh options on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetRefresh {
+    /// Refresh period (and remote lock window), ms, 1..=10^9.
+    pub interval_ms: u64,
+    /// Most refresh loads at once per node, 1..=64.
+    pub concurrency: usize,
+    /// Most refresh tasks per node, 1..=4096.
+    pub tasks_max: usize,
+    /// A task stops once its key is unread this long, ms, 1..=10^9.
+    pub idle_ms: u64,
+}
+
+impl Default for NetRefresh {
+    fn default() -> Self {
+        Self {
+            interval_ms: 300,
+            concurrency: 2,
+            tasks_max: 4,
+            idle_ms: 700,
         }
     }
 }
@@ -191,6 +236,13 @@ pub struct NetScenario {
     pub not_found_ttl_ms: u64,
     /// Lifetime jitter, ms, 0..=10^9.
     pub jitter_ms: u64,
+    /// Probability that a read or write asks a short lifetime of its own
+    /// (`CallOptions::ttl_ms`), 0..=1: such records expire within a run.
+    pub short_ttl: f64,
+    /// Longest such lifetime, ms (each draws 1..=this), 1..=10^9.
+    pub short_ttl_ms: u64,
+    /// Longest a giving-up caller waits, ms (each draws 1..=this), 1..=10^9.
+    pub give_up_ms: u64,
     /// Remote and bus call timeout, ms, 100..=60000.
     pub timeout_ms: u64,
     /// Most keys in one `load_many`, 1..=16.
@@ -199,8 +251,14 @@ pub struct NetScenario {
     pub ops: NetOps,
     /// Loader behaviour.
     pub loader: NetLoaderMix,
+    /// Refresh-ahead.
+    pub refresh: NetRefresh,
     /// Faults.
     pub faults: NetFaults,
+    /// The loader zoo's switches on in every node's loader (`--bug NAME`;
+    /// never read from a file).
+    #[serde(skip)]
+    pub bugs: LoaderBugs,
 }
 
 impl Default for NetScenario {
@@ -219,11 +277,16 @@ impl Default for NetScenario {
             local_ttl_ms: 2_000,
             not_found_ttl_ms: 1_000,
             jitter_ms: 200,
+            short_ttl: 0.3,
+            short_ttl_ms: 800,
+            give_up_ms: 300,
             timeout_ms: 600,
             batch_max: 4,
             ops: NetOps::default(),
             loader: NetLoaderMix::default(),
+            refresh: NetRefresh::default(),
             faults: NetFaults::default(),
+            bugs: LoaderBugs::none(),
         }
     }
 }
@@ -238,6 +301,19 @@ impl NetScenario {
                 NET_NAMED.join(", ")
             )),
         }
+    }
+
+    /// This scenario with the named loader zoo switches on; an unknown
+    /// name is an error naming `--bug`, this world and the known ones.
+    pub fn with_bugs<S: AsRef<str>>(mut self, names: &[S]) -> Result<NetScenario, String> {
+        // One parser of the loader's switch names: the modelled world's.
+        let parsed = crate::loader::LoaderScenario::default()
+            .with_bugs(names)
+            .map_err(|e| format!("{e} (scenario world loader-net)"))?;
+        for bug in parsed.bugs.iter() {
+            self.bugs = self.bugs.with(bug);
+        }
+        Ok(self)
     }
 
     /// Parses and validates; the error names the field.
@@ -292,6 +368,22 @@ impl NetScenario {
             ("local_ttl_ms", self.local_ttl_ms, 1, MAX_MS),
             ("not_found_ttl_ms", self.not_found_ttl_ms, 1, MAX_MS),
             ("jitter_ms", self.jitter_ms, 0, MAX_MS),
+            ("short_ttl_ms", self.short_ttl_ms, 1, MAX_MS),
+            ("give_up_ms", self.give_up_ms, 1, MAX_MS),
+            ("refresh.interval_ms", self.refresh.interval_ms, 1, MAX_MS),
+            (
+                "refresh.concurrency",
+                self.refresh.concurrency as u64,
+                1,
+                MAX_REFRESH_CONCURRENCY as u64,
+            ),
+            (
+                "refresh.tasks_max",
+                self.refresh.tasks_max as u64,
+                1,
+                MAX_REFRESH_TASKS as u64,
+            ),
+            ("refresh.idle_ms", self.refresh.idle_ms, 1, MAX_MS),
             (
                 "timeout_ms",
                 self.timeout_ms,
@@ -319,6 +411,8 @@ impl NetScenario {
         }
         for (key, p) in [
             ("loader.slow", self.loader.slow),
+            ("loader.ignore_cancel", self.loader.ignore_cancel),
+            ("short_ttl", self.short_ttl),
             ("faults.enable", self.faults.enable),
         ] {
             if !(0.0..=1.0).contains(&p) {
@@ -335,7 +429,8 @@ impl NetScenario {
         if self.ops.weights().iter().all(|w| *w == 0) {
             return Err(
                 "bad loader-net scenario: the weights in `[ops]` (once, set, delete, \
-                        load_many, change_source) are all 0; at least one must be non-zero"
+                        load_many, change_source, once_refresh, once_give_up) are all 0; at \
+                        least one must be non-zero"
                     .into(),
             );
         }

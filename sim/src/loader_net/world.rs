@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cache_core::error::ResolverError;
-use cache_core::facade::ManualClock;
+use cache_core::facade::{Clock, ManualClock};
 use cache_core::loader::bus::{BusError, Subscription};
 use cache_core::loader::{
-    CallOptions, Event, EventBus, Key, Loader, LoaderError, LoaderOptions, MemoryRemote, NotFound,
-    RemoteError,
+    CallOptions, Event, EventBus, Key, Loaded, Loader, LoaderError, LoaderOptions, MemoryRemote,
+    NotFound, RemoteError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +220,99 @@ pub enum Obs {
         /// The key index.
         key: u64,
     },
+    /// A read (`once`, `load_many`) of `keys` starts on a node incarnation:
+    /// it marks its keys read (L-9's idle window) and the loader reads the
+    /// clock, which reads `clock_ms` now (LINV-3 judges on it).
+    Read {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The key indexes read.
+        keys: Vec<u64>,
+        /// Whether refresh-ahead was asked (the key gets a refresh task).
+        refresh: bool,
+        /// The call's start (a [`NetWorld::next_seq`]).
+        started: u64,
+        /// The injected clock when it started, ms.
+        clock_ms: i64,
+    },
+    /// A `delete(key)` starts on a node incarnation (L-9: its refresh task goes).
+    DeleteStarted {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The key index.
+        key: u64,
+    },
+    /// A `once` that started at `started` was served a tier record that
+    /// expires at `expires_at_ms` on the injected clock (LINV-3).
+    ServedRecord {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The key index.
+        key: u64,
+        /// The record's expiry, as the loader reports it.
+        expires_at_ms: i64,
+        /// When the call started.
+        started: u64,
+    },
+    /// A `once` caller joined a flight another caller led (L-15 counts it).
+    Joined {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+    },
+    /// A `load_many` call `call` of the key indexes `asked` starts.
+    BatchCall {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The call (its start, a [`NetWorld::next_seq`]).
+        call: u64,
+        /// The key indexes asked for, as given (duplicates too).
+        asked: Vec<u64>,
+    },
+    /// The batch loader `call` handed to `load_many` was called with `keys`
+    /// (as given: order and repeats kept).
+    BatchLoaderSaw {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The `load_many` call whose loader it is.
+        call: u64,
+        /// The key indexes it was given.
+        keys: Vec<u64>,
+    },
+    /// A `load_many` call returned: the keys it says missed every tier.
+    BatchDone {
+        /// Node.
+        node: usize,
+        /// Its incarnation.
+        inc: u64,
+        /// The call.
+        call: u64,
+        /// The key indexes that missed every tier (the batch flight's keys).
+        missed: Vec<u64>,
+        /// Whether a flight answered them (no `Closed` or cancelled error).
+        answered: bool,
+        /// The values the call got for its missed keys.
+        loaded: Vec<(u64, DbValue)>,
+    },
+    /// A loader call that ignores cancellation finished after the loader
+    /// had dropped it: its result went nowhere.
+    LateResult {
+        /// Node.
+        node: usize,
+        /// What it was for.
+        flight: Flight,
+    },
 }
 
 /// What a node reported after `close()` (LINV-8).
@@ -298,15 +391,27 @@ pub fn node_name(n: usize) -> String {
     format!("node{n}")
 }
 
-/// The loader key of key index `k`.
+/// The loader key of key index `k`: one part below 10, else one part per
+/// decimal digit (`12` is `["1", "2"]`), as services key by several
+/// fields: a batch of keys 1 and 2 and a batch of key 12 then have the
+/// same parts in the same order, which only an injective batch flight key
+/// tells apart (L-5, L-13).
 pub fn key_of(k: u64) -> Key {
-    Key::new([k.to_string()])
+    if k < 10 {
+        Key::new([k.to_string()])
+    } else {
+        Key::new(k.to_string().chars().map(String::from).collect::<Vec<_>>())
+    }
 }
 
-fn index_of(key: &Key) -> u64 {
+/// The key index of a loader key made by [`key_of`].
+pub fn index_of(key: &Key) -> u64 {
     key.parts()
-        .first()
-        .and_then(|p| p.parse().ok())
+        .iter()
+        .try_fold(0u64, |acc, p| {
+            let d: u64 = p.parse().ok()?;
+            acc.checked_mul(10)?.checked_add(d)
+        })
         .unwrap_or(u64::MAX)
 }
 
@@ -462,8 +567,9 @@ impl NetWorld {
         lock(&self.nodes).iter().all(|s| s.closed.is_some())
     }
 
-    /// A loader call's behaviour: 0 value, 1 fail, 2 not found; and its duration.
-    fn behaviour(&self) -> (usize, u64) {
+    /// A loader call's behaviour: 0 value, 1 fail, 2 not found; its
+    /// duration; whether it ignores cancellation.
+    fn behaviour(&self) -> (usize, u64, bool) {
         let l = &self.scenario.loader;
         let mut rng = lock(&self.rng);
         let kind = rng.weighted(&[l.value, l.fail, l.not_found]);
@@ -472,7 +578,66 @@ impl NetWorld {
         } else {
             rng.range(1, l.max_duration_ms)
         };
-        (kind, ms)
+        (kind, ms, rng.chance(l.ignore_cancel))
+    }
+
+    /// A read's or write's own lifetime, if it asks one (short, so it
+    /// expires within the run).
+    fn call_options(&self) -> CallOptions {
+        let s = &self.scenario;
+        let mut rng = lock(&self.rng);
+        if rng.chance(s.short_ttl) {
+            CallOptions::default().ttl_ms(rng.range(1, s.short_ttl_ms) as i64)
+        } else {
+            CallOptions::default()
+        }
+    }
+
+    /// The injected clock now, ms.
+    pub fn clock_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// A loader call's work, run after its drawn duration. A call that
+    /// ignores cancellation runs on a detached task (a loader that does not
+    /// watch its context): when the loader drops the call (its caller gave
+    /// up, close), the work runs on, and its late result is recorded as
+    /// such and goes nowhere. `None`: the detached task was lost (its
+    /// host stopped).
+    async fn work<T: Send + 'static>(
+        self: &Arc<Self>,
+        node: usize,
+        flight: Flight,
+        (ms, ignore): (u64, bool),
+        work: impl FnOnce(&NetWorld) -> T + Send + 'static,
+    ) -> Option<T> {
+        if !ignore {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Some(work(self));
+        }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let w = self.clone();
+        let (gone, done) = (abandoned.clone(), finished.clone());
+        let handle = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            done.store(true, Ordering::SeqCst);
+            if gone.load(Ordering::SeqCst) {
+                w.count("late-results");
+                w.observe(Obs::LateResult { node, flight });
+                return None;
+            }
+            Some(work(&w))
+        });
+        let mut mark = Abandon {
+            world: self.clone(),
+            abandoned,
+            finished,
+            armed: true,
+        };
+        let got = handle.await.ok().flatten();
+        mark.armed = false;
+        got
     }
 
     /// What the remote host applied, as observations.
@@ -539,6 +704,26 @@ impl Drop for LoadGuard {
             inc: self.inc,
             flight: std::mem::replace(&mut self.flight, Flight::Single(0)),
         });
+    }
+}
+
+/// Marks a cancellation-ignoring call's work abandoned when the loader
+/// drops the call before it answered.
+struct Abandon {
+    world: Arc<NetWorld>,
+    abandoned: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.armed {
+            self.abandoned.store(true, Ordering::SeqCst);
+            if !self.finished.load(Ordering::SeqCst) {
+                self.world.count("loader-ignored-cancel");
+            }
+        }
     }
 }
 
@@ -629,9 +814,14 @@ pub async fn node_host(w: Arc<NetWorld>, n: usize) -> turmoil::Result {
             ResolverError::msg(NOT_FOUND),
             s.not_found_ttl_ms as i64,
         )),
+        refresh_interval_ms: s.refresh.interval_ms as i64,
+        refresh_concurrency: s.refresh.concurrency,
+        refresh_tasks_max: s.refresh.tasks_max,
+        refresh_idle_ms: s.refresh.idle_ms as i64,
         ..LoaderOptions::new(CACHE)
     };
     let loader: Loader<DbValue> = Loader::builder(opts, Arc::new(w.clock.clone()))
+        .bugs(s.bugs)
         .remote(remote)
         .bus(Arc::new(LoggedBus {
             inner: bus.clone(),
@@ -657,6 +847,7 @@ pub async fn node_host(w: Arc<NetWorld>, n: usize) -> turmoil::Result {
     while !w.close.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(crate::run::TICK_MS)).await;
     }
+    w.count_by("refresh-loads", loader.counters().refreshes);
     loader.close().await;
     let closed = Closed {
         background_tasks: loader.background_tasks(),
@@ -699,16 +890,15 @@ fn single_loader(
         let w = w.clone();
         Box::pin(async move {
             let _guard = guard;
-            let (kind, ms) = w.behaviour();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            match kind {
-                0 => {
-                    let v = w.db().read(k);
-                    v.ok_or_else(|| w.said_not_found(k))
-                }
-                1 => Err(w.failure()),
-                _ => Err(w.said_not_found(k)),
-            }
+            let (kind, ms, ignore) = w.behaviour();
+            let got = w
+                .work(n, Flight::Single(k), (ms, ignore), move |w| match kind {
+                    0 => w.db().read(k).ok_or_else(|| w.said_not_found(k)),
+                    1 => Err(w.failure()),
+                    _ => Err(w.said_not_found(k)),
+                })
+                .await;
+            got.unwrap_or_else(|| Err(ResolverError::msg("loader work lost with its host")))
         })
     }
 }
@@ -717,42 +907,53 @@ fn batch_loader(
     w: &Arc<NetWorld>,
     n: usize,
     inc: u64,
+    call: u64,
 ) -> impl FnOnce(Vec<Key>) -> BoxFuture<'static, Result<BTreeMap<Key, DbValue>, ResolverError>>
        + Send
        + 'static {
     let w = w.clone();
     move |keys: Vec<Key>| {
-        let mut ks: Vec<u64> = keys.iter().map(index_of).collect();
+        let given: Vec<u64> = keys.iter().map(index_of).collect();
+        w.observe(Obs::BatchLoaderSaw {
+            node: n,
+            inc,
+            call,
+            keys: given.clone(),
+        });
+        let mut ks = given;
         ks.sort_unstable();
-        let guard = w.load_started(n, inc, Flight::Batch(ks));
+        let guard = w.load_started(n, inc, Flight::Batch(ks.clone()));
         Box::pin(async move {
             let _guard = guard;
-            let (kind, ms) = w.behaviour();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            let mut out = BTreeMap::new();
-            match kind {
-                0 => {
-                    for key in keys {
-                        let k = index_of(&key);
-                        let v = w.db().read(k);
-                        match v {
-                            Some(v) => {
-                                out.insert(key, v);
+            let (kind, ms, ignore) = w.behaviour();
+            let got = w
+                .work(n, Flight::Batch(ks), (ms, ignore), move |w| {
+                    let mut out = BTreeMap::new();
+                    match kind {
+                        0 => {
+                            for key in keys {
+                                let k = index_of(&key);
+                                match w.db().read(k) {
+                                    Some(v) => {
+                                        out.insert(key, v);
+                                    }
+                                    None => {
+                                        w.said_not_found(k);
+                                    }
+                                }
                             }
-                            None => {
-                                w.said_not_found(k);
+                        }
+                        1 => return Err(w.failure()),
+                        _ => {
+                            for key in &keys {
+                                w.said_not_found(index_of(key));
                             }
                         }
                     }
-                }
-                1 => return Err(w.failure()),
-                _ => {
-                    for key in &keys {
-                        w.said_not_found(index_of(key));
-                    }
-                }
-            }
-            Ok(out)
+                    Ok(out)
+                })
+                .await;
+            got.unwrap_or_else(|| Err(ResolverError::msg("loader work lost with its host")))
         })
     }
 }
@@ -783,42 +984,95 @@ fn note_warning(w: &NetWorld, key: u64, warning: &Option<RemoteError>) {
     }
 }
 
+/// What a `once` caller got, as observations and a trace line.
+#[allow(clippy::too_many_arguments)]
+fn served_once(
+    w: &NetWorld,
+    (n, inc): (usize, u64),
+    k: u64,
+    started: u64,
+    what: &str,
+    r: &Result<Loaded<DbValue>, LoaderError>,
+) {
+    let who = node_name(n);
+    match r {
+        Ok(l) => {
+            note_warning(w, k, &l.warning);
+            if l.joined {
+                w.observe(Obs::Joined { node: n, inc });
+            }
+            if let Some(expires_at_ms) = l.expires_at_ms {
+                w.observe(Obs::ServedRecord {
+                    node: n,
+                    inc,
+                    key: k,
+                    expires_at_ms,
+                    started,
+                });
+            }
+            w.observe(Obs::Served {
+                node: n,
+                key: k,
+                value: l.value,
+                started,
+            });
+            w.trace(
+                &who,
+                format!(
+                    "{what} k{k} -> v{} from {:?}{}",
+                    l.value.version,
+                    l.source,
+                    if l.joined { " (joined)" } else { "" }
+                ),
+            );
+        }
+        Err(e) => {
+            served_error(w, n, k, e, started);
+            w.trace(&who, format!("{what} k{k} -> {}", e.cause()));
+        }
+    }
+}
+
 async fn run_op(w: &Arc<NetWorld>, n: usize, inc: u64, loader: &Loader<DbValue>, op: &NetOpKind) {
     let who = node_name(n);
     let started = w.next_seq();
+    let read = |keys: Vec<u64>, refresh: bool| {
+        w.observe(Obs::Read {
+            node: n,
+            inc,
+            keys,
+            refresh,
+            started,
+            clock_ms: w.clock_ms(),
+        })
+    };
     match op {
-        NetOpKind::Once(k) => {
+        NetOpKind::Once(k) | NetOpKind::OnceRefresh(k) => {
+            let refresh = matches!(op, NetOpKind::OnceRefresh(_));
+            let mut call = w.call_options();
+            call.refresh = refresh;
+            read(vec![*k], refresh);
             let r = loader
-                .once(key_of(*k), CallOptions::default(), single_loader(w, n, inc))
+                .once(key_of(*k), call, single_loader(w, n, inc))
                 .await;
-            match &r {
-                Ok(l) => {
-                    note_warning(w, *k, &l.warning);
-                    w.observe(Obs::Served {
-                        node: n,
-                        key: *k,
-                        value: l.value,
-                        started,
-                    });
-                    w.trace(
-                        &who,
-                        format!(
-                            "once k{k} -> v{} from {:?}{}",
-                            l.value.version,
-                            l.source,
-                            if l.joined { " (joined)" } else { "" }
-                        ),
-                    );
-                }
-                Err(e) => {
-                    served_error(w, n, *k, e, started);
-                    w.trace(&who, format!("once k{k} -> {}", e.cause()));
+            let what = if refresh { "once+refresh" } else { "once" };
+            served_once(w, (n, inc), *k, started, what, &r);
+        }
+        NetOpKind::OnceGiveUp(k, ms) => {
+            let call = w.call_options();
+            read(vec![*k], false);
+            let once = loader.once(key_of(*k), call, single_loader(w, n, inc));
+            match tokio::time::timeout(Duration::from_millis(*ms), once).await {
+                Ok(r) => served_once(w, (n, inc), *k, started, "once", &r),
+                Err(_) => {
+                    w.count("callers-gave-up");
+                    w.trace(&who, format!("once k{k} -> gave up after {ms} ms"));
                 }
             }
         }
         NetOpKind::Set(k) => {
             let v = w.db().bump(*k);
-            let r = loader.set(key_of(*k), v, CallOptions::default()).await;
+            let r = loader.set(key_of(*k), v, w.call_options()).await;
             if let Err(LoaderError::RemoteUnavailable(e)) = &r {
                 note_warning(w, *k, &Some(e.clone()));
             }
@@ -827,6 +1081,11 @@ async fn run_op(w: &Arc<NetWorld>, n: usize, inc: u64, loader: &Loader<DbValue>,
         }
         NetOpKind::Delete(k) => {
             w.db().remove(*k);
+            w.observe(Obs::DeleteStarted {
+                node: n,
+                inc,
+                key: *k,
+            });
             let r = loader.delete(key_of(*k)).await;
             if let Err(LoaderError::RemoteUnavailable(e)) = &r {
                 note_warning(w, *k, &Some(e.clone()));
@@ -840,9 +1099,32 @@ async fn run_op(w: &Arc<NetWorld>, n: usize, inc: u64, loader: &Loader<DbValue>,
         }
         NetOpKind::LoadMany(ks) => {
             let keys = ks.iter().map(|k| key_of(*k)).collect();
+            let call = w.call_options();
+            read(ks.clone(), false);
+            w.observe(Obs::BatchCall {
+                node: n,
+                inc,
+                call: started,
+                asked: ks.clone(),
+            });
             let b = loader
-                .load_many(keys, CallOptions::default(), batch_loader(w, n, inc))
+                .load_many(keys, call, batch_loader(w, n, inc, started))
                 .await;
+            let answered = !matches!(b.error, Some(LoaderError::Closed | LoaderError::Cancelled));
+            let loaded = b
+                .values
+                .iter()
+                .filter(|(k, _)| b.missed.contains(k))
+                .map(|(k, v)| (index_of(k), *v))
+                .collect();
+            w.observe(Obs::BatchDone {
+                node: n,
+                inc,
+                call: started,
+                missed: b.missed.iter().map(index_of).collect(),
+                answered,
+                loaded,
+            });
             for k in ks {
                 note_warning(w, *k, &b.warning);
             }
