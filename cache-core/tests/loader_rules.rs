@@ -207,6 +207,23 @@ async fn l2_waiters_share_one_outcome_and_the_last_leaver_cancels() {
     assert_eq!(l.flights(), 0);
     assert_eq!(l.local_record(&Key::from("t")), None);
 
+    // A caller that comes after the last waiter left, while the cancelled
+    // flight is still being dropped, never asked to cancel: it waits for
+    // that flight to settle and then loads on its own (L-1 holds).
+    let mut first = Box::pin(l.once("u", CallOptions::default(), slow(finished.clone())));
+    assert!(
+        futures::poll!(first.as_mut()).is_pending(),
+        "it leads a flight"
+    );
+    drop(first);
+    assert_eq!(l.flights(), 1, "the cancelled flight has not settled yet");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let late = l
+        .once("u", CallOptions::default(), counting(&calls, 5, "fresh"))
+        .await;
+    assert_eq!(late.unwrap().value, "fresh");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
     // A wait timeout makes the waiter leave with its own error.
     let mut o = opts("w");
     o.wait_timeout_ms = Some(50);

@@ -203,6 +203,11 @@ impl<V: Clone> FlightCell<V> {
         self.until(|c| c.outcome.get().cloned()).await
     }
 
+    /// Whether the flight has been cancelled.
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Returns once the flight is cancelled.
     async fn cancelled(&self) {
         self.until(|c| c.cancelled.load(Ordering::SeqCst).then_some(()))
@@ -566,9 +571,19 @@ where
         if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
-        let (begin, cell) = match self.start_once(key, call, loader) {
-            Start::Flight(begin, cell) => (begin, cell),
-            Start::Done(done) => return done,
+        let mut start = self.start_once(key, call, Some(loader), None);
+        let (begin, cell) = loop {
+            match start {
+                Start::Flight(begin, cell) => break (begin, cell),
+                Start::Done(done) => return done,
+                Start::Again(again) => {
+                    // The flight was cancelled before this caller came
+                    // (L-2): once it has settled, no loader call of the key
+                    // is left (L-1), and this caller starts over.
+                    again.cell.outcome().await;
+                    start = self.start_once(again.key, call, again.loader, again.load);
+                }
+            }
         };
         let joined = matches!(begin, Begin::Join { .. });
         match self.wait(begin, &cell).await? {
@@ -586,8 +601,15 @@ where
 
     /// `once` up to its wait, without an await (so the lock it holds
     /// never crosses one): the local tier's answer, or the flight led (its
-    /// loader spawned) or joined.
-    fn start_once<F, Fut>(&self, key: Key, call: CallOptions, loader: F) -> Start<V>
+    /// loader spawned) or joined. The loader comes as the caller's `F`, or
+    /// boxed when an earlier start already boxed it for a refresh task.
+    fn start_once<F, Fut>(
+        &self,
+        key: Key,
+        call: CallOptions,
+        mut loader: Option<F>,
+        mut load: Option<LoadFn<V>>,
+    ) -> Start<V, F>
     where
         F: Fn(Key) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, ResolverError>> + Send + 'static,
@@ -638,22 +660,19 @@ where
         // Only a call that leads a flight (or keeps a refresh task) needs
         // its loader boxed; a caller joining a flight drops it unboxed.
         let box_loader = |f: F| -> LoadFn<V> { Arc::new(move |k| Box::pin(f(k))) };
-        let mut loader = Some(loader);
-        let mut load: Option<LoadFn<V>> = None;
         if call.refresh {
-            drop(state);
-            let job = loader.take().map(box_loader);
-            load.clone_from(&job);
-            if let Some(load) = job {
+            if let Some(job) = loader.take().map(box_loader) {
+                drop(state);
+                load = Some(job.clone());
                 self.add_task(
                     &stored,
                     RefreshJob {
-                        load,
+                        load: job,
                         ttl_ms: call.ttl_ms,
                     },
                 );
+                state = self.inner.lock();
             }
-            state = self.inner.lock();
         }
         let Some(begin) = state
             .machine
@@ -662,6 +681,20 @@ where
             return Start::Done(Err(LoaderError::Closed));
         };
         let (cell, lead) = self.flight_cell(&mut state, begin);
+        if lead.is_none() && cell.is_cancelled() {
+            // Its last waiter left and it is being dropped: joining it would
+            // hand this caller a cancellation it never asked for (L-2).
+            if let Some(waiter) = begin.waiter() {
+                state.machine.leave(begin.flight(), waiter);
+            }
+            drop(state);
+            return Start::Again(Again {
+                cell,
+                key,
+                loader,
+                load,
+            });
+        }
         drop(state);
         let joined = matches!(begin, Begin::Join { .. });
         self.trace(
@@ -1492,11 +1525,21 @@ where
 }
 
 /// How `once` goes on after its synchronous start.
-enum Start<V> {
+enum Start<V, F> {
     /// Answered without a flight (the local tier, or closed).
     Done(Result<Loaded<V>, LoaderError>),
     /// Wait on this flight, led or joined.
     Flight(Begin, Arc<FlightCell<V>>),
+    /// The key's flight was already cancelled: start again once it settles.
+    Again(Again<V, F>),
+}
+
+/// What `once` needs to start again after a cancelled flight settles.
+struct Again<V, F> {
+    cell: Arc<FlightCell<V>>,
+    key: Key,
+    loader: Option<F>,
+    load: Option<LoadFn<V>>,
 }
 
 /// A remote answer as [`Loader::judge`] sorts it.

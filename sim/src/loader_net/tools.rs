@@ -620,7 +620,7 @@ pub fn decisions(trace: &[String]) -> Vec<crate::decisions::LoaderDecision> {
                     .collect();
                 ("load_many", keys)
             }
-            (Some(_), Some(op @ ("once" | "set" | "delete"))) => {
+            (Some(_), Some(op @ ("once" | "once+refresh" | "set" | "delete"))) => {
                 (op, words.next().and_then(key).into_iter().collect())
             }
             _ => continue,
@@ -628,7 +628,7 @@ pub fn decisions(trace: &[String]) -> Vec<crate::decisions::LoaderDecision> {
         let (path, outcome) = match op {
             "set" | "delete" => ("write", answer.to_string()),
             "change_source" => ("source", answer.to_string()),
-            "once" => match answer.split_once(" from ") {
+            "once" | "once+refresh" => match answer.split_once(" from ") {
                 Some((value, source)) => match source.strip_suffix(" (joined)") {
                     Some(_) => ("joined", value.to_string()),
                     None => (
