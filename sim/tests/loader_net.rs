@@ -66,6 +66,18 @@ fn l12_reads_and_writes_that_race_a_touch_of_their_key_keep_no_local_copy() {
     }
 }
 
+/// Seed 1333: node1's caller of k6 gave up, and a `once` with refresh on
+/// came while the cancelled flight was being dropped. It now waits for
+/// that flight and begins its own (L-2) instead of failing with a
+/// cancellation it never asked for. A first version of that retry read
+/// the local tier again, which marked k6 read a second time and kept its
+/// refresh task past the idle window the read's start set (LINV-4).
+#[test]
+fn l2_a_caller_after_a_cancelled_flight_begins_its_own_and_reads_once() {
+    let o = run_net_seed(1333, &scenario());
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+}
+
 #[test]
 fn bad_scenario_values_name_the_field() {
     let base = include_str!("../scenarios/loader-net.toml");

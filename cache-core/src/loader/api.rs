@@ -571,7 +571,7 @@ where
         if self.inner.is_closed() {
             return Err(LoaderError::Closed);
         }
-        let mut start = self.start_once(key, call, Some(loader), None);
+        let mut start = self.start_once(key, call, Some(loader), None, true);
         let (begin, cell) = loop {
             match start {
                 Start::Flight(begin, cell) => break (begin, cell),
@@ -579,9 +579,11 @@ where
                 Start::Again(again) => {
                     // The flight was cancelled before this caller came
                     // (L-2): once it has settled, no loader call of the key
-                    // is left (L-1), and this caller starts over.
+                    // is left (L-1), and this caller begins a flight again.
+                    // The local tier was read (and counted, and the key
+                    // marked read for L-9) by the first start.
                     again.cell.outcome().await;
-                    start = self.start_once(again.key, call, again.loader, again.load);
+                    start = self.start_once(again.key, call, again.loader, again.load, false);
                 }
             }
         };
@@ -602,13 +604,16 @@ where
     /// `once` up to its wait, without an await (so the lock it holds
     /// never crosses one): the local tier's answer, or the flight led (its
     /// loader spawned) or joined. The loader comes as the caller's `F`, or
-    /// boxed when an earlier start already boxed it for a refresh task.
+    /// boxed when an earlier start already boxed it for a refresh task;
+    /// `first` is false when `once` starts again after a cancelled flight,
+    /// which begins a flight without reading the local tier a second time.
     fn start_once<F, Fut>(
         &self,
         key: Key,
         call: CallOptions,
         mut loader: Option<F>,
         mut load: Option<LoadFn<V>>,
+        first: bool,
     ) -> Start<V, F>
     where
         F: Fn(Key) -> Fut + Send + Sync + 'static,
@@ -619,7 +624,7 @@ where
         // A miss reads the local tier and begins its flight under one lock
         // (one of the orders two separate lock round trips allowed).
         let mut state = self.inner.lock();
-        if !call.skip_local {
+        if first && !call.skip_local {
             // The entry a hit serves is the one held now (read under this lock).
             let held = state
                 .machine
@@ -654,7 +659,7 @@ where
                 }
                 LocalRead::Miss => {}
             }
-        } else {
+        } else if first {
             state.machine.touch(&stored, now);
         }
         // Only a call that leads a flight (or keeps a refresh task) needs
