@@ -78,6 +78,35 @@ fn l2_a_caller_after_a_cancelled_flight_begins_its_own_and_reads_once() {
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }
 
+/// Six nodes, one stream each, seed 1783: node2's refresh wrote k2 to a
+/// remote that held the request past the client's timeout. The loader
+/// took the timeout for a failed write, so it published no event, and the
+/// held write landed later: five nodes kept the old value while the
+/// remote had the new one, with every event delivered. A remote write
+/// whose fate is unknown (anything but an error the remote answered with)
+/// now drops the node's own copy and is announced.
+#[test]
+fn l12_a_remote_write_of_unknown_fate_is_announced() {
+    let mut s = scenario();
+    s.nodes = 6;
+    s.streams_per_node = 1;
+    let o = run_net_seed(1783, &s);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+}
+
+/// Seeds 200 and 285: a loader that ignores cancellation used to have its
+/// outcome observed in its detached task, before the loader returned it;
+/// a caller that joined the flight in between looked served a failure
+/// from before its start (LINV-2). The harness was wrong, not the loader:
+/// the outcome is now observed as the loader returns it.
+#[test]
+fn linv2_a_joiner_of_a_flight_in_the_air_is_not_misjudged() {
+    for seed in [200, 285] {
+        let o = run_net_seed(seed, &scenario());
+        assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);
+    }
+}
+
 #[test]
 fn bad_scenario_values_name_the_field() {
     let base = include_str!("../scenarios/loader-net.toml");

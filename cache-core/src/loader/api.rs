@@ -1050,7 +1050,7 @@ where
                 };
                 match res {
                     Ok(b) => (RemoteWrite::Done(b), None),
-                    Err(e) => (RemoteWrite::Failed, Some(e)),
+                    Err(e) => (RemoteWrite::failed(&e), Some(e)),
                 }
             }
         };
@@ -1194,7 +1194,14 @@ where
             // before the remote row went may have copied it back: touch
             // the key again now the row is gone (L-12).
             self.inner.lock().machine.delete(&stored);
-            deleted.map_err(LoaderError::RemoteUnavailable)?;
+            if let Err(e) = deleted {
+                // A delete that may still land is announced all the same:
+                // other nodes' copies may no longer match the remote (L-12).
+                if e.may_have_applied() && self.inner.bus.is_some() {
+                    self.publish(EventKind::Delete, vec![stored]).await;
+                }
+                return Err(LoaderError::RemoteUnavailable(e));
+            }
         }
         if self.inner.bus.is_some() {
             self.publish(EventKind::Delete, vec![stored]).await;
@@ -1467,8 +1474,9 @@ where
                 match r.multi_set(items).await {
                     Ok(()) => RemoteWrite::Done(true),
                     Err(e) => {
+                        let write = RemoteWrite::failed(&e);
                         warning = Some(e);
-                        RemoteWrite::Failed
+                        write
                     }
                 }
             }

@@ -223,8 +223,25 @@ pub enum RemoteWrite {
     NoRemote,
     /// Written (or, for `IfAbsent`, whether it was written).
     Done(bool),
-    /// The write failed (L-4: counted, warned, no local write).
+    /// The write failed and the remote did not apply it (it answered with
+    /// an error; L-4: counted, warned, no local write).
     Failed,
+    /// The write failed, and whether the remote applied it is unknown (a
+    /// timeout, a lost connection: the request may land later). Counted and
+    /// warned like `Failed`, but the node keeps no local copy of the key
+    /// and an event is due (L-12: other nodes' copies may be stale now).
+    Unknown,
+}
+
+impl RemoteWrite {
+    /// How a remote write that failed with `e` is reported.
+    pub fn failed(e: &super::remote::RemoteError) -> Self {
+        if e.may_have_applied() {
+            Self::Unknown
+        } else {
+            Self::Failed
+        }
+    }
 }
 
 /// The read-through loader's state machine (SPEC §7).
@@ -744,13 +761,26 @@ impl<P: Clone> LoaderMachine<P> {
     /// placeholder overwrite a value written after the load began (L-7).
     /// Returns whether the mutation took effect (an event is due).
     pub fn write_applied(&mut self, order: &WriteOrder, remote: RemoteWrite, now_ms: i64) -> bool {
+        let ahead = self.bug(LoaderBug::LocalWriteAheadOfRemote);
         match remote {
-            RemoteWrite::Failed if !self.bug(LoaderBug::LocalWriteAheadOfRemote) => {
+            RemoteWrite::Failed if !ahead => {
                 self.counters.remote_write_failures += 1;
                 false
             }
+            RemoteWrite::Unknown if !ahead => {
+                // The remote may take the write after this: neither this
+                // node's old copy nor the new one is known to match it.
+                self.counters.remote_write_failures += 1;
+                self.write_seq += 1;
+                self.touched.touch(&order.key, self.write_seq);
+                self.local.remove(&order.key);
+                true
+            }
             RemoteWrite::Done(false) => false,
-            RemoteWrite::Failed | RemoteWrite::NoRemote | RemoteWrite::Done(true) => {
+            RemoteWrite::Failed
+            | RemoteWrite::Unknown
+            | RemoteWrite::NoRemote
+            | RemoteWrite::Done(true) => {
                 if self.closed {
                     return true;
                 }
@@ -1258,6 +1288,36 @@ mod tests {
         assert!(!m.write_applied(&order, RemoteWrite::Failed, 0));
         assert_eq!(m.read_local("k", 0), LocalRead::Miss);
         assert_eq!(m.counters().remote_write_failures, 1);
+    }
+
+    #[test]
+    fn l12_a_remote_write_of_unknown_fate_drops_the_local_copy_and_is_announced() {
+        let mut m: LoaderMachine<()> = LoaderMachine::new(MachineConfig {
+            has_remote: true,
+            ..cfg()
+        });
+        let old = m.prepare_set("k", b"old".to_vec(), None, 0, 0);
+        assert!(m.write_applied(&old, RemoteWrite::Done(true), 0));
+        assert!(matches!(m.read_local("k", 0), LocalRead::Value(_)));
+        // A timeout: the new value may reach the remote after this, so the
+        // old copy may be stale and the other nodes must hear of it.
+        let new = m.prepare_set("k", b"new".to_vec(), None, 1, 0);
+        assert!(
+            m.write_applied(&new, RemoteWrite::Unknown, 1),
+            "an event is due"
+        );
+        assert_eq!(m.read_local("k", 1), LocalRead::Miss);
+        assert_eq!(m.counters().remote_write_failures, 1);
+        let timeout = crate::loader::RemoteError::Timeout {
+            op: "set",
+            detail: String::new(),
+        };
+        let rejected = crate::loader::RemoteError::Rejected {
+            op: "set",
+            detail: String::new(),
+        };
+        assert_eq!(RemoteWrite::failed(&timeout), RemoteWrite::Unknown);
+        assert_eq!(RemoteWrite::failed(&rejected), RemoteWrite::Failed);
     }
 
     #[test]

@@ -53,6 +53,16 @@ pub enum RemoteError {
     },
 }
 
+impl RemoteError {
+    /// Whether the remote may have applied the write that failed with this
+    /// error: only an error the remote answered with says it did not. A
+    /// timeout, a lost connection or an unreadable reply leave it unknown,
+    /// and the request may land after the caller gave up on it.
+    pub fn may_have_applied(&self) -> bool {
+        !matches!(self, Self::Rejected { .. })
+    }
+}
+
 /// A result of a remote operation.
 pub type RemoteResult<T> = Result<T, RemoteError>;
 

@@ -625,9 +625,9 @@ impl NetWorld {
             if gone.load(Ordering::SeqCst) {
                 w.count("late-results");
                 w.observe(Obs::LateResult { node, flight });
-                return None;
+                return false;
             }
-            Some(work(&w))
+            true
         });
         let mut mark = Abandon {
             world: self.clone(),
@@ -635,9 +635,14 @@ impl NetWorld {
             finished,
             armed: true,
         };
-        let got = handle.await.ok().flatten();
+        let answer = handle.await.unwrap_or(false);
         mark.armed = false;
-        got
+        // The work is done (its outcome observed) in the loader's own
+        // future, as the loader returns: done in the detached task, a
+        // failure would be observed before the flight settles, and a
+        // caller joining in between would look served a failure from
+        // before its start (LINV-2) though it joined the flight in the air.
+        answer.then(|| work(self))
     }
 
     /// What the remote host applied, as observations.
