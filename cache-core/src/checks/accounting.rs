@@ -2,8 +2,9 @@
 //! saw: an invalid key is refused before anything happens (C-1), a release
 //! hook's failure reaches the releaser (C-12), a session close counts the
 //! refs it released and the hooks that failed (S-1, S-7), the metrics count
-//! every failing hook (O-1, C-12), and `entries()` is the sum of the five
-//! buckets (C-15).
+//! every failing hook (O-1, C-12), `entries()` is the sum of the five
+//! buckets (C-15), and a leak report names the classes its buckets show
+//! (O-3).
 //!
 //! Every check takes plain counts the harness kept itself (how many of its
 //! planted failing hooks ran, how many refs a session owned), so the
@@ -20,7 +21,7 @@
 //! ```
 
 use crate::error::CallError;
-use crate::machine::Buckets;
+use crate::machine::{Buckets, LeakClass, LeakReport};
 
 /// One violation of a rule these checks judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +188,55 @@ pub fn check_buckets(buckets: &Buckets, entries: usize) -> Result<(), Accounting
     Ok(())
 }
 
+/// O-3: a leak report names the leak classes its buckets show — refs of
+/// completed calls, stuck in-flight calls, arbitrary entries — and the
+/// unindexed class exactly when a surviving entry sits in no index; its
+/// buckets are the cache's (`buckets`) and it lists every live entry
+/// (`live_entries`).
+pub fn check_leak_report(
+    report: &LeakReport,
+    buckets: &Buckets,
+    live_entries: usize,
+) -> Result<(), AccountingViolation> {
+    if report.buckets != *buckets || report.entries.len() != live_entries {
+        return violation(
+            "O-3",
+            format!(
+                "a leak report shows {:?} and {} entries, the cache {buckets:?} and {live_entries}",
+                report.buckets,
+                report.entries.len()
+            ),
+        );
+    }
+    let b = buckets;
+    let expected: Vec<LeakClass> = [
+        (
+            b.completed_calls + b.completed_calls_by_content > 0,
+            LeakClass::CompletedRefs,
+        ),
+        (b.ongoing_calls > 0, LeakClass::StuckInFlight),
+        (
+            b.ongoing_arbitrary + b.completed_arbitrary > 0,
+            LeakClass::Arbitrary,
+        ),
+        (
+            report.entries.iter().any(|e| e.slots.is_empty()),
+            LeakClass::Unindexed,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(present, class)| present.then_some(class))
+    .collect();
+    let named = report.classes();
+    if named != expected {
+        return violation(
+            "O-3",
+            format!("a leak report names {named:?}, its buckets show {expected:?}"),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +325,35 @@ mod tests {
         let v = check_buckets(&b, 10).unwrap_err();
         assert_eq!(v.rule, "C-15");
         assert!(v.detail.contains("sum is 11"), "{v}");
+    }
+
+    #[test]
+    fn a_leak_report_names_the_classes_of_its_buckets() {
+        let buckets = Buckets {
+            ongoing_calls: 1,
+            ..Buckets::default()
+        };
+        let report = LeakReport {
+            buckets,
+            open_sessions: 0,
+            entries: Vec::new(),
+        };
+        check_leak_report(&report, &buckets, 0).unwrap();
+        let v = check_leak_report(&report, &Buckets::default(), 0).unwrap_err();
+        assert_eq!(v.rule, "O-3");
+        let v = check_leak_report(&report, &buckets, 1).unwrap_err();
+        assert!(v.detail.contains("and 1"), "{v}");
+        // The classes come from the buckets: with none in flight, a report
+        // naming stuck in-flight calls is wrong.
+        let completed = Buckets {
+            completed_calls: 2,
+            ..Buckets::default()
+        };
+        let wrong = LeakReport {
+            buckets: completed,
+            ..report
+        };
+        assert_eq!(wrong.classes(), vec![LeakClass::CompletedRefs]);
+        check_leak_report(&wrong, &completed, 0).unwrap();
     }
 }

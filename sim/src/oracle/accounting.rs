@@ -3,17 +3,19 @@
 //! an invalid key is refused at once, runs nothing and caches nothing
 //! (C-1); a close counts the refs its session owned and the failing hooks
 //! it ran (S-1, S-7); each cache's metrics count every failing hook that
-//! ran (O-1, C-12); `entries()` is the sum of the buckets (C-15).
+//! ran (O-1, C-12); `entries()` is the sum of the buckets (C-15); a leak
+//! report names the classes its buckets show (O-3).
 //! Reported under the rule's own id.
 
 use cache_core::checks::accounting::{
-    check_buckets, check_close, check_hook_errors, check_invalid_key, AccountingViolation,
-    CloseFacts, InvalidKeyCall,
+    check_buckets, check_close, check_hook_errors, check_invalid_key, check_leak_report,
+    AccountingViolation, CloseFacts, InvalidKeyCall,
 };
+use cache_core::facade::Cache;
 use cache_core::machine::SessionId;
 use cache_core::CallError;
 
-use crate::world::{Engine, Plant, World};
+use crate::world::{Engine, Plant, Val, World};
 
 fn report(world: &World, what: &str, v: AccountingViolation) {
     world.violate(v.rule, format!("{what}: {}", v.detail));
@@ -40,8 +42,11 @@ pub(super) fn closing(world: &World, inc: u64) {
 
 /// Session `sid` closed, its close reporting `released` refs and
 /// `hook_errors` failing hooks; `owned`: the refs the shadow saw it own.
+/// The call cache's leak report then names what its buckets show (O-3):
+/// checked at closes, which are rare, since a report lists every entry.
 pub(super) fn closed(
     world: &World,
+    cache: &Cache<Val>,
     (inc, sid): (u64, SessionId),
     (released, hook_errors): (usize, usize),
     owned: usize,
@@ -62,6 +67,10 @@ pub(super) fn closed(
     };
     if let Err(v) = check_close(facts) {
         report(world, &format!("closing {sid}"), v);
+    }
+    if let Err(v) = check_leak_report(&cache.leak_report(), &cache.buckets(), cache.live_entries())
+    {
+        report(world, &format!("after closing {sid}"), v);
     }
 }
 

@@ -24,7 +24,7 @@
 //! | `quiescence` | INV-1, INV-11 |
 //! | `recursion` | C-4 / C-4a, reported under INV-11 |
 //! | `telemetry` | S-5, reported under its rule id |
-//! | `accounting` | C-1, S-7, O-1 and C-15, reported under their rule ids |
+//! | `accounting` | C-1, S-7, O-1, O-3 and C-15, reported under their rule ids |
 //!
 //! INV-3 is the cache's own `check_invariants()`, run in [`check_step`];
 //! INV-12 is checked by replaying a seed (`run::check_determinism`).
@@ -465,7 +465,7 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 None => (0, 0),
             };
             if let Some(reported) = summary {
-                accounting::closed(world, (inc, session), reported, owned);
+                accounting::closed(world, cache, (inc, session), reported, owned);
             }
             if in_flight > 0 {
                 world.count("close-with-calls-in-flight");
