@@ -237,6 +237,18 @@ pub fn check_leak_report(
     Ok(())
 }
 
+/// C-15 and O-3 on one state of a cache: its `buckets`, `entries()`, leak
+/// report and live entries (what the drivers check after every step).
+pub fn check_counts(
+    buckets: &Buckets,
+    entries: usize,
+    report: &LeakReport,
+    live_entries: usize,
+) -> Result<(), AccountingViolation> {
+    check_buckets(buckets, entries)?;
+    check_leak_report(report, buckets, live_entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

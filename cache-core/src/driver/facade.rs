@@ -20,8 +20,8 @@ use super::shadow::{expect_panic, hook_fails, quiet_expected_panics, ref_counts,
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{
-    check_buckets, check_close, check_hook_errors, check_invalid_key, check_leak_report,
-    check_release, CloseFacts, InvalidKeyCall,
+    check_close, check_counts, check_hook_errors, check_invalid_key, check_release, CloseFacts,
+    InvalidKeyCall,
 };
 use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
@@ -1088,12 +1088,12 @@ impl Driver {
         self.cache
             .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
-        check_buckets(&self.cache.buckets(), self.cache.entries())
-            .map_err(|v| self.fail(v.rule, v.detail))?;
-        check_leak_report(
-            &self.cache.leak_report(),
-            &self.cache.buckets(),
-            self.cache.live_entries(),
+        let c = &self.cache;
+        check_counts(
+            &c.buckets(),
+            c.entries(),
+            &c.leak_report(),
+            c.live_entries(),
         )
         .map_err(|v| self.fail(v.rule, v.detail))?;
         check_hook_errors(

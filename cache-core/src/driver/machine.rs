@@ -8,9 +8,7 @@ use super::ops::*;
 use super::shadow::{hook_fails, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
-use crate::checks::accounting::{
-    check_buckets, check_invalid_key, check_leak_report, check_release, InvalidKeyCall,
-};
+use crate::checks::accounting::{check_counts, check_invalid_key, check_release, InvalidKeyCall};
 use crate::checks::answers::{judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
@@ -427,12 +425,12 @@ impl Driver {
                     .flat_map(|r| r.inner.iter().map(|h| h.entry())),
             )
             .collect::<Vec<_>>();
-        check_buckets(&self.cache.buckets(), self.cache.entries())
-            .map_err(|v| self.fail(v.rule, v.detail))?;
-        check_leak_report(
-            &self.cache.leak_report(),
-            &self.cache.buckets(),
-            self.cache.live_entries(),
+        let c = &self.cache;
+        check_counts(
+            &c.buckets(),
+            c.entries(),
+            &c.leak_report(),
+            c.live_entries(),
         )
         .map_err(|v| self.fail(v.rule, v.detail))?;
         let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
