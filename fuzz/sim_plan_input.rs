@@ -139,6 +139,7 @@ pub fn plan(input: &SimInput) -> Option<Plan> {
             // Spare bits: the input layout (and the committed corpus) stays valid.
             result_key: (nkeys > 1 && (input.nkeys >> (2 + i)) & 1 == 1)
                 .then(|| ((i + 1) % nkeys) as u64),
+            failing_hooks: false,
         })
         .collect();
     let clients: Vec<Vec<Op>> = input

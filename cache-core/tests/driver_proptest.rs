@@ -14,7 +14,7 @@
 
 use cache_core::driver::{
     self, FacadeInput, IdRecipe, IdStep, KeyPick, LitPick, MachineInput, Op, Outcome, ScopePick,
-    SessionOp, StoreDelay, Ttl, TtlInput, TtlOp, Who,
+    SessionOp, StoreDelay, Ttl, TtlInput, TtlOp, Who, INVALID_KEY,
 };
 use proptest::option;
 use proptest::prelude::*;
@@ -154,6 +154,11 @@ fn idx() -> impl Strategy<Value = u8> {
     0u8..6
 }
 
+/// A call's ID pick: now and then the invalid key (C-1), refused at once.
+fn call_id() -> impl Strategy<Value = u8> {
+    prop_oneof![15 => idx(), 1 => Just(INVALID_KEY)]
+}
+
 fn who() -> impl Strategy<Value = Who> {
     prop_oneof![
         2 => Just(Who::Anon),
@@ -165,7 +170,8 @@ fn who() -> impl Strategy<Value = Who> {
 
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
-        8 => (0u16..4).prop_map(Outcome::Value),
+        // One value in eight (7) has a release hook that fails (C-12).
+        8 => (0u16..8).prop_map(Outcome::Value),
         2 => Just(Outcome::NoValue),
         2 => Just(Outcome::Error),
         1 => Just(Outcome::Panic),
@@ -179,7 +185,7 @@ fn ttl() -> impl Strategy<Value = Ttl> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (who(), idx(), idx(), prop::bool::weighted(0.1), ttl())
+        8 => (who(), call_id(), idx(), prop::bool::weighted(0.1), ttl())
             .prop_map(|(who, id, conc, dnc, ttl)| Op::Call { who, id, conc, dnc, ttl }),
         2 => (who(), idx()).prop_map(|(who, key)| Op::Arbitrary { who, key }),
         6 => (idx(), outcome(), option::weighted(0.2, idx()), any::<bool>(), prop::bool::weighted(0.05))
@@ -215,7 +221,7 @@ fn session_op() -> impl Strategy<Value = SessionOp> {
         2 => Just(SessionOp::Open),
         1 => idx().prop_map(|session| SessionOp::Close { session }),
         1 => idx().prop_map(|session| SessionOp::Drop { session }),
-        8 => (option::weighted(0.8, idx()), idx(), idx(), prop::bool::weighted(0.1), ttl(), any::<bool>())
+        8 => (option::weighted(0.8, idx()), call_id(), idx(), prop::bool::weighted(0.1), ttl(), any::<bool>())
             .prop_map(|(session, id, conc, dnc, ttl, obey_cancel)| SessionOp::Call {
                 session, id, conc, dnc, ttl, obey_cancel,
             }),
@@ -393,6 +399,8 @@ fn long_machine_runs_cover_every_path() {
             "ttl_writes",
             "session_closed",
             "closes",
+            "invalid_keys",
+            "failed_hooks",
         ],
     );
 }
@@ -425,6 +433,8 @@ fn long_facade_runs_cover_every_path() {
             "ttl_calls",
             "session_closed",
             "closes",
+            "invalid_keys",
+            "failed_hooks",
         ],
     );
 }

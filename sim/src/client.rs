@@ -423,6 +423,7 @@ pub async fn run_ops<H: ClientHost>(world: H, c: usize, ops: Vec<Op>, start: usi
             OpKind::Arbitrary { cancel_ms, .. } => {
                 cl.request(i, *cancel_ms, false).await;
             }
+            OpKind::InvalidCall => cl.request(i, None, false).await,
             OpKind::Close => {
                 // Pipelined calls still in flight race the close (S-1a).
                 cl.connect().await;

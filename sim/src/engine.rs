@@ -398,7 +398,18 @@ impl<H: EngineHost> Conn<H> {
 
     fn close(&self, why: &str) {
         let sid = self.calls.id();
+        self.host
+            .observe(Observation::SessionClosing { inc: self.eng.inc });
         let summary = self.calls.close();
+        // What the close reported (S-1, S-7), for the accounting oracle.
+        let reported = summary.as_ref().ok().map(|s| {
+            let hook_errors = if self.host.plant() == Some(Plant::CloseHidesHookErrors) {
+                0
+            } else {
+                s.hook_errors
+            };
+            (s.released, hook_errors)
+        });
         let _ = self.changes.close();
         match summary {
             Ok(s) => self.host.trace(
@@ -418,7 +429,56 @@ impl<H: EngineHost> Conn<H> {
             cache: &self.eng.calls,
             inc: self.eng.inc,
             session: sid,
+            summary: reported,
         });
+    }
+}
+
+/// C-1: a call with no call ID, made through the session's own call API
+/// (`Session::call`: what a user who needs no cancellation token calls).
+/// It must be refused at once — polled once, it may not wait on anything —
+/// with its resolver never run and the entries unchanged.
+async fn invalid_call<H: EngineHost>(conn: &Conn<H>) -> Result<CallResult<Val>, CallError> {
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let resolver = move |_: ResolverCtx| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        async { Ok(Resolved::no_value()) }
+    };
+    let session_closed = !conn.calls.is_open();
+    let entries_before = conn.eng.calls.entries();
+    let answer = if conn.host.plant() == Some(Plant::InvalidKeyServed) {
+        // Planted: the key keeps an ID, so the call runs and is cached.
+        let key = CallKey::new(conn.plan.key_id(0));
+        poll_once(conn.calls.call(key, resolver))
+    } else {
+        poll_once(conn.calls.call(CallKey::missing(), resolver))
+    };
+    conn.host.observe(Observation::InvalidKeyAnswered {
+        facts: cache_core::checks::accounting::InvalidKeyCall {
+            session_closed,
+            resolver_ran: ran.load(std::sync::atomic::Ordering::SeqCst),
+            entries_before,
+            entries_after: conn.eng.calls.entries(),
+        },
+        answer: answer
+            .as_ref()
+            .map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone)),
+    });
+    answer.unwrap_or_else(|| {
+        Err(CallError::InvalidKey(
+            "the call did not answer at once".into(),
+        ))
+    })
+}
+
+/// `fut`'s output if its first poll gives one.
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -596,6 +656,10 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
                 key,
                 false,
             )
+        }
+        OpKind::InvalidCall => {
+            judged = None;
+            (invalid_call(&conn).await, 0, true)
         }
         _ => return,
     };
@@ -1037,6 +1101,7 @@ async fn body<H: EngineHost>(
     let handle = inner.and_then(|r| r.into_nested());
     let inc = eng.inc;
     let nested = handle.as_ref().and(inner_entry);
+    let hook_fails = plan.plan().keys[key as usize].failing_hooks;
     host.observe(Observation::OutputMade {
         out,
         inc,
@@ -1047,6 +1112,8 @@ async fn body<H: EngineHost>(
             rctx.storage_key.as_str(),
             behave.safe,
         )),
+        hook_fails,
+        change,
     });
     let hook_host = host.clone();
     let double = host.plant() == Some(Plant::DoubleHook);
@@ -1057,6 +1124,9 @@ async fn body<H: EngineHost>(
         // The release, for `cache-sim diff` (C-7, C-12): inert unless a
         // subscriber is installed.
         tracing::debug!(target: "sim::engine::release", run, key, out);
+        if hook_fails {
+            return Err(format!("planned release hook failure of o{out}"));
+        }
         Ok(())
     });
     if let Some(h) = handle {

@@ -105,6 +105,9 @@ pub enum OpKind {
     Close,
     /// Drop the connection without closing (S-6) and reconnect.
     Reconnect,
+    /// A call whose key has no call ID: refused at once with the
+    /// invalid-key error, its resolver never run, nothing cached (C-1).
+    InvalidCall,
 }
 
 /// A nested call a resolver makes during its run (C-11). Its key may
@@ -216,6 +219,9 @@ pub struct KeyProps {
     /// requested one (the result call key differs from the call key, C-6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<u64>,
+    /// Its results' release hooks fail (C-12).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failing_hooks: bool,
 }
 
 /// The swarm configuration of a seed: enabled fault kinds and their rates.
@@ -389,6 +395,8 @@ impl Plan {
         let mut id_rng = Rng::new(seed, "result-ids");
         // Pipelining and cancelled inits likewise: their own stream.
         let mut wrng = Rng::new(seed, "workload");
+        // Failing release hooks: their own stream too.
+        let mut hrng = Rng::new(seed, "hooks");
         let keys: Vec<KeyProps> = (0..s.key_space)
             .map(|k| KeyProps {
                 content: rng.chance(s.calls.shared_content).then(|| rng.below(2)),
@@ -399,6 +407,7 @@ impl Plan {
                 },
                 result_key: (s.key_space > 1 && id_rng.chance(s.calls.result_id))
                     .then(|| (k + id_rng.range(1, s.key_space - 1)) % s.key_space),
+                failing_hooks: hrng.chance(s.calls.failing_hooks),
             })
             .collect();
         let mut horizon = 0;
@@ -419,6 +428,8 @@ impl Plan {
                             o.change,
                             o.close,
                             o.reconnect,
+                            // Last, so a weight of 0 leaves every draw as it was.
+                            o.invalid_call,
                         ]) {
                             k @ (0 | 1) => OpKind::Call {
                                 key: key(&mut rng, s),
@@ -446,7 +457,8 @@ impl Plan {
                                     .then(|| wrng.range(1, s.resolver.max_duration_ms.max(1))),
                             },
                             4 => OpKind::Close,
-                            _ => OpKind::Reconnect,
+                            5 => OpKind::Reconnect,
+                            _ => OpKind::InvalidCall,
                         };
                         Op { gap_ms, kind }
                     })
@@ -519,7 +531,7 @@ impl Plan {
                 OpKind::Call { behave, .. } | OpKind::Arbitrary { behave, .. } => {
                     (behave.outcome != Outcome::Hang).then_some(behave.dur_ms)
                 }
-                OpKind::Close | OpKind::Reconnect => None,
+                OpKind::Close | OpKind::Reconnect | OpKind::InvalidCall => None,
             })
             .max()
             .unwrap_or(0)
@@ -618,7 +630,7 @@ impl Plan {
                         cancel_ms,
                         ..
                     } => (*key, None, behave, *cancel_ms),
-                    OpKind::Close | OpKind::Reconnect => continue,
+                    OpKind::Close | OpKind::Reconnect | OpKind::InvalidCall => continue,
                 };
                 let kind = match &op.kind {
                     OpKind::Call { .. } => "call",

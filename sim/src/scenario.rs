@@ -40,6 +40,10 @@ pub struct OpMix {
     pub close: u32,
     /// Drop the connection abruptly and reconnect.
     pub reconnect: u32,
+    /// A call with an invalid key (no call ID), which must be refused at
+    /// once (C-1). 0 by default: the scenarios with golden traces keep
+    /// their plans.
+    pub invalid_call: u32,
 }
 
 impl Default for OpMix {
@@ -51,6 +55,7 @@ impl Default for OpMix {
             change: 4,
             close: 4,
             reconnect: 3,
+            invalid_call: 0,
         }
     }
 }
@@ -123,6 +128,10 @@ pub struct CallMix {
     /// the cache must refuse (C-4b). Left to chance, two calls nesting into
     /// each other almost never overlap.
     pub cross: f64,
+    /// A key's results have release hooks that fail (C-12: the error goes
+    /// to the releaser, the close and the metrics count it). Drawn per key
+    /// from its own stream, so it changes no other draw of a plan.
+    pub failing_hooks: f64,
     /// TTL bounds, simulated ms.
     pub ttl_min_ms: u64,
     /// TTL bounds, simulated ms.
@@ -143,6 +152,7 @@ impl Default for CallMix {
             pipeline: 0.2,
             cancel_init: 0.08,
             cross: 0.0,
+            failing_hooks: 0.0,
             ttl_min_ms: 100,
             ttl_max_ms: 2000,
         }
@@ -504,6 +514,7 @@ impl Scenario {
             ("calls", "pipeline", c.pipeline),
             ("calls", "cancel_init", c.cancel_init),
             ("calls", "cross", c.cross),
+            ("calls", "failing_hooks", c.failing_hooks),
             ("faults", "enable", f.enable),
             ("resolver", "deaf", r.deaf),
         ] {
@@ -558,6 +569,7 @@ impl Scenario {
                     o.change,
                     o.close,
                     o.reconnect,
+                    o.invalid_call,
                 ]
                 .to_vec(),
             ),
@@ -567,10 +579,10 @@ impl Scenario {
             ),
         ];
         for (table, w) in weights {
-            // In u64: six u32 weights cannot wrap it.
+            // In u64: seven u32 weights cannot wrap it.
             if w.iter().map(|w| u64::from(*w)).sum::<u64>() == 0 {
                 let names = if table == "ops" {
-                    "call, nested, arbitrary, change, close, reconnect"
+                    "call, nested, arbitrary, change, close, reconnect, invalid_call"
                 } else {
                     "value, no_value, error, panic, hang"
                 };

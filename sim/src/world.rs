@@ -84,6 +84,16 @@ pub enum Plant {
     WaitCycle,
     /// INV-3: a completed call is filed under a key it does not have (a real corruption of the cache's index, through the `harness-hooks` feature).
     IndexCorruption,
+    /// O-1: the harness counts one failing release hook more than the
+    /// cache's metrics could have (needs a scenario with failing hooks).
+    HookErrorUncounted,
+    /// S-7: the engine reports every session close as if no release hook
+    /// had failed (needs a scenario with failing hooks).
+    CloseHidesHookErrors,
+    /// C-1: the engine answers a call with no call ID through a valid key,
+    /// so its resolver runs and its result is cached (needs a scenario with
+    /// invalid calls).
+    InvalidKeyServed,
 }
 
 /// The cached value: where it came from, for the oracles.

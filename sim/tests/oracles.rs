@@ -191,3 +191,47 @@ fn inv8_fresh_key_handed_to_another_session_is_reported() {
         "INV-8"
     );
 }
+
+#[test]
+fn c1_invalid_key_served_is_reported() {
+    // C-1: a call with no call ID is refused at once; the plant sends it
+    // with an ID, so it runs (or waits) and is cached. Its span, of a call
+    // the S-5 judge was never told of, may be reported first.
+    let s = Scenario::named("nested-heavy").unwrap();
+    let found = (1..40).any(|seed| {
+        let o = run_seed(seed, &s, Some(Plant::InvalidKeyServed));
+        o.violations.iter().any(|v| v.inv == "C-1")
+    });
+    assert!(found, "no seed of nested-heavy reported C-1");
+}
+
+#[test]
+fn s7_close_hiding_failed_hooks_is_reported() {
+    // S-7, C-12: a close counts the release hooks that failed while it ran.
+    assert_eq!(
+        first_inv_in("cancel-storm", Plant::CloseHidesHookErrors),
+        "S-7"
+    );
+}
+
+#[test]
+fn o1_failed_hook_missing_from_metrics_is_reported() {
+    // O-1, C-12: the metrics count every release hook that failed.
+    assert_eq!(
+        first_inv_in("cancel-storm", Plant::HookErrorUncounted),
+        "O-1"
+    );
+}
+
+#[test]
+fn accounting_oracles_stay_quiet_without_a_plant() {
+    // The checks above fire for their plants, not for the workloads that
+    // feed them: the same seeds pass without one.
+    for name in ["nested-heavy", "cancel-storm"] {
+        let s = Scenario::named(name).unwrap();
+        for seed in 1..6 {
+            let o = run_seed(seed, &s, None);
+            assert!(o.passed(), "{name} seed {seed}: {:?}", o.violations);
+        }
+    }
+}

@@ -113,6 +113,8 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
         "ttl-row-written",
         "ttl-row-replaced",
         "wait-cycle-refused",
+        "invalid-key-refused",
+        "close-with-failing-hooks",
     ] {
         assert!(
             fired.get(case).copied().unwrap_or(0) > 0,

@@ -12,6 +12,7 @@
 //! check.resolver_ran(1).unwrap_err(); // S-5: a span said cached, then it ran
 //! ```
 
+pub mod accounting;
 pub mod answers;
 pub mod telemetry;
 pub mod ttl_rows;

@@ -16,14 +16,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ops::*;
-use super::shadow::{expect_panic, quiet_expected_panics, ref_counts, HookLedger};
+use super::shadow::{expect_panic, hook_fails, quiet_expected_panics, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
+use crate::checks::accounting::{
+    check_close, check_counts, check_hook_errors, check_invalid_key, check_release, CloseFacts,
+    InvalidKeyCall,
+};
 use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::error::CallError;
 use crate::facade::{
-    Cache, CallKey, CallResult, Ctx, ManualClock, ResolverCtx, Session, Span, Telemetry,
+    Cache, CallKey, CallResult, CloseSummary, Ctx, ManualClock, ResolverCtx, Session, Span,
+    Telemetry,
 };
 use crate::id::CallId;
 use crate::machine::{Buckets, EntryId, Resolved, SessionId};
@@ -79,6 +84,7 @@ pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure
         d.op = None;
         d.quiesce().await?;
         d.stats.steps = input.ops.len();
+        d.stats.failed_hooks = d.hooks.failed_runs();
         Ok(d.stats)
     })
 }
@@ -346,19 +352,12 @@ impl Driver {
                 let i = usize::from(session) % self.sessions.len();
                 let s = self.sessions[i].id();
                 let was_open = self.is_open(s);
+                let failed_before = self.hooks.failed_runs();
                 let r = self.sessions[i].close();
                 match r {
                     Ok(summary) => {
                         ensure!(self, was_open, "S-1", "a closed session closed again");
-                        let mine = self.owned.iter().filter(|(x, _)| *x == s).count();
-                        ensure!(
-                            self,
-                            summary.released == mine && summary.hook_errors == 0,
-                            "S-1",
-                            "closing {s} released {} refs ({} hook errors), it owned {mine}",
-                            summary.released,
-                            summary.hook_errors
-                        );
+                        self.judge_close(s, &summary, failed_before)?;
                         self.closed(s)?;
                     }
                     Err(e) => {
@@ -392,6 +391,9 @@ impl Driver {
                 ttl,
                 obey_cancel,
             } => {
+                if id == INVALID_KEY {
+                    return self.invalid_call(session);
+                }
                 let (ctx, origin) = self.top_ctx(session);
                 let id = self.ids[usize::from(id) % self.ids.len()].clone();
                 let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
@@ -499,9 +501,7 @@ impl Driver {
                 if drop {
                     std::mem::drop(r);
                 } else {
-                    let entry = r.entry();
-                    r.release()
-                        .map_err(|e| self.fail("C-12", format!("release of {entry}: {e}")))?;
+                    self.release(r)?;
                 }
             }
             SessionOp::Advance { ms } => self.clock.advance(i64::from(ms)),
@@ -682,7 +682,8 @@ impl Driver {
                     self.next_value += 1;
                     self.next_value
                 });
-                let counter = self.hooks.counter(r.entry);
+                let fails = matches!(outcome, Outcome::Value(v) if hook_fails(v));
+                let counter = self.hooks.counter(r.entry, fails);
                 let mut resolved = match value {
                     Some(v) => Resolved::value(v),
                     None => Resolved::no_value(),
@@ -1031,10 +1032,75 @@ impl Driver {
         Ok(())
     }
 
+    /// S-1, S-7, C-12: a close released the refs its session owned and
+    /// counted the failing hooks that ran since `failed_before`.
+    fn judge_close(
+        &self,
+        s: SessionId,
+        summary: &CloseSummary,
+        failed_before: usize,
+    ) -> Result<(), Failure> {
+        let facts = CloseFacts {
+            released: summary.released,
+            hook_errors: summary.hook_errors,
+            owned: self.owned.iter().filter(|(x, _)| *x == s).count(),
+            failed_hooks: self.hooks.failed_runs() - failed_before,
+        };
+        check_close(facts).map_err(|v| self.fail(v.rule, format!("closing {s}: {}", v.detail)))
+    }
+
+    /// Releases a held result: an error exactly when a failing hook ran (C-12).
+    fn release(&self, r: CallResult<u32>) -> Result<(), Failure> {
+        let entry = r.entry();
+        let failed_before = self.hooks.failed_runs();
+        let result = r.release();
+        check_release(&result, self.hooks.failed_runs() - failed_before)
+            .map_err(|v| self.fail(v.rule, format!("release of {entry}: {}", v.detail)))
+    }
+
+    /// C-1: a call with no call ID is refused at once, runs nothing and
+    /// caches nothing. Polled once in line: the refusal needs no other task.
+    fn invalid_call(&mut self, session: Option<u8>) -> Result<(), Failure> {
+        self.stats.invalid_keys += 1;
+        let (ctx, _) = self.top_ctx(session);
+        let session_closed = ctx.session.is_some_and(|s| !self.is_open(s));
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let resolver = move |_: ResolverCtx| {
+            flag.store(true, Ordering::SeqCst);
+            async { Ok(Resolved::value(0)) }
+        };
+        let entries_before = self.cache.entries();
+        let answer = self
+            .cache
+            .get_or_init_call(&ctx, CallKey::missing(), resolver)
+            .now_or_never();
+        let facts = InvalidKeyCall {
+            session_closed,
+            resolver_ran: ran.load(Ordering::SeqCst),
+            entries_before,
+            entries_after: self.cache.entries(),
+        };
+        check_invalid_key(facts, answer.as_ref()).map_err(|v| self.fail(v.rule, v.detail))
+    }
+
     fn check(&mut self) -> Result<(), Failure> {
         self.cache
             .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
+        let c = &self.cache;
+        check_counts(
+            &c.buckets(),
+            c.entries(),
+            &c.leak_report(),
+            c.live_entries(),
+        )
+        .map_err(|v| self.fail(v.rule, v.detail))?;
+        check_hook_errors(
+            self.cache.metrics().release_hook_errors(),
+            self.hooks.failed_runs() as u64,
+        )
+        .map_err(|v| self.fail(v.rule, v.detail))?;
         let direct: Vec<EntryId> = self
             .held
             .iter()
@@ -1072,15 +1138,11 @@ impl Driver {
         for i in 0..self.sessions.len() {
             let s = self.sessions[i].id();
             if self.is_open(s) {
+                let failed_before = self.hooks.failed_runs();
                 let summary = self.sessions[i]
                     .close()
                     .map_err(|e| self.fail("S-1", format!("close {s}: {e}")))?;
-                ensure!(
-                    self,
-                    summary.hook_errors == 0,
-                    "C-12",
-                    "hook errors closing {s}"
-                );
+                self.judge_close(s, &summary, failed_before)?;
                 self.closed(s)?;
             }
         }
@@ -1108,9 +1170,7 @@ impl Driver {
             self.running.len()
         );
         while let Some(r) = self.held.pop() {
-            let entry = r.entry();
-            r.release()
-                .map_err(|e| self.fail("C-12", format!("release of {entry}: {e}")))?;
+            self.release(r)?;
             self.check()?;
         }
         ensure!(

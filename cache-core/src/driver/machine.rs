@@ -5,17 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ops::*;
-use super::shadow::{ref_counts, HookLedger};
+use super::shadow::{hook_fails, ref_counts, HookLedger};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
+use crate::checks::accounting::{check_counts, check_invalid_key, check_release, InvalidKeyCall};
 use crate::checks::answers::{judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
-    Begin, Buckets, CallCache, CallRequest, Caller, ChainLink, Decision, EntryId, Handle, Left,
-    Namespace, PendingRelease, Resolved, RunMode, SessionId, Touched, Violation, WaiterId,
+    run_releases, Begin, Buckets, CallCache, CallRequest, Caller, ChainLink, Decision, EntryId,
+    Handle, Left, Namespace, PendingRelease, Resolved, RunMode, SessionId, Touched, Violation,
+    WaiterId,
 };
 use crate::ttl::{
     choose_storage_key, gc_all, MemoryTtlStore, PreparedWrite, StorageKeyChoice, StoreFaults,
@@ -95,6 +97,7 @@ pub(crate) fn run_checked(
     d.op = None;
     d.quiesce()?;
     d.stats.steps = input.ops.len();
+    d.stats.failed_hooks = d.hooks.failed_runs();
     Ok(d.stats)
 }
 
@@ -300,12 +303,14 @@ impl Driver {
         Failure::at(invariant, self.step, detail, op, &self.cache.leak_report())
     }
 
+    /// Runs the hooks a release handed back, as the facade does: every one,
+    /// the first error returned. It must be an error exactly when one of the
+    /// driver's failing hooks ran (C-12).
     fn run_hooks(&self, releases: Vec<PendingRelease>) -> Result<(), Failure> {
-        for r in releases {
-            r.run()
-                .map_err(|e| self.fail("C-12", format!("release hook failed: {e}")))?;
-        }
-        Ok(())
+        let before = self.hooks.failed_runs();
+        let result = run_releases(releases);
+        let failed = self.hooks.failed_runs() - before;
+        check_release(&result, failed).map_err(|v| self.fail(v.rule, v.detail))
     }
 
     // ---- the shadow model ----
@@ -420,6 +425,14 @@ impl Driver {
                     .flat_map(|r| r.inner.iter().map(|h| h.entry())),
             )
             .collect::<Vec<_>>();
+        let c = &self.cache;
+        check_counts(
+            &c.buckets(),
+            c.entries(),
+            &c.leak_report(),
+            c.live_entries(),
+        )
+        .map_err(|v| self.fail(v.rule, v.detail))?;
         let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
         self.cache
             .check_refcounts(&shadow)
@@ -633,6 +646,28 @@ impl Driver {
         }
     }
 
+    /// C-1: a call with no call ID (even `conc`) or an empty storage key
+    /// (odd) is refused before anything happens.
+    fn invalid_call(&mut self, caller: &Caller, conc: u8) -> Result<(), Failure> {
+        self.stats.invalid_keys += 1;
+        let mut req = CallRequest::new(self.ids[0].clone());
+        if conc % 2 == 0 {
+            req.id = None;
+        } else {
+            req.storage_key = Some(String::new());
+        }
+        let entries_before = self.cache.entries();
+        let begin = self.cache.begin_call(caller, req);
+        let answer: Result<(), CallError> = begin.outcome.map(|_| ());
+        let facts = InvalidKeyCall {
+            session_closed: caller.session.is_some_and(|s| self.closed.contains(&s)),
+            resolver_ran: false,
+            entries_before,
+            entries_after: self.cache.entries(),
+        };
+        check_invalid_key(facts, Some(&answer)).map_err(|v| self.fail(v.rule, v.detail))
+    }
+
     fn pick_caller(&self, who: Who) -> (Caller, Origin) {
         let top = |session: Option<SessionId>| {
             (
@@ -666,6 +701,9 @@ impl Driver {
 
     fn call(&mut self, who: Who, id: u8, conc: u8, dnc: bool, ttl: Ttl) -> Result<(), Failure> {
         let (caller, origin) = self.pick_caller(who);
+        if id == INVALID_KEY {
+            return self.invalid_call(&caller, conc);
+        }
         let ix = usize::from(id) % self.ids.len();
         let id = self.ids[ix].clone();
         let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
@@ -1089,7 +1127,8 @@ impl Driver {
             .map(|i| usize::from(i) % self.ids.len());
         let result: Result<Resolved<u32>, CallError> = match outcome {
             Outcome::Value(_) | Outcome::NoValue => {
-                let counter = self.hooks.counter(entry);
+                let fails = matches!(outcome, Outcome::Value(v) if hook_fails(v));
+                let counter = self.hooks.counter(entry, fails);
                 let mut resolved = match value {
                     Some(v) => Resolved::value(v),
                     None => Resolved::no_value(),

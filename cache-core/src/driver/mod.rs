@@ -180,6 +180,10 @@ pub struct Stats {
     pub session_closed: usize,
     /// Sessions closed (S-1).
     pub closes: usize,
+    /// Calls with an invalid key (C-1).
+    pub invalid_keys: usize,
+    /// Release hooks that failed when they ran (C-12).
+    pub failed_hooks: usize,
 }
 
 impl Stats {
@@ -209,6 +213,8 @@ impl Stats {
             (&mut self.ttl_writes, o.ttl_writes),
             (&mut self.session_closed, o.session_closed),
             (&mut self.closes, o.closes),
+            (&mut self.invalid_keys, o.invalid_keys),
+            (&mut self.failed_hooks, o.failed_hooks),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -241,6 +247,8 @@ impl Stats {
             ("ttl_writes", self.ttl_writes),
             ("session_closed", self.session_closed),
             ("closes", self.closes),
+            ("invalid_keys", self.invalid_keys),
+            ("failed_hooks", self.failed_hooks),
         ]
     }
 }

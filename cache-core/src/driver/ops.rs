@@ -22,7 +22,9 @@ pub enum Op {
     Call {
         /// Who calls.
         who: Who,
-        /// Which call ID (modulo [`call_ids`]).
+        /// Which call ID (modulo [`call_ids`]); [`INVALID_KEY`] is an invalid
+        /// key (C-1): no call ID for an even `conc`, an empty storage key
+        /// for an odd one.
         id: u8,
         /// Which concurrency key: `""`, `"c1"` or `"c2"` (modulo 3).
         conc: u8,
@@ -115,7 +117,8 @@ pub enum Who {
 /// What a resolver produces.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// A value, with a release hook.
+    /// A value, with a release hook; the hook fails (C-12) when the number
+    /// is 7 modulo 8.
     Value(u16),
     /// A successful "no value" (C-10), with a release hook.
     NoValue,
@@ -178,6 +181,10 @@ pub fn call_ids() -> Vec<CallId> {
     .clone()
 }
 
+/// The `id` of a call operation that asks with an invalid key (C-1). One
+/// value of 256, so the inputs keep their layout and most calls stay valid.
+pub const INVALID_KEY: u8 = u8::MAX;
+
 /// The concurrency keys the drivers draw from.
 pub const CONCURRENCY_KEYS: [&str; 3] = ["", "c1", "c2"];
 
@@ -215,7 +222,8 @@ pub enum SessionOp {
     Call {
         /// The n-th session (open or closed); `None` for no session.
         session: Option<u8>,
-        /// Which call ID.
+        /// Which call ID; [`INVALID_KEY`] is a key with no call ID (C-1),
+        /// refused at once.
         id: u8,
         /// Which concurrency key.
         conc: u8,

@@ -8,23 +8,39 @@ use std::sync::{Arc, Once};
 
 use crate::machine::EntryId;
 
-/// Counts the runs of one payload's release hook.
+/// Counts the runs of one payload's release hook; a failing hook returns an
+/// error every time it runs (C-12: the error goes to the releaser).
 #[derive(Clone, Default, Debug)]
-pub(crate) struct HookCounter(Arc<AtomicUsize>);
+pub(crate) struct HookCounter {
+    runs: Arc<AtomicUsize>,
+    fails: bool,
+}
 
 impl HookCounter {
-    /// A hook that counts its runs.
+    /// A hook that counts its runs (and fails if this counter's hook fails).
     pub(crate) fn hook(&self) -> impl FnOnce() -> Result<(), String> + Send + 'static {
-        let runs = self.0.clone();
+        let runs = self.runs.clone();
+        let fails = self.fails;
         move || {
             runs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            if fails {
+                Err("planned release hook failure".into())
+            } else {
+                Ok(())
+            }
         }
     }
 
     pub(crate) fn runs(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.runs.load(Ordering::SeqCst)
     }
+}
+
+/// Whether the release hook of a resolver output with value `v` fails: one
+/// value in eight, so the operation inputs keep their layout (old corpora
+/// decode as before) while failing hooks meet every release path.
+pub(crate) fn hook_fails(v: u16) -> bool {
+    v % 8 == 7
 }
 
 /// Every successful resolver output's hook, with the entry it belongs to.
@@ -34,11 +50,25 @@ pub(crate) struct HookLedger {
 }
 
 impl HookLedger {
-    /// A new counted hook for a result of `entry`.
-    pub(crate) fn counter(&mut self, entry: EntryId) -> HookCounter {
-        let c = HookCounter::default();
+    /// A new counted hook for a result of `entry`; `fails`: the hook
+    /// returns an error when it runs.
+    pub(crate) fn counter(&mut self, entry: EntryId, fails: bool) -> HookCounter {
+        let c = HookCounter {
+            runs: Arc::default(),
+            fails,
+        };
         self.hooks.push((c.clone(), entry));
         c
+    }
+
+    /// How many times a failing hook ran: what a release, a close or the
+    /// metrics must report (C-12, S-7, O-1).
+    pub(crate) fn failed_runs(&self) -> usize {
+        self.hooks
+            .iter()
+            .filter(|(c, _)| c.fails)
+            .map(|(c, _)| c.runs())
+            .sum()
     }
 
     /// INV-10 (and C-12): each hook ran at most once, and exactly once iff

@@ -1,5 +1,6 @@
 //! INV-10: no release hook runs twice (INV-1 checks "exactly once" at the
-//! end).
+//! end). Runs of failing hooks are counted per cache for the accounting
+//! oracle (O-1, S-7).
 
 use crate::world::World;
 
@@ -11,7 +12,11 @@ pub(super) fn hook_ran(world: &World, out: u64) {
             return;
         };
         h.runs += 1;
-        (h.runs > 1).then(|| format!("release hook of output o{out} ran {} times", h.runs))
+        let (runs, fails, cache) = (h.runs, h.fails, (h.inc, h.change));
+        if fails {
+            *shadow.failed_hooks.entry(cache).or_default() += 1;
+        }
+        (runs > 1).then(|| format!("release hook of output o{out} ran {runs} times"))
     };
     if let Some(msg) = msg {
         world.violate("INV-10", msg);

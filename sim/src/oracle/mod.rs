@@ -24,10 +24,12 @@
 //! | `quiescence` | INV-1, INV-11 |
 //! | `recursion` | C-4 / C-4a, reported under INV-11 |
 //! | `telemetry` | S-5, reported under its rule id |
+//! | `accounting` | C-1, S-7, O-1, O-3 and C-15, reported under their rule ids |
 //!
 //! INV-3 is the cache's own `check_invariants()`, run in [`check_step`];
 //! INV-12 is checked by replaying a seed (`run::check_determinism`).
 
+mod accounting;
 mod cancellation;
 mod errors;
 mod hooks;
@@ -172,6 +174,10 @@ pub enum Observation<'a> {
         /// ran under, and whether it was marked safe to persist (T-3: the
         /// flag and the TTL write belong to the entry actually stored).
         call_entry: Option<(EntryId, &'a str, bool)>,
+        /// Its release hook fails when it runs (C-12).
+        hook_fails: bool,
+        /// It is a change-cache result (else a call-cache one).
+        change: bool,
     },
     /// Output `out`'s release hook ran (releasing its nested ref, if any).
     HookRan {
@@ -239,6 +245,11 @@ pub enum Observation<'a> {
         /// How.
         answer: cache_core::checks::telemetry::Answer,
     },
+    /// A session of incarnation `inc`'s call cache begins to close.
+    SessionClosing {
+        /// Incarnation.
+        inc: u64,
+    },
     /// A session closed.
     SessionClosed {
         /// Its call cache.
@@ -247,6 +258,16 @@ pub enum Observation<'a> {
         inc: u64,
         /// The session.
         session: SessionId,
+        /// What its close reported (S-7): refs released and failing
+        /// hooks; `None` when the close failed (closed already).
+        summary: Option<(usize, usize)>,
+    },
+    /// A call with an invalid key (C-1) answered.
+    InvalidKeyAnswered {
+        /// What the engine saw around the call.
+        facts: cache_core::checks::accounting::InvalidKeyCall,
+        /// Its answer; `None` when it did not answer at once.
+        answer: Option<Result<(), CallError>>,
     },
 }
 
@@ -364,6 +385,8 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             nested,
             safe_for,
             call_entry,
+            hook_fails,
+            change,
         } => {
             if let Some(k) = safe_for {
                 ttl_writes::safe_output(world, k);
@@ -372,7 +395,15 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 ttl_writes::call_output(world, inc, entry, storage_key, safe);
             }
             let mut sh = world.shadow();
-            sh.hooks.insert(out, HookShadow { inc, runs: 0 });
+            sh.hooks.insert(
+                out,
+                HookShadow {
+                    inc,
+                    runs: 0,
+                    fails: hook_fails,
+                    change,
+                },
+            );
             if let Some(e) = nested {
                 *sh.nested.entry((inc, e)).or_default() += 1;
             }
@@ -414,19 +445,28 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             ttl_identity::run_started(world, key, storage_key, inc, session)
         }
         Observation::CallDone { call, answer } => telemetry::answered(world, call, answer),
+        Observation::SessionClosing { inc } => accounting::closing(world, inc),
+        Observation::InvalidKeyAnswered { facts, answer } => {
+            accounting::invalid_key(world, facts, answer.as_ref())
+        }
         Observation::SessionClosed {
             cache,
             inc,
             session,
+            summary,
         } => {
-            let in_flight = match world.shadow().sessions.get_mut(&(inc, session)) {
+            let (in_flight, owned) = match world.shadow().sessions.get_mut(&(inc, session)) {
                 Some(s) => {
                     s.open = false;
+                    let owned: u32 = s.handles.values().sum();
                     s.handles.clear();
-                    s.pending
+                    (s.pending, owned as usize)
                 }
-                None => 0,
+                None => (0, 0),
             };
+            if let Some(reported) = summary {
+                accounting::closed(world, cache, (inc, session), reported, owned);
+            }
             if in_flight > 0 {
                 world.count("close-with-calls-in-flight");
             }
@@ -501,6 +541,14 @@ pub const CASES: &[(&str, &str)] = &[
         "nested-retry",
         "a resolver calls again after a nested failure (C-9, C-4a)",
     ),
+    (
+        "invalid-key-refused",
+        "a call with no call ID is refused at once (C-1)",
+    ),
+    (
+        "close-with-failing-hooks",
+        "a session close runs release hooks that fail (C-12, S-7)",
+    ),
 ];
 
 /// Short form of a key for messages.
@@ -529,6 +577,7 @@ pub fn check_step(world: &World) {
         }
     }
     refcounts::step(world, &eng);
+    accounting::step(world, &eng);
     ttl_writes::step(world);
     cancellation::step(world, &eng);
 }

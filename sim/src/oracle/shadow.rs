@@ -58,6 +58,10 @@ pub struct HookShadow {
     pub inc: u64,
     /// Times the hook ran.
     pub runs: u32,
+    /// The hook fails when it runs (C-12).
+    pub fails: bool,
+    /// It belongs to a change-cache result (else a call-cache one).
+    pub change: bool,
 }
 
 /// The shadow model.
@@ -79,6 +83,12 @@ pub struct Shadow {
     pub spans: cache_core::checks::telemetry::SpanCheck,
     /// The last call number handed out for the S-5 judge.
     pub next_call: u64,
+    /// Runs of failing release hooks, by (incarnation, change cache): what
+    /// that cache's metrics must count (O-1, C-12).
+    pub failed_hooks: BTreeMap<(u64, bool), u64>,
+    /// The call cache's failing-hook runs when the session closing now
+    /// began its close (S-7).
+    pub failed_at_close: u64,
 }
 
 /// The TTL writes the shadow has seen.

@@ -1,0 +1,371 @@
+//! What the cache reports about itself, judged against what the harness
+//! saw: an invalid key is refused before anything happens (C-1), a release
+//! hook's failure reaches the releaser (C-12), a session close counts the
+//! refs it released and the hooks that failed (S-1, S-7), the metrics count
+//! every failing hook (O-1, C-12), `entries()` is the sum of the five
+//! buckets (C-15), and a leak report names the classes its buckets show
+//! (O-3).
+//!
+//! Every check takes plain counts the harness kept itself (how many of its
+//! planted failing hooks ran, how many refs a session owned), so the
+//! simulation and both drivers judge these rules with the same code.
+//!
+//! ```
+//! use cache_core::checks::accounting::{check_buckets, check_hook_errors};
+//! use cache_core::machine::Buckets;
+//!
+//! let b = Buckets { ongoing_calls: 1, completed_calls: 2, ..Buckets::default() };
+//! check_buckets(&b, 3).unwrap();
+//! check_buckets(&b, 2).unwrap_err(); // C-15: entries() is not the sum
+//! check_hook_errors(1, 2).unwrap_err(); // O-1: a failing hook went uncounted
+//! ```
+
+use crate::error::CallError;
+use crate::machine::{Buckets, LeakClass, LeakReport};
+
+/// One violation of a rule these checks judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountingViolation {
+    /// The rule broken.
+    pub rule: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl std::fmt::Display for AccountingViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.detail)
+    }
+}
+
+fn violation(rule: &'static str, detail: String) -> Result<(), AccountingViolation> {
+    Err(AccountingViolation { rule, detail })
+}
+
+/// What a call with an invalid key (no call ID, an empty storage or
+/// arbitrary key) did, as the harness saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidKeyCall {
+    /// Whether the caller's session was closed when it called (S-2 may
+    /// refuse it first: both refuse before anything runs).
+    pub session_closed: bool,
+    /// Whether the call's resolver started.
+    pub resolver_ran: bool,
+    /// `entries()` before the call.
+    pub entries_before: usize,
+    /// `entries()` after the call.
+    pub entries_after: usize,
+}
+
+/// C-1: a call with an invalid key is refused with the invalid-key error
+/// (or, on a closed session, the closed-session error), its resolver never
+/// runs, and the cache holds no more entries than before (nothing cached,
+/// nothing left in flight). `answer` is `None` when the call did not
+/// answer at once: the refusal comes before anything that could wait.
+pub fn check_invalid_key<T>(
+    call: InvalidKeyCall,
+    answer: Option<&Result<T, CallError>>,
+) -> Result<(), AccountingViolation> {
+    let refused = match answer {
+        None => return violation("C-1", "an invalid key did not fail at once".into()),
+        Some(Ok(_)) => return violation("C-1", "an invalid key was served".into()),
+        Some(Err(e)) => e,
+    };
+    let right = matches!(refused, CallError::InvalidKey(_))
+        || (call.session_closed && *refused == CallError::SessionClosed);
+    if !right {
+        return violation(
+            "C-1",
+            format!("an invalid key failed with {refused}, not the invalid-key error"),
+        );
+    }
+    if call.resolver_ran {
+        return violation("C-1", "the resolver of an invalid key ran".into());
+    }
+    if call.entries_after != call.entries_before {
+        return violation(
+            "C-1",
+            format!(
+                "an invalid key changed the entries: {} -> {}",
+                call.entries_before, call.entries_after
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// C-12: a release returns a release-hook error exactly when one of the
+/// hooks it ran failed (`failed_hooks`: the harness's failing hooks that ran
+/// during it), and fails for no other reason.
+pub fn check_release(
+    result: &Result<(), CallError>,
+    failed_hooks: usize,
+) -> Result<(), AccountingViolation> {
+    match (result, failed_hooks) {
+        (Ok(()), 0) => Ok(()),
+        (Err(CallError::ReleaseHook(_)), n) if n > 0 => Ok(()),
+        (Ok(()), n) => violation(
+            "C-12",
+            format!("{n} release hooks failed, and the release said nothing"),
+        ),
+        (Err(e), n) => violation(
+            "C-12",
+            format!("a release with {n} failing hooks failed with {e}"),
+        ),
+    }
+}
+
+/// What a session close reported (S-7), and what the harness knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseFacts {
+    /// Refs the close says it released.
+    pub released: usize,
+    /// Release hooks the close says failed.
+    pub hook_errors: usize,
+    /// Refs the harness saw the session own when it closed.
+    pub owned: usize,
+    /// The harness's failing hooks that ran during the close.
+    pub failed_hooks: usize,
+}
+
+/// S-1, S-7, C-12: a close releases every ref its session owned, and its
+/// summary counts exactly the hooks that failed while it ran.
+pub fn check_close(facts: CloseFacts) -> Result<(), AccountingViolation> {
+    if facts.released != facts.owned {
+        return violation(
+            "S-1",
+            format!(
+                "a close released {} refs, the session owned {}",
+                facts.released, facts.owned
+            ),
+        );
+    }
+    if facts.hook_errors != facts.failed_hooks {
+        return violation(
+            "S-7",
+            format!(
+                "a close reported {} failing release hooks, {} failed",
+                facts.hook_errors, facts.failed_hooks
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// O-1, C-12: the metrics count every release hook that failed
+/// (`counted`: `Metrics::release_hook_errors`; `failed_hooks`: the failing
+/// hooks the harness saw run).
+pub fn check_hook_errors(counted: u64, failed_hooks: u64) -> Result<(), AccountingViolation> {
+    if counted != failed_hooks {
+        return violation(
+            "O-1",
+            format!("the metrics count {counted} failed release hooks, {failed_hooks} failed"),
+        );
+    }
+    Ok(())
+}
+
+/// C-15: `entries()` is the sum of the five buckets, each added once.
+pub fn check_buckets(buckets: &Buckets, entries: usize) -> Result<(), AccountingViolation> {
+    let sum = [
+        buckets.ongoing_calls,
+        buckets.completed_calls,
+        buckets.completed_calls_by_content,
+        buckets.ongoing_arbitrary,
+        buckets.completed_arbitrary,
+    ]
+    .iter()
+    .sum::<usize>();
+    if entries != sum || buckets.total() != sum {
+        return violation(
+            "C-15",
+            format!(
+                "entries() is {entries} and the buckets' total {}, their sum is {sum} ({buckets:?})",
+                buckets.total()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// O-3: a leak report names the leak classes its buckets show — refs of
+/// completed calls, stuck in-flight calls, arbitrary entries — and the
+/// unindexed class exactly when a surviving entry sits in no index; its
+/// buckets are the cache's (`buckets`) and it lists every live entry
+/// (`live_entries`).
+pub fn check_leak_report(
+    report: &LeakReport,
+    buckets: &Buckets,
+    live_entries: usize,
+) -> Result<(), AccountingViolation> {
+    if report.buckets != *buckets || report.entries.len() != live_entries {
+        return violation(
+            "O-3",
+            format!(
+                "a leak report shows {:?} and {} entries, the cache {buckets:?} and {live_entries}",
+                report.buckets,
+                report.entries.len()
+            ),
+        );
+    }
+    let b = buckets;
+    let expected: Vec<LeakClass> = [
+        (
+            b.completed_calls + b.completed_calls_by_content > 0,
+            LeakClass::CompletedRefs,
+        ),
+        (b.ongoing_calls > 0, LeakClass::StuckInFlight),
+        (
+            b.ongoing_arbitrary + b.completed_arbitrary > 0,
+            LeakClass::Arbitrary,
+        ),
+        (
+            report.entries.iter().any(|e| e.slots.is_empty()),
+            LeakClass::Unindexed,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(present, class)| present.then_some(class))
+    .collect();
+    let named = report.classes();
+    if named != expected {
+        return violation(
+            "O-3",
+            format!("a leak report names {named:?}, its buckets show {expected:?}"),
+        );
+    }
+    Ok(())
+}
+
+/// C-15 and O-3 on one state of a cache: its `buckets`, `entries()`, leak
+/// report and live entries (what the drivers check after every step).
+pub fn check_counts(
+    buckets: &Buckets,
+    entries: usize,
+    report: &LeakReport,
+    live_entries: usize,
+) -> Result<(), AccountingViolation> {
+    check_buckets(buckets, entries)?;
+    check_leak_report(report, buckets, live_entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(resolver_ran: bool, after: usize) -> InvalidKeyCall {
+        InvalidKeyCall {
+            session_closed: false,
+            resolver_ran,
+            entries_before: 2,
+            entries_after: after,
+        }
+    }
+
+    #[test]
+    fn invalid_key_must_be_refused_at_once_with_its_error() {
+        let refused: Result<(), CallError> = Err(CallError::InvalidKey("no ID".into()));
+        check_invalid_key(call(false, 2), Some(&refused)).unwrap();
+        let v = check_invalid_key::<()>(call(false, 2), None).unwrap_err();
+        assert!(v.detail.contains("at once"), "{v}");
+        let v = check_invalid_key(call(false, 2), Some(&Ok(()))).unwrap_err();
+        assert!(v.detail.contains("served"), "{v}");
+        let v = check_invalid_key(call(true, 2), Some(&refused)).unwrap_err();
+        assert!(v.detail.contains("ran"), "{v}");
+        let v = check_invalid_key(call(false, 3), Some(&refused)).unwrap_err();
+        assert!(v.detail.contains("2 -> 3"), "{v}");
+        let closed: Result<(), CallError> = Err(CallError::SessionClosed);
+        assert_eq!(
+            check_invalid_key(call(false, 2), Some(&closed))
+                .unwrap_err()
+                .rule,
+            "C-1"
+        );
+        let on_closed = InvalidKeyCall {
+            session_closed: true,
+            ..call(false, 2)
+        };
+        check_invalid_key(on_closed, Some(&closed)).unwrap();
+    }
+
+    #[test]
+    fn a_release_reports_exactly_its_failing_hooks() {
+        let failed: Result<(), CallError> = Err(CallError::ReleaseHook("x".into()));
+        check_release(&Ok(()), 0).unwrap();
+        check_release(&failed, 2).unwrap();
+        assert_eq!(check_release(&Ok(()), 1).unwrap_err().rule, "C-12");
+        assert_eq!(check_release(&failed, 0).unwrap_err().rule, "C-12");
+        let other: Result<(), CallError> = Err(CallError::Cancelled);
+        assert_eq!(check_release(&other, 1).unwrap_err().rule, "C-12");
+    }
+
+    #[test]
+    fn a_close_counts_its_refs_and_failing_hooks() {
+        let facts = CloseFacts {
+            released: 3,
+            hook_errors: 1,
+            owned: 3,
+            failed_hooks: 1,
+        };
+        check_close(facts).unwrap();
+        let v = check_close(CloseFacts {
+            released: 2,
+            ..facts
+        })
+        .unwrap_err();
+        assert_eq!(v.rule, "S-1");
+        let v = check_close(CloseFacts {
+            hook_errors: 0,
+            ..facts
+        })
+        .unwrap_err();
+        assert_eq!(v.rule, "S-7");
+    }
+
+    #[test]
+    fn metrics_and_buckets_agree_with_what_was_seen() {
+        check_hook_errors(3, 3).unwrap();
+        assert_eq!(check_hook_errors(2, 3).unwrap_err().rule, "O-1");
+        let b = Buckets {
+            ongoing_calls: 2,
+            completed_calls: 3,
+            completed_calls_by_content: 1,
+            ongoing_arbitrary: 1,
+            completed_arbitrary: 4,
+        };
+        check_buckets(&b, 11).unwrap();
+        let v = check_buckets(&b, 10).unwrap_err();
+        assert_eq!(v.rule, "C-15");
+        assert!(v.detail.contains("sum is 11"), "{v}");
+    }
+
+    #[test]
+    fn a_leak_report_names_the_classes_of_its_buckets() {
+        let buckets = Buckets {
+            ongoing_calls: 1,
+            ..Buckets::default()
+        };
+        let report = LeakReport {
+            buckets,
+            open_sessions: 0,
+            entries: Vec::new(),
+        };
+        check_leak_report(&report, &buckets, 0).unwrap();
+        let v = check_leak_report(&report, &Buckets::default(), 0).unwrap_err();
+        assert_eq!(v.rule, "O-3");
+        let v = check_leak_report(&report, &buckets, 1).unwrap_err();
+        assert!(v.detail.contains("and 1"), "{v}");
+        // The classes come from the buckets: with none in flight, a report
+        // naming stuck in-flight calls is wrong.
+        let completed = Buckets {
+            completed_calls: 2,
+            ..Buckets::default()
+        };
+        let wrong = LeakReport {
+            buckets: completed,
+            ..report
+        };
+        assert_eq!(wrong.classes(), vec![LeakClass::CompletedRefs]);
+        check_leak_report(&wrong, &completed, 0).unwrap();
+    }
+}

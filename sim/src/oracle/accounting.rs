@@ -1,0 +1,101 @@
+//! What the cache reports about itself against what the simulation saw,
+//! judged by the checks the drivers share (`cache_core::checks::accounting`):
+//! an invalid key is refused at once, runs nothing and caches nothing
+//! (C-1); a close counts the refs its session owned and the failing hooks
+//! it ran (S-1, S-7); each cache's metrics count every failing hook that
+//! ran (O-1, C-12); `entries()` is the sum of the buckets (C-15); a leak
+//! report names the classes its buckets show (O-3).
+//! Reported under the rule's own id.
+
+use cache_core::checks::accounting::{
+    check_buckets, check_close, check_hook_errors, check_invalid_key, check_leak_report,
+    AccountingViolation, CloseFacts, InvalidKeyCall,
+};
+use cache_core::facade::Cache;
+use cache_core::machine::SessionId;
+use cache_core::CallError;
+
+use crate::world::{Engine, Plant, Val, World};
+
+fn report(world: &World, what: &str, v: AccountingViolation) {
+    world.violate(v.rule, format!("{what}: {}", v.detail));
+}
+
+/// A call with an invalid key answered (`None`: not at once).
+pub(super) fn invalid_key(
+    world: &World,
+    facts: InvalidKeyCall,
+    answer: Option<&Result<(), CallError>>,
+) {
+    world.count("invalid-key-refused");
+    if let Err(v) = check_invalid_key(facts, answer) {
+        report(world, "an invalid key", v);
+    }
+}
+
+/// Session `sid` of incarnation `inc` began to close: the failing hooks
+/// its close runs are those counted from now.
+pub(super) fn closing(world: &World, inc: u64) {
+    let mut sh = world.shadow();
+    sh.failed_at_close = sh.failed_hooks.get(&(inc, false)).copied().unwrap_or(0);
+}
+
+/// Session `sid` closed, its close reporting `released` refs and
+/// `hook_errors` failing hooks; `owned`: the refs the shadow saw it own.
+/// The call cache's leak report then names what its buckets show (O-3):
+/// checked at closes, which are rare, since a report lists every entry.
+pub(super) fn closed(
+    world: &World,
+    cache: &Cache<Val>,
+    (inc, sid): (u64, SessionId),
+    (released, hook_errors): (usize, usize),
+    owned: usize,
+) {
+    let failed = {
+        let sh = world.shadow();
+        let now = sh.failed_hooks.get(&(inc, false)).copied().unwrap_or(0);
+        usize::try_from(now - sh.failed_at_close).unwrap_or(usize::MAX)
+    };
+    if failed > 0 {
+        world.count("close-with-failing-hooks");
+    }
+    let facts = CloseFacts {
+        released,
+        hook_errors,
+        owned,
+        failed_hooks: failed,
+    };
+    if let Err(v) = check_close(facts) {
+        report(world, &format!("closing {sid}"), v);
+    }
+    if let Err(v) = check_leak_report(&cache.leak_report(), &cache.buckets(), cache.live_entries())
+    {
+        report(world, &format!("after closing {sid}"), v);
+    }
+}
+
+/// After every step: each cache's buckets and failing-hook count.
+pub(super) fn step(world: &World, eng: &Engine) {
+    for (change, name, cache) in [
+        (false, "calls", &eng.calls),
+        (true, "changes", &eng.changes),
+    ] {
+        if let Err(v) = check_buckets(&cache.buckets(), cache.entries()) {
+            report(world, name, v);
+        }
+        let mut seen = world
+            .shadow()
+            .failed_hooks
+            .get(&(eng.inc, change))
+            .copied()
+            .unwrap_or(0);
+        if world.plant == Some(Plant::HookErrorUncounted) && seen > 0 {
+            // Planted: the harness sees one failing hook more than the
+            // cache could have counted.
+            seen += 1;
+        }
+        if let Err(v) = check_hook_errors(cache.metrics().release_hook_errors(), seen) {
+            report(world, name, v);
+        }
+    }
+}
