@@ -7,12 +7,19 @@
 //! canonical encoding; `decode` parses it and recomputes the ten digests.
 //! The baseline is one SHA-256 pass over the chain's canonical encoding:
 //! the floor of hashing that much data.
+//!
+//! The report's gated ratios (digest and decode against the floor) are
+//! also measured as pairs once criterion is done ([`paired`]): criterion's
+//! medians of two benches are taken seconds apart, and a shared machine's
+//! speed drifts in between.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
-use benches::criterion;
+use benches::paired::paired;
+use benches::{criterion, quick};
 use cache_core::id::{CallId, Digest, Literal};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 const DEPTH: usize = 10;
 
@@ -63,9 +70,59 @@ fn id_chain(c: &mut Criterion) {
     g.finish();
 }
 
+/// `iters` runs of `f`, timed.
+fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed()
+}
+
+/// The digest and decode ratios, each measured as a pair with the floor
+/// in alternating rounds. Written for `ci/bench-report` as
+/// `paired_id_digest.json` and `paired_id_decode.json`.
+fn paired_ratios() {
+    let rounds = if quick() { 51 } else { 201 };
+    let round = Duration::from_millis(3);
+    let links = links();
+    let bytes = chain(&links).encode();
+    let floor = |n| timed(n, || drop(black_box(Digest::of(black_box(&bytes)))));
+    paired(
+        rounds,
+        round,
+        |n| timed(n, || drop(black_box(chain(black_box(&links))))),
+        floor,
+    )
+    .report("id_digest");
+    paired(
+        rounds,
+        round,
+        |n| {
+            timed(n, || {
+                drop(black_box(
+                    CallId::decode(black_box(&bytes)).expect("decodes"),
+                ))
+            })
+        },
+        floor,
+    )
+    .report("id_decode");
+}
+
 criterion_group! {
     name = ids;
     config = criterion();
     targets = id_chain
 }
-criterion_main!(ids);
+
+fn main() {
+    let listing = std::env::args().any(|a| a == "--list");
+    ids();
+    Criterion::default().configure_from_args().final_summary();
+    // `BENCH_PAIRS=0` skips the pairs, as in the `hits` bench.
+    let pairs = std::env::var("BENCH_PAIRS").map_or(true, |v| v != "0");
+    if !listing && pairs {
+        paired_ratios();
+    }
+}
