@@ -12,6 +12,21 @@
 //! also measured as pairs once criterion is done ([`paired`]): criterion's
 //! medians of two benches are taken seconds apart, and a shared machine's
 //! speed drifts in between.
+//!
+//! `BENCH_COUNT=N` runs only N iterations of each loop, in the
+//! never-inlined functions `ids::digests`, `ids::decodes` and
+//! `ids::floors`, for callgrind (instructions, which a busy machine does
+//! not distort):
+//!
+//! ```sh
+//! cargo bench -p benches --bench ids --no-run     # prints the binary's path
+//! BENCH_COUNT=10000 valgrind --tool=callgrind --toggle-collect='ids::digests' \
+//!     target/release/deps/ids-<hash>               # then ÷ 10,000
+//! ```
+//!
+//! Valgrind hides the CPU's SHA extensions, so `sha2` hashes in software
+//! there (about 3,450 instructions a block): the floor hashes 14 blocks,
+//! the chain's digests 29.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -70,44 +85,57 @@ fn id_chain(c: &mut Criterion) {
     g.finish();
 }
 
-/// `iters` runs of `f`, timed.
-fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+/// How long `f` takes.
+fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
+    f();
     start.elapsed()
 }
 
 /// The digest and decode ratios, each measured as a pair with the floor
-/// in alternating rounds. Written for `ci/bench-report` as
-/// `paired_id_digest.json` and `paired_id_decode.json`.
+/// in alternating rounds, on the loops `BENCH_COUNT` counts. Written for
+/// `ci/bench-report` as `paired_id_digest.json` and `paired_id_decode.json`.
 fn paired_ratios() {
     let rounds = if quick() { 51 } else { 201 };
     let round = Duration::from_millis(3);
     let links = links();
     let bytes = chain(&links).encode();
-    let floor = |n| timed(n, || drop(black_box(Digest::of(black_box(&bytes)))));
+    let floor = |n| timed(|| floors(&bytes, n as usize));
     paired(
         rounds,
         round,
-        |n| timed(n, || drop(black_box(chain(black_box(&links))))),
+        |n| timed(|| digests(&links, n as usize)),
         floor,
     )
     .report("id_digest");
     paired(
         rounds,
         round,
-        |n| {
-            timed(n, || {
-                drop(black_box(
-                    CallId::decode(black_box(&bytes)).expect("decodes"),
-                ))
-            })
-        },
+        |n| timed(|| decodes(&bytes, n as usize)),
         floor,
     )
     .report("id_decode");
+}
+
+#[inline(never)]
+fn digests(links: &[CallId], n: usize) {
+    for _ in 0..n {
+        black_box(chain(black_box(links)));
+    }
+}
+
+#[inline(never)]
+fn decodes(bytes: &[u8], n: usize) {
+    for _ in 0..n {
+        black_box(CallId::decode(black_box(bytes)).expect("the chain decodes"));
+    }
+}
+
+#[inline(never)]
+fn floors(bytes: &[u8], n: usize) {
+    for _ in 0..n {
+        black_box(Digest::of(black_box(bytes)));
+    }
 }
 
 criterion_group! {
@@ -117,6 +145,18 @@ criterion_group! {
 }
 
 fn main() {
+    if let Ok(count) = std::env::var("BENCH_COUNT") {
+        let Ok(n) = count.parse::<usize>() else {
+            eprintln!("ids: BENCH_COUNT must be a whole number of iterations, got {count:?}");
+            std::process::exit(2);
+        };
+        let links = links();
+        let bytes = chain(&links).encode();
+        digests(&links, n);
+        decodes(&bytes, n);
+        floors(&bytes, n);
+        return;
+    }
     let listing = std::env::args().any(|a| a == "--list");
     ids();
     Criterion::default().configure_from_args().final_summary();
