@@ -7,12 +7,34 @@
 //! canonical encoding; `decode` parses it and recomputes the ten digests.
 //! The baseline is one SHA-256 pass over the chain's canonical encoding:
 //! the floor of hashing that much data.
+//!
+//! The report's gated ratios (digest and decode against the floor) are
+//! also measured as pairs once criterion is done ([`paired`]): criterion's
+//! medians of two benches are taken seconds apart, and a shared machine's
+//! speed drifts in between.
+//!
+//! `BENCH_COUNT=N` runs only N iterations of each loop, in the
+//! never-inlined functions `ids::digests`, `ids::decodes` and
+//! `ids::floors`, for callgrind (instructions, which a busy machine does
+//! not distort):
+//!
+//! ```sh
+//! cargo bench -p benches --bench ids --no-run     # prints the binary's path
+//! BENCH_COUNT=10000 valgrind --tool=callgrind --toggle-collect='ids::digests' \
+//!     target/release/deps/ids-<hash>               # then ÷ 10,000
+//! ```
+//!
+//! Valgrind hides the CPU's SHA extensions, so `sha2` hashes in software
+//! there (about 3,450 instructions a block): the floor hashes 14 blocks,
+//! the chain's digests 29.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
-use benches::criterion;
+use benches::paired::paired;
+use benches::{criterion, quick};
 use cache_core::id::{CallId, Digest, Literal};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 const DEPTH: usize = 10;
 
@@ -63,9 +85,84 @@ fn id_chain(c: &mut Criterion) {
     g.finish();
 }
 
+/// How long `f` takes.
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+/// The digest and decode ratios, each measured as a pair with the floor
+/// in alternating rounds, on the loops `BENCH_COUNT` counts. Written for
+/// `ci/bench-report` as `paired_id_digest.json` and `paired_id_decode.json`.
+fn paired_ratios() {
+    let rounds = if quick() { 51 } else { 201 };
+    let round = Duration::from_millis(3);
+    let links = links();
+    let bytes = chain(&links).encode();
+    let floor = |n| timed(|| floors(&bytes, n as usize));
+    paired(
+        rounds,
+        round,
+        |n| timed(|| digests(&links, n as usize)),
+        floor,
+    )
+    .report("id_digest");
+    paired(
+        rounds,
+        round,
+        |n| timed(|| decodes(&bytes, n as usize)),
+        floor,
+    )
+    .report("id_decode");
+}
+
+#[inline(never)]
+fn digests(links: &[CallId], n: usize) {
+    for _ in 0..n {
+        black_box(chain(black_box(links)));
+    }
+}
+
+#[inline(never)]
+fn decodes(bytes: &[u8], n: usize) {
+    for _ in 0..n {
+        black_box(CallId::decode(black_box(bytes)).expect("the chain decodes"));
+    }
+}
+
+#[inline(never)]
+fn floors(bytes: &[u8], n: usize) {
+    for _ in 0..n {
+        black_box(Digest::of(black_box(bytes)));
+    }
+}
+
 criterion_group! {
     name = ids;
     config = criterion();
     targets = id_chain
 }
-criterion_main!(ids);
+
+fn main() {
+    if let Ok(count) = std::env::var("BENCH_COUNT") {
+        let Ok(n) = count.parse::<usize>() else {
+            eprintln!("ids: BENCH_COUNT must be a whole number of iterations, got {count:?}");
+            std::process::exit(2);
+        };
+        let links = links();
+        let bytes = chain(&links).encode();
+        digests(&links, n);
+        decodes(&bytes, n);
+        floors(&bytes, n);
+        return;
+    }
+    let listing = std::env::args().any(|a| a == "--list");
+    ids();
+    Criterion::default().configure_from_args().final_summary();
+    // `BENCH_PAIRS=0` skips the pairs, as in the `hits` bench.
+    let pairs = std::env::var("BENCH_PAIRS").map_or(true, |v| v != "0");
+    if !listing && pairs {
+        paired_ratios();
+    }
+}

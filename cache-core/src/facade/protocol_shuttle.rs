@@ -65,6 +65,7 @@ fn waiting(cache: &Cache<V>, decision: Decision<V>, wait: Wait) -> (EntryId, Wai
         entry,
         waiter,
         armed: true,
+        value: std::marker::PhantomData,
     };
     (entry, w)
 }

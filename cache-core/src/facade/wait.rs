@@ -1,7 +1,9 @@
 //! Waiting for an outcome, leaving on cancellation, and running resolvers.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
+use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -103,7 +105,13 @@ impl<V> Waits<V> {
             return Some(outcome);
         };
         slot.outcome = Some(outcome);
-        wake.extend(slot.waker.take());
+        // Waiters polled by one task (a `join_all` of a few futures) share
+        // its waker: one wake-up serves them all, the rest would only
+        // schedule the same task again.
+        match slot.waker.take() {
+            Some(w) if wake.last().is_some_and(|last| last.will_wake(&w)) => {}
+            w => wake.extend(w),
+        }
         None
     }
 
@@ -164,11 +172,13 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
             id: waiter.to_string(),
         });
     };
+    // Borrowed, not cloned: the result takes its own clone only once served.
     let mut waiting = Waiting {
-        shared: shared.clone(),
+        shared,
         entry,
         waiter,
         armed: true,
+        value: PhantomData,
     };
     let received = if first_ctx && !starter {
         // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter
@@ -183,7 +193,7 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
     };
     match received {
         Some(r) => match r {
-            Ok(served) => Ok(CallResult::new(waiting.shared.clone(), served)),
+            Ok(served) => Ok(CallResult::new(shared.clone(), served)),
             Err(e) => Err(e),
         },
         None => {
@@ -203,9 +213,9 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
 
 /// Resolves with a waiter's outcome once a completion has put it in the
 /// waiter's slot.
-struct Delivery<'a, V: Clone>(&'a mut Waiting<V>);
+struct Delivery<'a, V: Clone, S: Borrow<Arc<Shared<V>>>>(&'a mut Waiting<V, S>);
 
-impl<V: Clone> Future for Delivery<'_, V> {
+impl<V: Clone, S: Borrow<Arc<Shared<V>>>> Future for Delivery<'_, V, S> {
     type Output = Outcome<V>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
@@ -230,20 +240,24 @@ pub(crate) async fn settled<V>(
     }
 }
 
-/// A registered waiter; dropping it unanswered is leaving (C-5).
-pub(super) struct Waiting<V: Clone> {
-    pub(super) shared: Arc<Shared<V>>,
+/// A registered waiter; dropping it unanswered is leaving (C-5). `S` is how
+/// it holds the cache: a caller's wait borrows the cache's own `Arc` (no
+/// reference count update per waiter), a test's waiter owns one.
+pub(super) struct Waiting<V: Clone, S: Borrow<Arc<Shared<V>>> = Arc<Shared<V>>> {
+    pub(super) shared: S,
     pub(super) entry: EntryId,
     pub(super) waiter: WaiterId,
     /// Still registered: its outcome not yet taken, nor left.
     pub(super) armed: bool,
+    /// `V` appears only in `S`'s bound, which a struct cannot name alone.
+    pub(super) value: PhantomData<fn() -> V>,
 }
 
-impl<V: Clone> Waiting<V> {
+impl<V: Clone, S: Borrow<Arc<Shared<V>>>> Waiting<V, S> {
     /// Takes the outcome out of this waiter's slot if it has been
     /// delivered; otherwise leaves `waker` (if any) to be woken when it is.
     pub(super) fn poll_delivered(&mut self, waker: Option<&Waker>) -> Poll<Outcome<V>> {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.borrow().lock();
         let Some(slot) = state.waits.slots.get_mut(&self.waiter) else {
             // A slot goes only with its own waiter (taking its outcome, or
             // leaving), so this is not reached; answering it as a
@@ -279,8 +293,9 @@ impl<V: Clone> Waiting<V> {
         if !std::mem::take(&mut self.armed) {
             return;
         }
+        let shared = self.shared.borrow();
         let releases = {
-            let mut state = self.shared.lock();
+            let mut state = shared.lock();
             let slot = state.waits.slots.remove(&self.waiter);
             match state.machine.leave(self.entry, self.waiter) {
                 Left::Removed => Vec::new(),
@@ -297,11 +312,11 @@ impl<V: Clone> Waiting<V> {
                 },
             }
         };
-        let _ = run_hooks(&self.shared, releases);
+        let _ = run_hooks(shared, releases);
     }
 }
 
-impl<V: Clone> Drop for Waiting<V> {
+impl<V: Clone, S: Borrow<Arc<Shared<V>>>> Drop for Waiting<V, S> {
     fn drop(&mut self) {
         self.leave();
     }

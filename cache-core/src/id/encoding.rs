@@ -277,11 +277,25 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, IdError> {
+        Ok(self.str()?.to_owned())
+    }
+
+    /// A string borrowed from the input: a field, module or view is kept
+    /// as an `Arc<str>`, made straight from it (an owned `String` first
+    /// would be one more allocation, copy and free per link).
+    fn str(&mut self) -> Result<&'a str, IdError> {
         let len = self.count(1)?;
         let offset = self.pos;
         let bytes = self.take(len, "string bytes")?;
-        let text = std::str::from_utf8(bytes).map_err(|_| IdError::InvalidUtf8 { offset })?;
-        Ok(text.to_owned())
+        std::str::from_utf8(bytes).map_err(|_| IdError::InvalidUtf8 { offset })
+    }
+
+    fn opt_str(&mut self, kind: &'static str) -> Result<Option<&'a str>, IdError> {
+        Ok(if self.present(kind)? {
+            Some(self.str()?)
+        } else {
+            None
+        })
     }
 
     /// An option flag: exactly 0 or 1, so the encoding stays canonical.
@@ -292,14 +306,6 @@ impl<'a> Reader<'a> {
             1 => Ok(true),
             tag => Err(IdError::UnknownTag { kind, tag, offset }),
         }
-    }
-
-    fn opt_string(&mut self, kind: &'static str) -> Result<Option<String>, IdError> {
-        Ok(if self.present(kind)? {
-            Some(self.string()?)
-        } else {
-            None
-        })
     }
 
     fn opt_digest(&mut self, kind: &'static str) -> Result<Option<super::Digest>, IdError> {
@@ -328,7 +334,7 @@ fn read_call(r: &mut Reader<'_>, depth: usize) -> Result<CallId, IdError> {
 }
 
 fn read_link(r: &mut Reader<'_>, receiver: Option<CallId>, depth: usize) -> Result<Parts, IdError> {
-    let field = r.string()?;
+    let field = r.str()?;
     let argc = r.count(MIN_ARG_LEN)?;
     let mut args = Vec::with_capacity(argc);
     for _ in 0..argc {
@@ -340,8 +346,8 @@ fn read_link(r: &mut Reader<'_>, receiver: Option<CallId>, depth: usize) -> Resu
             sensitive: false,
         });
     }
-    let module = r.opt_string("module option")?;
-    let view = r.opt_string("view option")?;
+    let module = r.opt_str("module option")?;
+    let view = r.opt_str("view option")?;
     let nth = r.u64()?;
     let custom_digest = r.opt_digest("custom digest option")?;
     let content_digest = r.opt_digest("content digest option")?;

@@ -16,6 +16,13 @@ pub struct Key {
     generation: u32,
 }
 
+impl Key {
+    /// The slot index, the same for every generation of the slot.
+    pub(crate) fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}v{}", self.index, self.generation)
