@@ -56,12 +56,16 @@ pub enum Bug {
     /// A forced retry (S-4) emits telemetry only if its key was not seen in
     /// the session yet, so the retry's resolver run has no span (breaks S-5).
     ForcedRetrySilent,
+    /// A session's fresh TTL key ignores the TTL window (the same key in
+    /// every window), so once its TTL expired the session is served its
+    /// own expired result (breaks T-7 / INV-8).
+    TtlKeyOutlivesWindow,
 }
 
 impl Bug {
     /// Every switch, in a fixed order (the order `cache-sim zoo` hunts and
     /// lists them in).
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::DupCompletionDiscard,
         Bug::SessionLateAppendLeak,
         Bug::ErrorPathIgnoresWaiters,
@@ -72,6 +76,7 @@ impl Bug {
         Bug::ContentHitForeignRecipe,
         Bug::TtlDbFailOpen,
         Bug::ForcedRetrySilent,
+        Bug::TtlKeyOutlivesWindow,
     ];
 
     /// The switch's id, as the command line spells it.
@@ -87,6 +92,7 @@ impl Bug {
             Bug::ContentHitForeignRecipe => "content-hit-foreign-recipe",
             Bug::TtlDbFailOpen => "ttl-db-fail-open",
             Bug::ForcedRetrySilent => "forced-retry-silent",
+            Bug::TtlKeyOutlivesWindow => "ttl-key-outlives-window",
         }
     }
 
@@ -102,6 +108,7 @@ impl Bug {
             Bug::ContentHitForeignRecipe => "C-8",
             Bug::TtlDbFailOpen => "T-2",
             Bug::ForcedRetrySilent => "S-5",
+            Bug::TtlKeyOutlivesWindow => "T-7",
         }
     }
 
@@ -125,6 +132,8 @@ impl Bug {
             Bug::TtlDbFailOpen => &["INV-8"],
             // No §9 invariant covers telemetry: the check reports the rule.
             Bug::ForcedRetrySilent => &["S-5"],
+            // The drivers report the rule the shared serve check names.
+            Bug::TtlKeyOutlivesWindow => &["INV-8", "T-7"],
         }
     }
 

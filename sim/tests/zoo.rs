@@ -109,6 +109,11 @@ fn forced_retry_silent_is_caught() {
 }
 
 #[test]
+fn ttl_key_outlives_window_is_caught() {
+    caught(Bug::TtlKeyOutlivesWindow);
+}
+
+#[test]
 fn unknown_bug_name_is_a_clear_error() {
     let err = Scenario::named("standard")
         .unwrap()

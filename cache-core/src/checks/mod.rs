@@ -16,3 +16,4 @@ pub mod accounting;
 pub mod answers;
 pub mod telemetry;
 pub mod ttl_rows;
+pub mod ttl_served;

@@ -25,9 +25,10 @@ use crate::checks::accounting::{
 };
 use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
+use crate::checks::ttl_served::{self, ServedCall, TtlResult};
 use crate::error::CallError;
 use crate::facade::{
-    Cache, CallKey, CallResult, CloseSummary, Ctx, ManualClock, ResolverCtx, Session, Span,
+    Cache, CallKey, CallResult, Clock, CloseSummary, Ctx, ManualClock, ResolverCtx, Session, Span,
     Telemetry,
 };
 use crate::id::CallId;
@@ -103,12 +104,15 @@ struct RunInfo {
     key: String,
     conc: String,
     dnc: bool,
-    ttl: bool,
+    /// The call's TTL, ms (0: none).
+    ttl_ms: i64,
     arbitrary: bool,
     requested: Option<CallId>,
     obey_cancel: bool,
     /// The S-5 judge's number for the call (set when it is spawned).
     call: u64,
+    /// The step it was issued at and the clock then (T-7).
+    issued: (u64, i64),
 }
 
 /// The driver's telemetry sink: every span goes to the S-5 judge, and
@@ -213,8 +217,8 @@ struct Stored {
     value: Option<u32>,
     id: Option<CallId>,
     content_key: Option<String>,
-    /// Made by a TTL'd call: (its session, safe to persist).
-    ttl: Option<(Option<SessionId>, bool)>,
+    /// Made by a TTL'd call: its session, safety and TTL window.
+    ttl: Option<TtlResult<Option<SessionId>>>,
 }
 
 struct Driver {
@@ -298,6 +302,12 @@ impl Driver {
     fn fail(&self, invariant: &'static str, detail: String) -> Failure {
         let op = self.op.as_ref().map(|o| o as &dyn std::fmt::Debug);
         Failure::at(invariant, self.step, detail, op, &self.cache.leak_report())
+    }
+
+    /// The step a call is issued at and the clock then: the driver's
+    /// clock only moves forward, so its reading is the cache's highest.
+    fn issued(&self) -> (u64, i64) {
+        (self.step as u64, self.clock.now_ms())
     }
 
     fn is_open(&self, s: SessionId) -> bool {
@@ -405,11 +415,12 @@ impl Driver {
                     key: id.call_key(),
                     conc: conc.clone(),
                     dnc,
-                    ttl: ttl.ms() > 0,
+                    ttl_ms: i64::try_from(ttl.ms()).unwrap_or(i64::MAX),
                     arbitrary: false,
                     requested: Some(id.clone()),
                     obey_cancel,
                     call: 0,
+                    issued: self.issued(),
                 };
                 let key = CallKey::new(id)
                     .concurrency_key(conc)
@@ -429,11 +440,12 @@ impl Driver {
                     key: key.clone(),
                     conc: String::new(),
                     dnc: false,
-                    ttl: false,
+                    ttl_ms: 0,
                     arbitrary: true,
                     requested: None,
                     obey_cancel,
                     call: 0,
+                    issued: self.issued(),
                 };
                 self.spawn_arbitrary(ctx, origin, key, info);
             }
@@ -460,11 +472,12 @@ impl Driver {
                     key: id.call_key(),
                     conc: conc.clone(),
                     dnc,
-                    ttl: false,
+                    ttl_ms: 0,
                     arbitrary: false,
                     requested: Some(id.clone()),
                     obey_cancel,
                     call: 0,
+                    issued: self.issued(),
                 };
                 let key = CallKey::new(id).concurrency_key(conc).do_not_cache(dnc);
                 self.spawn_call(ctx, origin, key, info);
@@ -711,7 +724,14 @@ impl Driver {
                         value,
                         content_key: id.as_ref().and_then(|i| i.content_key()),
                         id,
-                        ttl: r.info.ttl.then_some((r.info.session, safe)),
+                        // Its row's expiry and its fresh key's window both
+                        // end by the clock now plus its TTL (T-2).
+                        ttl: (r.info.ttl_ms > 0).then(|| TtlResult {
+                            session: r.info.session,
+                            safe,
+                            valid_until: self.clock.now_ms().saturating_add(r.info.ttl_ms),
+                            made_at: self.step as u64,
+                        }),
                     },
                 );
                 Command::Finish(Ok(resolved))
@@ -827,7 +847,7 @@ impl Driver {
                     && !r.info.conc.is_empty()
                     && o.info.conc == r.info.conc
                     && !abandoned
-                    && (!r.info.ttl || o.info.session == r.info.session)
+                    && (r.info.ttl_ms == 0 || o.info.session == r.info.session)
             };
             ensure!(
                 self,
@@ -960,29 +980,14 @@ impl Driver {
                 "a do-not-cache call was served a hit"
             );
             if !result.content_hit() && !c.info.arbitrary {
-                match (c.info.ttl, stored.ttl) {
-                    (false, Some(_)) => {
-                        return Err(self.fail(
-                            "T-3",
-                            format!("a call without TTL hit TTL-scoped result {entry}"),
-                        ))
-                    }
-                    (true, None) => {
-                        return Err(self.fail(
-                            "INV-8",
-                            format!("a TTL key served {entry}, which no TTL call stored"),
-                        ))
-                    }
-                    (true, Some((from, safe))) => {
-                        ensure!(
-                            self,
-                            from == c.info.session || safe,
-                            "INV-8",
-                            "unsafe {entry} from {from:?} reached {:?} through a TTL key",
-                            c.info.session
-                        );
-                    }
-                    (false, None) => {}
+                let call = ServedCall {
+                    ttl: c.info.ttl_ms > 0,
+                    session: c.info.session,
+                    arrived_at: c.info.issued.0,
+                    clock: c.info.issued.1,
+                };
+                if let Err(v) = ttl_served::judge(call, stored.ttl) {
+                    return Err(self.fail(v.rule, format!("{entry}: {}", v.detail)));
                 }
             }
         }

@@ -12,6 +12,7 @@ use crate::checks::accounting::{check_counts, check_invalid_key, check_release, 
 use crate::checks::answers::{judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
+use crate::checks::ttl_served::{self, ServedCall, TtlResult};
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
@@ -159,6 +160,9 @@ struct Stored {
     content_key: Option<String>,
     /// Made by a TTL'd call: (its caller's session, valid until, safe).
     ttl: Option<(Option<SessionId>, i64, bool)>,
+    /// The step it was made at (T-7: only what existed before a call is
+    /// reused by it).
+    made_at: u64,
 }
 
 /// A handle a top-level caller holds; `session` is set when the session owns it.
@@ -1065,42 +1069,34 @@ impl Driver {
         if r.arbitrary {
             return Ok(());
         }
-        match (&r.ttl, stored.ttl) {
-            (None, None) => {}
-            (None, Some(_)) => {
-                return Err(self.fail(
-                    "T-3",
-                    format!("a call without TTL hit TTL-scoped result {entry}"),
-                ))
-            }
-            (Some(_), None) => {
-                return Err(self.fail(
-                    "INV-8",
-                    format!("a TTL key served {entry}, which no TTL call stored"),
-                ))
-            }
-            (Some(run), Some((session, valid_until, safe))) => {
-                if session != r.caller.session {
-                    ensure!(
-                        self,
-                        safe && run.shared,
-                        "INV-8",
-                        "{entry} (safe {safe}) from {session:?} reached {:?} through a TTL key (shared {})",
-                        r.caller.session,
-                        run.shared
-                    );
-                }
-                let mapped = self.row_expiry.get(&r.key).copied().unwrap_or(i64::MIN);
-                ensure!(
-                    self,
-                    self.now <= valid_until.max(mapped),
-                    "T-7",
-                    "{entry} served through {} at {}, its TTL ended at {}",
-                    r.key,
-                    self.now,
-                    valid_until.max(mapped)
-                );
-            }
+        // The row a later session shares can outlive the window the result
+        // was made in: the result stays servable while either lasts.
+        let mapped = self.row_expiry.get(&r.key).copied().unwrap_or(i64::MIN);
+        let made = stored.ttl.map(|(session, valid_until, safe)| TtlResult {
+            session,
+            safe,
+            valid_until: valid_until.max(mapped),
+            made_at: stored.made_at,
+        });
+        let call = ServedCall {
+            ttl: r.ttl.is_some(),
+            session: r.caller.session,
+            arrived_at: self.step as u64,
+            clock: self.now,
+        };
+        if let Err(v) = ttl_served::judge(call, made) {
+            return Err(self.fail(v.rule, format!("{entry} through {}: {}", r.key, v.detail)));
+        }
+        // This model also knows which keys are shared: another session
+        // reaches a TTL'd result only through a live row's key (T-2).
+        if let (Some(run), Some((session, _, _))) = (&r.ttl, stored.ttl) {
+            ensure!(
+                self,
+                session == r.caller.session || run.shared,
+                "INV-8",
+                "{entry} from {session:?} reached {:?} through a fresh key",
+                r.caller.session
+            );
         }
         Ok(())
     }
@@ -1196,6 +1192,7 @@ impl Driver {
                     };
                     (session, t.valid_until, safe)
                 }),
+                made_at: self.step as u64,
             };
             self.results.insert(entry, stored);
         }

@@ -644,6 +644,18 @@ impl<V: Clone + Send + 'static> Cache<V> {
         };
         req.storage_key = Some(choice.storage_key().to_string());
         match choice {
+            StorageKeyChoice::Fresh { mut write, .. } if self.bug(Bug::TtlKeyOutlivesWindow) => {
+                // BUG (ttl-key-outlives-window, breaks T-7 / INV-8): the
+                // fresh key of the first window, in every window.
+                let sid = ctx
+                    .session
+                    .map_or_else(|| "-".to_string(), |s| self.ttl_identity(s));
+                let first =
+                    crate::ttl::choose_storage_key(&write.call_key, &sid, 0, ttl_ms, Ok(None));
+                write.row.storage_key = first.storage_key().to_string();
+                req.storage_key = Some(write.row.storage_key.clone());
+                req.ttl_write = Some(write);
+            }
             StorageKeyChoice::Fresh { write, .. } => req.ttl_write = Some(write),
             StorageKeyChoice::Live { .. } => req.shared_storage = true,
             StorageKeyChoice::Degraded { .. } if self.bug(Bug::TtlDbFailOpen) => {
