@@ -525,6 +525,7 @@ async fn call<H: EngineHost>(conn: Conn<H>, req: u64, op_index: usize, token: Ca
         inc,
         session: sid,
         ttl_key,
+        clock: t0_clock,
     });
     let who = format!("client{}", conn.client);
     let on_calls = !matches!(op.kind, OpKind::Arbitrary { change: true, .. });

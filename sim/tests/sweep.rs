@@ -102,6 +102,7 @@ fn default_sweep_passes_and_every_enabled_fault_fires() {
     for case in [
         "session-calls-overlapping",
         "ttl-key-twice-in-one-session",
+        "ttl-expired-in-session",
         "close-with-calls-in-flight",
         "closed-during-execution",
         "cancel:call",

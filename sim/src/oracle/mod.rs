@@ -104,6 +104,8 @@ pub enum Observation<'a> {
         session: SessionId,
         /// The key, when it is a call of a TTL'd key.
         ttl_key: Option<u64>,
+        /// The engine clock when the call reached the engine.
+        clock: i64,
     },
     /// The cache answered with a result whose ref the session owns
     /// (`owned`: a session-owned call-cache result).
@@ -287,6 +289,7 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             inc,
             session,
             ttl_key,
+            clock,
         } => {
             let mut coverage = Vec::new();
             let mut sh = world.shadow();
@@ -300,6 +303,9 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                     *n += 1;
                     if *n >= 2 {
                         coverage.push("ttl-key-twice-in-one-session");
+                    }
+                    if s.ttl_served_until.get(&k).is_some_and(|&until| clock > until) {
+                        coverage.push("ttl-expired-in-session");
                     }
                 }
             }
@@ -486,6 +492,10 @@ pub const CASES: &[(&str, &str)] = &[
     (
         "ttl-key-twice-in-one-session",
         "one TTL'd key called twice at once in one session (T-2)",
+    ),
+    (
+        "ttl-expired-in-session",
+        "a session calls a TTL'd key again after the result it was served expired (T-7)",
     ),
     (
         "close-with-calls-in-flight",

@@ -17,6 +17,9 @@ pub struct SessionShadow {
     pub pending: u32,
     /// Of those, calls of TTL'd keys, by key.
     pub ttl_keys: BTreeMap<u64, u32>,
+    /// For each TTL'd key, the engine clock at which the TTL of the last
+    /// result the session was served of it ends (T-7 coverage).
+    pub ttl_served_until: BTreeMap<u64, i64>,
     /// Still open.
     pub open: bool,
 }

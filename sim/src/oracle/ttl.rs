@@ -39,4 +39,12 @@ pub(super) fn served(world: &World, s: &Served<'_>, v: &Val) {
             format!("k{key}: result o{}: {} ({})", v.out, e.detail, e.rule),
         );
     }
+    if let Some(t) = stored {
+        // What a later call of the key in this session must not get back
+        // once the clock is past it (counted as `ttl-expired-in-session`).
+        let mut sh = world.shadow();
+        if let Some(sess) = sh.sessions.get_mut(&(s.inc, s.session)) {
+            sess.ttl_served_until.insert(key, t.valid_until);
+        }
+    }
 }
