@@ -304,7 +304,10 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                     if *n >= 2 {
                         coverage.push("ttl-key-twice-in-one-session");
                     }
-                    if s.ttl_served_until.get(&k).is_some_and(|&until| clock > until) {
+                    if s.ttl_served_until
+                        .get(&k)
+                        .is_some_and(|&until| clock > until)
+                    {
                         coverage.push("ttl-expired-in-session");
                     }
                 }
