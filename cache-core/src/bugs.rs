@@ -60,12 +60,16 @@ pub enum Bug {
     /// every window), so once its TTL expired the session is served its
     /// own expired result (breaks T-7 / INV-8).
     TtlKeyOutlivesWindow,
+    /// A completed call's prepared TTL write goes ahead whether or not its
+    /// result was marked safe to persist, so other sessions reach an unsafe
+    /// result through the row (breaks T-3 / INV-8).
+    TtlWriteIgnoresSafety,
 }
 
 impl Bug {
     /// Every switch, in a fixed order (the order `cache-sim zoo` hunts and
     /// lists them in).
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::DupCompletionDiscard,
         Bug::SessionLateAppendLeak,
         Bug::ErrorPathIgnoresWaiters,
@@ -77,6 +81,7 @@ impl Bug {
         Bug::TtlDbFailOpen,
         Bug::ForcedRetrySilent,
         Bug::TtlKeyOutlivesWindow,
+        Bug::TtlWriteIgnoresSafety,
     ];
 
     /// The switch's id, as the command line spells it.
@@ -93,6 +98,7 @@ impl Bug {
             Bug::TtlDbFailOpen => "ttl-db-fail-open",
             Bug::ForcedRetrySilent => "forced-retry-silent",
             Bug::TtlKeyOutlivesWindow => "ttl-key-outlives-window",
+            Bug::TtlWriteIgnoresSafety => "ttl-write-ignores-safety",
         }
     }
 
@@ -109,6 +115,7 @@ impl Bug {
             Bug::TtlDbFailOpen => "T-2",
             Bug::ForcedRetrySilent => "S-5",
             Bug::TtlKeyOutlivesWindow => "T-7",
+            Bug::TtlWriteIgnoresSafety => "T-3",
         }
     }
 
@@ -134,6 +141,9 @@ impl Bug {
             Bug::ForcedRetrySilent => &["S-5"],
             // The drivers report the rule the shared serve check names.
             Bug::TtlKeyOutlivesWindow => &["INV-8", "T-7"],
+            // The drivers report the rule their write checks name; an
+            // unsafe result reaching another session is INV-8 in all three.
+            Bug::TtlWriteIgnoresSafety => &["INV-8", "T-3"],
         }
     }
 

@@ -495,3 +495,36 @@ fn t7_ttl_key_outlives_window_is_caught_by_the_facade_driver() {
     assert_eq!(found.invariant, "T-7", "{}", found.detail);
     assert!(found.detail.contains("its own session"), "{}", found.detail);
 }
+
+/// The TTL write checks (T-3 at write time) fire on a real fault of the
+/// cache: with `ttl-write-ignores-safety` on (a prepared write goes ahead
+/// for a result not safe to persist), the machine driver's runs fail with
+/// T-3, and so do the facade driver's, from the rows its store recorded.
+#[test]
+fn t3_ttl_write_ignores_safety_is_caught_by_both_drivers() {
+    use cache_core::bugs::{Bug, Bugs};
+    let bugs = Bugs::none().with(Bug::TtlWriteIgnoresSafety);
+    let machine = (1..=12u8).find_map(|seed| {
+        let input = MachineInput {
+            change_cache: seed % 2 == 1,
+            ops: sample(prop::collection::vec(op(), 2_000), seed),
+        };
+        driver::run_machine_with(&input, bugs).err()
+    });
+    let machine = machine.expect("12 machine runs catch ttl-write-ignores-safety");
+    assert_eq!(machine.invariant, "T-3", "{}", machine.detail);
+    let facade = (1..=24u8).find_map(|seed| {
+        let input = FacadeInput {
+            change_cache: seed % 2 == 1,
+            ops: sample(prop::collection::vec(session_op(), 1000), seed),
+        };
+        driver::run_facade_with(&input, bugs).err()
+    });
+    let facade = facade.expect("24 facade runs catch ttl-write-ignores-safety");
+    assert_eq!(facade.invariant, "T-3", "{}", facade.detail);
+    assert!(
+        facade.detail.contains("safe to persist"),
+        "{}",
+        facade.detail
+    );
+}

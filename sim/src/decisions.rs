@@ -82,6 +82,21 @@ pub struct Release {
     pub out: u64,
 }
 
+/// A TTL row the cache wrote (T-3, T-4), as the simulation saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlWrite {
+    /// Simulated ms of the step that judged it.
+    pub ms: u64,
+    /// The plan key the row is for.
+    pub key: u64,
+    /// The storage key it maps to, short (its first 12 hex digits).
+    pub storage: String,
+    /// The row's expiry, on the engine clock.
+    pub expiration: i64,
+    /// It replaced an expired row (T-4) rather than adding one.
+    pub replaced: bool,
+}
+
 /// The cache's indexes right after a call was answered or a session
 /// closed and released its refs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +239,9 @@ pub struct RunRecord {
     /// The cache's indexes after each answer and session close (S-7).
     #[serde(default)]
     pub snapshots: Vec<IndexSnapshot>,
+    /// The TTL rows the cache wrote, in order (T-3, T-4).
+    #[serde(default)]
+    pub ttl_writes: Vec<TtlWrite>,
     /// The first violation: `INV-n at MS ms: detail`, if any.
     pub violation: Option<(String, u64, String)>,
     /// A loader world's decisions (empty for the call cache).
@@ -249,6 +267,7 @@ struct State {
     decisions: Vec<Decision>,
     releases: Vec<Release>,
     snapshots: Vec<IndexSnapshot>,
+    ttl_writes: Vec<TtlWrite>,
     /// The world is quiet (an engine restart's teardown, whose order tokio
     /// does not fix): nothing is recorded, as the trace records nothing.
     quiet: bool,
@@ -311,8 +330,9 @@ const INDEX: &str = "sim::engine::index";
 const COMPLETION: &str = "cache_core::completion";
 const QUIET: &str = "sim::world::quiet";
 const SPAN: &str = "sim::engine::span";
-const TARGETS: [&str; 8] = [
-    DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION, QUIET, SPAN,
+const TTL_WRITE: &str = "sim::oracle::ttl_write";
+const TARGETS: [&str; 9] = [
+    DECISION, TTL, ANSWER, RELEASE, INDEX, COMPLETION, QUIET, SPAN, TTL_WRITE,
 ];
 
 impl Subscriber for Capture {
@@ -385,6 +405,20 @@ impl Subscriber for Capture {
                 run: get("run"),
                 key: get("key"),
                 out: get("out"),
+            });
+            return;
+        }
+        if e.metadata().target() == TTL_WRITE {
+            // Judged after a step, outside it: the event carries its time.
+            let mut v = U64s::default();
+            e.record(&mut v);
+            let get = |k| v.0.get(k).copied().unwrap_or_default();
+            st.ttl_writes.push(TtlWrite {
+                ms: get("ms"),
+                key: get("key"),
+                storage: f.text.get("storage").cloned().unwrap_or_default(),
+                expiration: get("expiration") as i64,
+                replaced: get("replaced") != 0,
             });
             return;
         }
@@ -536,11 +570,13 @@ pub fn record_run(plan: Plan, scenario: &Scenario) -> (RunOutcome, RunRecord) {
     let decisions = std::mem::take(&mut capture.state().decisions);
     let releases = std::mem::take(&mut capture.state().releases);
     let snapshots = std::mem::take(&mut capture.state().snapshots);
+    let ttl_writes = std::mem::take(&mut capture.state().ttl_writes);
     let record = RunRecord {
         trace: outcome.trace.clone(),
         decisions,
         releases,
         snapshots,
+        ttl_writes,
         violation: outcome
             .violations
             .first()

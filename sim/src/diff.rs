@@ -4,11 +4,13 @@
 //! --trace-out`; typically the same seed with and without a bug-zoo switch,
 //! or before and after a change.
 //!
-//! Two streams are compared, each up to the end of the shorter run (a run
-//! stops at its first violation): the lookups with their answers, and the
+//! Four streams are compared, each up to the end of the shorter run (a run
+//! stops at its first violation): the lookups with their answers; the
 //! releases (a result's hook running when the cache lets go of it: its last
-//! ref went, or a duplicate completion was discarded, C-7). The earlier
-//! divergence in simulated time is the one reported.
+//! ref went, or a duplicate completion was discarded, C-7); the indexes
+//! after each completion and session close; and the TTL rows written (T-3,
+//! T-4), where a fault that changes only what is persisted shows first.
+//! The earliest divergence in simulated time is the one reported.
 //!
 //! The loader worlds' records hold loader decisions instead (a node's read
 //! or write with its path and answer, a flight answered): the first one
@@ -16,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use crate::decisions::{Decision, IndexSnapshot, LoaderDecision, Release, RunRecord};
+use crate::decisions::{Decision, IndexSnapshot, LoaderDecision, Release, RunRecord, TtlWrite};
 
 /// Where two runs first diverge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Divergence {
     pub release: Option<(Option<Release>, Option<Release>)>,
     /// The indexes after a session close differ: A's and B's snapshots.
     pub close: Option<(Option<IndexSnapshot>, Option<IndexSnapshot>)>,
+    /// The TTL rows written differ: A's and B's at that place.
+    pub ttl_write: Option<(Option<TtlWrite>, Option<TtlWrite>)>,
     /// Simulated ms at which they diverge: the decision's time, or its
     /// answer's when only the answer differs.
     pub ms: u64,
@@ -127,6 +131,7 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
                 common: i,
                 release: None,
                 close: None,
+                ttl_write: None,
                 ms,
                 a: a.decisions.get(i).cloned(),
                 b: b.decisions.get(i).cloned(),
@@ -139,8 +144,11 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
     let releases = first_difference(&a.releases, &b.releases, horizon, |r| r.ms)
         .map(|(x, y, ms)| (ms, Some((x, y)), None));
     let snapshots = first_difference(&a.snapshots, &b.snapshots, horizon, |c| c.ms)
-        .map(|(x, y, ms)| (ms, None, Some((x, y))));
-    for (ms, release, close) in [releases, snapshots].into_iter().flatten() {
+        .map(|(x, y, ms)| (ms, None, Some((x, y)), None));
+    let writes = first_difference(&a.ttl_writes, &b.ttl_writes, horizon, |w| w.ms)
+        .map(|(x, y, ms)| (ms, None, None, Some((x, y))));
+    let releases = releases.map(|(ms, release, close)| (ms, release, close, None));
+    for (ms, release, close, ttl_write) in [releases, snapshots, writes].into_iter().flatten() {
         if best.as_ref().is_none_or(|b| ms < b.ms) {
             let common = common_before(a, b, ms);
             best = Some(Divergence {
@@ -149,6 +157,7 @@ pub fn first_divergence(a: &RunRecord, b: &RunRecord) -> Option<Divergence> {
                 ms,
                 release,
                 close,
+                ttl_write,
                 a: None,
                 b: None,
                 loader: None,
@@ -181,6 +190,7 @@ fn first_loader_divergence(a: &RunRecord, b: &RunRecord, horizon: u64) -> Option
         common: i,
         release: None,
         close: None,
+        ttl_write: None,
         ms,
         a: None,
         b: None,
@@ -215,15 +225,34 @@ fn common_before(a: &RunRecord, b: &RunRecord, ms: u64) -> usize {
 
 /// The last decision for `key` at or before `ms`.
 fn last_of(rec: &RunRecord, key: u64, ms: u64) -> Option<&Decision> {
-    rec.decisions
-        .iter()
-        .rev()
-        .find(|d| d.key == Some(key) && d.ms <= ms)
+    last_where(rec, ms, |d| d.key == Some(key))
+}
+
+/// The last decision at or before `ms` that `pick` accepts.
+fn last_where(rec: &RunRecord, ms: u64, pick: impl Fn(&Decision) -> bool) -> Option<&Decision> {
+    rec.decisions.iter().rev().find(|d| d.ms <= ms && pick(d))
 }
 
 fn release_text(r: &Option<Release>) -> String {
     r.as_ref().map_or("(no release)".into(), |r| {
         format!("{}ms run{} k{} o{} released", r.ms, r.run, r.key, r.out)
+    })
+}
+
+fn write_text(w: &Option<TtlWrite>) -> String {
+    w.as_ref().map_or("(no TTL row written)".into(), |w| {
+        format!(
+            "{}ms k{} -> {} until {}{}",
+            w.ms,
+            w.key,
+            w.storage,
+            w.expiration,
+            if w.replaced {
+                " (replaced an expired row)"
+            } else {
+                ""
+            }
+        )
     })
 }
 
@@ -299,6 +328,13 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
         return out;
     }
     match (&div.release, &div.close) {
+        _ if div.ttl_write.is_some() => {
+            let _ = writeln!(
+                out,
+                "first divergence: a TTL row written at {}ms, after {} common decisions (what the cache persisted, T-3, T-4)",
+                div.ms, div.common
+            );
+        }
         (None, Some((x, y))) => {
             let after = x
                 .as_ref()
@@ -350,10 +386,28 @@ pub fn report(a_name: &str, a: &RunRecord, b_name: &str, b: &RunRecord, context:
             let _ = writeln!(out, "    + {l}");
         }
     }
-    let (da, db) = match &div.release {
-        None if div.close.is_some() => (None, None),
-        None => (div.a.clone(), div.b.clone()),
-        Some((x, y)) => {
+    let (da, db) = match (&div.release, &div.ttl_write) {
+        (None, Some((x, y))) => {
+            let w = x.as_ref().or(y.as_ref());
+            let key = w.map_or(0, |w| w.key);
+            let storage = w.map_or("", |w| w.storage.as_str());
+            let _ = writeln!(out, "  {a_name}: {}", write_text(x));
+            let _ = writeln!(out, "  {b_name}: {}", write_text(y));
+            let _ = writeln!(
+                out,
+                "  the last lookup of k{key} under storage {storage} before it, in each run:"
+            );
+            // The lookup that chose the row's storage key, else the key's last.
+            let pick = |rec| {
+                last_where(rec, div.ms, |d| d.key == Some(key) && d.storage == storage)
+                    .or_else(|| last_of(rec, key, div.ms))
+                    .cloned()
+            };
+            (pick(a), pick(b))
+        }
+        (None, None) if div.close.is_some() => (None, None),
+        (None, None) => (div.a.clone(), div.b.clone()),
+        (Some((x, y)), _) => {
             let key = x.as_ref().or(y.as_ref()).map_or(0, |r| r.key);
             let _ = writeln!(out, "  {a_name}: {}", release_text(x));
             let _ = writeln!(out, "  {b_name}: {}", release_text(y));

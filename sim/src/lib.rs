@@ -23,7 +23,6 @@
 
 pub mod cli;
 pub mod client;
-pub mod counting_store;
 pub mod decisions;
 pub mod diff;
 pub mod engine;

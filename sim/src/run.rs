@@ -9,13 +9,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use cache_core::machine::{Buckets, LeakReport};
 use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 
-use crate::counting_store::CountingStore;
 use crate::plan::{latency_ms, FaultKind, Plan};
 use crate::rng::fnv64;
 use crate::scenario::{Scenario, StoreKind};
 use crate::sqlite_lock::SqliteLock;
 use crate::world::{Plant, Violation, World, EPOCH_MS};
 use crate::{client, engine, oracle};
+use cache_core::ttl::RecordingStore;
 
 /// Simulated ms after healing by which everything must have drained (INV-11).
 pub const DRAIN_MS: u64 = 20_000;
@@ -140,7 +140,7 @@ pub fn run_plan(plan: Plan, scenario: &Scenario, plant: Option<Plant>) -> RunOut
             (Arc::new(s), None, Some(dir))
         }
     };
-    let store = Arc::new(CountingStore::new(store));
+    let store = Arc::new(RecordingStore::new(store));
     let mut world = World::new(plan.clone(), plant, store.clone(), memory);
     world.bugs = scenario.bugs;
     let world = Arc::new(world);

@@ -12,9 +12,9 @@ use cache_core::id::{CallId, Digest, Literal};
 use cache_core::machine::SessionId;
 use cache_core::ttl::MemoryTtlStore;
 
-use crate::counting_store::CountingStore;
 use crate::oracle::Shadow;
 use crate::plan::Plan;
+use cache_core::ttl::RecordingStore;
 
 /// Fixed epoch of every simulation: 2024-01-01T00:00:00Z, in ms.
 pub const EPOCH_MS: i64 = 1_704_067_200_000;
@@ -171,7 +171,7 @@ pub struct World {
     engine: Mutex<Option<Engine>>,
     incarnation: AtomicU64,
     /// The TTL store (kept across engine restarts).
-    pub store: Arc<CountingStore>,
+    pub store: Arc<RecordingStore>,
     /// The same store when it is the in-memory one (faults).
     pub memory: Option<Arc<MemoryTtlStore>>,
     /// Per client: drop the connection at the next chance.
@@ -206,7 +206,7 @@ impl World {
     pub fn new(
         plan: Plan,
         plant: Option<Plant>,
-        store: Arc<CountingStore>,
+        store: Arc<RecordingStore>,
         memory: Option<Arc<MemoryTtlStore>>,
     ) -> Self {
         let n = plan.clients.len();

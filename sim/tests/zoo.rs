@@ -114,6 +114,11 @@ fn ttl_key_outlives_window_is_caught() {
 }
 
 #[test]
+fn ttl_write_ignores_safety_is_caught() {
+    caught(Bug::TtlWriteIgnoresSafety);
+}
+
+#[test]
 fn unknown_bug_name_is_a_clear_error() {
     let err = Scenario::named("standard")
         .unwrap()

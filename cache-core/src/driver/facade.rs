@@ -25,6 +25,7 @@ use crate::checks::accounting::{
 };
 use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
+use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::checks::ttl_served::{self, ServedCall, TtlResult};
 use crate::error::CallError;
 use crate::facade::{
@@ -33,7 +34,7 @@ use crate::facade::{
 };
 use crate::id::CallId;
 use crate::machine::{Buckets, EntryId, Resolved, SessionId};
-use crate::ttl::{MemoryTtlStore, StoreFaults};
+use crate::ttl::{MemoryTtlStore, RecordingStore, StoreFaults};
 
 /// The cache instance the driver uses.
 const INSTANCE: u64 = 11;
@@ -228,6 +229,14 @@ struct Driver {
     change: bool,
     clock: ManualClock,
     store: Arc<MemoryTtlStore>,
+    /// The store as the cache sees it: the rows it wrote, to judge.
+    recorder: Arc<RecordingStore>,
+    /// T-2, T-4 judge of every row written.
+    rows: RowCheck,
+    /// The longest TTL any call of each call key had (the bound of its rows).
+    ttl_of: BTreeMap<String, i64>,
+    /// Call keys a TTL'd resolver produced a result safe to persist for (T-3).
+    safe_keys: BTreeSet<String>,
     registry: Arc<Mutex<Registry>>,
     ids: Vec<CallId>,
     sessions: Vec<Session<u32>>,
@@ -257,6 +266,7 @@ impl Driver {
     fn new(change: bool, bugs: Bugs) -> Self {
         let clock = ManualClock::new(1_000_000);
         let store = Arc::new(MemoryTtlStore::new());
+        let recorder = Arc::new(RecordingStore::new(store.clone()));
         let spans = Arc::new(Mutex::new(SpanCheck::new()));
         let span_found = Arc::new(Mutex::new(Vec::new()));
         let mut builder = Cache::builder()
@@ -267,7 +277,7 @@ impl Driver {
             .instance_id_for_replay(INSTANCE)
             .blocking_executor(Arc::new(crate::facade::Inline))
             .clock(Arc::new(clock.clone()))
-            .ttl_store(store.clone())
+            .ttl_store(recorder.clone())
             .bugs(bugs);
         if change {
             builder = builder.change_cache();
@@ -279,6 +289,10 @@ impl Driver {
             change,
             clock,
             store,
+            recorder,
+            rows: RowCheck::new(),
+            ttl_of: BTreeMap::new(),
+            safe_keys: BTreeSet::new(),
             registry: Arc::new(Mutex::new(Registry::default())),
             ids: call_ids(),
             sessions: Vec::new(),
@@ -409,6 +423,9 @@ impl Driver {
                 let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
                 if ttl.ms() > 0 {
                     self.stats.ttl_calls += 1;
+                    let ms = i64::try_from(ttl.ms()).unwrap_or(i64::MAX);
+                    let longest = self.ttl_of.entry(id.call_key()).or_insert(0);
+                    *longest = (*longest).max(ms);
                 }
                 let info = RunInfo {
                     session: ctx.session,
@@ -703,6 +720,9 @@ impl Driver {
                 }
                 .with_release(counter.hook())
                 .safe_to_persist(safe);
+                if safe && r.info.ttl_ms > 0 {
+                    self.safe_keys.insert(r.info.key.clone());
+                }
                 if let Some(i) = returned_id.filter(|_| !r.info.arbitrary) {
                     resolved.id = Some(self.ids[usize::from(i) % self.ids.len()].clone());
                 }
@@ -821,10 +841,55 @@ impl Driver {
             }
         }
         let found = std::mem::take(&mut *self.span_found.lock().expect("spans"));
-        match found.into_iter().next() {
-            Some(detail) => Err(self.fail("S-5", detail)),
-            None => Ok(()),
+        if let Some(detail) = found.into_iter().next() {
+            return Err(self.fail("S-5", detail));
         }
+        self.check_ttl_writes()
+    }
+
+    /// The rows the cache wrote since the last settle (T-2, T-3, T-4): each
+    /// for a call key some TTL'd resolver produced a safe result for, naming
+    /// a storage key whose stored entry (if still there) was itself safe,
+    /// and judged by the row check the simulation and the machine driver
+    /// share.
+    fn check_ttl_writes(&mut self) -> Result<(), Failure> {
+        for w in self.recorder.take_writes() {
+            self.stats.ttl_writes += 1;
+            ensure!(
+                self,
+                self.safe_keys.contains(&w.call_key),
+                "T-3",
+                "a TTL row for {} was written, but no result of it was safe to persist",
+                w.call_key
+            );
+            let stored = self
+                .cache
+                .inspect(|m| m.completed_under(&w.row.storage_key));
+            if let Some(entry) = stored {
+                let safe = self.results.get(&entry).and_then(|r| r.ttl).map(|t| t.safe);
+                ensure!(
+                    self,
+                    safe != Some(false),
+                    "T-3",
+                    "a TTL row for {} names {}, stored as {entry}, whose result was not safe to persist",
+                    w.call_key,
+                    w.row.storage_key
+                );
+            }
+            let ttl_ms = self.ttl_of.get(&w.call_key).copied().unwrap_or(0);
+            let judged = self.rows.written(RowWrite {
+                call_key: &w.call_key,
+                label: &w.call_key,
+                storage_key: &w.row.storage_key,
+                expiration: w.row.expiration,
+                compare: w.compare.as_deref(),
+                ttl_ms,
+                // The driver's clock only moves forward.
+                high_water: self.clock.now_ms(),
+            });
+            judged.map_err(|v| self.fail(v.rule, v.detail))?;
+        }
+        Ok(())
     }
 
     /// INV-4 / K-5: a new resolver never runs beside another one for the

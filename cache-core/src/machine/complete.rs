@@ -206,6 +206,9 @@ impl<V: Clone> CallCache<V> {
             return existing;
         }
         self.unindex(entry);
+        // BUG (ttl-write-ignores-safety, breaks T-3): the prepared write
+        // goes ahead whatever the result's safety flag says.
+        let persist_unsafe = self.bug(Bug::TtlWriteIgnoresSafety);
         let e = self.entries.get_mut(entry.0).expect("caller checked");
         e.phase = Phase::Completed;
         if e.shared_storage && !e.safe_to_persist && e.mode != RunMode::Arbitrary {
@@ -233,7 +236,7 @@ impl<V: Clone> CallCache<V> {
             if let Some(ck) = e.content_key.clone().filter(|_| !ttl_scoped) {
                 slots.push(Slot::Content(ck));
             }
-            if e.safe_to_persist {
+            if e.safe_to_persist || persist_unsafe {
                 done.persist = e.ttl_write.clone();
             }
         }

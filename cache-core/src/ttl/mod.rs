@@ -11,7 +11,9 @@
 //!   faults ([`StoreFaults`]) for the simulation;
 //! - [`choose_storage_key`], the pure T-2 / T-7 decision of which storage key
 //!   a call uses, given the store's answer;
-//! - [`contract`], the shared contract suite both stores pass.
+//! - [`contract`], the shared contract suite both stores pass;
+//! - [`RecordingStore`], a wrapper that counts the errors a store returned
+//!   and records the rows it accepted, for the harnesses that judge them.
 //!
 //! Time is always an `i64` of milliseconds since the Unix epoch, passed in by
 //! the caller; TTLs are `u64` milliseconds. Nothing here reads a clock or
@@ -56,10 +58,12 @@ use std::path::PathBuf;
 pub mod contract;
 mod key;
 mod memory;
+mod recording;
 mod sqlite;
 
 pub use key::{choose_storage_key, PreparedWrite, StorageKeyChoice};
 pub use memory::{MemoryTtlStore, StoreFaults};
+pub use recording::{RecordingStore, StoreWrite};
 pub use sqlite::SqliteTtlStore;
 
 /// One row of the `calls` table: where a call key's result is stored, and

@@ -77,6 +77,18 @@ pub(super) fn step(world: &World) {
             }
         }
         let safe = shadow.ttl.safe_keys.contains(&k);
+        // The write, for `cache-sim diff` (inert unless a subscriber is
+        // installed): a fault that only changes what is persisted shows
+        // there before any lookup differs.
+        let storage = w.row.storage_key.trim_start_matches("sha256:");
+        tracing::debug!(
+            target: "sim::oracle::ttl_write",
+            ms = world.now(),
+            key = k,
+            storage = &storage[..storage.len().min(12)],
+            expiration = w.row.expiration,
+            replaced = u64::from(w.compare.is_some()),
+        );
         let label = format!("k{k}");
         let rows = shadow.ttl.rows.written(RowWrite {
             call_key: &w.call_key,

@@ -1,15 +1,16 @@
 //! A TTL store wrapper that counts the errors the cache actually met and
-//! records the rows it wrote, for the oracles (T-3, T-4).
+//! records the rows it wrote, for the harnesses that judge them (T-3, T-4):
+//! the simulation's oracles and the facade driver.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cache_core::ttl::{StoreError, TtlRow, TtlStore};
+use super::{StoreError, TtlRow, TtlStore};
 
 /// A TTL store that counts the errors it returns, so that a run can show a
 /// store fault did reach the cache (a fault that fires but never bites is
 /// a harness bug, like one that never fires).
-pub struct CountingStore {
+pub struct RecordingStore {
     inner: Arc<dyn TtlStore>,
     errors: AtomicU64,
     writes: Mutex<Vec<StoreWrite>>,
@@ -26,10 +27,10 @@ pub struct StoreWrite {
     pub compare: Option<String>,
 }
 
-impl CountingStore {
+impl RecordingStore {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn TtlStore>) -> Self {
-        CountingStore {
+        RecordingStore {
             inner,
             errors: AtomicU64::new(0),
             writes: Mutex::new(Vec::new()),
@@ -54,7 +55,7 @@ impl CountingStore {
     }
 }
 
-impl TtlStore for CountingStore {
+impl TtlStore for RecordingStore {
     fn select(&self, call_key: &str) -> Result<Option<TtlRow>, StoreError> {
         self.count(self.inner.select(call_key))
     }
