@@ -96,14 +96,18 @@ impl Slots {
 
 /// An entry in the arena.
 // `repr(C)`, hot fields first: a hit and its release read the refcount,
-// phase, waiters, value and result ID, and an entry is 7 cache lines long;
-// in declaration order these share one or two lines, so a hit misses
-// in the cache fewer times.
+// phase, waiters, value, result ID and whether the result is safe to
+// persist, and an entry is 7 cache lines long; in declaration order these
+// share one or two lines, so a hit misses in the cache fewer times.
 #[repr(C)]
 pub struct Entry<V> {
     pub refcount: u32,
     pub mode: RunMode,
     pub phase: Phase,
+    /// T-3: set on completion. Here, in the padding after `phase`, because
+    /// every hit reports it: at its old place, after the hook, it cost a
+    /// hit one more cache line.
+    pub safe_to_persist: bool,
     pub waiters: Vec<Waiter>,
     pub value: Option<V>,
     pub result_id: Option<CallId>,
@@ -124,9 +128,9 @@ pub struct Entry<V> {
     pub ttl_write: Option<PreparedWrite>,
     /// T-2: the storage key is shared across sessions through a live TTL row.
     pub shared_storage: bool,
-    // Filled on completion (with `value` and `result_id` above).
+    // Filled on completion (with `value`, `result_id` and
+    // `safe_to_persist` above).
     pub hook: Option<ReleaseHook>,
-    pub safe_to_persist: bool,
     pub result_call_key: Option<IndexKey>,
     pub content_key: Option<IndexKey>,
     /// Refs this entry owns (C-11).
