@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ops::*;
-use super::shadow::{hook_fails, ref_counts, HookLedger};
+use super::shadow::{hook_fails, ref_counts, HookLedger, ShadowIndex};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{check_counts, check_invalid_key, check_release, InvalidKeyCall};
@@ -230,6 +230,8 @@ struct Driver {
     /// S-4: (session, call key) whose next call must run as a forced retry.
     retry: BTreeSet<(SessionId, String)>,
     hooks: HookLedger,
+    /// Where each completed, cached result is indexed (C-6).
+    index: ShadowIndex,
     store: MemoryTtlStore,
     now: i64,
     /// Latest expiration ever written for a storage key (T-7).
@@ -278,6 +280,7 @@ impl Driver {
             closed: Vec::new(),
             retry: BTreeSet::new(),
             hooks: HookLedger::default(),
+            index: ShadowIndex::default(),
             store: MemoryTtlStore::new(),
             now: 1_000_000,
             row_expiry: BTreeMap::new(),
@@ -310,7 +313,11 @@ impl Driver {
     /// Runs the hooks a release handed back, as the facade does: every one,
     /// the first error returned. It must be an error exactly when one of the
     /// driver's failing hooks ran (C-12).
-    fn run_hooks(&self, releases: Vec<PendingRelease>) -> Result<(), Failure> {
+    fn run_hooks(&mut self, releases: Vec<PendingRelease>) -> Result<(), Failure> {
+        // A hook runs when its entry leaves the cache (INV-10).
+        for r in &releases {
+            self.index.remove(r.entry);
+        }
         let before = self.hooks.failed_runs();
         let result = run_releases(releases);
         let failed = self.hooks.failed_runs() - before;
@@ -878,6 +885,7 @@ impl Driver {
             }
             Ok(Decision::Wait { entry, waiter }) => {
                 self.stats.joins += 1;
+                self.check_miss(&r)?;
                 ensure!(self, !r.dnc, "C-2", "a do-not-cache call joined");
                 ensure!(self, !forced, "S-4", "a forced retry joined");
                 let want = self.joinable(&r.key, &r.conc, r.arbitrary);
@@ -893,6 +901,9 @@ impl Driver {
             }
             Ok(Decision::Run(order)) => {
                 self.stats.runs += 1;
+                if order.mode == RunMode::Cached {
+                    self.check_miss(&r)?;
+                }
                 let want = if r.arbitrary {
                     RunMode::Arbitrary
                 } else if r.dnc {
@@ -1016,6 +1027,18 @@ impl Driver {
             Err(_) => self.spans.call_answered(call, Answer::Other),
         });
         verdict.map_err(|v| self.fail("S-5", v.detail))
+    }
+
+    /// C-3.1 / C-3.2: a call that joins or runs found no result the model
+    /// has indexed under its storage key or its content key.
+    fn check_miss(&self, r: &Req) -> Result<(), Failure> {
+        if r.arbitrary {
+            return Ok(());
+        }
+        let content = r.requested_ix.and_then(|i| IdKeys::get().content_key(i));
+        self.index
+            .check_miss(&r.key, content)
+            .map_err(|(rule, detail)| self.fail(rule, detail))
     }
 
     /// INV-5 / INV-6 / INV-8 for a hit.
@@ -1168,6 +1191,8 @@ impl Driver {
         };
         let success = result.is_ok() && !rejected;
         let error = result.as_ref().err().cloned();
+        // C-7: a result already indexed under the storage key wins.
+        let superseded = self.index.under(&r.key).is_some();
         if success {
             // The ID the result reports: the one it returned, else the one
             // requested (by index, for its keys).
@@ -1194,6 +1219,18 @@ impl Driver {
                 }),
                 made_at: self.step as u64,
             };
+            // C-6: a cached result is indexed under its storage key, its
+            // result call key and its content key, a TTL-scoped one under
+            // its storage key only; not a duplicate (C-7), not an unsafe
+            // result under a key other sessions share (T-3).
+            let cached = matches!(r.mode, RunMode::Cached | RunMode::ForcedRetry);
+            let unsafe_shared = r.ttl.as_ref().is_some_and(|t| t.shared) && !safe;
+            if cached && !r.abandoned() && !superseded && !unsafe_shared {
+                let ttl_scoped = r.key != r.call_key;
+                let content = stored.content_key.as_deref().filter(|_| !ttl_scoped);
+                let keys = stored.keys.iter().map(String::as_str);
+                self.index.insert(entry, keys, content);
+            }
             self.results.insert(entry, stored);
         }
         let done = self

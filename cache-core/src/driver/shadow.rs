@@ -114,6 +114,77 @@ impl HookLedger {
     }
 }
 
+/// Where the model expects each completed, cached result to be indexed
+/// (C-6), so that a call the cache lets run or join while such a result is
+/// reachable under its storage or content key is a missed hit (C-3.1,
+/// C-3.2). Negative checks (no wrong hit) cannot see a result indexed under
+/// too few keys; this can.
+#[derive(Default)]
+pub(crate) struct ShadowIndex {
+    storage: BTreeMap<String, Vec<EntryId>>,
+    content: BTreeMap<String, Vec<EntryId>>,
+}
+
+impl ShadowIndex {
+    /// `entry` is now indexed under `storage_keys` and, when given, its
+    /// content key.
+    pub(crate) fn insert<'k>(
+        &mut self,
+        entry: EntryId,
+        storage_keys: impl IntoIterator<Item = &'k str>,
+        content_key: Option<&str>,
+    ) {
+        for k in storage_keys {
+            self.storage.entry(k.to_string()).or_default().push(entry);
+        }
+        if let Some(k) = content_key {
+            self.content.entry(k.to_string()).or_default().push(entry);
+        }
+    }
+
+    /// `entry` left the cache (its release hook ran): it is indexed nowhere.
+    pub(crate) fn remove(&mut self, entry: EntryId) {
+        for map in [&mut self.storage, &mut self.content] {
+            map.retain(|_, ids| {
+                ids.retain(|e| *e != entry);
+                !ids.is_empty()
+            });
+        }
+    }
+
+    /// A completed result indexed under the storage key `key`, if any.
+    pub(crate) fn under(&self, key: &str) -> Option<EntryId> {
+        self.storage.get(key).and_then(|ids| ids.first().copied())
+    }
+
+    /// A completed result indexed under the content key `key`, if any.
+    pub(crate) fn by_content(&self, key: &str) -> Option<EntryId> {
+        self.content.get(key).and_then(|ids| ids.first().copied())
+    }
+
+    /// C-3.1 / C-3.2: a call on `storage_key` (and `content_key`) that the
+    /// cache let run or join must have found no indexed result first.
+    pub(crate) fn check_miss(
+        &self,
+        storage_key: &str,
+        content_key: Option<&str>,
+    ) -> Result<(), (&'static str, String)> {
+        if let Some(e) = self.under(storage_key) {
+            return Err((
+                "C-3.1",
+                format!("a miss under {storage_key}, where {e} is indexed (C-6)"),
+            ));
+        }
+        if let Some(e) = content_key.and_then(|k| self.by_content(k)) {
+            return Err((
+                "C-3.2",
+                format!("a miss on content {content_key:?}, under which {e} is indexed (C-6)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Refs per entry as the model sees them (INV-2): one per directly held ref,
 /// plus one per nested ref `(on, parent)` while its parent is held. A parent
 /// nobody holds is gone, and its nested refs with it (C-11), so those pairs
@@ -163,4 +234,42 @@ pub fn quiet_expected_panics() {
             previous(info);
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{CallCache, CallRequest, Caller, Decision};
+
+    fn some_entry() -> EntryId {
+        let mut cache = CallCache::<u32>::new(1);
+        let id = crate::driver::call_ids()[0].clone();
+        match cache
+            .begin_call(&Caller::default(), CallRequest::new(id))
+            .outcome
+        {
+            Ok(Decision::Run(order)) => order.entry,
+            other => panic!("a first call runs: {other:?}"),
+        }
+    }
+
+    /// The planted violation: a result the model indexed under a storage
+    /// key, a result call key and a content key, and a call under each that
+    /// the cache let run.
+    #[test]
+    fn c6_a_miss_where_a_result_is_indexed_is_reported_until_it_leaves() {
+        let mut index = ShadowIndex::default();
+        let e = some_entry();
+        index.insert(e, ["s", "r"], Some("c"));
+        for key in ["s", "r"] {
+            let (rule, detail) = index.check_miss(key, None).unwrap_err();
+            assert_eq!(rule, "C-3.1");
+            assert!(detail.contains(&e.to_string()), "{detail}");
+        }
+        assert_eq!(index.check_miss("x", Some("c")).unwrap_err().0, "C-3.2");
+        assert_eq!(index.check_miss("x", Some("d")), Ok(()));
+        index.remove(e);
+        assert_eq!(index.check_miss("s", Some("c")), Ok(()));
+        assert_eq!(index.under("r"), None);
+    }
 }
