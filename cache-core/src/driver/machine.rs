@@ -551,7 +551,7 @@ impl Driver {
                 stale_nested,
             } => {
                 if self.running.is_empty() {
-                    return Ok(());
+                    return self.complete_settled(which);
                 }
                 let i = usize::from(which) % self.running.len();
                 let e = *self.running.keys().nth(i).expect("in range");
@@ -655,6 +655,28 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// With nothing in flight, a completion for an entry that already
+    /// settled (held or gone) is refused and changes nothing: a resolver
+    /// completes once, and a late or repeated completion must not overwrite
+    /// a stored result (C-6, INV-5).
+    fn complete_settled(&mut self, which: u8) -> Result<(), Failure> {
+        if self.results.is_empty() {
+            return Ok(());
+        }
+        let i = usize::from(which) % self.results.len();
+        let e = *self.results.keys().nth(i).expect("in range");
+        let entries = self.cache.entries();
+        let done = self.cache.complete(e, Ok(Resolved::value(u32::MAX)));
+        ensure!(
+            self,
+            matches!(done, Err(CallError::Unknown { .. })) && self.cache.entries() == entries,
+            "C-6",
+            "a second completion of {e} was taken: {:?}",
+            done.map(|d| d.served.len())
+        );
+        Ok(())
     }
 
     /// C-1: a call with no call ID (even `conc`) or an empty storage key
