@@ -1198,6 +1198,20 @@ impl Driver {
                 "the entry {} of a running resolver is gone",
                 r.entry
             );
+            if r.done.load(Ordering::SeqCst) {
+                continue;
+            }
+            // C-5 / INV-7, through the public query: a resolver still
+            // running is told to stop exactly when no waiter is left.
+            let waiters = self.cache.waiters(r.entry);
+            let cancelled = r.rctx.cancel.is_cancelled();
+            ensure!(
+                self,
+                waiters.is_some() && (waiters == Some(0)) == cancelled,
+                "INV-7",
+                "running {} reports {waiters:?} waiters, its resolver cancelled: {cancelled}",
+                r.entry
+            );
         }
         Ok(())
     }
