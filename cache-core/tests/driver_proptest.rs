@@ -401,6 +401,7 @@ fn long_machine_runs_cover_every_path() {
             "closes",
             "invalid_keys",
             "failed_hooks",
+            "late_completions",
         ],
     );
 }
@@ -435,6 +436,7 @@ fn long_facade_runs_cover_every_path() {
             "closes",
             "invalid_keys",
             "failed_hooks",
+            "crossed_cancels",
         ],
     );
 }

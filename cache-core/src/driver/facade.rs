@@ -78,6 +78,10 @@ pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure
             d.step = i;
             d.op = Some(op.clone());
             d.apply(op)?;
+            if answer_meets_cancel(op, input.ops.get(i + 1)) {
+                d.stats.crossed_cancels += 1;
+                continue;
+            }
             d.settle(1).await;
             d.collect()?;
             d.check()?;
@@ -89,6 +93,14 @@ pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure
         d.stats.failed_hooks = d.hooks.failed_runs();
         Ok(d.stats)
     })
+}
+
+/// A resolution followed at once by a cancel land in the same instant: the
+/// answer reaches a waiter before its caller is polled again, so the cancel
+/// meets an answer already served (C-5: the ref served to a waiter that
+/// leaves goes back). Between any other two operations the runtime settles.
+fn answer_meets_cancel(op: &SessionOp, next: Option<&SessionOp>) -> bool {
+    matches!(op, SessionOp::Resolve { .. }) && matches!(next, Some(SessionOp::Cancel { .. }))
 }
 
 /// What a resolver is told to do.

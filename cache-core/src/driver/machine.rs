@@ -667,6 +667,7 @@ impl Driver {
         }
         let i = usize::from(which) % self.results.len();
         let e = *self.results.keys().nth(i).expect("in range");
+        self.stats.late_completions += 1;
         let entries = self.cache.entries();
         let done = self.cache.complete(e, Ok(Resolved::value(u32::MAX)));
         ensure!(

@@ -184,6 +184,10 @@ pub struct Stats {
     pub invalid_keys: usize,
     /// Release hooks that failed when they ran (C-12).
     pub failed_hooks: usize,
+    /// Completions of an entry already settled, refused (C-6).
+    pub late_completions: usize,
+    /// Cancels issued in the instant a resolution lands (C-5).
+    pub crossed_cancels: usize,
 }
 
 impl Stats {
@@ -215,6 +219,8 @@ impl Stats {
             (&mut self.closes, o.closes),
             (&mut self.invalid_keys, o.invalid_keys),
             (&mut self.failed_hooks, o.failed_hooks),
+            (&mut self.late_completions, o.late_completions),
+            (&mut self.crossed_cancels, o.crossed_cancels),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -249,6 +255,8 @@ impl Stats {
             ("closes", self.closes),
             ("invalid_keys", self.invalid_keys),
             ("failed_hooks", self.failed_hooks),
+            ("late_completions", self.late_completions),
+            ("crossed_cancels", self.crossed_cancels),
         ]
     }
 }
