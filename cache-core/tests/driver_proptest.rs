@@ -14,7 +14,7 @@
 
 use cache_core::driver::{
     self, FacadeInput, IdRecipe, IdStep, KeyPick, LitPick, MachineInput, Op, Outcome, ScopePick,
-    SessionOp, StoreDelay, Ttl, TtlInput, TtlOp, Who, INVALID_KEY,
+    SessionOp, StoreDelay, Ttl, TtlInput, TtlOp, Who, EXPLICIT_STORAGE_KEY, INVALID_KEY,
 };
 use proptest::option;
 use proptest::prelude::*;
@@ -154,9 +154,14 @@ fn idx() -> impl Strategy<Value = u8> {
     0u8..6
 }
 
-/// A call's ID pick: now and then the invalid key (C-1), refused at once.
+/// A call's ID pick: now and then the invalid key (C-1), refused at once,
+/// or (on the machine) a storage key named as the call key's text.
 fn call_id() -> impl Strategy<Value = u8> {
-    prop_oneof![15 => idx(), 1 => Just(INVALID_KEY)]
+    prop_oneof![
+        14 => idx(),
+        1 => Just(INVALID_KEY),
+        2 => idx().prop_map(|i| i | EXPLICIT_STORAGE_KEY),
+    ]
 }
 
 fn who() -> impl Strategy<Value = Who> {
@@ -402,6 +407,7 @@ fn long_machine_runs_cover_every_path() {
             "invalid_keys",
             "failed_hooks",
             "late_completions",
+            "explicit_storage_keys",
         ],
     );
 }

@@ -738,13 +738,18 @@ impl Driver {
         if id == INVALID_KEY {
             return self.invalid_call(&caller, conc);
         }
-        let ix = usize::from(id) % self.ids.len();
+        let explicit = id & EXPLICIT_STORAGE_KEY != 0;
+        let ix = usize::from(id & !EXPLICIT_STORAGE_KEY) % self.ids.len();
         let id = self.ids[ix].clone();
         let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
         let call_key = IdKeys::get().call_key(ix).to_string();
         let mut req = CallRequest::new(id.clone())
             .concurrency_key(conc.clone())
             .do_not_cache(dnc);
+        if explicit {
+            self.stats.explicit_storage_keys += 1;
+            req.storage_key = Some(call_key.clone());
+        }
         let mut ttl_run = None;
         if ttl.ms() > 0 {
             // T-2, as the facade does it: ask the store, then choose.

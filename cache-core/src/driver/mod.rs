@@ -188,6 +188,8 @@ pub struct Stats {
     pub late_completions: usize,
     /// Cancels issued in the instant a resolution lands (C-5).
     pub crossed_cancels: usize,
+    /// Calls that named their storage key as their call key's text (C-3.1).
+    pub explicit_storage_keys: usize,
 }
 
 impl Stats {
@@ -221,6 +223,7 @@ impl Stats {
             (&mut self.failed_hooks, o.failed_hooks),
             (&mut self.late_completions, o.late_completions),
             (&mut self.crossed_cancels, o.crossed_cancels),
+            (&mut self.explicit_storage_keys, o.explicit_storage_keys),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -257,6 +260,7 @@ impl Stats {
             ("failed_hooks", self.failed_hooks),
             ("late_completions", self.late_completions),
             ("crossed_cancels", self.crossed_cancels),
+            ("explicit_storage_keys", self.explicit_storage_keys),
         ]
     }
 }

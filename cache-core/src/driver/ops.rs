@@ -24,7 +24,8 @@ pub enum Op {
         who: Who,
         /// Which call ID (modulo [`call_ids`]); [`INVALID_KEY`] is an invalid
         /// key (C-1): no call ID for an even `conc`, an empty storage key
-        /// for an odd one.
+        /// for an odd one; with [`EXPLICIT_STORAGE_KEY`] set, the call
+        /// names its storage key itself.
         id: u8,
         /// Which concurrency key: `""`, `"c1"` or `"c2"` (modulo 3).
         conc: u8,
@@ -184,6 +185,13 @@ pub fn call_ids() -> Vec<CallId> {
 /// The `id` of a call operation that asks with an invalid key (C-1). One
 /// value of 256, so the inputs keep their layout and most calls stay valid.
 pub const INVALID_KEY: u8 = u8::MAX;
+
+/// The bit of a machine call's `id` that makes it name its storage key
+/// itself, as its call key's text, when no TTL picks one: the same key the
+/// cache derives, given the other way (a storage key that is a digest's
+/// text must index and hit like the digest, C-3.1). The call ID is the
+/// rest of `id`.
+pub const EXPLICIT_STORAGE_KEY: u8 = 0x80;
 
 /// The concurrency keys the drivers draw from.
 pub const CONCURRENCY_KEYS: [&str; 3] = ["", "c1", "c2"];
