@@ -1455,6 +1455,9 @@ impl Driver {
             .close_session(s)
             .map_err(|e| self.fail("S-1", format!("close of open session {s}: {e}")))?;
         self.stats.closes += 1;
+        if closed.released >= super::LARGE_CLOSE_REFS {
+            self.stats.large_closes += 1;
+        }
         let (mine, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.session == Some(s));
         self.held = rest;

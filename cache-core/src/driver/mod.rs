@@ -190,7 +190,14 @@ pub struct Stats {
     pub crossed_cancels: usize,
     /// Calls that named their storage key as their call key's text (C-3.1).
     pub explicit_storage_keys: usize,
+    /// Session closes that released [`LARGE_CLOSE_REFS`] refs or more (S-1).
+    pub large_closes: usize,
 }
+
+/// A close of this many refs or more is a large one: the cache removes a
+/// batch that size by another method (a sweep over its indexes rather than
+/// a queue), which only a close this large reaches.
+pub const LARGE_CLOSE_REFS: usize = 16_384;
 
 impl Stats {
     /// Adds another run's counts to these.
@@ -224,6 +231,7 @@ impl Stats {
             (&mut self.late_completions, o.late_completions),
             (&mut self.crossed_cancels, o.crossed_cancels),
             (&mut self.explicit_storage_keys, o.explicit_storage_keys),
+            (&mut self.large_closes, o.large_closes),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -261,6 +269,7 @@ impl Stats {
             ("late_completions", self.late_completions),
             ("crossed_cancels", self.crossed_cancels),
             ("explicit_storage_keys", self.explicit_storage_keys),
+            ("large_closes", self.large_closes),
         ]
     }
 }
