@@ -134,11 +134,18 @@ impl ShadowIndex {
         storage_keys: impl IntoIterator<Item = &'k str>,
         content_key: Option<&str>,
     ) {
+        // A result call key equal to the storage key is one slot, not two.
+        let mut list = |map: &mut BTreeMap<String, Vec<EntryId>>, k: &str| {
+            let ids = map.entry(k.to_string()).or_default();
+            if !ids.contains(&entry) {
+                ids.push(entry);
+            }
+        };
         for k in storage_keys {
-            self.storage.entry(k.to_string()).or_default().push(entry);
+            list(&mut self.storage, k);
         }
         if let Some(k) = content_key {
-            self.content.entry(k.to_string()).or_default().push(entry);
+            list(&mut self.content, k);
         }
     }
 
@@ -260,7 +267,8 @@ mod tests {
     fn c6_a_miss_where_a_result_is_indexed_is_reported_until_it_leaves() {
         let mut index = ShadowIndex::default();
         let e = some_entry();
-        index.insert(e, ["s", "r"], Some("c"));
+        index.insert(e, ["s", "r", "s"], Some("c"));
+        assert_eq!(index.storage["s"], vec![e], "one slot per key");
         for key in ["s", "r"] {
             let (rule, detail) = index.check_miss(key, None).unwrap_err();
             assert_eq!(rule, "C-3.1");
