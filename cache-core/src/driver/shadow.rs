@@ -135,7 +135,7 @@ impl ShadowIndex {
         content_key: Option<&str>,
     ) {
         // A result call key equal to the storage key is one slot, not two.
-        let mut list = |map: &mut BTreeMap<String, Vec<EntryId>>, k: &str| {
+        let list = |map: &mut BTreeMap<String, Vec<EntryId>>, k: &str| {
             let ids = map.entry(k.to_string()).or_default();
             if !ids.contains(&entry) {
                 ids.push(entry);
