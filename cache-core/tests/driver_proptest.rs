@@ -485,6 +485,69 @@ fn machine_large_session_closes_keep_every_invariant() {
     assert_covered(&total, &["large_closes", "hits", "closes"]);
 }
 
+/// A session that holds between 1,024 and 16,383 refs, each on an entry of
+/// its own, when it closes: the cache queues that many index removals and
+/// orders them with a radix sort, a path the small random inputs above
+/// never reach (their few IDs give a session few entries). Distinct entries
+/// come from TTL'd calls (T-2): each TTL window gives a session a fresh
+/// storage key per call key, so the workload calls every ID once per window
+/// and moves the clock a window on. Two plain calls with content digests
+/// come last, so the batch removes content listings too (a TTL'd result is
+/// listed only under its storage key, C-6); random operations follow the
+/// close.
+#[test]
+fn machine_batched_session_closes_keep_every_invariant() {
+    const WINDOWS: usize = 240;
+    let ids = driver::call_ids().len() as u8;
+    let complete = |v| Op::Complete {
+        which: 0,
+        outcome: Outcome::Value(v),
+        returned_id: None,
+        safe: true,
+        stale_nested: false,
+    };
+    let call = |id, ttl| Op::Call {
+        who: Who::Session(0),
+        id,
+        conc: 0,
+        dnc: false,
+        ttl,
+    };
+    let window = || {
+        (0..ids, any::<u16>()).prop_map(move |(first, v)| {
+            let mut ops = Vec::new();
+            for i in 0..ids {
+                ops.push(call((first + i) % ids, Ttl::Short));
+                ops.push(complete(v));
+            }
+            // Past the row's expiry (still live at exactly it, T-4).
+            ops.push(Op::Advance {
+                ms: Ttl::Short.ms() as u16 + 1,
+            });
+            ops
+        })
+    };
+    let mut total = driver::Stats::default();
+    for seed in 1..=2u8 {
+        let mut ops = vec![Op::Open];
+        let windows = sample(prop::collection::vec(window(), WINDOWS), seed);
+        ops.extend(windows.into_iter().flatten());
+        // `a` and `d`, each with a content digest.
+        for id in [0, 3] {
+            ops.extend([call(id, Ttl::None), complete(u16::from(seed))]);
+        }
+        ops.push(Op::Close { which: 0 });
+        ops.extend(sample(prop::collection::vec(op(), 200), seed));
+        let input = MachineInput {
+            change_cache: false,
+            ops,
+        };
+        let stats = driver::run_machine(&input).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        total.add(&stats);
+    }
+    assert_covered(&total, &["batched_closes", "hits", "closes", "ttl_writes"]);
+}
+
 #[test]
 fn runs_are_deterministic() {
     // Same input, same path counts: neither engine has a hidden source of order.

@@ -21,7 +21,7 @@
 //! ```
 
 use crate::error::CallError;
-use crate::machine::{Buckets, LeakClass, LeakReport};
+use crate::machine::{Buckets, EntryId, LeakClass, LeakReport};
 
 /// One violation of a rule these checks judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,6 +237,29 @@ pub fn check_leak_report(
     Ok(())
 }
 
+/// O-3: asking for one entry's index slots (`slots`, as
+/// [`CallCache::slots`](crate::machine::CallCache::slots) does) answers
+/// what the leak report lists for that entry. A tool that follows one
+/// entry relies on the two agreeing.
+pub fn check_entry_slots(
+    report: &LeakReport,
+    slots: impl Fn(EntryId) -> Vec<String>,
+) -> Result<(), AccountingViolation> {
+    for e in &report.entries {
+        let asked = slots(e.entry);
+        if asked != e.slots {
+            return violation(
+                "O-3",
+                format!(
+                    "{} sits in {:?} by the leak report, in {asked:?} when asked alone",
+                    e.entry, e.slots
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// C-15 and O-3 on one state of a cache: its `buckets`, `entries()`, leak
 /// report and live entries (what the drivers check after every step).
 pub fn check_counts(
@@ -367,5 +390,35 @@ mod tests {
         };
         assert_eq!(wrong.classes(), vec![LeakClass::CompletedRefs]);
         check_leak_report(&wrong, &completed, 0).unwrap();
+    }
+
+    #[test]
+    fn one_entry_asked_alone_must_sit_where_the_leak_report_lists_it() {
+        use crate::machine::arena::Arena;
+        use crate::machine::SurvivingEntry;
+        let mut arena = Arena::default();
+        let entry = EntryId(arena.insert(()));
+        let listed = vec!["storage 3f2a9c0b1d4e".to_string()];
+        let report = LeakReport {
+            buckets: Buckets {
+                completed_calls: 1,
+                ..Buckets::default()
+            },
+            open_sessions: 1,
+            entries: vec![SurvivingEntry {
+                entry,
+                label: "call 3f2a9c0b1d4e".to_string(),
+                phase: "completed",
+                refcount: 1,
+                slots: listed.clone(),
+                waiters: Vec::new(),
+                holders: Vec::new(),
+            }],
+        };
+        check_entry_slots(&report, |_| listed.clone()).unwrap();
+        // Planted: the one-entry query forgets the entry's index.
+        let v = check_entry_slots(&report, |_| Vec::new()).unwrap_err();
+        assert_eq!(v.rule, "O-3");
+        assert!(v.detail.contains("when asked alone"), "{v}");
     }
 }

@@ -8,7 +8,9 @@ use super::ops::*;
 use super::shadow::{hook_fails, ref_counts, HookLedger, ShadowIndex};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
-use crate::checks::accounting::{check_counts, check_invalid_key, check_release, InvalidKeyCall};
+use crate::checks::accounting::{
+    check_counts, check_entry_slots, check_invalid_key, check_release, InvalidKeyCall,
+};
 use crate::checks::answers::{judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
@@ -437,13 +439,10 @@ impl Driver {
             )
             .collect::<Vec<_>>();
         let c = &self.cache;
-        check_counts(
-            &c.buckets(),
-            c.entries(),
-            &c.leak_report(),
-            c.live_entries(),
-        )
-        .map_err(|v| self.fail(v.rule, v.detail))?;
+        let report = c.leak_report();
+        check_counts(&c.buckets(), c.entries(), &report, c.live_entries())
+            .and_then(|()| check_entry_slots(&report, |e| c.slots(e)))
+            .map_err(|v| self.fail(v.rule, v.detail))?;
         let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
         self.cache
             .check_refcounts(&shadow)
@@ -1457,6 +1456,8 @@ impl Driver {
         self.stats.closes += 1;
         if closed.released >= super::LARGE_CLOSE_REFS {
             self.stats.large_closes += 1;
+        } else if closed.released >= super::BATCHED_CLOSE_REFS {
+            self.stats.batched_closes += 1;
         }
         let (mine, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.session == Some(s));

@@ -192,12 +192,21 @@ pub struct Stats {
     pub explicit_storage_keys: usize,
     /// Session closes that released [`LARGE_CLOSE_REFS`] refs or more (S-1).
     pub large_closes: usize,
+    /// Session closes that released at least [`BATCHED_CLOSE_REFS`] refs
+    /// and fewer than [`LARGE_CLOSE_REFS`] (S-1).
+    pub batched_closes: usize,
 }
 
 /// A close of this many refs or more is a large one: the cache removes a
 /// batch that size by another method (a sweep over its indexes rather than
 /// a queue), which only a close this large reaches.
 pub const LARGE_CLOSE_REFS: usize = 16_384;
+
+/// A close of this many refs or more (and fewer than [`LARGE_CLOSE_REFS`])
+/// on as many entries queues its index removals and orders them by bucket
+/// with a radix sort before applying them; a smaller batch is ordered by a
+/// comparison sort. Only a close this large reaches the radix sort.
+pub const BATCHED_CLOSE_REFS: usize = 1024;
 
 impl Stats {
     /// Adds another run's counts to these.
@@ -232,6 +241,7 @@ impl Stats {
             (&mut self.crossed_cancels, o.crossed_cancels),
             (&mut self.explicit_storage_keys, o.explicit_storage_keys),
             (&mut self.large_closes, o.large_closes),
+            (&mut self.batched_closes, o.batched_closes),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -270,6 +280,7 @@ impl Stats {
             ("crossed_cancels", self.crossed_cancels),
             ("explicit_storage_keys", self.explicit_storage_keys),
             ("large_closes", self.large_closes),
+            ("batched_closes", self.batched_closes),
         ]
     }
 }

@@ -34,7 +34,7 @@
 //! cache.check_invariants().unwrap();
 //! ```
 
-mod arena;
+pub(crate) mod arena;
 mod begin;
 mod complete;
 mod cycles;
