@@ -165,6 +165,34 @@ pub fn check_hook_errors(counted: u64, failed_hooks: u64) -> Result<(), Accounti
     Ok(())
 }
 
+/// T-2, O-1: the cache absorbs a TTL store failure (goes on with a
+/// session-scoped key, or leaves a result session-scoped when its write
+/// fails) and counts it only when the store failed it: every lookup or
+/// write that returned an error is counted, and nothing beyond those and
+/// the lookups whose answer would come after the store deadline
+/// (`counted`: `Metrics::ttl_store_failures`; the other two as the
+/// harness's store saw them). A late answer is an upper bound, not a
+/// count: a caller that gives up while the cache waits out the deadline
+/// ends that wait uncounted. A cache that degrades a call the store
+/// answered in time loses sharing that no other check notices.
+pub fn check_store_failures(
+    counted: u64,
+    store_errors: u64,
+    late_answers: u64,
+) -> Result<(), AccountingViolation> {
+    if counted < store_errors || counted > store_errors + late_answers {
+        return violation(
+            "T-2",
+            format!(
+                "the cache counts {counted} TTL store failures; the store failed {store_errors} \
+                 lookups and writes and would have answered {late_answers} lookups past the \
+                 deadline"
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// C-15: `entries()` is the sum of the five buckets, each added once.
 pub fn check_buckets(buckets: &Buckets, entries: usize) -> Result<(), AccountingViolation> {
     let sum = [
@@ -390,6 +418,19 @@ mod tests {
         };
         assert_eq!(wrong.classes(), vec![LeakClass::CompletedRefs]);
         check_leak_report(&wrong, &completed, 0).unwrap();
+    }
+
+    #[test]
+    fn every_store_error_is_counted_and_nothing_the_store_answered_in_time() {
+        check_store_failures(3, 2, 1).unwrap();
+        // A caller gave up while the cache waited for the late answer.
+        check_store_failures(2, 2, 1).unwrap();
+        // Planted: a lookup answered in time counted as a failure.
+        let v = check_store_failures(4, 2, 1).unwrap_err();
+        assert_eq!(v.rule, "T-2");
+        assert!(v.detail.contains("counts 4"), "{v}");
+        // And a store error absorbed without being counted.
+        check_store_failures(1, 2, 1).unwrap_err();
     }
 
     #[test]

@@ -21,8 +21,8 @@ use super::shadow::{expect_panic, hook_fails, quiet_expected_panics, ref_counts,
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{
-    check_close, check_counts, check_hook_errors, check_invalid_key, check_release, CloseFacts,
-    InvalidKeyCall,
+    check_close, check_counts, check_hook_errors, check_invalid_key, check_release,
+    check_store_failures, CloseFacts, InvalidKeyCall,
 };
 use crate::checks::answers::{self, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
@@ -39,6 +39,9 @@ use crate::ttl::{MemoryTtlStore, RecordingStore, StoreFaults};
 
 /// The cache instance the driver uses.
 const INSTANCE: u64 = 11;
+/// The cache's TTL store deadline: between [`StoreDelay::Slow`] and
+/// [`StoreDelay::Timeout`], so one answers in time and the other does not.
+const STORE_DEADLINE_MS: u64 = 1000;
 /// At most this many sessions open at once.
 const MAX_OPEN: usize = 4;
 /// At most this many session values kept (open, closed, not dropped).
@@ -295,6 +298,7 @@ impl Driver {
             }))
             .instance_id_for_replay(INSTANCE)
             .blocking_executor(Arc::new(crate::facade::Inline))
+            .store_deadline_ms(STORE_DEADLINE_MS)
             .clock(Arc::new(clock.clone()))
             .ttl_store(recorder.clone())
             .bugs(bugs);
@@ -1316,6 +1320,15 @@ impl Driver {
         self.cache
             .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
+        // Every call has settled, so every lookup it made and every write
+        // has been answered and counted (checked only here: a call waiting
+        // out a late answer counts it when the deadline passes).
+        check_store_failures(
+            self.cache.metrics().ttl_store_failures(),
+            self.recorder.lookup_and_write_errors(),
+            self.recorder.answers_later_than(STORE_DEADLINE_MS),
+        )
+        .map_err(|v| self.fail(v.rule, v.detail))?;
         let spans = self.spans.lock().expect("spans").finish();
         spans.map_err(|v| self.fail("S-5", v.detail))?;
         self.stats.spans = self.spans.lock().expect("spans").spans_seen() as usize;

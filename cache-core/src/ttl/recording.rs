@@ -1,7 +1,9 @@
 //! A TTL store wrapper that counts the errors the cache actually met and
-//! records the rows it wrote, for the harnesses that judge them (T-3, T-4):
-//! the simulation's oracles and the facade driver.
+//! the delays it was told of, and records the rows it wrote, for the
+//! harnesses that judge them (T-2, T-3, T-4): the simulation's oracles and
+//! the facade driver.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,9 @@ use super::{StoreError, TtlRow, TtlStore};
 pub struct RecordingStore {
     inner: Arc<dyn TtlStore>,
     errors: AtomicU64,
+    lookup_and_write_errors: AtomicU64,
+    /// How often each answer delay was reported, by delay in ms.
+    delays: Mutex<BTreeMap<u64, u64>>,
     writes: Mutex<Vec<StoreWrite>>,
 }
 
@@ -33,6 +38,8 @@ impl RecordingStore {
         RecordingStore {
             inner,
             errors: AtomicU64::new(0),
+            lookup_and_write_errors: AtomicU64::new(0),
+            delays: Mutex::new(BTreeMap::new()),
             writes: Mutex::new(Vec::new()),
         }
     }
@@ -40,6 +47,22 @@ impl RecordingStore {
     /// Errors returned so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::SeqCst)
+    }
+
+    /// Errors returned by `select` and `compare_and_upsert` so far (GC
+    /// rounds left out): the failures a cache absorbs for its calls (T-2).
+    pub fn lookup_and_write_errors(&self) -> u64 {
+        self.lookup_and_write_errors.load(Ordering::SeqCst)
+    }
+
+    /// How many answer delays reported so far exceeded `deadline_ms`: the
+    /// lookups a cache with that deadline must give up on (T-2).
+    pub fn answers_later_than(&self, deadline_ms: u64) -> u64 {
+        let delays = self.delays.lock().unwrap_or_else(|p| p.into_inner());
+        delays
+            .range(deadline_ms.saturating_add(1)..)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The writes accepted since the last call, in order.
@@ -53,11 +76,19 @@ impl RecordingStore {
         }
         r
     }
+
+    fn count_for_calls<T>(&self, r: &Result<T, StoreError>) {
+        if r.is_err() {
+            self.lookup_and_write_errors.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl TtlStore for RecordingStore {
     fn select(&self, call_key: &str) -> Result<Option<TtlRow>, StoreError> {
-        self.count(self.inner.select(call_key))
+        let r = self.count(self.inner.select(call_key));
+        self.count_for_calls(&r);
+        r
     }
 
     fn compare_and_upsert(
@@ -67,6 +98,7 @@ impl TtlStore for RecordingStore {
         compare: Option<&str>,
     ) -> Result<bool, StoreError> {
         let r = self.count(self.inner.compare_and_upsert(call_key, row, compare));
+        self.count_for_calls(&r);
         if let Ok(true) = r {
             self.writes
                 .lock()
@@ -85,6 +117,13 @@ impl TtlStore for RecordingStore {
     }
 
     fn answer_delay_ms(&self) -> u64 {
-        self.inner.answer_delay_ms()
+        let delay = self.inner.answer_delay_ms();
+        *self
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(delay)
+            .or_insert(0) += 1;
+        delay
     }
 }
