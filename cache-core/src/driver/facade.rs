@@ -236,6 +236,8 @@ struct Stored {
     value: Option<u32>,
     id: Option<CallId>,
     content_key: Option<String>,
+    /// Whether its resolver marked it safe to persist (T-3).
+    safe: bool,
     /// Made by a TTL'd call: its session, safety and TTL window.
     ttl: Option<TtlResult<Option<SessionId>>>,
 }
@@ -769,6 +771,7 @@ impl Driver {
                         value,
                         content_key: id.as_ref().and_then(|i| i.content_key()),
                         id,
+                        safe,
                         // Its row's expiry and its fresh key's window both
                         // end by the clock now plus its TTL (T-2).
                         ttl: (r.info.ttl_ms > 0).then(|| TtlResult {
@@ -1061,6 +1064,14 @@ impl Driver {
                 stored.id.as_ref().map(|i| i.call_key())
             );
         }
+        ensure!(
+            self,
+            result.safe_to_persist() == stored.safe,
+            "T-3",
+            "{entry} was served as safe to persist: {}, its resolver said {}",
+            result.safe_to_persist(),
+            stored.safe
+        );
         if result.hit() {
             self.stats.hits += 1;
             ensure!(
