@@ -450,7 +450,8 @@ fn long_facade_runs_cover_every_path() {
 /// A session that holds 16,384 refs or more when it closes: the cache
 /// removes a batch that large another way (a sweep over its indexes), and
 /// no random input of the properties above gets there. Its calls hit the
-/// driver's few IDs again and again, with random operations around them.
+/// driver's few IDs again and again, two of them on results another
+/// session still holds, with random operations after them.
 #[test]
 fn machine_large_session_closes_keep_every_invariant() {
     let bulk = prop_oneof![
@@ -471,7 +472,25 @@ fn machine_large_session_closes_keep_every_invariant() {
     ];
     let mut total = driver::Stats::default();
     for seed in 1..=2u8 {
-        let mut ops = vec![Op::Open];
+        // A second session first holds two results the first then hits:
+        // the close must leave them, and their listings, alone.
+        let mut ops = vec![Op::Open, Op::Open];
+        for id in [0, 1] {
+            ops.push(Op::Call {
+                who: Who::Session(1),
+                id,
+                conc: 0,
+                dnc: false,
+                ttl: Ttl::None,
+            });
+            ops.push(Op::Complete {
+                which: 0,
+                outcome: Outcome::Value(u16::from(id)),
+                returned_id: None,
+                safe: true,
+                stale_nested: false,
+            });
+        }
         ops.extend(sample(prop::collection::vec(bulk.clone(), 18_000), seed));
         ops.push(Op::Close { which: 0 });
         ops.extend(sample(prop::collection::vec(op(), 200), seed));
