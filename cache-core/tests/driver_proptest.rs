@@ -211,6 +211,27 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Swarm weighting for TTL keys (T-2, T-3): most calls TTL'd, from
+/// sessions, with a concurrency key, so that rows outlive the results they
+/// were written for and sessions meet on a live row's shared key while its
+/// result is being computed again, which the even weighting of `op` seldom
+/// arranges.
+fn ttl_heavy_op() -> impl Strategy<Value = Op> {
+    let ttl = prop_oneof![1 => Just(Ttl::None), 2 => Just(Ttl::Short), 5 => Just(Ttl::Long)];
+    prop_oneof![
+        10 => (idx(), 0u8..3, prop_oneof![1 => Just(0u8), 4 => Just(1u8)], ttl)
+            .prop_map(|(s, id, conc, ttl)| Op::Call { who: Who::Session(s), id, conc, dnc: false, ttl }),
+        4 => (idx(), any::<u16>(), prop::bool::weighted(0.7))
+            .prop_map(|(which, v, safe)| Op::Complete {
+                which, outcome: Outcome::Value(v), returned_id: None, safe, stale_nested: false,
+            }),
+        4 => op(),
+        3 => idx().prop_map(|which| Op::Release { which }),
+        2 => Just(Op::Open),
+        1 => idx().prop_map(|which| Op::Close { which }),
+    ]
+}
+
 fn machine_input() -> impl Strategy<Value = MachineInput> {
     (any::<bool>(), seq(op(), 150))
         .prop_map(|(change_cache, ops)| MachineInput { change_cache, ops })
@@ -308,6 +329,17 @@ proptest! {
     #![proptest_config(config(256, "proptest-regressions/driver_machine.txt"))]
     #[test]
     fn machine_keeps_every_invariant(input in machine_input()) {
+        if let Err(f) = driver::run_machine(&input) {
+            return Err(TestCaseError::fail(f.to_string()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128, "proptest-regressions/driver_machine_ttl.txt"))]
+    #[test]
+    fn machine_ttl_heavy_inputs_keep_every_invariant(ops in seq(ttl_heavy_op(), 150)) {
+        let input = MachineInput { change_cache: false, ops };
         if let Err(f) = driver::run_machine(&input) {
             return Err(TestCaseError::fail(f.to_string()));
         }

@@ -66,3 +66,75 @@ fn t3_unsafe_result_under_shared_key_is_not_served_to_other_sessions() {
     assert_eq!(cache.live_entries(), 0);
     cache.check_invariants().unwrap();
 }
+
+/// Found by the TTL-heavy driver property: one session calls a TTL'd key
+/// twice at once (no concurrency key, so two runs under its one fresh key).
+/// The first result is safe and becomes the row's key; the session lets it
+/// go before the second, unsafe result lands under the same fresh key.
+/// Another session following the row must not be served that unsafe
+/// result, and its own safe result is then listed beside it (not a C-7
+/// duplicate of a result it may not see), while the first session still
+/// hits its own.
+#[test]
+fn t3_an_unsafe_result_under_a_fresh_key_the_row_points_to_stays_with_its_session() {
+    let mut cache: CallCache<u8> = CallCache::new(1);
+    let (a, b) = (cache.open_session(), cache.open_session());
+    let caller = |s| Caller {
+        session: Some(s),
+        ..Caller::default()
+    };
+    let id = CallId::new("resolve").with_arg("tag", "v1".into());
+    let key = "fresh-key-of-a";
+    let fresh = || CallRequest {
+        storage_key: Some(key.into()),
+        ..CallRequest::new(id.clone())
+    };
+    let shared = || CallRequest {
+        storage_key: Some(key.into()),
+        shared_storage: true,
+        ..CallRequest::new(id.clone())
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let Ok(Decision::Run(run)) = cache.begin_call(&caller(a), fresh()).outcome else {
+            panic!("no concurrency key: each call runs")
+        };
+        runs.push(run.entry);
+    }
+    let mut done = cache
+        .complete(runs[0], Ok(Resolved::value(1).safe_to_persist(true)))
+        .unwrap();
+    let Some((_, Ok(first))) = done.served.pop() else {
+        panic!("the first run's caller is served")
+    };
+    run_releases(cache.release(first.handle).unwrap()).unwrap();
+    let done = cache.complete(runs[1], Ok(Resolved::value(2))).unwrap();
+    assert_eq!(done.served.len(), 1);
+
+    // B reaches A's fresh key through the row: A's unsafe result is not
+    // for B, so B runs.
+    let Ok(Decision::Run(run_b)) = cache.begin_call(&caller(b), shared()).outcome else {
+        panic!("B must not be served another session's unsafe result")
+    };
+    let done = cache
+        .complete(run_b.entry, Ok(Resolved::value(3).safe_to_persist(true)))
+        .unwrap();
+    assert_eq!(done.served.len(), 1);
+    let hit = |cache: &mut CallCache<u8>, s, req| match cache.begin_call(&caller(s), req).outcome {
+        Ok(Decision::Hit(hit)) => hit.value,
+        other => panic!("a hit, got {other:?}"),
+    };
+    assert_eq!(hit(&mut cache, b, shared()), Some(3), "B's own, beside A's");
+    assert_eq!(hit(&mut cache, a, fresh()), Some(2), "A still hits its own");
+    assert_eq!(
+        hit(&mut cache, a, shared()),
+        Some(2),
+        "also through the row"
+    );
+
+    for s in [a, b] {
+        run_releases(cache.close_session(s).unwrap().releases).unwrap();
+    }
+    assert_eq!(cache.live_entries(), 0);
+    cache.check_invariants().unwrap();
+}

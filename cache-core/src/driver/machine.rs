@@ -1063,9 +1063,22 @@ impl Driver {
             return Ok(());
         }
         let content = r.requested_ix.and_then(|i| IdKeys::get().content_key(i));
+        let shared = r.ttl.as_ref().is_some_and(|t| t.shared);
         self.index
-            .check_miss(&r.key, content)
+            .check_miss(&r.key, content, |e| {
+                !shared || self.visible(e, r.caller.session)
+            })
             .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+
+    /// T-3: whether a caller of `session` may be served `e` through a
+    /// shared TTL key: a result not safe to persist only in the session
+    /// that made it.
+    fn visible(&self, e: EntryId, session: Option<SessionId>) -> bool {
+        self.results
+            .get(&e)
+            .and_then(|s| s.ttl)
+            .is_none_or(|(made_by, _, safe)| safe || made_by == session)
     }
 
     /// INV-5 / INV-6 / INV-8 for a hit.
@@ -1219,7 +1232,17 @@ impl Driver {
         let success = result.is_ok() && !rejected;
         let error = result.as_ref().err().cloned();
         // C-7: a result already indexed under the storage key wins.
-        let superseded = self.index.under(&r.key).is_some();
+        // Through a shared TTL key, only one this run's session may be
+        // served (T-3).
+        let shared = r.ttl.as_ref().is_some_and(|t| t.shared);
+        let starter = match r.starter {
+            Origin::Top(s) => s,
+            Origin::Inner(_) => None,
+        };
+        let superseded = self
+            .index
+            .under(&r.key, |e| !shared || self.visible(e, starter))
+            .is_some();
         if success {
             // The ID the result reports: the one it returned, else the one
             // requested (by index, for its keys).

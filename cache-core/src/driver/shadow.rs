@@ -159,9 +159,12 @@ impl ShadowIndex {
         }
     }
 
-    /// A completed result indexed under the storage key `key`, if any.
-    pub(crate) fn under(&self, key: &str) -> Option<EntryId> {
-        self.storage.get(key).and_then(|ids| ids.first().copied())
+    /// A completed result indexed under the storage key `key` for which
+    /// `visible` holds (through a shared TTL key, T-3), if any.
+    pub(crate) fn under(&self, key: &str, visible: impl Fn(EntryId) -> bool) -> Option<EntryId> {
+        self.storage
+            .get(key)
+            .and_then(|ids| ids.iter().copied().find(|e| visible(*e)))
     }
 
     /// A completed result indexed under the content key `key`, if any.
@@ -170,13 +173,15 @@ impl ShadowIndex {
     }
 
     /// C-3.1 / C-3.2: a call on `storage_key` (and `content_key`) that the
-    /// cache let run or join must have found no indexed result first.
+    /// cache let run or join must have found no indexed result first that
+    /// it may be served (`visible`).
     pub(crate) fn check_miss(
         &self,
         storage_key: &str,
         content_key: Option<&str>,
+        visible: impl Fn(EntryId) -> bool,
     ) -> Result<(), (&'static str, String)> {
-        if let Some(e) = self.under(storage_key) {
+        if let Some(e) = self.under(storage_key, visible) {
             return Err((
                 "C-3.1",
                 format!("a miss under {storage_key}, where {e} is indexed (C-6)"),
@@ -270,14 +275,19 @@ mod tests {
         index.insert(e, ["s", "r", "s"], Some("c"));
         assert_eq!(index.storage["s"], vec![e], "one slot per key");
         for key in ["s", "r"] {
-            let (rule, detail) = index.check_miss(key, None).unwrap_err();
+            let (rule, detail) = index.check_miss(key, None, |_| true).unwrap_err();
             assert_eq!(rule, "C-3.1");
             assert!(detail.contains(&e.to_string()), "{detail}");
         }
-        assert_eq!(index.check_miss("x", Some("c")).unwrap_err().0, "C-3.2");
-        assert_eq!(index.check_miss("x", Some("d")), Ok(()));
+        assert_eq!(
+            index.check_miss("x", Some("c"), |_| true).unwrap_err().0,
+            "C-3.2"
+        );
+        assert_eq!(index.check_miss("x", Some("d"), |_| true), Ok(()));
+        // A result the caller may not be served (T-3) is no missed hit.
+        assert_eq!(index.check_miss("s", None, |_| false), Ok(()));
         index.remove(e);
-        assert_eq!(index.check_miss("s", Some("c")), Ok(()));
-        assert_eq!(index.under("r"), None);
+        assert_eq!(index.check_miss("s", Some("c"), |_| true), Ok(()));
+        assert_eq!(index.under("r", |_| true), None);
     }
 }

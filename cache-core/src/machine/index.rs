@@ -495,6 +495,20 @@ impl Indexes {
         self.by_storage.get(key).and_then(|l| l.first().copied())
     }
 
+    /// The first completed entry under a storage key for which `visible`
+    /// holds (a shared TTL key shows another session only results safe to
+    /// persist, T-3).
+    pub fn storage_visible(
+        &self,
+        key: &IndexKey,
+        visible: impl Fn(EntryId) -> bool,
+    ) -> Option<EntryId> {
+        debug_assert!(self.nothing_queued(), "no lookup while removals are queued");
+        self.by_storage
+            .get(key)
+            .and_then(|l| l.iter().copied().find(|e| visible(*e)))
+    }
+
     /// The first completed entry under a content key.
     #[inline]
     pub fn content(&self, key: &IndexKey) -> Option<EntryId> {
