@@ -236,6 +236,17 @@ pub fn check_leak_report(
             ),
         );
     }
+    let nothing_lives = live_entries == 0 && buckets.total() == 0;
+    if report.is_clean() != nothing_lives {
+        return violation(
+            "O-3",
+            format!(
+                "a leak report calls itself clean: {}, with {live_entries} live entries and \
+                 buckets {buckets:?}",
+                report.is_clean()
+            ),
+        );
+    }
     let b = buckets;
     let expected: Vec<LeakClass> = [
         (
