@@ -1211,6 +1211,14 @@ impl Driver {
             )
             .map_err(|v| self.fail(v.rule, v.detail))?;
         }
+        let open = self.sessions.iter().filter(|s| s.is_open()).count();
+        ensure!(
+            self,
+            self.cache.connected_clients() == open,
+            "S-6",
+            "the cache counts {} connected clients, {open} sessions are open",
+            self.cache.connected_clients()
+        );
         check_hook_errors(
             self.cache.metrics().release_hook_errors(),
             self.hooks.failed_runs() as u64,

@@ -438,6 +438,14 @@ impl Driver {
                     .flat_map(|r| r.inner.iter().map(|h| h.entry())),
             )
             .collect::<Vec<_>>();
+        ensure!(
+            self,
+            self.cache.open_sessions() == self.open.len(),
+            "S-6",
+            "the cache counts {} open sessions, {} are open",
+            self.cache.open_sessions(),
+            self.open.len()
+        );
         let c = &self.cache;
         let report = c.leak_report();
         check_counts(&c.buckets(), c.entries(), &report, c.live_entries())
