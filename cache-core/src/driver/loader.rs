@@ -418,6 +418,11 @@ struct Driver {
     clock: ManualClock,
     high: i64,
     went_back: bool,
+    /// The furthest the clock has been behind its highest reading, ms: a
+    /// remote expires a row by the clock it is given, the local tier by
+    /// the highest reading (T-7), so a copy may outlive its remote row by
+    /// this much.
+    behind_ms: i64,
     flights: Vec<DFlight>,
     /// Every value a loader or a `set` produced, per stored key.
     produced: BTreeMap<String, BTreeSet<Vec<u8>>>,
@@ -509,6 +514,7 @@ impl Driver {
             high: clock_now(&clock),
             clock,
             went_back: false,
+            behind_ms: 0,
             flights: Vec::new(),
             produced: BTreeMap::new(),
             lost: BTreeSet::new(),
@@ -620,6 +626,7 @@ impl Driver {
             LoaderOp::Back { ms } => {
                 self.clock.advance(-i64::from(ms));
                 self.went_back |= ms > 0;
+                self.behind_ms = self.behind_ms.max(self.high - clock_now(&self.clock));
                 Ok(())
             }
             LoaderOp::Tick { node } => self.tick(self.node(node)),
@@ -1619,6 +1626,12 @@ impl Driver {
                 if !entry.record.is_live(now) || self.lost.contains(&key) {
                     continue;
                 }
+                // Within the clock's lag of its expiry, the remote may
+                // have expired the row already, and a later write-if-absent
+                // (a placeholder) may have taken its place.
+                if entry.record.remaining_ms(now) <= self.behind_ms {
+                    continue;
+                }
                 let remote = match &self.remote {
                     None => continue,
                     Some(r) => r.peek(&key).and_then(|b| Record::decode(&b).ok()),
@@ -1999,6 +2012,7 @@ impl LoaderHarness {
                 d.went_back |= ms < 0;
                 let before = d.high;
                 d.high = d.high.max(clock_now(&d.clock));
+                d.behind_ms = d.behind_ms.max(d.high - clock_now(&d.clock));
                 if d.high > before {
                     (0..d.nodes.len()).try_for_each(|n| d.tick(n))?;
                 }
