@@ -524,14 +524,7 @@ fn machine_large_session_closes_keep_every_invariant() {
             });
         }
         ops.extend(sample(prop::collection::vec(bulk.clone(), 18_000), seed));
-        ops.push(Op::Close { which: 0 });
-        ops.extend(sample(prop::collection::vec(op(), 200), seed));
-        let input = MachineInput {
-            change_cache: false,
-            ops,
-        };
-        let stats = driver::run_machine(&input).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
-        total.add(&stats);
+        total.add(&close_first_session_and_run(ops, seed));
     }
     assert_covered(&total, &["large_closes", "hits", "closes"]);
 }
@@ -587,16 +580,21 @@ fn machine_batched_session_closes_keep_every_invariant() {
         for id in [0, 3] {
             ops.extend([call(id, Ttl::None), complete(u16::from(seed))]);
         }
-        ops.push(Op::Close { which: 0 });
-        ops.extend(sample(prop::collection::vec(op(), 200), seed));
-        let input = MachineInput {
-            change_cache: false,
-            ops,
-        };
-        let stats = driver::run_machine(&input).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
-        total.add(&stats);
+        total.add(&close_first_session_and_run(ops, seed));
     }
     assert_covered(&total, &["batched_closes", "hits", "closes", "ttl_writes"]);
+}
+
+/// Closes the first open session after `ops`, adds 200 random operations
+/// drawn with `seed`, and runs it all on the machine driver.
+fn close_first_session_and_run(mut ops: Vec<Op>, seed: u8) -> driver::Stats {
+    ops.push(Op::Close { which: 0 });
+    ops.extend(sample(prop::collection::vec(op(), 200), seed));
+    let input = MachineInput {
+        change_cache: false,
+        ops,
+    };
+    driver::run_machine(&input).unwrap_or_else(|f| panic!("seed {seed}: {f}"))
 }
 
 #[test]
