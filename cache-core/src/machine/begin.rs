@@ -91,20 +91,8 @@ impl<V: Clone> CallCache<V> {
             };
         }
 
-        // C-3.1: storage hit. Through a live TTL row's key, only a result
-        // safe to persist or made by the caller's own session (T-3): the
-        // row's key is a session's fresh key, under which that session may
-        // also hold a result it may not share.
-        let hit = if req.shared_storage {
-            let entries = &self.entries;
-            self.idx.storage_visible(&storage_key, |e| {
-                entries
-                    .get(e.0)
-                    .is_some_and(|x| x.visible_to(caller.session))
-            })
-        } else {
-            self.idx.storage(&storage_key)
-        };
+        // C-3.1: storage hit (through a shared key, T-3: see `stored_for`).
+        let hit = self.stored_for(&storage_key, req.shared_storage, caller.session);
         if let Some(hit) = hit {
             trace.path = Path::Storage;
             trace.rule = "C-3.1";

@@ -190,15 +190,11 @@ impl<V: Clone> CallCache<V> {
                 .arbitrary_completed
                 .get(&*e.storage_key.text())
                 .copied()
-        } else if e.shared_storage {
-            // T-3: a result another session may not be served is no
-            // duplicate of this one (C-7); both stay listed.
-            let entries = &self.entries;
-            self.idx.storage_visible(&e.storage_key, |x| {
-                entries.get(x.0).is_some_and(|x| x.visible_to(e.starter))
-            })
         } else {
-            self.idx.storage(&e.storage_key)
+            // T-3: through a shared key, a result this run's session may
+            // not be served is no duplicate of this one (C-7); both stay
+            // listed.
+            self.stored_for(&e.storage_key, e.shared_storage, e.starter)
         };
         let (mode, starter, call_key) = (e.mode, e.starter, e.call_key.clone());
         if mode == RunMode::ForcedRetry {

@@ -138,13 +138,6 @@ pub struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    /// T-3: whether a caller of `session` reaching this result through a
-    /// shared TTL key may be served it: a result not safe to persist stays
-    /// with the session that made it.
-    pub fn visible_to(&self, session: Option<SessionId>) -> bool {
-        self.safe_to_persist || self.starter == session
-    }
-
     /// A fresh in-flight entry.
     pub fn in_flight(
         mode: RunMode,

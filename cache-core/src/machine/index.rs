@@ -496,8 +496,7 @@ impl Indexes {
     }
 
     /// The first completed entry under a storage key for which `visible`
-    /// holds (a shared TTL key shows another session only results safe to
-    /// persist, T-3).
+    /// holds.
     pub fn storage_visible(
         &self,
         key: &IndexKey,

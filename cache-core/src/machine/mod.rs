@@ -228,6 +228,26 @@ impl<V: Clone> CallCache<V> {
         self.idx.storage(&IndexKey::from_text(storage_key))
     }
 
+    /// The completed entry a lookup under `key` meets (C-3.1). Through a
+    /// live TTL row's key (`shared`), only a result safe to persist or made
+    /// by `session` (T-3): the row's key is a session's fresh key, under
+    /// which that session may also hold a result it may not share.
+    fn stored_for(
+        &self,
+        key: &IndexKey,
+        shared: bool,
+        session: Option<SessionId>,
+    ) -> Option<EntryId> {
+        if !shared {
+            return self.idx.storage(key);
+        }
+        self.idx.storage_visible(key, |e| {
+            self.entries
+                .get(e.0)
+                .is_some_and(|x| x.safe_to_persist || x.starter == session)
+        })
+    }
+
     /// How many callers wait on the in-flight `entry` (0 once abandoned);
     /// `None` when it is not in flight (completed, or gone). Unlike
     /// [`CallCache::waiters`] it allocates nothing.

@@ -70,25 +70,22 @@ impl RecordingStore {
         std::mem::take(&mut *self.writes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Counts an error; `for_calls` when a cache absorbs it for a call (a
+    /// lookup or a write, not a GC round).
+    fn count<T>(&self, r: Result<T, StoreError>, for_calls: bool) -> Result<T, StoreError> {
         if r.is_err() {
             self.errors.fetch_add(1, Ordering::SeqCst);
+            if for_calls {
+                self.lookup_and_write_errors.fetch_add(1, Ordering::SeqCst);
+            }
         }
         r
-    }
-
-    fn count_for_calls<T>(&self, r: &Result<T, StoreError>) {
-        if r.is_err() {
-            self.lookup_and_write_errors.fetch_add(1, Ordering::SeqCst);
-        }
     }
 }
 
 impl TtlStore for RecordingStore {
     fn select(&self, call_key: &str) -> Result<Option<TtlRow>, StoreError> {
-        let r = self.count(self.inner.select(call_key));
-        self.count_for_calls(&r);
-        r
+        self.count(self.inner.select(call_key), true)
     }
 
     fn compare_and_upsert(
@@ -97,8 +94,7 @@ impl TtlStore for RecordingStore {
         row: &TtlRow,
         compare: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let r = self.count(self.inner.compare_and_upsert(call_key, row, compare));
-        self.count_for_calls(&r);
+        let r = self.count(self.inner.compare_and_upsert(call_key, row, compare), true);
         if let Ok(true) = r {
             self.writes
                 .lock()
@@ -113,7 +109,7 @@ impl TtlStore for RecordingStore {
     }
 
     fn gc_expired(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
-        self.count(self.inner.gc_expired(now, batch))
+        self.count(self.inner.gc_expired(now, batch), false)
     }
 
     fn answer_delay_ms(&self) -> u64 {
