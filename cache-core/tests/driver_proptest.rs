@@ -276,6 +276,29 @@ fn facade_input() -> impl Strategy<Value = FacadeInput> {
         .prop_map(|(change_cache, ops)| FacadeInput { change_cache, ops })
 }
 
+/// The facade's swarm weighting for TTL keys, as `ttl_heavy_op` is the
+/// machine's: TTL'd calls from sessions with a concurrency key, resolved
+/// with values that are mostly safe to persist, so that sessions meet on a
+/// live row's shared key (T-2, T-3) through the async API, its waiters and
+/// its store lookups.
+fn ttl_heavy_session_op() -> impl Strategy<Value = SessionOp> {
+    let ttl = prop_oneof![1 => Just(Ttl::None), 2 => Just(Ttl::Short), 5 => Just(Ttl::Long)];
+    prop_oneof![
+        10 => (option::weighted(0.8, idx()), 0u8..2, 0u8..2, ttl, any::<bool>())
+            .prop_map(|(session, id, conc, ttl, obey_cancel)| SessionOp::Call {
+                session, id, conc, dnc: false, ttl, obey_cancel,
+            }),
+        4 => (idx(), any::<u16>(), prop::bool::weighted(0.7))
+            .prop_map(|(which, v, safe)| SessionOp::Resolve {
+                which, outcome: Outcome::Value(v % 8), returned_id: None, safe,
+            }),
+        4 => session_op(),
+        3 => (idx(), any::<bool>()).prop_map(|(which, drop)| SessionOp::Release { which, drop }),
+        2 => Just(SessionOp::Open),
+        1 => idx().prop_map(|session| SessionOp::Close { session }),
+    ]
+}
+
 fn key_pick() -> impl Strategy<Value = KeyPick> {
     prop_oneof![4 => idx().prop_map(KeyPick::Small), 1 => ".{0,6}".prop_map(KeyPick::Raw)]
 }
@@ -351,6 +374,17 @@ proptest! {
     #![proptest_config(config(64, "proptest-regressions/driver_facade.txt"))]
     #[test]
     fn facade_keeps_every_invariant(input in facade_input()) {
+        if let Err(f) = driver::run_facade(&input) {
+            return Err(TestCaseError::fail(f.to_string()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128, "proptest-regressions/driver_facade_ttl.txt"))]
+    #[test]
+    fn facade_ttl_heavy_inputs_keep_every_invariant(ops in seq(ttl_heavy_session_op(), 80)) {
+        let input = FacadeInput { change_cache: false, ops };
         if let Err(f) = driver::run_facade(&input) {
             return Err(TestCaseError::fail(f.to_string()));
         }
@@ -691,4 +725,47 @@ fn t3_ttl_write_ignores_safety_is_caught_by_both_drivers() {
     let said = |what: &str| facade.iter().any(|f| f.detail.contains(what));
     assert!(said("but no result of it was safe"), "{facade:?}");
     assert!(said("whose result was not safe"), "{facade:?}");
+}
+
+/// T-2, T-7: a row written by a call with a long TTL stays live past the
+/// TTL of a later call of the same key with a short one, and the later
+/// result, stored under the row's key, is served through the row until
+/// the row expires. The facade driver once bounded every result by its
+/// own call's TTL and reported this as T-7 (the TTL-heavy property found
+/// it); the cache is right: what expires is the mapping.
+#[test]
+fn facade_a_result_under_a_longer_lived_row_is_served_until_the_row_expires() {
+    let call = |ttl| SessionOp::Call {
+        session: None,
+        id: 1,
+        conc: 0,
+        dnc: false,
+        ttl,
+        obey_cancel: false,
+    };
+    let resolve = SessionOp::Resolve {
+        which: 0,
+        outcome: Outcome::Value(0),
+        returned_id: None,
+        safe: true,
+    };
+    let ops = vec![
+        call(Ttl::Long),
+        resolve.clone(),
+        SessionOp::Release {
+            which: 0,
+            drop: false,
+        },
+        call(Ttl::Short),
+        resolve,
+        SessionOp::Advance { ms: 500 },
+        call(Ttl::Short),
+    ];
+    let input = FacadeInput {
+        change_cache: false,
+        ops,
+    };
+    if let Err(f) = driver::run_facade(&input) {
+        panic!("{f}");
+    }
 }

@@ -155,6 +155,11 @@ fn session_number(inc: u64, change: bool, sid: cache_core::machine::SessionId) -
     (inc << 33) | (u64::from(change) << 32) | (sid.0 & 0xffff_ffff)
 }
 
+/// How long the call cache waits for the TTL store (T-2): the cache's
+/// default, stated here so that the store-failure oracle judges by the
+/// same figure.
+pub const STORE_DEADLINE_MS: u64 = 1000;
+
 /// The engine host's software in a simulation (called again on every
 /// restart).
 pub async fn serve(world: Arc<World>) -> turmoil::Result {
@@ -167,6 +172,7 @@ pub async fn serve(world: Arc<World>) -> turmoil::Result {
                 .telemetry(Arc::new(SpanSink(Arc::downgrade(&world))))
                 .blocking_executor(Arc::new(cache_core::facade::Inline))
                 .ttl_store(world.store.clone())
+                .store_deadline_ms(STORE_DEADLINE_MS)
                 .clock(clock.clone())
                 .bugs(world.bugs)
                 .build(),
@@ -735,6 +741,10 @@ fn answer<H: EngineHost>(
     match res {
         Ok(r) => {
             let mut v = r.value().cloned();
+            let mut safe_to_persist = r.safe_to_persist();
+            if host.plant() == Some(Plant::SafetyFlagFlipped) {
+                safe_to_persist = !safe_to_persist;
+            }
             if let Some(v) = v.as_mut() {
                 if host.plant() == Some(Plant::WrongValue) {
                     v.key = (key + 1) % plan.plan().keys.len() as u64 + 1000;
@@ -746,6 +756,8 @@ fn answer<H: EngineHost>(
                     v.session = None;
                     v.safe = false;
                     v.made_ms = 0;
+                    // The engine reports the result unsafe throughout.
+                    safe_to_persist = false;
                 }
                 let ttl = plan.plan().keys[key as usize].ttl_ms;
                 if host.plant() == Some(Plant::TtlExpiredOwnSession) && is_call && ttl > 0 {
@@ -776,6 +788,7 @@ fn answer<H: EngineHost>(
                     hit: r.hit(),
                     content_hit: r.content_hit(),
                     detached: r.is_detached(),
+                    safe_to_persist,
                     t0_ms: t0,
                     t0_clock,
                 },

@@ -90,6 +90,12 @@ pub enum Plant {
     /// S-7: the engine reports every session close as if no release hook
     /// had failed (needs a scenario with failing hooks).
     CloseHidesHookErrors,
+    /// T-3: the engine reports every call result with its safe-to-persist
+    /// flag turned over.
+    SafetyFlagFlipped,
+    /// T-2 (O-1): the oracle reads the call cache's count of TTL store
+    /// failures as one less than it is (needs a scenario with store errors).
+    StoreFailureUncounted,
     /// C-1: the engine answers a call with no call ID through a valid key,
     /// so its resolver runs and its result is cached (needs a scenario with
     /// invalid calls).
@@ -170,6 +176,9 @@ pub struct World {
     pub shadow: Mutex<Shadow>,
     engine: Mutex<Option<Engine>>,
     incarnation: AtomicU64,
+    /// TTL store failures counted by the call caches of the incarnations
+    /// that have ended (each incarnation's metrics start at zero).
+    ended_store_failures: AtomicU64,
     /// The TTL store (kept across engine restarts).
     pub store: Arc<RecordingStore>,
     /// The same store when it is the in-memory one (faults).
@@ -228,6 +237,7 @@ impl World {
             shadow: Mutex::new(Shadow::default()),
             engine: Mutex::new(None),
             incarnation: AtomicU64::new(0),
+            ended_store_failures: AtomicU64::new(0),
             store,
             memory,
             drop_flags: Mutex::new(vec![false; n]),
@@ -345,8 +355,22 @@ impl World {
     pub fn start_incarnation(&self, make: impl FnOnce(u64) -> Engine) -> Engine {
         let inc = self.incarnation.fetch_add(1, Ordering::SeqCst) + 1;
         let engine = make(inc);
-        *lock(&self.engine) = Some(engine.clone());
+        // The engine before it stopped with its host, so its count is final.
+        if let Some(ended) = lock(&self.engine).replace(engine.clone()) {
+            let counted = ended.calls.metrics().ttl_store_failures();
+            self.ended_store_failures
+                .fetch_add(counted, Ordering::SeqCst);
+        }
         engine
+    }
+
+    /// TTL store failures the call caches of all incarnations counted, the
+    /// current one's so far included.
+    pub fn store_failures_counted(&self) -> u64 {
+        let current = self
+            .engine()
+            .map_or(0, |e| e.calls.metrics().ttl_store_failures());
+        self.ended_store_failures.load(Ordering::SeqCst) + current
     }
 
     /// The current engine incarnation, if started.

@@ -193,6 +193,23 @@ fn inv8_fresh_key_handed_to_another_session_is_reported() {
 }
 
 #[test]
+fn t3_a_safety_flag_changed_on_the_way_is_reported() {
+    // T-3: a result reaches its caller with its resolver's safe-to-persist
+    // flag; the plant turns the flag over as the engine reports it.
+    assert_eq!(first_inv(Plant::SafetyFlagFlipped), "INV-8");
+}
+
+#[test]
+fn t2_a_store_failure_left_uncounted_is_reported() {
+    // T-2, O-1: every TTL store failure the cache met is counted, across
+    // restarts; the plant reads the count as one less.
+    assert_eq!(
+        first_inv_in("ttl-heavy", Plant::StoreFailureUncounted),
+        "T-2"
+    );
+}
+
+#[test]
 fn c1_invalid_key_served_is_reported() {
     // C-1: a call with no call ID is refused at once; the plant sends it
     // with an ID, so it runs (or waits) and is cached. Its span, of a call

@@ -108,6 +108,22 @@ pub fn judge<S: PartialEq + Debug>(
     Ok(())
 }
 
+/// T-3: a result reaches every caller with the safety its resolver gave it
+/// (`made`); `served` is what the caller's result says. A flag that turns
+/// safe on the way lets a later write share what the resolver kept
+/// private; one that turns unsafe loses sharing no other check notices.
+pub fn check_safety(served: bool, made: bool) -> Result<(), ServeViolation> {
+    if served == made {
+        return Ok(());
+    }
+    Err(ServeViolation {
+        rule: "T-3",
+        detail: format!(
+            "a result was served as safe to persist: {served}, its resolver said {made}"
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +148,14 @@ mod tests {
 
     fn rule(r: Result<(), ServeViolation>) -> Option<&'static str> {
         r.err().map(|v| v.rule)
+    }
+
+    #[test]
+    fn t3_a_safety_flag_changed_on_the_way_is_reported() {
+        assert_eq!(rule(check_safety(true, true)), None);
+        assert_eq!(rule(check_safety(false, false)), None);
+        assert_eq!(rule(check_safety(true, false)), Some("T-3"));
+        assert_eq!(rule(check_safety(false, true)), Some("T-3"));
     }
 
     #[test]

@@ -340,6 +340,23 @@ impl Driver {
         }
     }
 
+    /// Until when a TTL'd result of `call_key` made now may be served
+    /// (T-2, T-7): to the end of its own TTL, by which its fresh key's
+    /// window and any row it writes end; or to the end of the live row it
+    /// was stored under, which an earlier call of the key with a longer TTL
+    /// wrote. A bound, never tighter than the truth: the row read now is
+    /// the one the call found, or one written since.
+    fn valid_until(&self, call_key: &str, ttl_ms: i64) -> i64 {
+        let now = self.clock.now_ms();
+        let row = self
+            .store
+            .rows()
+            .into_iter()
+            .find(|(k, r)| k == call_key && r.expiration >= now)
+            .map(|(_, r)| r.expiration);
+        now.saturating_add(ttl_ms).max(row.unwrap_or(i64::MIN))
+    }
+
     fn fail(&self, invariant: &'static str, detail: String) -> Failure {
         let op = self.op.as_ref().map(|o| o as &dyn std::fmt::Debug);
         Failure::at(invariant, self.step, detail, op, &self.cache.leak_report())
@@ -772,12 +789,10 @@ impl Driver {
                         content_key: id.as_ref().and_then(|i| i.content_key()),
                         id,
                         safe,
-                        // Its row's expiry and its fresh key's window both
-                        // end by the clock now plus its TTL (T-2).
                         ttl: (r.info.ttl_ms > 0).then(|| TtlResult {
                             session: r.info.session,
                             safe,
-                            valid_until: self.clock.now_ms().saturating_add(r.info.ttl_ms),
+                            valid_until: self.valid_until(&r.info.key, r.info.ttl_ms),
                             made_at: self.step as u64,
                         }),
                     },
@@ -1064,14 +1079,8 @@ impl Driver {
                 stored.id.as_ref().map(|i| i.call_key())
             );
         }
-        ensure!(
-            self,
-            result.safe_to_persist() == stored.safe,
-            "T-3",
-            "{entry} was served as safe to persist: {}, its resolver said {}",
-            result.safe_to_persist(),
-            stored.safe
-        );
+        ttl_served::check_safety(result.safe_to_persist(), stored.safe)
+            .map_err(|v| self.fail(v.rule, format!("{entry}: {}", v.detail)))?;
         if result.hit() {
             self.stats.hits += 1;
             ensure!(

@@ -9,7 +9,7 @@
 
 use cache_core::checks::accounting::{
     check_buckets, check_close, check_hook_errors, check_invalid_key, check_leak_report,
-    AccountingViolation, CloseFacts, InvalidKeyCall,
+    check_store_failures, AccountingViolation, CloseFacts, InvalidKeyCall,
 };
 use cache_core::facade::Cache;
 use cache_core::machine::SessionId;
@@ -71,6 +71,27 @@ pub(super) fn closed(
     if let Err(v) = check_leak_report(&cache.leak_report(), &cache.buckets(), cache.live_entries())
     {
         report(world, &format!("after closing {sid}"), v);
+    }
+}
+
+/// At the end of a run, every call answered: the call caches of all
+/// incarnations counted every TTL store failure they met and nothing the
+/// store answered in time (T-2, O-1). A restart cannot split a failure from
+/// its count: the simulation's store answers in the caller's own poll.
+pub(super) fn store_failures(world: &World) {
+    let mut counted = world.store_failures_counted();
+    if world.plant == Some(Plant::StoreFailureUncounted) {
+        counted = counted.saturating_sub(1);
+    }
+    let errors = world.store.lookup_and_write_errors();
+    if errors > 0 {
+        world.count("ttl-store-failures-met");
+    }
+    let late = world
+        .store
+        .answers_later_than(crate::engine::STORE_DEADLINE_MS);
+    if let Err(v) = check_store_failures(counted, errors, late) {
+        report(world, "at the end of the run", v);
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Served<'a> {
     pub content_hit: bool,
     /// C-2 detached result.
     pub detached: bool,
+    /// T-3: whether the result says it may be persisted.
+    pub safe_to_persist: bool,
     /// Simulated ms when the call reached the engine.
     pub t0_ms: u64,
     /// The engine clock when the call reached the engine (INV-8).
@@ -334,6 +336,7 @@ pub fn observe(world: &World, obs: Observation<'_>) {
             if let Some(v) = served.value {
                 if served.is_call {
                     identity::call_served(world, &served, v);
+                    ttl::safety(world, &served, v);
                     if !served.content_hit && !served.detached {
                         ttl::served(world, &served, v);
                     }

@@ -48,6 +48,9 @@ pub fn check_end(world: &World) {
         .collect();
     drop(shadow);
     super::telemetry::finish(world);
+    if pending == 0 && running.is_empty() {
+        super::accounting::store_failures(world);
+    }
     if pending != 0 {
         world.violate(
             "INV-11",

@@ -8,6 +8,17 @@ use cache_core::checks::ttl_served::{self, ServedCall, TtlResult};
 use super::Served;
 use crate::world::{Val, World};
 
+/// T-3: a call result is served with the safety its resolver gave it,
+/// whichever path served it.
+pub(super) fn safety(world: &World, s: &Served<'_>, v: &Val) {
+    if let Err(e) = ttl_served::check_safety(s.safe_to_persist, v.safe) {
+        world.violate(
+            "INV-8",
+            format!("k{}: result o{}: {} ({})", s.key, v.out, e.detail, e.rule),
+        );
+    }
+}
+
 /// Judges one served, non-detached storage-path value.
 pub(super) fn served(world: &World, s: &Served<'_>, v: &Val) {
     let key = s.key;
