@@ -414,7 +414,11 @@ impl<H: EngineHost> Conn<H> {
             } else {
                 s.hook_errors
             };
-            (s.released, hook_errors)
+            let mut released = s.released;
+            if self.host.plant() == Some(Plant::CloseUndercountsRefs) {
+                released = released.saturating_sub(1);
+            }
+            (released, hook_errors)
         });
         let _ = self.changes.close();
         match summary {

@@ -90,6 +90,9 @@ pub enum Plant {
     /// S-7: the engine reports every session close as if no release hook
     /// had failed (needs a scenario with failing hooks).
     CloseHidesHookErrors,
+    /// S-1: the engine reports every session close that released refs as
+    /// releasing one ref fewer.
+    CloseUndercountsRefs,
     /// T-3: the engine reports every call result with its safe-to-persist
     /// flag turned over.
     SafetyFlagFlipped,

@@ -223,6 +223,13 @@ fn c1_invalid_key_served_is_reported() {
 }
 
 #[test]
+fn s1_a_close_releasing_fewer_refs_than_its_session_owned_is_reported() {
+    // S-1: a close releases every ref its session owned; answers racing
+    // the close may add to that, never take from it.
+    assert_eq!(first_inv(Plant::CloseUndercountsRefs), "S-1");
+}
+
+#[test]
 fn s7_close_hiding_failed_hooks_is_reported() {
     // S-7, C-12: a close counts the release hooks that failed while it ran.
     assert_eq!(

@@ -1159,6 +1159,9 @@ impl Driver {
             released: summary.released,
             hook_errors: summary.hook_errors,
             owned: self.owned.iter().filter(|(x, _)| *x == s).count(),
+            // Every task runs until blocked before the next operation, so
+            // each answer is seen before a close can be issued.
+            unseen: 0,
             failed_hooks: self.hooks.failed_runs() - failed_before,
         };
         check_close(facts).map_err(|v| self.fail(v.rule, format!("closing {s}: {}", v.detail)))

@@ -41,7 +41,9 @@ pub(super) fn closing(world: &World, inc: u64) {
 }
 
 /// Session `sid` closed, its close reporting `released` refs and
-/// `hook_errors` failing hooks; `owned`: the refs the shadow saw it own.
+/// `hook_errors` failing hooks; `owned`: the refs the shadow saw it own;
+/// `unseen`: its calls in flight, whose answers may have been made (each
+/// with a ref the close released) before the engine reported them.
 /// The call cache's leak report then names what its buckets show (O-3):
 /// checked at closes, which are rare, since a report lists every entry.
 pub(super) fn closed(
@@ -49,7 +51,7 @@ pub(super) fn closed(
     cache: &Cache<Val>,
     (inc, sid): (u64, SessionId),
     (released, hook_errors): (usize, usize),
-    owned: usize,
+    (owned, unseen): (usize, usize),
 ) {
     let failed = {
         let sh = world.shadow();
@@ -63,6 +65,7 @@ pub(super) fn closed(
         released,
         hook_errors,
         owned,
+        unseen,
         failed_hooks: failed,
     };
     if let Err(v) = check_close(facts) {

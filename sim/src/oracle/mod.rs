@@ -325,7 +325,13 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 let open = {
                     let mut sh = world.shadow();
                     let open = sh.session_open(served.inc, served.session);
-                    if let Some(s) = sh.sessions.get_mut(&(served.inc, served.session)) {
+                    // An answer that reaches us after its session closed:
+                    // the close released its ref (judged below).
+                    if let Some(s) = sh
+                        .sessions
+                        .get_mut(&(served.inc, served.session))
+                        .filter(|s| s.open)
+                    {
                         let extra = u32::from(world.plant == Some(Plant::ShadowExtraHandle));
                         *s.handles.entry(entry).or_default() += 1 + extra;
                     }
@@ -477,7 +483,8 @@ pub fn observe(world: &World, obs: Observation<'_>) {
                 None => (0, 0),
             };
             if let Some(reported) = summary {
-                accounting::closed(world, cache, (inc, session), reported, owned);
+                let unseen = in_flight as usize;
+                accounting::closed(world, cache, (inc, session), reported, (owned, unseen));
             }
             if in_flight > 0 {
                 world.count("close-with-calls-in-flight");
