@@ -475,6 +475,7 @@ fn long_machine_runs_cover_every_path() {
             "failed_hooks",
             "late_completions",
             "explicit_storage_keys",
+            "acting_sessions",
         ],
     );
 }

@@ -14,11 +14,15 @@ fn c6_all_waiters_share_one_entry_and_indexes() {
     let s2 = cache.open_session();
     let q = id("q");
     let r = with_content(id("r"), "C");
-    let req = || CallRequest {
+    let req = || CallRequest::new(q.clone()).concurrency_key("c");
+    // The first caller's prepared write is the one made (T-3). Joiners from
+    // sessions carry none: a request with one has a key the TTL rules chose
+    // and dedupes only within its session.
+    let first = CallRequest {
         ttl_write: Some(write_for(&q.call_key())),
-        ..CallRequest::new(q.clone()).concurrency_key("c")
+        ..req()
     };
-    let run = expect_run(cache.begin_call(&anon(), req()));
+    let run = expect_run(cache.begin_call(&anon(), first));
     let (_, w1) = expect_wait(cache.begin_call(&in_session(s1), req()));
     let (_, w2) = expect_wait(cache.begin_call(&in_session(s2), req()));
 

@@ -2,7 +2,22 @@
 //! neither by a storage hit nor by joining the call that computes it.
 
 use cache_core::id::CallId;
-use cache_core::machine::{run_releases, CallCache, CallRequest, Caller, Decision, Resolved};
+use cache_core::machine::{
+    run_releases, CallCache, CallRequest, Caller, Decision, Resolved, SessionId,
+};
+
+fn two_sessions() -> (CallCache<u8>, SessionId, SessionId) {
+    let mut cache = CallCache::new(1);
+    let (a, b) = (cache.open_session(), cache.open_session());
+    (cache, a, b)
+}
+
+fn caller(s: SessionId) -> Caller {
+    Caller {
+        session: Some(s),
+        ..Caller::default()
+    }
+}
 
 fn shared_request(id: &CallId) -> CallRequest {
     CallRequest {
@@ -77,12 +92,7 @@ fn t3_unsafe_result_under_shared_key_is_not_served_to_other_sessions() {
 /// hits its own.
 #[test]
 fn t3_an_unsafe_result_under_a_fresh_key_the_row_points_to_stays_with_its_session() {
-    let mut cache: CallCache<u8> = CallCache::new(1);
-    let (a, b) = (cache.open_session(), cache.open_session());
-    let caller = |s| Caller {
-        session: Some(s),
-        ..Caller::default()
-    };
+    let (mut cache, a, b) = two_sessions();
     let id = CallId::new("resolve").with_arg("tag", "v1".into());
     let key = "fresh-key-of-a";
     let fresh = || CallRequest {
@@ -132,6 +142,56 @@ fn t3_an_unsafe_result_under_a_fresh_key_the_row_points_to_stays_with_its_sessio
         "also through the row"
     );
 
+    for s in [a, b] {
+        run_releases(cache.close_session(s).unwrap().releases).unwrap();
+    }
+    assert_eq!(cache.live_entries(), 0);
+    cache.check_invariants().unwrap();
+}
+
+/// C-3.3 within one session: a run under the session's fresh key, and a
+/// later call of the same session that reaches that key through the row a
+/// sibling run wrote, are one flight: the later call joins (one resolver
+/// per deduplicated key, INV-4). Another session reaching the key through
+/// the row still does not join (T-3). The facade driver's TTL-heavy
+/// property found the second run.
+#[test]
+fn c3_3_a_call_through_the_row_joins_its_own_sessions_run_under_the_fresh_key() {
+    use cache_core::ttl::{PreparedWrite, TtlRow};
+    let (mut cache, a, b) = two_sessions();
+    let id = CallId::new("resolve").with_arg("tag", "v1".into());
+    let key = "fresh-key-of-a";
+    let fresh = CallRequest {
+        storage_key: Some(key.into()),
+        ttl_write: Some(PreparedWrite {
+            call_key: id.call_key(),
+            row: TtlRow {
+                storage_key: key.into(),
+                expiration: 1_000,
+            },
+            compare: None,
+        }),
+        ..CallRequest::new(id.clone()).concurrency_key("c")
+    };
+    let shared = || CallRequest {
+        storage_key: Some(key.into()),
+        shared_storage: true,
+        ..CallRequest::new(id.clone()).concurrency_key("c")
+    };
+    let Ok(Decision::Run(run)) = cache.begin_call(&caller(a), fresh).outcome else {
+        panic!("the first call runs")
+    };
+    let Ok(Decision::Wait { entry, .. }) = cache.begin_call(&caller(a), shared()).outcome else {
+        panic!("A's call through the row must join A's run under the same key")
+    };
+    assert_eq!(entry, run.entry);
+    let Ok(Decision::Run(other)) = cache.begin_call(&caller(b), shared()).outcome else {
+        panic!("B must not join A's run: its safety is not known yet")
+    };
+    for (e, waiters) in [(run.entry, 2), (other.entry, 1)] {
+        let done = cache.complete(e, Ok(Resolved::value(1))).unwrap();
+        assert_eq!(done.served.len(), waiters);
+    }
     for s in [a, b] {
         run_releases(cache.close_session(s).unwrap().releases).unwrap();
     }

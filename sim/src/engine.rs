@@ -1012,6 +1012,22 @@ fn flight_class(eng: &Engine, rctx: &ResolverCtx, change: bool) -> FlightClass {
     }
 }
 
+/// A call-cache resolver at the end of its work acts for a client (C-5):
+/// it asks the cache which open sessions wait on its call and would use
+/// the first. Planted: it acts for the session that started it, as a
+/// resolver run "as" its first caller would.
+fn acts_for<H: EngineHost>(env: &Env<H>, eng: &Engine, job: &Job, rctx: &ResolverCtx) {
+    let listed = match (env.host.plant(), job.session) {
+        (Some(Plant::ActsForStarter), Some(s)) => vec![s],
+        _ => eng.calls.sessions_waiting_on(rctx.entry.1),
+    };
+    env.host.observe(Observation::ActsFor {
+        inc: eng.inc,
+        listed,
+        starter: job.session,
+    });
+}
+
 async fn body<H: EngineHost>(
     env: &Env<H>,
     eng: &Engine,
@@ -1066,6 +1082,9 @@ async fn body<H: EngineHost>(
             _ => Some(behave.dur_ms.saturating_sub(elapsed)),
         };
         cancelled = pause(rctx, behave.deaf, rest).await;
+    }
+    if !cancelled && !change {
+        acts_for(env, eng, job, rctx);
     }
     if cancelled {
         // INV-7: a resolver is cancelled only when every waiter has left.

@@ -90,6 +90,9 @@ pub enum Plant {
     /// S-7: the engine reports every session close as if no release hook
     /// had failed (needs a scenario with failing hooks).
     CloseHidesHookErrors,
+    /// INV-7 (C-5): a resolver acts for the session that started it, even
+    /// after that session closed, instead of for a session still waiting.
+    ActsForStarter,
     /// S-1: the engine reports every session close that released refs as
     /// releasing one ref fewer.
     CloseUndercountsRefs,

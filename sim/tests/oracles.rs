@@ -230,6 +230,13 @@ fn s1_a_close_releasing_fewer_refs_than_its_session_owned_is_reported() {
 }
 
 #[test]
+fn c5_a_resolver_acting_for_a_closed_session_is_reported() {
+    // C-5: a shared call acts for a session still waiting on it, never for
+    // the one that started it once that one closed.
+    assert_eq!(first_inv(Plant::ActsForStarter), "INV-7");
+}
+
+#[test]
 fn s7_close_hiding_failed_hooks_is_reported() {
     // S-7, C-12: a close counts the release hooks that failed while it ran.
     assert_eq!(

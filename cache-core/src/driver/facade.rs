@@ -24,7 +24,7 @@ use crate::checks::accounting::{
     check_close, check_counts, check_hook_errors, check_invalid_key, check_release,
     check_store_failures, CloseFacts, InvalidKeyCall,
 };
-use crate::checks::answers::{self, Answered, Standing};
+use crate::checks::answers::{self, check_acting_sessions, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::checks::ttl_served::{self, ServedCall, TtlResult};
@@ -749,6 +749,15 @@ impl Driver {
         let r = self.running.remove(live[usize::from(which) % live.len()]);
         if self.cache.inspect(|m| m.waiters(r.entry).is_empty()) {
             self.stats.abandoned_settled += 1;
+        }
+        // C-5: the resolver acts for an open session, never a closed one
+        // (the check the simulation and the machine driver share; this
+        // driver does not follow which caller waits on which entry).
+        let listed = self.cache.sessions_waiting_on(r.entry);
+        check_acting_sessions(&listed, |s| self.is_open(s), &[])
+            .map_err(|v| self.fail(v.rule, format!("{}: {}", r.entry, v.detail)))?;
+        if !listed.is_empty() {
+            self.stats.acting_sessions += 1;
         }
         let command = match outcome {
             Outcome::Value(_) | Outcome::NoValue => {

@@ -11,7 +11,7 @@ use crate::bugs::Bugs;
 use crate::checks::accounting::{
     check_counts, check_entry_slots, check_invalid_key, check_release, InvalidKeyCall,
 };
-use crate::checks::answers::{judge, Answered, Standing};
+use crate::checks::answers::{check_acting_sessions, judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{RowCheck, RowWrite};
 use crate::checks::ttl_served::{self, ServedCall, TtlResult};
@@ -806,9 +806,10 @@ impl Driver {
             ttl_run = Some(run);
         }
         let key = req.storage_key.clone().unwrap_or_else(|| call_key.clone());
-        // A live TTL key dedupes only within its session (T-3).
+        // A TTL key, fresh or live, dedupes only within its session (T-3).
+        let ttl_chosen = req.shared_storage || req.ttl_write.is_some();
         let eff_conc = match caller.session {
-            Some(s) if req.shared_storage && !conc.is_empty() => format!("{conc}@{s}"),
+            Some(s) if ttl_chosen && !conc.is_empty() => format!("{conc}@{s}"),
             _ => conc,
         };
         let b = self.cache.begin_call(&caller, req);
@@ -1172,6 +1173,49 @@ impl Driver {
         Ok(())
     }
 
+    /// The open sessions the model says wait on the running `entry`,
+    /// directly or through the resolvers whose nested calls wait on it.
+    fn sessions_waiting_on(&self, entry: EntryId) -> Vec<SessionId> {
+        let mut found = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![entry];
+        while let Some(e) = todo.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            for (_, origin) in self.running.get(&e).map_or(&[][..], |r| &r.waiters) {
+                match *origin {
+                    Origin::Top(Some(s)) if self.open.contains(&s) => {
+                        found.insert(s);
+                    }
+                    Origin::Inner(parent) => todo.push(parent),
+                    Origin::Top(_) => {}
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// C-5: the sessions the cache says a resolver may act for are the
+    /// open ones the model has waiting on it, judged by the check the
+    /// simulation and the facade driver share, then exactly.
+    fn check_acting(&mut self, entry: EntryId) -> Result<(), Failure> {
+        let listed = self.cache.sessions_waiting_on(entry);
+        let model = self.sessions_waiting_on(entry);
+        check_acting_sessions(&listed, |s| self.open.contains(&s), &model)
+            .map_err(|v| self.fail(v.rule, format!("{entry}: {}", v.detail)))?;
+        ensure!(
+            self,
+            listed == model,
+            "C-5",
+            "{entry}: the cache lists sessions {listed:?} to act for, the model {model:?}"
+        );
+        if !listed.is_empty() {
+            self.stats.acting_sessions += 1;
+        }
+        Ok(())
+    }
+
     fn complete(
         &mut self,
         entry: EntryId,
@@ -1180,6 +1224,7 @@ impl Driver {
         safe: bool,
         stale_nested: bool,
     ) -> Result<(), Failure> {
+        self.check_acting(entry)?;
         let mut r = self
             .running
             .remove(&entry)

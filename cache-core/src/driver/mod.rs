@@ -144,6 +144,9 @@ pub struct Stats {
     pub joins: usize,
     /// Resolver runs started.
     pub runs: usize,
+    /// Resolvers finished while the cache listed open sessions they may act
+    /// for (C-5, `sessions_waiting_on`).
+    pub acting_sessions: usize,
     /// Recursive-call refusals (C-4, C-4b).
     pub recursive: usize,
     /// K-5 blocked inits.
@@ -217,6 +220,7 @@ impl Stats {
             (&mut self.content_hits, o.content_hits),
             (&mut self.joins, o.joins),
             (&mut self.runs, o.runs),
+            (&mut self.acting_sessions, o.acting_sessions),
             (&mut self.recursive, o.recursive),
             (&mut self.blocked, o.blocked),
             (&mut self.duplicates, o.duplicates),
@@ -256,6 +260,7 @@ impl Stats {
             ("content_hits", self.content_hits),
             ("joins", self.joins),
             ("runs", self.runs),
+            ("acting_sessions", self.acting_sessions),
             ("recursive", self.recursive),
             ("blocked", self.blocked),
             ("duplicates", self.duplicates),

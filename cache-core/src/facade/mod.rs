@@ -528,6 +528,39 @@ impl<V: Clone + Send + 'static> Cache<V> {
         self.shared.lock().machine.waiter_count(entry)
     }
 
+    /// The open sessions the resolver of the in-flight call `entry` may act
+    /// for (C-5), in id order: those with a caller still waiting on it,
+    /// directly or through the resolvers whose nested calls wait on it. A
+    /// resolver that needs a client (to ask it for something, or to charge
+    /// it) uses one of these rather than the session that started it, which
+    /// may have closed while others wait. Never a closed session; empty
+    /// once the call completed, every waiter left, or only bare callers wait.
+    ///
+    /// ```
+    /// use cache_core::facade::{Cache, CallKey};
+    /// use cache_core::id::CallId;
+    /// use cache_core::machine::Resolved;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache: Cache<u32> = Cache::builder().build();
+    /// let session = cache.open_session();
+    /// let observer = cache.clone();
+    /// let me = session.id();
+    /// let result = session
+    ///     .call(CallKey::new(CallId::new("build")), move |ctx| async move {
+    ///         // The caller's session waits on this call: it may act for it.
+    ///         assert_eq!(observer.sessions_waiting_on(ctx.entry.1), vec![me]);
+    ///         Ok(Resolved::value(7))
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(result.value(), Some(&7));
+    /// # });
+    /// ```
+    pub fn sessions_waiting_on(&self, entry: EntryId) -> Vec<crate::machine::SessionId> {
+        self.shared.lock().machine.sessions_waiting_on(entry)
+    }
+
     /// Entries alive in any state (0 at quiescence, INV-1).
     pub fn live_entries(&self) -> usize {
         self.shared.lock().machine.live_entries()

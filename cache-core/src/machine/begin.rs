@@ -121,10 +121,14 @@ impl<V: Clone> CallCache<V> {
                 telemetry,
             };
         }
-        // A shared TTL key dedupes only within the session: whether the result
-        // may cross sessions is known only once it is safe to persist (T-3).
+        // A TTL key dedupes only within the session: through a shared key,
+        // whether the result may cross sessions is known only once it is
+        // safe to persist (T-3). A fresh key is scoped the same way, so that
+        // a run under it and a later call of its session that reaches it
+        // through the row its sibling wrote meet as one flight (C-3.3).
+        let ttl_chosen = req.shared_storage || req.ttl_write.is_some();
         let concurrency_key = match caller.session {
-            Some(s) if req.shared_storage && !req.concurrency_key.is_empty() => {
+            Some(s) if ttl_chosen && !req.concurrency_key.is_empty() => {
                 format!("{}@{s}", req.concurrency_key)
             }
             _ => std::mem::take(&mut req.concurrency_key),

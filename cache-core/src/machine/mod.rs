@@ -282,6 +282,40 @@ impl<V: Clone> CallCache<V> {
             .unwrap_or_default()
     }
 
+    /// The open sessions a call's resolver may act for (C-5): those with a
+    /// caller waiting on the in-flight `entry`, directly or through the
+    /// resolvers whose nested calls wait on it, in id order, each once.
+    /// Never a closed session: a shared call that needs a client (to ask it
+    /// for something, or to charge it) uses one of these, so the session
+    /// that started it may close while the others go on being served.
+    /// Empty once every waiter has left, or when only bare callers wait.
+    pub fn sessions_waiting_on(&self, entry: EntryId) -> Vec<SessionId> {
+        let mut found = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![entry];
+        while let Some(e) = todo.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            let Some(x) = self.entries.get(e.0) else {
+                continue;
+            };
+            if x.phase == entry::Phase::Completed {
+                continue;
+            }
+            for w in &x.waiters {
+                match (w.session, w.from) {
+                    (Some(s), _) if self.session_is_open(s) => {
+                        found.insert(s);
+                    }
+                    (None, Some(parent)) => todo.push(parent),
+                    _ => {}
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
     fn new_waiter_id(&mut self) -> WaiterId {
         let id = WaiterId(self.next_waiter);
         self.next_waiter += 1;

@@ -232,7 +232,7 @@ impl<V: Clone> CallCache<V> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FlightKey {
     /// In the ongoing-calls index under (storage key, effective concurrency
-    /// key: scoped per session on shared TTL keys, T-3).
+    /// key: scoped per session on keys the TTL rules chose, T-3).
     Call {
         /// The full storage key.
         storage_key: String,

@@ -213,8 +213,9 @@ pub struct CallRequest {
     /// S-5: emit telemetry on every call, not once per key per session.
     pub repeat_telemetry: bool,
     /// T-2: the storage key came from a live TTL row, so other sessions use
-    /// it too. Such a call joins only calls of its own session, and a result
-    /// that is not safe to persist is not stored under the shared key (T-3).
+    /// it too. Such a call (as any whose key the TTL rules chose) joins only
+    /// calls of its own session, and a result that is not safe to persist is
+    /// not stored under the shared key (T-3).
     pub shared_storage: bool,
 }
 

@@ -91,6 +91,16 @@ pub struct Served<'a> {
 /// What a host reports. Each variant is a fact; [`observe`] records it in
 /// the shadow model and has the judges check it.
 pub enum Observation<'a> {
+    /// A call-cache resolver acts for a client: the cache listed the open
+    /// sessions waiting on its call (C-5), and it uses the first.
+    ActsFor {
+        /// Incarnation.
+        inc: u64,
+        /// The sessions the cache listed (`Cache::sessions_waiting_on`).
+        listed: Vec<SessionId>,
+        /// The session whose call started the run (none for a nested run).
+        starter: Option<SessionId>,
+    },
     /// A connection opened session `session` in incarnation `inc`.
     SessionOpened {
         /// Incarnation.
@@ -391,6 +401,11 @@ pub fn observe(world: &World, obs: Observation<'_>) {
         Observation::ResolverCancelled { run, cache, entry } => {
             cancellation::resolver_cancelled(world, run, cache, entry)
         }
+        Observation::ActsFor {
+            inc,
+            listed,
+            starter,
+        } => sessions::acts_for(world, inc, &listed, starter),
         Observation::ResolverEnded { run } => {
             let now = world.now();
             if let Some(r) = world.shadow().runs.get_mut(&run) {
@@ -571,6 +586,10 @@ pub const CASES: &[(&str, &str)] = &[
     (
         "close-with-failing-hooks",
         "a session close runs release hooks that fail (C-12, S-7)",
+    ),
+    (
+        "acts-for-another-after-its-starter-closed",
+        "a shared call acts for a waiting session after the one that started it closed (C-5)",
     ),
 ];
 

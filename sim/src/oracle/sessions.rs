@@ -1,6 +1,7 @@
 //! INV-9: after `close()` a session holds no refs, and a call that
 //! finishes after its session closed leaks nothing (S-1, S-3).
 
+use cache_core::checks::answers::check_acting_sessions;
 use cache_core::facade::Cache;
 use cache_core::machine::{Owner, SessionId};
 
@@ -14,6 +15,27 @@ pub(super) fn closed(world: &World, cache: &Cache<Val>, sid: SessionId) {
             "INV-9",
             format!("session {sid} holds {refs_after} refs after close"),
         );
+    }
+}
+
+/// A resolver acts for a client (C-5): every session the cache listed is
+/// open. Counted: a run that acts for a client, and one that does after
+/// the session that started it closed (the case C-5 is about).
+pub(super) fn acts_for(world: &World, inc: u64, listed: &[SessionId], starter: Option<SessionId>) {
+    let (verdict, starter_closed) = {
+        let sh = world.shadow();
+        let open = |s: SessionId| sh.session_open(inc, s);
+        let verdict = check_acting_sessions(listed, open, &[]);
+        (verdict, starter.is_some_and(|s| !open(s)))
+    };
+    if let Err(v) = verdict {
+        world.violate("INV-7", format!("{} ({})", v.detail, v.rule));
+    }
+    if !listed.is_empty() {
+        world.count("resolver-acts-for-a-session");
+        if starter_closed {
+            world.count("acts-for-another-after-its-starter-closed");
+        }
     }
 }
 
