@@ -511,6 +511,7 @@ fn long_facade_runs_cover_every_path() {
             "invalid_keys",
             "failed_hooks",
             "crossed_cancels",
+            "slow_lookups",
         ],
     );
 }

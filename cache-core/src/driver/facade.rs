@@ -132,6 +132,11 @@ struct RunInfo {
     call: u64,
     /// The step it was issued at and the clock then (T-7).
     issued: (u64, i64),
+    /// When it was issued, on the runtime's (paused) clock.
+    issued_at: tokio::time::Instant,
+    /// How long its TTL lookup must wait for the store before the call can
+    /// go on: the store's injected delay, at most the deadline (T-2).
+    store_wait_ms: u64,
 }
 
 /// The driver's telemetry sink: every span goes to the S-5 judge, and
@@ -157,6 +162,8 @@ impl Telemetry for DriverSpans {
 
 /// A resolver that has started, as it registers itself.
 struct Started {
+    /// When the resolver was first polled, on the runtime's clock.
+    started_at: tokio::time::Instant,
     rctx: ResolverCtx,
     tx: oneshot::Sender<Command>,
     info: RunInfo,
@@ -368,6 +375,15 @@ impl Driver {
         (self.step as u64, self.clock.now_ms())
     }
 
+    /// How long a TTL'd call issued now waits for the store (T-2): the
+    /// injected delay, at most the deadline.
+    fn store_wait_ms(&self, ttl_ms: u64) -> u64 {
+        if ttl_ms == 0 {
+            return 0;
+        }
+        self.store.faults().delay_ms.min(STORE_DEADLINE_MS)
+    }
+
     fn is_open(&self, s: SessionId) -> bool {
         self.cache.inspect(|m| m.session_is_open(s))
     }
@@ -482,6 +498,8 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
+                    issued_at: tokio::time::Instant::now(),
+                    store_wait_ms: self.store_wait_ms(ttl.ms()),
                 };
                 let key = CallKey::new(id)
                     .concurrency_key(conc)
@@ -507,6 +525,8 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
+                    issued_at: tokio::time::Instant::now(),
+                    store_wait_ms: 0,
                 };
                 self.spawn_arbitrary(ctx, origin, key, info);
             }
@@ -539,6 +559,8 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
+                    issued_at: tokio::time::Instant::now(),
+                    store_wait_ms: 0,
                 };
                 let key = CallKey::new(id).concurrency_key(conc).do_not_cache(dnc);
                 self.spawn_call(ctx, origin, key, info);
@@ -628,6 +650,7 @@ impl Driver {
                 let cancel = rctx.cancel.clone();
                 let obey = info.obey_cancel;
                 registry.lock().expect("registry").started.push(Started {
+                    started_at: tokio::time::Instant::now(),
                     rctx,
                     tx,
                     info,
@@ -838,6 +861,24 @@ impl Driver {
         let started = std::mem::take(&mut self.registry.lock().expect("registry").started);
         for s in started {
             self.stats.runs += 1;
+            // T-2: a slow store's delay bites. The call's lookup waits for
+            // the store's answer (or the deadline) before the cache decides,
+            // so its resolver cannot start sooner: an injected delay that
+            // never delays anything leaves slow stores untested.
+            let waited = s.started_at.duration_since(s.info.issued_at);
+            ensure!(
+                self,
+                waited >= Duration::from_millis(s.info.store_wait_ms),
+                "T-2",
+                "a resolver of {} started {} ms after its call, whose TTL lookup had to wait \
+                 {} ms for the store",
+                s.info.key,
+                waited.as_millis(),
+                s.info.store_wait_ms
+            );
+            if s.info.store_wait_ms > 0 {
+                self.stats.slow_lookups += 1;
+            }
             let ran = self.spans.lock().expect("spans").resolver_ran(s.info.call);
             ran.map_err(|v| self.fail("S-5", v.detail))?;
             let r = Running {

@@ -147,6 +147,8 @@ pub struct Stats {
     /// Resolvers finished while the cache listed open sessions they may act
     /// for (C-5, `sessions_waiting_on`).
     pub acting_sessions: usize,
+    /// Resolvers of TTL'd calls whose lookup waited for a slow store (T-2).
+    pub slow_lookups: usize,
     /// Recursive-call refusals (C-4, C-4b).
     pub recursive: usize,
     /// K-5 blocked inits.
@@ -221,6 +223,7 @@ impl Stats {
             (&mut self.joins, o.joins),
             (&mut self.runs, o.runs),
             (&mut self.acting_sessions, o.acting_sessions),
+            (&mut self.slow_lookups, o.slow_lookups),
             (&mut self.recursive, o.recursive),
             (&mut self.blocked, o.blocked),
             (&mut self.duplicates, o.duplicates),
@@ -261,6 +264,7 @@ impl Stats {
             ("joins", self.joins),
             ("runs", self.runs),
             ("acting_sessions", self.acting_sessions),
+            ("slow_lookups", self.slow_lookups),
             ("recursive", self.recursive),
             ("blocked", self.blocked),
             ("duplicates", self.duplicates),
