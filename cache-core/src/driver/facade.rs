@@ -139,6 +139,30 @@ struct RunInfo {
     store_wait_ms: u64,
 }
 
+/// The runtime's clock, which the driver's paused current-thread runtime
+/// moves only by its own sleeps: durations between two points of one run,
+/// the same on every replay (its origin is never read).
+fn paused_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
+/// The driver's blocking executor: each store call runs on a task of its
+/// own after the caller has yielded once, as a blocking pool answers a
+/// moment later, so the cache waits for it under its store deadline (T-2)
+/// and other tasks run in between; deterministic on the driver's
+/// current-thread runtime. (`Inline` answers inside the caller's poll, and
+/// a cache whose deadline were zero would never notice.)
+struct Deferred;
+
+impl crate::facade::BlockingExecutor for Deferred {
+    fn spawn(&self, job: crate::facade::BlockingJob) {
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            job();
+        });
+    }
+}
+
 /// The driver's telemetry sink: every span goes to the S-5 judge, and
 /// what the judge finds waits in `found` for the next collect.
 struct DriverSpans {
@@ -306,7 +330,7 @@ impl Driver {
                 found: span_found.clone(),
             }))
             .instance_id_for_replay(INSTANCE)
-            .blocking_executor(Arc::new(crate::facade::Inline))
+            .blocking_executor(Arc::new(Deferred))
             .store_deadline_ms(STORE_DEADLINE_MS)
             .clock(Arc::new(clock.clone()))
             .ttl_store(recorder.clone())
@@ -498,7 +522,7 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
-                    issued_at: tokio::time::Instant::now(),
+                    issued_at: paused_now(),
                     store_wait_ms: self.store_wait_ms(ttl.ms()),
                 };
                 let key = CallKey::new(id)
@@ -525,7 +549,7 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
-                    issued_at: tokio::time::Instant::now(),
+                    issued_at: paused_now(),
                     store_wait_ms: 0,
                 };
                 self.spawn_arbitrary(ctx, origin, key, info);
@@ -559,7 +583,7 @@ impl Driver {
                     obey_cancel,
                     call: 0,
                     issued: self.issued(),
-                    issued_at: tokio::time::Instant::now(),
+                    issued_at: paused_now(),
                     store_wait_ms: 0,
                 };
                 let key = CallKey::new(id).concurrency_key(conc).do_not_cache(dnc);
@@ -650,7 +674,7 @@ impl Driver {
                 let cancel = rctx.cancel.clone();
                 let obey = info.obey_cancel;
                 registry.lock().expect("registry").started.push(Started {
-                    started_at: tokio::time::Instant::now(),
+                    started_at: paused_now(),
                     rctx,
                     tx,
                     info,
