@@ -801,7 +801,7 @@ impl Driver {
         // (the check the simulation and the machine driver share; this
         // driver does not follow which caller waits on which entry).
         let listed = self.cache.sessions_waiting_on(r.entry);
-        check_acting_sessions(&listed, |s| self.is_open(s), &[])
+        check_acting_sessions(&listed, |s| self.is_open(s))
             .map_err(|v| self.fail(v.rule, format!("{}: {}", r.entry, v.detail)))?;
         if !listed.is_empty() {
             self.stats.acting_sessions += 1;

@@ -1202,7 +1202,7 @@ impl Driver {
     fn check_acting(&mut self, entry: EntryId) -> Result<(), Failure> {
         let listed = self.cache.sessions_waiting_on(entry);
         let model = self.sessions_waiting_on(entry);
-        check_acting_sessions(&listed, |s| self.open.contains(&s), &model)
+        check_acting_sessions(&listed, |s| self.open.contains(&s))
             .map_err(|v| self.fail(v.rule, format!("{entry}: {}", v.detail)))?;
         ensure!(
             self,

@@ -25,7 +25,7 @@ pub(super) fn acts_for(world: &World, inc: u64, listed: &[SessionId], starter: O
     let (verdict, starter_closed) = {
         let sh = world.shadow();
         let open = |s: SessionId| sh.session_open(inc, s);
-        let verdict = check_acting_sessions(listed, open, &[]);
+        let verdict = check_acting_sessions(listed, open);
         (verdict, starter.is_some_and(|s| !open(s)))
     };
     if let Err(v) = verdict {
