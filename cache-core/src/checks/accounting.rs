@@ -4,7 +4,9 @@
 //! refs it released and the hooks that failed (S-1, S-7), the metrics count
 //! every failing hook (O-1, C-12), `entries()` is the sum of the five
 //! buckets (C-15), and a leak report names the classes its buckets show
-//! (O-3).
+//! (O-3) and prints what it holds so a reader can follow it: one name per
+//! entry and class, labels naming each entry's kind and key, index lines
+//! listing what the entries record (O-3, C-12).
 //!
 //! Every check takes plain counts the harness kept itself (how many of its
 //! planted failing hooks ran, how many refs a session owned), so the
@@ -309,6 +311,89 @@ pub fn check_entry_slots(
     Ok(())
 }
 
+/// The head of a key a label prints: a digest's first 12 hex digits, or a
+/// shorter key whole. Stated here apart from the cache's own shortening, so
+/// a label that names the wrong key (or none) is seen.
+pub fn key_head(key: &str) -> &str {
+    let hex = key.strip_prefix("sha256:").unwrap_or(key);
+    hex.char_indices().nth(12).map_or(hex, |(i, _)| &hex[..i])
+}
+
+/// The label an entry of this kind (`call`, `detached`, `retry`,
+/// `arbitrary`) begun under this storage (or arbitrary) key must carry.
+pub fn entry_label(kind: &str, storage_key: &str) -> String {
+    format!("{kind} {}", key_head(storage_key))
+}
+
+/// C-12, O-3: the label an entry's release hook and leak-report line carry
+/// is the one the harness expects (`want`, from [`entry_label`]): an
+/// operator reading a failed hook's error or a leak report finds the entry
+/// by it.
+pub fn check_label(entry: EntryId, label: &str, want: &str) -> Result<(), AccountingViolation> {
+    if label != want {
+        return violation(
+            "O-3",
+            format!("{entry} is labelled {label:?}, the harness expects {want:?}"),
+        );
+    }
+    Ok(())
+}
+
+/// O-3: the report a person reads names what the typed report holds. Each
+/// surviving entry prints as an id of its own and each leak class shown as
+/// a name of its own, and the index lines (`index_lines`, as
+/// [`CallCache::index_lines`](crate::machine::CallCache::index_lines)
+/// prints them: `slot -> e1 e2`) list exactly the slots the entries record.
+pub fn check_report_text(
+    report: &LeakReport,
+    index_lines: &[String],
+) -> Result<(), AccountingViolation> {
+    one_name_each(
+        "surviving entries",
+        report.entries.iter().map(|e| e.entry.to_string()).collect(),
+    )?;
+    one_name_each(
+        "leak classes",
+        report.classes().iter().map(ToString::to_string).collect(),
+    )?;
+    let mut recorded: Vec<(&str, String)> = report
+        .entries
+        .iter()
+        .flat_map(|e| e.slots.iter().map(|s| (s.as_str(), e.entry.to_string())))
+        .collect();
+    let mut listed = Vec::new();
+    for line in index_lines {
+        let Some((slot, entries)) = line.rsplit_once(" -> ") else {
+            return violation("O-3", format!("the index line {line:?} names no entry"));
+        };
+        listed.extend(entries.split(' ').map(|e| (slot, e.to_string())));
+    }
+    recorded.sort();
+    listed.sort();
+    if recorded != listed {
+        return violation(
+            "O-3",
+            format!("the index lines list {listed:?}, the entries record {recorded:?}"),
+        );
+    }
+    Ok(())
+}
+
+/// O-3: things a report lists print as names that are not empty and not
+/// shared, or a reader cannot tell them apart.
+fn one_name_each(what: &str, mut names: Vec<String>) -> Result<(), AccountingViolation> {
+    let printed = names.clone();
+    names.sort();
+    names.dedup();
+    if names.len() != printed.len() || names.iter().any(String::is_empty) {
+        return violation(
+            "O-3",
+            format!("the report's {what} print as {printed:?}: not one name each"),
+        );
+    }
+    Ok(())
+}
+
 /// C-15 and O-3 on one state of a cache: its `buckets`, `entries()`, leak
 /// report and live entries (what the drivers check after every step).
 pub fn check_counts(
@@ -490,5 +575,72 @@ mod tests {
         let v = check_entry_slots(&report, |_| Vec::new()).unwrap_err();
         assert_eq!(v.rule, "O-3");
         assert!(v.detail.contains("when asked alone"), "{v}");
+    }
+
+    #[test]
+    fn labels_name_the_kind_and_key_the_harness_began() {
+        let digest = format!("sha256:3f2a9c0b1d4e{}", "7".repeat(52));
+        assert_eq!(key_head(&digest), "3f2a9c0b1d4e");
+        assert_eq!(key_head("a3"), "a3");
+        let mut arena = crate::machine::arena::Arena::default();
+        let entry = EntryId(arena.insert(()));
+        let want = entry_label("call", &digest);
+        check_label(entry, "call 3f2a9c0b1d4e", &want).unwrap();
+        // Planted: a label that names no key, or another kind.
+        for label in ["call xyzzy", "", "retry 3f2a9c0b1d4e"] {
+            let v = check_label(entry, label, &want).unwrap_err();
+            assert_eq!(v.rule, "O-3");
+        }
+    }
+
+    #[test]
+    fn a_report_prints_one_name_per_entry_and_class_and_lists_what_they_record() {
+        use crate::machine::arena::Arena;
+        use crate::machine::SurvivingEntry;
+        let mut arena = Arena::default();
+        let (a, b) = (EntryId(arena.insert(())), EntryId(arena.insert(())));
+        let entry = |entry, slots: &[&str]| SurvivingEntry {
+            entry,
+            label: "call 3f2a9c0b1d4e".to_string(),
+            phase: "completed",
+            refcount: 1,
+            slots: slots.iter().map(|s| s.to_string()).collect(),
+            waiters: Vec::new(),
+            holders: Vec::new(),
+        };
+        let report = LeakReport {
+            buckets: Buckets {
+                completed_calls: 2,
+                completed_calls_by_content: 1,
+                ..Buckets::default()
+            },
+            open_sessions: 1,
+            entries: vec![
+                entry(a, &["storage 3f2a9c0b1d4e", "content 99aa"]),
+                entry(b, &["storage 3f2a9c0b1d4e"]),
+            ],
+        };
+        let lines = |ls: &[String]| ls.to_vec();
+        let good = [
+            format!("storage 3f2a9c0b1d4e -> {a} {b}"),
+            format!("content 99aa -> {a}"),
+        ];
+        check_report_text(&report, &lines(&good)).unwrap();
+        // Planted: index lines that name nothing, forget a listing, or list
+        // an entry under a slot it does not record.
+        let planted = [
+            vec![String::new()],
+            vec![good[0].clone()],
+            vec![good[0].clone(), format!("content 99aa -> {b}")],
+        ];
+        for index in planted {
+            let v = check_report_text(&report, &index).unwrap_err();
+            assert_eq!(v.rule, "O-3", "{index:?}");
+        }
+        // Planted: names a reader cannot tell apart.
+        one_name_each("entries", vec!["e1".into(), "e2".into()]).unwrap();
+        let v = one_name_each("entries", vec!["e".into(), "e".into()]).unwrap_err();
+        assert!(v.detail.contains("not one name each"), "{v}");
+        one_name_each("classes", vec![String::new()]).unwrap_err();
     }
 }

@@ -22,7 +22,7 @@ use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{
     check_close, check_counts, check_hook_errors, check_invalid_key, check_release,
-    check_store_failures, CloseFacts, InvalidKeyCall,
+    check_report_text, check_store_failures, CloseFacts, InvalidKeyCall,
 };
 use crate::checks::answers::{self, check_acting_sessions, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
@@ -1289,13 +1289,10 @@ impl Driver {
         if std::mem::take(&mut self.full_next) || self.since_full >= FULL_CHECK_EVERY {
             self.since_full = 0;
             let c = &self.cache;
-            check_counts(
-                &c.buckets(),
-                c.entries(),
-                &c.leak_report(),
-                c.live_entries(),
-            )
-            .map_err(|v| self.fail(v.rule, v.detail))?;
+            let report = c.leak_report();
+            check_counts(&c.buckets(), c.entries(), &report, c.live_entries())
+                .and_then(|()| check_report_text(&report, &c.inspect(|m| m.index_lines())))
+                .map_err(|v| self.fail(v.rule, v.detail))?;
         }
         let open = self.sessions.iter().filter(|s| s.is_open()).count();
         ensure!(

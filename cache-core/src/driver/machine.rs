@@ -9,7 +9,8 @@ use super::shadow::{hook_fails, ref_counts, HookLedger, ShadowIndex};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{
-    check_counts, check_entry_slots, check_invalid_key, check_release, InvalidKeyCall,
+    check_counts, check_entry_slots, check_invalid_key, check_label, check_release,
+    check_report_text, entry_label, InvalidKeyCall,
 };
 use crate::checks::answers::{check_acting_sessions, judge, Answered, Standing};
 use crate::checks::telemetry::{Answer, CallFacts, SpanCheck};
@@ -26,6 +27,9 @@ use crate::ttl::{
     choose_storage_key, gc_all, MemoryTtlStore, PreparedWrite, StorageKeyChoice, StoreFaults,
     TtlStore,
 };
+
+/// How the cache labels the hook of a result it rejected (C-12).
+const REJECTED_LABEL: &str = "rejected result";
 
 /// The cache instance the driver uses (recursion chains name it, C-4).
 const INSTANCE: u64 = 7;
@@ -234,6 +238,12 @@ struct Driver {
     hooks: HookLedger,
     /// Where each completed, cached result is indexed (C-6).
     index: ShadowIndex,
+    /// The label each live entry must carry (C-12, O-3): its run mode and
+    /// storage (or arbitrary) key as begun.
+    labels: BTreeMap<EntryId, String>,
+    /// Entries whose result the cache rejected: their hook runs labelled
+    /// as a rejected result.
+    rejected: BTreeSet<EntryId>,
     store: MemoryTtlStore,
     now: i64,
     /// Latest expiration ever written for a storage key (T-7).
@@ -283,6 +293,8 @@ impl Driver {
             retry: BTreeSet::new(),
             hooks: HookLedger::default(),
             index: ShadowIndex::default(),
+            labels: BTreeMap::new(),
+            rejected: BTreeSet::new(),
             store: MemoryTtlStore::new(),
             now: 1_000_000,
             row_expiry: BTreeMap::new(),
@@ -316,9 +328,18 @@ impl Driver {
     /// the first error returned. It must be an error exactly when one of the
     /// driver's failing hooks ran (C-12).
     fn run_hooks(&mut self, releases: Vec<PendingRelease>) -> Result<(), Failure> {
-        // A hook runs when its entry leaves the cache (INV-10).
+        // A hook runs when its entry leaves the cache (INV-10), named by
+        // the label an error would carry (C-12).
         for r in &releases {
             self.index.remove(r.entry);
+            let want = if self.rejected.remove(&r.entry) {
+                Some(REJECTED_LABEL.to_string())
+            } else {
+                self.labels.remove(&r.entry)
+            };
+            if let Some(want) = want {
+                check_label(r.entry, &r.label(), &want).map_err(|v| self.fail(v.rule, v.detail))?;
+            }
         }
         let before = self.hooks.failed_runs();
         let result = run_releases(releases);
@@ -446,10 +467,25 @@ impl Driver {
             self.cache.open_sessions(),
             self.open.len()
         );
+        // Entries whose run failed leave without a hook: their labels go
+        // here.
+        let cache = &self.cache;
+        self.labels.retain(|e, _| cache.contains(*e));
+        self.rejected.retain(|e| cache.contains(*e));
         let c = &self.cache;
         let report = c.leak_report();
         check_counts(&c.buckets(), c.entries(), &report, c.live_entries())
             .and_then(|()| check_entry_slots(&report, |e| c.slots(e)))
+            .and_then(|()| check_report_text(&report, &c.index_lines()))
+            .and_then(|()| {
+                report
+                    .entries
+                    .iter()
+                    .try_for_each(|e| match self.labels.get(&e.entry) {
+                        Some(want) => check_label(e.entry, &e.label, want),
+                        None => Ok(()),
+                    })
+            })
             .map_err(|v| self.fail(v.rule, v.detail))?;
         let shadow = ref_counts(direct.iter().copied(), &mut self.nested);
         self.cache
@@ -986,6 +1022,8 @@ impl Driver {
                         r.key
                     );
                 }
+                self.labels
+                    .insert(order.entry, entry_label(order.mode.kind(), &r.key));
                 self.running.insert(
                     order.entry,
                     Running {
@@ -1257,6 +1295,7 @@ impl Driver {
                         .nested
                         .push(self.stale.pop().expect("checked non-empty"));
                     rejected = true;
+                    self.rejected.insert(entry);
                     self.stats.rejected_nested += 1;
                 } else {
                     // The result now owns these refs (C-11).

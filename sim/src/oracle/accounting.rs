@@ -4,12 +4,13 @@
 //! (C-1); a close counts the refs its session owned and the failing hooks
 //! it ran (S-1, S-7); each cache's metrics count every failing hook that
 //! ran (O-1, C-12); `entries()` is the sum of the buckets (C-15); a leak
-//! report names the classes its buckets show (O-3).
+//! report names the classes its buckets show, each entry and class by a
+//! name of its own, and its index lines list what the entries record (O-3).
 //! Reported under the rule's own id.
 
 use cache_core::checks::accounting::{
     check_buckets, check_close, check_hook_errors, check_invalid_key, check_leak_report,
-    check_store_failures, AccountingViolation, CloseFacts, InvalidKeyCall,
+    check_report_text, check_store_failures, AccountingViolation, CloseFacts, InvalidKeyCall,
 };
 use cache_core::facade::Cache;
 use cache_core::machine::SessionId;
@@ -71,8 +72,10 @@ pub(super) fn closed(
     if let Err(v) = check_close(facts) {
         report(world, &format!("closing {sid}"), v);
     }
-    if let Err(v) = check_leak_report(&cache.leak_report(), &cache.buckets(), cache.live_entries())
-    {
+    let leaks = cache.leak_report();
+    let checked = check_leak_report(&leaks, &cache.buckets(), cache.live_entries())
+        .and_then(|()| check_report_text(&leaks, &cache.inspect(|m| m.index_lines())));
+    if let Err(v) = checked {
         report(world, &format!("after closing {sid}"), v);
     }
 }
