@@ -348,28 +348,25 @@ pub fn check_report_text(
     report: &LeakReport,
     index_lines: &[String],
 ) -> Result<(), AccountingViolation> {
-    one_name_each(
-        "surviving entries",
-        report.entries.iter().map(|e| e.entry.to_string()).collect(),
-    )?;
-    one_name_each(
-        "leak classes",
-        report.classes().iter().map(ToString::to_string).collect(),
-    )?;
-    let mut recorded: Vec<(&str, String)> = report
+    let ids: Vec<String> = report.entries.iter().map(|e| e.entry.to_string()).collect();
+    one_name_each("surviving entries", ids.iter().map(String::as_str))?;
+    let classes: Vec<String> = report.classes().iter().map(ToString::to_string).collect();
+    one_name_each("leak classes", classes.iter().map(String::as_str))?;
+    let mut recorded: Vec<(&str, &str)> = report
         .entries
         .iter()
-        .flat_map(|e| e.slots.iter().map(|s| (s.as_str(), e.entry.to_string())))
+        .zip(&ids)
+        .flat_map(|(e, id)| e.slots.iter().map(move |s| (s.as_str(), id.as_str())))
         .collect();
-    let mut listed = Vec::new();
+    let mut listed = Vec::with_capacity(recorded.len());
     for line in index_lines {
         let Some((slot, entries)) = line.rsplit_once(" -> ") else {
             return violation("O-3", format!("the index line {line:?} names no entry"));
         };
-        listed.extend(entries.split(' ').map(|e| (slot, e.to_string())));
+        listed.extend(entries.split(' ').map(|e| (slot, e)));
     }
-    recorded.sort();
-    listed.sort();
+    recorded.sort_unstable();
+    listed.sort_unstable();
     if recorded != listed {
         return violation(
             "O-3",
@@ -381,11 +378,15 @@ pub fn check_report_text(
 
 /// O-3: things a report lists print as names that are not empty and not
 /// shared, or a reader cannot tell them apart.
-fn one_name_each(what: &str, mut names: Vec<String>) -> Result<(), AccountingViolation> {
-    let printed = names.clone();
-    names.sort();
-    names.dedup();
-    if names.len() != printed.len() || names.iter().any(String::is_empty) {
+fn one_name_each<'a>(
+    what: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), AccountingViolation> {
+    let printed: Vec<&str> = names.collect();
+    let mut sorted = printed.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != printed.len() || sorted.iter().any(|n| n.is_empty()) {
         return violation(
             "O-3",
             format!("the report's {what} print as {printed:?}: not one name each"),
@@ -638,9 +639,9 @@ mod tests {
             assert_eq!(v.rule, "O-3", "{index:?}");
         }
         // Planted: names a reader cannot tell apart.
-        one_name_each("entries", vec!["e1".into(), "e2".into()]).unwrap();
-        let v = one_name_each("entries", vec!["e".into(), "e".into()]).unwrap_err();
+        one_name_each("entries", ["e1", "e2"].into_iter()).unwrap();
+        let v = one_name_each("entries", ["e", "e"].into_iter()).unwrap_err();
         assert!(v.detail.contains("not one name each"), "{v}");
-        one_name_each("classes", vec![String::new()]).unwrap_err();
+        one_name_each("classes", [""].into_iter()).unwrap_err();
     }
 }
