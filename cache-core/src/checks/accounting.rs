@@ -344,6 +344,9 @@ pub fn check_label(entry: EntryId, label: &str, want: &str) -> Result<(), Accoun
 /// a name of its own, and the index lines (`index_lines`, as
 /// [`CallCache::index_lines`](crate::machine::CallCache::index_lines)
 /// prints them: `slot -> e1 e2`) list exactly the slots the entries record.
+/// Judge it on a cache whose own invariants hold (`check_invariants`): an
+/// index that disagrees with its entries is INV-3's to report, and the
+/// lines then rightly show the disagreement.
 pub fn check_report_text(
     report: &LeakReport,
     index_lines: &[String],
