@@ -234,7 +234,7 @@ enum Origin {
 
 /// A caller task.
 struct CallerTask {
-    handle: JoinHandle<Result<CallResult<u32>, CallError>>,
+    handle: JoinHandle<Timed>,
     token: CancellationToken,
     origin: Origin,
     info: RunInfo,
@@ -245,7 +245,7 @@ struct CallerTask {
 impl CallerTask {
     /// A caller just spawned, not yet cancelled.
     fn new(
-        handle: JoinHandle<Result<CallResult<u32>, CallError>>,
+        handle: JoinHandle<Timed>,
         token: CancellationToken,
         origin: Origin,
         info: RunInfo,
@@ -259,6 +259,23 @@ impl CallerTask {
             closed_at_issue,
             cancelled: false,
         }
+    }
+}
+
+/// A caller's answer and the simulated time it waited for it, from its
+/// task's first poll.
+struct Timed {
+    result: Result<CallResult<u32>, CallError>,
+    waited: Duration,
+}
+
+/// Runs one caller's call in its task, timing it on the paused clock.
+async fn timed(call: impl Future<Output = Result<CallResult<u32>, CallError>>) -> Timed {
+    let start = paused_now();
+    let result = call.await;
+    Timed {
+        result,
+        waited: paused_now() - start,
     }
 }
 
@@ -731,7 +748,11 @@ impl Driver {
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle = tokio::spawn(async move {
-            as_call(call, repolled(cache.get_or_init_call(&ctx, key, resolver))).await
+            timed(as_call(
+                call,
+                repolled(cache.get_or_init_call(&ctx, key, resolver)),
+            ))
+            .await
         });
         self.callers.push(CallerTask::new(
             handle,
@@ -749,10 +770,10 @@ impl Driver {
         let token = ctx.cancel.clone();
         let closed_at_issue = matches!(origin, Origin::Top(Some(s)) if !self.is_open(s));
         let handle = tokio::spawn(async move {
-            as_call(
+            timed(as_call(
                 call,
                 repolled(cache.get_or_init_arbitrary(&ctx, &key, init)),
-            )
+            ))
             .await
         });
         self.callers.push(CallerTask::new(
@@ -939,7 +960,7 @@ impl Driver {
             let mut c = self.callers.remove(i);
             let out = (&mut c.handle).now_or_never();
             let answer = match &out {
-                Some(Ok(result)) => Answer::of(result),
+                Some(Ok(timed)) => Answer::of(&timed.result),
                 _ => Answer::Other,
             };
             let answered = self
@@ -954,7 +975,7 @@ impl Driver {
                 Some(Err(e)) => {
                     return Err(self.fail("INV-10", format!("a caller task failed: {e}")))
                 }
-                Some(Ok(result)) => self.judge(c, result)?,
+                Some(Ok(Timed { result, waited })) => self.judge(c, result, waited)?,
             }
         }
         let found = std::mem::take(&mut *self.span_found.lock().expect("spans"));
@@ -1049,6 +1070,7 @@ impl Driver {
         &mut self,
         c: CallerTask,
         result: Result<CallResult<u32>, CallError>,
+        waited: Duration,
     ) -> Result<(), Failure> {
         let session = match c.origin {
             Origin::Top(s) => s,
@@ -1072,6 +1094,14 @@ impl Driver {
                     CallError::SessionClosed => {
                         self.stats.session_closed += 1;
                         ensure!(self, closed_now, "S-2", "an open session was refused");
+                        // At once: a closed session's call waits for
+                        // nothing (no store lookup, no resolver) first.
+                        ensure!(
+                            self,
+                            !c.closed_at_issue || waited.is_zero(),
+                            "S-2",
+                            "a call on a closed session waited {waited:?} for its refusal"
+                        );
                     }
                     CallError::ClosedDuringExecution => {
                         self.stats.closed_during += 1;
