@@ -170,6 +170,7 @@ fn who() -> impl Strategy<Value = Who> {
         5 => idx().prop_map(Who::Session),
         1 => idx().prop_map(Who::Closed),
         3 => idx().prop_map(Who::Inner),
+        1 => idx().prop_map(Who::Foreign),
     ]
 }
 
@@ -475,6 +476,7 @@ fn long_machine_runs_cover_every_path() {
             "failed_hooks",
             "late_completions",
             "explicit_storage_keys",
+            "foreign_calls",
             "acting_sessions",
         ],
     );

@@ -39,6 +39,9 @@ const REJECTED_LABEL: &str = "rejected result";
 
 /// The cache instance the driver uses (recursion chains name it, C-4).
 const INSTANCE: u64 = 7;
+
+/// Another cache instance whose resolvers call this one (`Who::Foreign`).
+const OTHER_INSTANCE: u64 = 8;
 /// At most this many sessions open at once.
 const MAX_OPEN: usize = 4;
 /// Every this many steps the driver runs the full check (the whole cache
@@ -763,7 +766,7 @@ impl Driver {
         check_invalid_key(facts, Some(&answer)).map_err(|v| self.fail(v.rule, v.detail))
     }
 
-    fn pick_caller(&self, who: Who) -> (Caller, Origin) {
+    fn pick_caller(&mut self, who: Who) -> (Caller, Origin) {
         let top = |session: Option<SessionId>| {
             (
                 Caller {
@@ -789,6 +792,21 @@ impl Driver {
                     inside: Some((INSTANCE, *e)),
                 };
                 (caller, Origin::Inner(*e))
+            }
+            Who::Foreign(n) if !self.running.is_empty() => {
+                let i = usize::from(n) % self.running.len();
+                let (e, r) = self.running.iter().nth(i).expect("in range");
+                let mut chain = r.chain.clone();
+                for link in &mut chain {
+                    link.instance = OTHER_INSTANCE;
+                }
+                let caller = Caller {
+                    session: None,
+                    chain,
+                    inside: Some((OTHER_INSTANCE, *e)),
+                };
+                self.stats.foreign_calls += 1;
+                (caller, Origin::Top(None))
             }
             _ => top(None),
         }

@@ -195,6 +195,8 @@ pub struct Stats {
     pub crossed_cancels: usize,
     /// Calls that named their storage key as their call key's text (C-3.1).
     pub explicit_storage_keys: usize,
+    /// Calls made from another instance's resolver (C-4, C-4b per instance).
+    pub foreign_calls: usize,
     /// Session closes that released [`LARGE_CLOSE_REFS`] refs or more (S-1).
     pub large_closes: usize,
     /// Session closes that released at least [`BATCHED_CLOSE_REFS`] refs
@@ -247,6 +249,7 @@ impl Stats {
             (&mut self.late_completions, o.late_completions),
             (&mut self.crossed_cancels, o.crossed_cancels),
             (&mut self.explicit_storage_keys, o.explicit_storage_keys),
+            (&mut self.foreign_calls, o.foreign_calls),
             (&mut self.large_closes, o.large_closes),
             (&mut self.batched_closes, o.batched_closes),
         ];
@@ -288,6 +291,7 @@ impl Stats {
             ("late_completions", self.late_completions),
             ("crossed_cancels", self.crossed_cancels),
             ("explicit_storage_keys", self.explicit_storage_keys),
+            ("foreign_calls", self.foreign_calls),
             ("large_closes", self.large_closes),
             ("batched_closes", self.batched_closes),
         ]

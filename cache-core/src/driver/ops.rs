@@ -113,6 +113,12 @@ pub enum Who {
     Closed(u8),
     /// The n-th running resolver makes a nested call (anonymous when none).
     Inner(u8),
+    /// A resolver of another cache instance calls this one: its chain
+    /// repeats the n-th running resolver's keys and its entry id is that
+    /// resolver's, both under the other instance. For this cache it is an
+    /// anonymous caller: never recursive (C-4 is per instance), no
+    /// wait-for edge (C-4b).
+    Foreign(u8),
 }
 
 /// What a resolver produces.
