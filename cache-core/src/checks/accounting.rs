@@ -23,7 +23,9 @@
 //! ```
 
 use crate::error::CallError;
-use crate::machine::{Buckets, EntryId, LeakClass, LeakReport};
+use std::collections::BTreeSet;
+
+use crate::machine::{Buckets, EntryId, LeakClass, LeakReport, Owner, RunMode};
 
 /// One violation of a rule these checks judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,9 +321,16 @@ pub fn key_head(key: &str) -> &str {
     hex.char_indices().nth(12).map_or(hex, |(i, _)| &hex[..i])
 }
 
-/// The label an entry of this kind (`call`, `detached`, `retry`,
-/// `arbitrary`) begun under this storage (or arbitrary) key must carry.
-pub fn entry_label(kind: &str, storage_key: &str) -> String {
+/// The label an entry run in this mode under this storage (or arbitrary)
+/// key must carry: its kind (`call`, `detached`, `retry`, `arbitrary`,
+/// stated here, not read from the cache) and the key's head.
+pub fn entry_label(mode: RunMode, storage_key: &str) -> String {
+    let kind = match mode {
+        RunMode::Cached => "call",
+        RunMode::DoNotCache => "detached",
+        RunMode::ForcedRetry => "retry",
+        RunMode::Arbitrary => "arbitrary",
+    };
     format!("{kind} {}", key_head(storage_key))
 }
 
@@ -340,8 +349,8 @@ pub fn check_label(entry: EntryId, label: &str, want: &str) -> Result<(), Accoun
 }
 
 /// O-3: the report a person reads names what the typed report holds. Each
-/// surviving entry prints as an id of its own and each leak class shown as
-/// a name of its own, and the index lines (`index_lines`, as
+/// surviving entry prints as an id of its own, and each leak class shown
+/// and each holder of a ref as a name of its own, and the index lines (`index_lines`, as
 /// [`CallCache::index_lines`](crate::machine::CallCache::index_lines)
 /// prints them: `slot -> e1 e2`) list exactly the slots the entries record.
 /// Judge it on a cache whose own invariants hold (`check_invariants`): an
@@ -355,6 +364,13 @@ pub fn check_report_text(
     one_name_each("surviving entries", ids.iter().map(String::as_str))?;
     let classes: Vec<String> = report.classes().iter().map(ToString::to_string).collect();
     one_name_each("leak classes", classes.iter().map(String::as_str))?;
+    let owners: BTreeSet<Owner> = report
+        .entries
+        .iter()
+        .flat_map(|e| e.holders.iter().map(|(_, owner)| *owner))
+        .collect();
+    let owner_names: Vec<String> = owners.iter().map(ToString::to_string).collect();
+    one_name_each("ref holders", owner_names.iter().map(String::as_str))?;
     let mut recorded: Vec<(&str, &str)> = report
         .entries
         .iter()
@@ -588,7 +604,7 @@ mod tests {
         assert_eq!(key_head("a3"), "a3");
         let mut arena = crate::machine::arena::Arena::default();
         let entry = EntryId(arena.insert(()));
-        let want = entry_label("call", &digest);
+        let want = entry_label(RunMode::Cached, &digest);
         check_label(entry, "call 3f2a9c0b1d4e", &want).unwrap();
         // Planted: a label that names no key, or another kind.
         for label in ["call xyzzy", "", "retry 3f2a9c0b1d4e"] {
@@ -600,17 +616,21 @@ mod tests {
     #[test]
     fn a_report_prints_one_name_per_entry_and_class_and_lists_what_they_record() {
         use crate::machine::arena::Arena;
-        use crate::machine::SurvivingEntry;
+        use crate::machine::{RefId, SessionId, SurvivingEntry};
         let mut arena = Arena::default();
         let (a, b) = (EntryId(arena.insert(())), EntryId(arena.insert(())));
-        let entry = |entry, slots: &[&str]| SurvivingEntry {
+        let mut refs = Arena::default();
+        let mut entry = |entry, slots: &[&str]| SurvivingEntry {
             entry,
             label: "call 3f2a9c0b1d4e".to_string(),
             phase: "completed",
             refcount: 1,
             slots: slots.iter().map(|s| s.to_string()).collect(),
             waiters: Vec::new(),
-            holders: Vec::new(),
+            holders: vec![
+                (RefId(refs.insert(())), Owner::Caller),
+                (RefId(refs.insert(())), Owner::Session(SessionId(1))),
+            ],
         };
         let report = LeakReport {
             buckets: Buckets {

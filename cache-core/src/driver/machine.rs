@@ -1059,7 +1059,7 @@ impl Driver {
                     );
                 }
                 self.labels
-                    .insert(order.entry, entry_label(order.mode.kind(), &r.key));
+                    .insert(order.entry, entry_label(order.mode, &r.key));
                 self.running.insert(
                     order.entry,
                     Running {
