@@ -588,17 +588,34 @@ async fn s1_bare_ctx_from_session_ctx_owns_nothing_after_close() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn s2_a_closed_session_answers_session_closed_before_anything_else() {
+async fn s2_a_closed_session_answers_session_closed_before_anything_but_c1() {
     // S-2 in the facade: a closed session fails with SessionClosed even
-    // when the key has no ID (C-1) or the caller is already cancelled (C-5)
-    // — the facade checks the session first. (The state machine alone
-    // rejects a missing ID first; see c1_missing_id_rejected_before_anything.)
+    // when the caller is already cancelled (C-5) or the call has a TTL (the
+    // store is not asked). Only C-1 comes before it ("before anything else
+    // happens"): a key with no ID, with or without a TTL or a cancelled
+    // caller, is an invalid key there too, as on the state machine (see
+    // c1_missing_id_rejected_before_anything).
     let cache = cache();
     let session = cache.open_session();
     session.close().unwrap();
     let (runs, hook) = (Counter::new(), Hook::new());
     let err = session
         .call(CallKey::missing(), ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::InvalidKey(_)), "{err:?}");
+    let err = session
+        .call(CallKey::missing().ttl_ms(100), ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::InvalidKey(_)), "{err:?}");
+    let err = session
+        .arbitrary("", ready(&runs, "v", &hook))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::InvalidKey(_)), "{err:?}");
+    let err = session
+        .call(key("k").ttl_ms(100), ready(&runs, "v", &hook))
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::SessionClosed), "{err:?}");

@@ -455,7 +455,6 @@ async fn invalid_call<H: EngineHost>(conn: &Conn<H>) -> Result<CallResult<Val>, 
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
         async { Ok(Resolved::no_value()) }
     };
-    let session_closed = !conn.calls.is_open();
     let entries_before = conn.eng.calls.entries();
     let answer = if conn.host.plant() == Some(Plant::InvalidKeyServed) {
         // Planted: the key keeps an ID, so the call runs and is cached.
@@ -466,7 +465,6 @@ async fn invalid_call<H: EngineHost>(conn: &Conn<H>) -> Result<CallResult<Val>, 
     };
     conn.host.observe(Observation::InvalidKeyAnswered {
         facts: cache_core::checks::accounting::InvalidKeyCall {
-            session_closed,
             resolver_ran: ran.load(std::sync::atomic::Ordering::SeqCst),
             entries_before,
             entries_after: conn.eng.calls.entries(),

@@ -50,9 +50,6 @@ fn violation(rule: &'static str, detail: String) -> Result<(), AccountingViolati
 /// arbitrary key) did, as the harness saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidKeyCall {
-    /// Whether the caller's session was closed when it called (S-2 may
-    /// refuse it first: both refuse before anything runs).
-    pub session_closed: bool,
     /// Whether the call's resolver started.
     pub resolver_ran: bool,
     /// `entries()` before the call.
@@ -62,10 +59,12 @@ pub struct InvalidKeyCall {
 }
 
 /// C-1: a call with an invalid key is refused with the invalid-key error
-/// (or, on a closed session, the closed-session error), its resolver never
-/// runs, and the cache holds no more entries than before (nothing cached,
-/// nothing left in flight). `answer` is `None` when the call did not
-/// answer at once: the refusal comes before anything that could wait.
+/// whatever else holds (C-1 comes "before anything else happens": a closed
+/// session, S-2, or a cancelled caller does not change the answer), its
+/// resolver never runs, and the cache holds no more entries than before
+/// (nothing cached, nothing left in flight). `answer` is `None` when the
+/// call did not answer at once: the refusal comes before anything that
+/// could wait.
 pub fn check_invalid_key<T>(
     call: InvalidKeyCall,
     answer: Option<&Result<T, CallError>>,
@@ -75,9 +74,7 @@ pub fn check_invalid_key<T>(
         Some(Ok(_)) => return violation("C-1", "an invalid key was served".into()),
         Some(Err(e)) => e,
     };
-    let right = matches!(refused, CallError::InvalidKey(_))
-        || (call.session_closed && *refused == CallError::SessionClosed);
-    if !right {
+    if !matches!(refused, CallError::InvalidKey(_)) {
         return violation(
             "C-1",
             format!("an invalid key failed with {refused}, not the invalid-key error"),
@@ -432,7 +429,6 @@ mod tests {
 
     fn call(resolver_ran: bool, after: usize) -> InvalidKeyCall {
         InvalidKeyCall {
-            session_closed: false,
             resolver_ran,
             entries_before: 2,
             entries_after: after,
@@ -451,18 +447,11 @@ mod tests {
         assert!(v.detail.contains("ran"), "{v}");
         let v = check_invalid_key(call(false, 3), Some(&refused)).unwrap_err();
         assert!(v.detail.contains("2 -> 3"), "{v}");
-        let closed: Result<(), CallError> = Err(CallError::SessionClosed);
-        assert_eq!(
-            check_invalid_key(call(false, 2), Some(&closed))
-                .unwrap_err()
-                .rule,
-            "C-1"
-        );
-        let on_closed = InvalidKeyCall {
-            session_closed: true,
-            ..call(false, 2)
-        };
-        check_invalid_key(on_closed, Some(&closed)).unwrap();
+        // C-1 comes first: not the closed-session (S-2) or cancelled answer.
+        for first in [CallError::SessionClosed, CallError::Cancelled] {
+            let v = check_invalid_key(call(false, 2), Some(&Err::<(), _>(first))).unwrap_err();
+            assert_eq!(v.rule, "C-1", "{v}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::ttl::{StoreError, TtlRow};
+
 /// One row the store accepted.
 #[derive(Clone, Copy, Debug)]
 pub struct RowWrite<'a> {
@@ -90,6 +92,52 @@ impl RowCheck {
     }
 }
 
+/// T-5: what one GC of the cache did to its store's rows, judged from the
+/// rows before and after it (sorted by call key, as the stores list them)
+/// and the time it judged by (`now`, the highest clock reading the cache
+/// had seen). It never deletes a live row (`expiration >= now`) nor
+/// changes one, failed or not; when it answers `Ok(n)`, no expired row is
+/// left and `n` rows were deleted.
+pub fn check_gc(
+    before: &[(String, TtlRow)],
+    after: &[(String, TtlRow)],
+    now: i64,
+    answer: Result<usize, &StoreError>,
+) -> Result<(), RowViolation> {
+    let fail = |detail: String| {
+        Err(RowViolation {
+            rule: "T-5",
+            detail,
+        })
+    };
+    let kept: BTreeMap<&str, &TtlRow> = after.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    for (key, row) in before.iter().filter(|(_, r)| r.expiration >= now) {
+        if kept.get(key.as_str()) != Some(&row) {
+            return fail(format!(
+                "the GC at {now} removed or changed the live row of {key} (expires at {}): {:?}",
+                row.expiration,
+                kept.get(key.as_str())
+            ));
+        }
+    }
+    let Ok(deleted) = answer else {
+        return Ok(());
+    };
+    if let Some((key, row)) = after.iter().find(|(_, r)| r.expiration < now) {
+        return fail(format!(
+            "the GC at {now} answered Ok({deleted}) but left {key}'s row, expired at {}",
+            row.expiration
+        ));
+    }
+    let gone = before.len().saturating_sub(after.len());
+    if deleted != gone {
+        return fail(format!(
+            "the GC at {now} answered Ok({deleted}) but {gone} rows went"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +168,38 @@ mod tests {
     fn t2_no_row_past_the_window_reached() {
         let mut c = RowCheck::new();
         assert_eq!(c.written(row("s1", 1_101, None)).unwrap_err().rule, "T-2");
+    }
+
+    fn rows(expirations: &[(&str, i64)]) -> Vec<(String, TtlRow)> {
+        expirations
+            .iter()
+            .map(|&(k, expiration)| {
+                let row = TtlRow {
+                    storage_key: format!("s-{k}"),
+                    expiration,
+                };
+                (k.to_string(), row)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn t5_gc_deletes_every_expired_row_and_no_live_one() {
+        let before = rows(&[("a", 900), ("b", 1_000), ("c", 1_100)]);
+        let right = rows(&[("b", 1_000), ("c", 1_100)]);
+        check_gc(&before, &right, 1_000, Ok(1)).unwrap();
+        // A failed GC may have deleted some expired rows, or none.
+        let failed = StoreError::Unavailable("injected".into());
+        check_gc(&before, &before, 1_000, Err(&failed)).unwrap();
+        // Planted: a live row gone (its expiry is exactly now: still live),
+        // an expired row left behind, a miscount.
+        let v = check_gc(&before, &rows(&[("c", 1_100)]), 1_000, Ok(2)).unwrap_err();
+        assert!(v.detail.contains("live row of b"), "{v:?}");
+        let v = check_gc(&before, &rows(&[("c", 1_100)]), 1_000, Err(&failed)).unwrap_err();
+        assert_eq!(v.rule, "T-5");
+        let v = check_gc(&before, &before, 1_000, Ok(0)).unwrap_err();
+        assert!(v.detail.contains("left a's row"), "{v:?}");
+        let v = check_gc(&before, &right, 1_000, Ok(0)).unwrap_err();
+        assert!(v.detail.contains("1 rows went"), "{v:?}");
     }
 }

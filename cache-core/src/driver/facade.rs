@@ -26,7 +26,7 @@ use crate::checks::accounting::{
 };
 use crate::checks::answers::{self, check_acting_sessions, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
-use crate::checks::ttl_rows::{RowCheck, RowWrite};
+use crate::checks::ttl_rows::{check_gc, RowCheck, RowWrite};
 use crate::checks::ttl_served::{self, ServedCall, TtlResult};
 use crate::error::CallError;
 use crate::facade::{
@@ -517,7 +517,7 @@ impl Driver {
                 obey_cancel,
             } => {
                 if id == INVALID_KEY {
-                    return self.invalid_call(session);
+                    return self.invalid_call(session, ttl, !obey_cancel);
                 }
                 let (ctx, origin) = self.top_ctx(session);
                 let id = self.ids[usize::from(id) % self.ids.len()].clone();
@@ -652,8 +652,21 @@ impl Driver {
                 delay_ms: delay.ms(),
             }),
             SessionOp::Gc => {
-                // An injected store fault may fail it; that is allowed.
-                let _ = self.cache.gc_ttl();
+                // An injected store fault may fail it; that is allowed, but
+                // a live row is kept either way (T-5). The clock only moves
+                // forward here, so its reading is the highest seen.
+                let before = self.store.rows();
+                let answer = self.cache.gc_ttl();
+                check_gc(
+                    &before,
+                    &self.store.rows(),
+                    self.clock.now_ms(),
+                    answer.as_ref().copied(),
+                )
+                .map_err(|v| self.fail(v.rule, v.detail))?;
+                if answer.is_ok_and(|n| n > 0) {
+                    self.stats.gc_deletions += 1;
+                }
             }
         }
         Ok(())
@@ -1281,11 +1294,23 @@ impl Driver {
     }
 
     /// C-1: a call with no call ID is refused at once, runs nothing and
-    /// caches nothing. Polled once in line: the refusal needs no other task.
-    fn invalid_call(&mut self, session: Option<u8>) -> Result<(), Failure> {
+    /// caches nothing, with a TTL (the store is not asked) or a caller
+    /// already cancelled too. Polled once in line: the refusal needs no
+    /// other task.
+    fn invalid_call(
+        &mut self,
+        session: Option<u8>,
+        ttl: Ttl,
+        cancelled: bool,
+    ) -> Result<(), Failure> {
         self.stats.invalid_keys += 1;
         let (ctx, _) = self.top_ctx(session);
-        let session_closed = ctx.session.is_some_and(|s| !self.is_open(s));
+        if cancelled {
+            ctx.cancel.cancel();
+        }
+        if ctx.session.is_some_and(|s| !self.is_open(s)) {
+            self.stats.closed_invalid_keys += 1;
+        }
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
         let resolver = move |_: ResolverCtx| {
@@ -1295,10 +1320,9 @@ impl Driver {
         let entries_before = self.cache.entries();
         let answer = self
             .cache
-            .get_or_init_call(&ctx, CallKey::missing(), resolver)
+            .get_or_init_call(&ctx, CallKey::missing().ttl_ms(ttl.ms()), resolver)
             .now_or_never();
         let facts = InvalidKeyCall {
-            session_closed,
             resolver_ran: ran.load(Ordering::SeqCst),
             entries_before,
             entries_after: self.cache.entries(),

@@ -20,8 +20,8 @@ use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
     run_releases, Begin, Buckets, CallCache, CallRequest, Caller, ChainLink, Decision, EntryId,
-    Handle, Left, Namespace, PendingRelease, Resolved, RunMode, SessionId, Touched, Violation,
-    WaiterId,
+    Handle, Left, Namespace, PendingRelease, RefId, Resolved, RunMode, SessionId, Touched,
+    Violation, WaiterId,
 };
 use crate::ttl::{
     choose_storage_key, gc_all, MemoryTtlStore, PreparedWrite, StorageKeyChoice, StoreFaults,
@@ -270,9 +270,10 @@ struct Driver {
     next_call: u64,
     /// What the cache changed in the step being checked (reused buffers).
     touched: Touched,
-    /// Entries the step handed a handle on to the model: checked with the
-    /// entries the cache touched, so a handle without a ref is seen too.
-    moved: Vec<EntryId>,
+    /// The handles the step handed to the model (entry, ref): checked with
+    /// the entries the cache touched, so a handle without a ref is seen too,
+    /// and each must be in the touch log (see `check_log_complete`).
+    moved: Vec<(EntryId, RefId)>,
     /// Steps since the last full check.
     since_full: usize,
     /// Full checks until the next one reads the leak report's text
@@ -378,7 +379,12 @@ impl Driver {
             .check_touched(&self.touched)
             .map_err(|v| self.fail(v.rule, v.detail))?;
         let moved = std::mem::take(&mut self.moved);
-        let mut entries = self.touched.entries.iter().chain(&moved);
+        let logged = self.check_log_complete(&moved);
+        let mut entries = self
+            .touched
+            .entries
+            .iter()
+            .chain(moved.iter().map(|(e, _)| e));
         let checked = entries.try_for_each(|&e| {
             let want = self.model_refs(e, 0);
             self.cache.check_refcount(e, want)?;
@@ -408,7 +414,9 @@ impl Driver {
         });
         self.moved = moved;
         self.moved.clear();
-        checked.map_err(|v| self.fail(v.rule, v.detail))?;
+        logged
+            .and(checked)
+            .map_err(|v| self.fail(v.rule, v.detail))?;
         // INV-7 for every resolver the model runs, touched or not, by count
         // (an untouched entry's waiters cannot have changed order). Cheap,
         // and each step keeps a walk as long as the number of resolvers
@@ -428,6 +436,29 @@ impl Driver {
         self.hooks
             .check(|e| self.cache.contains(e))
             .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+
+    /// The touch log is complete for what the model saw change: a handle
+    /// the step handed out is a new ref on its entry (INV-2), so both must
+    /// be logged, or the step's incremental check never looks at them and
+    /// damage there waits for the next full check (or, undone within the
+    /// step, is never seen).
+    fn check_log_complete(&self, moved: &[(EntryId, RefId)]) -> Result<(), Violation> {
+        let logged = |e: &EntryId, r: &RefId| {
+            self.touched.entries.binary_search(e).is_ok()
+                && self.touched.refs.binary_search(r).is_ok()
+        };
+        match moved.iter().find(|(e, r)| !logged(e, r)) {
+            None => Ok(()),
+            Some((e, r)) => Err(Violation {
+                rule: "INV-2",
+                detail: format!(
+                    "the step handed out {r} on {e}, but the touch log lists entries {:?} \
+                     and refs {:?}: the incremental check would not look at them",
+                    self.touched.entries, self.touched.refs
+                ),
+            }),
+        }
     }
 
     /// The refs the model holds on `e` (INV-2), as `ref_counts` counts them:
@@ -572,7 +603,7 @@ impl Driver {
     }
 
     fn route(&mut self, origin: Origin, handle: Handle, session_owned: bool) {
-        self.moved.push(handle.entry());
+        self.moved.push((handle.entry(), handle.ref_id()));
         match origin {
             Origin::Top(session) => self.held.push(Held {
                 handle,
@@ -757,8 +788,10 @@ impl Driver {
         let entries_before = self.cache.entries();
         let begin = self.cache.begin_call(caller, req);
         let answer: Result<(), CallError> = begin.outcome.map(|_| ());
+        if caller.session.is_some_and(|s| self.closed.contains(&s)) {
+            self.stats.closed_invalid_keys += 1;
+        }
         let facts = InvalidKeyCall {
-            session_closed: caller.session.is_some_and(|s| self.closed.contains(&s)),
             resolver_ran: false,
             entries_before,
             entries_after: self.cache.entries(),
@@ -1781,6 +1814,19 @@ mod tests {
         };
         run_checked(&input, Bugs::none(), full_only, &mut transient)
             .expect("the full checks at steps 1, 3 and the end see a healthy cache");
+    }
+
+    /// A ref the step handed out that the touch log does not list is
+    /// reported at that step: the incremental check relies on the log.
+    #[test]
+    fn a_touch_log_gap_is_reported_at_its_step() {
+        let input = stored_then_idle();
+        let mut gap = |_: usize, cache: &mut CallCache<u32>| cache.plant_touch_log_gap();
+        let f = run_checked(&input, Bugs::none(), Checks::default(), &mut gap).unwrap_err();
+        assert_eq!(f.invariant, "INV-2", "{f}");
+        assert!(f.detail.contains("touch log"), "{f}");
+        // The step that hands out the first handle: the completion.
+        assert!(matches!(input.ops[f.step], Op::Complete { .. }), "{f}");
     }
 
     #[test]

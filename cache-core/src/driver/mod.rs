@@ -181,12 +181,17 @@ pub struct Stats {
     pub ttl_degraded: usize,
     /// TTL rows written (T-3, T-4).
     pub ttl_writes: usize,
+    /// GCs that deleted expired TTL rows (T-5).
+    pub gc_deletions: usize,
     /// Calls refused on a closed session (S-2).
     pub session_closed: usize,
     /// Sessions closed (S-1).
     pub closes: usize,
     /// Calls with an invalid key (C-1).
     pub invalid_keys: usize,
+    /// Of those, calls on a closed session: C-1's refusal must still come
+    /// first, not S-2's.
+    pub closed_invalid_keys: usize,
     /// Release hooks that failed when they ran (C-12).
     pub failed_hooks: usize,
     /// Completions of an entry already settled, refused (C-6).
@@ -242,9 +247,11 @@ impl Stats {
             (&mut self.ttl_calls, o.ttl_calls),
             (&mut self.ttl_degraded, o.ttl_degraded),
             (&mut self.ttl_writes, o.ttl_writes),
+            (&mut self.gc_deletions, o.gc_deletions),
             (&mut self.session_closed, o.session_closed),
             (&mut self.closes, o.closes),
             (&mut self.invalid_keys, o.invalid_keys),
+            (&mut self.closed_invalid_keys, o.closed_invalid_keys),
             (&mut self.failed_hooks, o.failed_hooks),
             (&mut self.late_completions, o.late_completions),
             (&mut self.crossed_cancels, o.crossed_cancels),
@@ -284,9 +291,11 @@ impl Stats {
             ("ttl_calls", self.ttl_calls),
             ("ttl_degraded", self.ttl_degraded),
             ("ttl_writes", self.ttl_writes),
+            ("gc_deletions", self.gc_deletions),
             ("session_closed", self.session_closed),
             ("closes", self.closes),
             ("invalid_keys", self.invalid_keys),
+            ("closed_invalid_keys", self.closed_invalid_keys),
             ("failed_hooks", self.failed_hooks),
             ("late_completions", self.late_completions),
             ("crossed_cancels", self.crossed_cancels),

@@ -237,7 +237,8 @@ pub enum SessionOp {
         /// The n-th session (open or closed); `None` for no session.
         session: Option<u8>,
         /// Which call ID; [`INVALID_KEY`] is a key with no call ID (C-1),
-        /// refused at once.
+        /// refused at once: with its TTL, and with its caller cancelled
+        /// first unless `obey_cancel` (C-1 still answers first).
         id: u8,
         /// Which concurrency key.
         conc: u8,

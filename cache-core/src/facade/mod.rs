@@ -375,16 +375,18 @@ impl<V: Clone + Send + 'static> Cache<V> {
             repeat_telemetry,
             shared_storage: false,
         };
+        // C-1 before anything else: neither the session (S-2), the caller's
+        // cancellation nor the TTL store is looked at for an invalid key.
+        req.check_key()?;
         // S-2: a closed session fails at once, before the TTL store is asked.
         // Without a TTL nothing is asked before the decision, and the
         // decision checks the session under its own lock (the same error,
-        // no trace). Checked here still: a cancelled caller (the decision
-        // loop would say `Cancelled`) and a key without an ID (C-1 would
-        // come first in the decision).
+        // no trace). Checked here still for a cancelled caller (the
+        // decision loop would say `Cancelled`).
         // The token is read once per call: `is_cancelled` takes the token's
         // own lock, which costs as much as a hit's lookup.
         let cancelled = ctx.cancel.is_cancelled();
-        let asks_first = ttl_ms > 0 || req.id.is_none() || cancelled;
+        let asks_first = ttl_ms > 0 || cancelled;
         if let Some(session) = ctx.session.filter(|_| asks_first) {
             if !self.shared.lock().machine.session_is_open(session) {
                 return Err(CallError::SessionClosed);
@@ -479,6 +481,8 @@ impl<V: Clone + Send + 'static> Cache<V> {
         F: FnOnce(ResolverCtx) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resolved<V>, CallError>> + Send + 'static,
     {
+        // C-1 before the caller's cancellation is looked at.
+        crate::machine::check_arbitrary_key(key)?;
         let caller = ctx.caller();
         let key = key.to_string();
         let mut begin = move |m: &mut CallCache<V>| m.begin_arbitrary(&caller, &key);

@@ -12,17 +12,17 @@ impl<V: Clone> CallCache<V> {
     /// `get_or_init_call`'s decision for one caller (C-1 … C-4b, C-2, S-2, S-4, S-5).
     pub fn begin_call(&mut self, caller: &Caller, mut req: CallRequest) -> Begin<V> {
         // C-1: reject before anything else happens.
+        if let Err(e) = req.check_key() {
+            return rejected(e);
+        }
         let Some(id) = req.id.take() else {
-            return rejected(CallError::InvalidKey("the key has no call ID".into()));
+            unreachable!("check_key refuses a key with no call ID");
         };
         // The keys are held as digests (see `key`): a hit formats no text
         // and allocates nothing for its lookup. A call key is a digest's
         // text, so it is never empty (C-1's empty-key case is the storage key's).
         let call_key = IndexKey::digest(id.recipe_digest());
         let own_storage = req.storage_key.take();
-        if own_storage.as_deref() == Some("") {
-            return rejected(CallError::InvalidKey("the storage key is empty".into()));
-        }
         let storage_key = own_storage
             .as_deref()
             .map_or_else(|| call_key.clone(), IndexKey::from_text);
@@ -162,10 +162,8 @@ impl<V: Clone> CallCache<V> {
 
     /// Keyed singleflight for arbitrary entries and the change cache (K-1 … K-5).
     pub fn begin_arbitrary(&mut self, caller: &Caller, key: &str) -> Begin<V> {
-        if key.is_empty() {
-            return rejected(CallError::InvalidKey(
-                "the arbitrary key is empty (K-1)".into(),
-            ));
+        if let Err(e) = check_arbitrary_key(key) {
+            return rejected(e);
         }
         if let Err(e) = self.check_session(caller) {
             return rejected(e);

@@ -237,6 +237,30 @@ impl CallRequest {
         self.do_not_cache = yes;
         self
     }
+
+    /// C-1: a key with no call ID or an empty storage key is refused
+    /// before anything else happens, so this is checked before the
+    /// session (S-2), the caller's cancellation or the TTL store.
+    pub fn check_key(&self) -> Result<(), CallError> {
+        if self.id.is_none() {
+            return Err(CallError::InvalidKey("the key has no call ID".into()));
+        }
+        if self.storage_key.as_deref() == Some("") {
+            return Err(CallError::InvalidKey("the storage key is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// C-1 for arbitrary entries: an empty key is refused before anything else
+/// happens (K-1 keys them by a non-empty string).
+pub fn check_arbitrary_key(key: &str) -> Result<(), CallError> {
+    if key.is_empty() {
+        return Err(CallError::InvalidKey(
+            "the arbitrary key is empty (K-1)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How a resolver run was started; decides what happens when it completes.
