@@ -154,6 +154,12 @@ fn idx() -> impl Strategy<Value = u8> {
     0u8..6
 }
 
+/// A call's concurrency key pick (modulo 3); one call in eight also asks
+/// for repeated telemetry (S-5, `driver::repeats_telemetry`).
+fn conc() -> impl Strategy<Value = u8> {
+    prop_oneof![7 => idx(), 1 => idx().prop_map(|c| 21 + c % 3)]
+}
+
 /// A call's ID pick: now and then the invalid key (C-1), refused at once,
 /// or (on the machine) a storage key named as the call key's text.
 fn call_id() -> impl Strategy<Value = u8> {
@@ -191,7 +197,7 @@ fn ttl() -> impl Strategy<Value = Ttl> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (who(), call_id(), idx(), prop::bool::weighted(0.1), ttl())
+        8 => (who(), call_id(), conc(), prop::bool::weighted(0.1), ttl())
             .prop_map(|(who, id, conc, dnc, ttl)| Op::Call { who, id, conc, dnc, ttl }),
         2 => (who(), idx()).prop_map(|(who, key)| Op::Arbitrary { who, key }),
         6 => (idx(), outcome(), option::weighted(0.2, idx()), any::<bool>(), prop::bool::weighted(0.05))
@@ -249,7 +255,7 @@ fn session_op() -> impl Strategy<Value = SessionOp> {
         2 => Just(SessionOp::Open),
         1 => idx().prop_map(|session| SessionOp::Close { session }),
         1 => idx().prop_map(|session| SessionOp::Drop { session }),
-        8 => (option::weighted(0.8, idx()), call_id(), idx(), prop::bool::weighted(0.1), ttl(), any::<bool>())
+        8 => (option::weighted(0.8, idx()), call_id(), conc(), prop::bool::weighted(0.1), ttl(), any::<bool>())
             .prop_map(|(session, id, conc, dnc, ttl, obey_cancel)| SessionOp::Call {
                 session, id, conc, dnc, ttl, obey_cancel,
             }),
@@ -467,6 +473,7 @@ fn long_machine_runs_cover_every_path() {
             "forced_retries",
             "spans",
             "detached",
+            "repeat_telemetry",
             "ttl_calls",
             "ttl_degraded",
             "ttl_writes",
@@ -508,6 +515,7 @@ fn long_facade_runs_cover_every_path() {
             "forced_retries",
             "spans",
             "detached",
+            "repeat_telemetry",
             "ttl_calls",
             "gc_deletions",
             "session_closed",

@@ -9,7 +9,9 @@
 //!   call that answered with a value after a span saying "not cached" ran
 //!   its resolver;
 //! - a call that must always emit (do-not-cache, repeated telemetry, no
-//!   session) and ran its resolver emitted its span;
+//!   session) and ran its resolver emitted its span, and one that asked
+//!   for it (do-not-cache, repeated telemetry, a forced retry the caller
+//!   knows of) and got a value emitted one even when it was a hit;
 //! - a session call that got a value without a span finds an earlier span
 //!   for its key in its session ("repeats are hits" needs a first one);
 //! - a forced retry (S-4) that got a value emitted its span. From outside,
@@ -250,6 +252,11 @@ impl SpanCheck {
                 "c{call} on k{key} is a forced retry (S-4) and emitted no span"
             ));
         }
+        if ok && always && span.is_none() {
+            return violation(format!(
+                "c{call} on k{key} must always emit (do-not-cache, repeated telemetry or a forced retry) and got a value without a span"
+            ));
+        }
         if c.ran && span.is_none() && (always || session.is_none()) {
             return violation(format!(
                 "c{call} on k{key} must always emit, ran its resolver and emitted no span"
@@ -344,6 +351,13 @@ mod tests {
         c.call_started(1, facts(Some(1), 7, true));
         c.resolver_ran(1).unwrap();
         assert!(c.call_answered(1, Answer::Value).is_err());
+
+        // A hit asking for repeated telemetry without its span.
+        let mut c = SpanCheck::new();
+        run_call(&mut c, 1, Some(false), true, Answer::Value);
+        c.call_started(2, facts(Some(1), 7, true));
+        let v = c.call_answered(2, Answer::Value).unwrap_err();
+        assert!(v.detail.contains("must always emit"), "{v}");
 
         // A first call of a key in a session without a span.
         let mut c = SpanCheck::new();

@@ -123,6 +123,8 @@ struct RunInfo {
     key: String,
     conc: String,
     dnc: bool,
+    /// S-5: asks for repeated telemetry.
+    repeat: bool,
     /// The call's TTL, ms (0: none).
     ttl_ms: i64,
     arbitrary: bool,
@@ -521,6 +523,8 @@ impl Driver {
                 }
                 let (ctx, origin) = self.top_ctx(session);
                 let id = self.ids[usize::from(id) % self.ids.len()].clone();
+                let repeat = repeats_telemetry(conc);
+                self.stats.repeat_telemetry += usize::from(repeat);
                 let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
                 if ttl.ms() > 0 {
                     self.stats.ttl_calls += 1;
@@ -533,6 +537,7 @@ impl Driver {
                     key: id.call_key(),
                     conc: conc.clone(),
                     dnc,
+                    repeat,
                     ttl_ms: i64::try_from(ttl.ms()).unwrap_or(i64::MAX),
                     arbitrary: false,
                     requested: Some(id.clone()),
@@ -545,6 +550,7 @@ impl Driver {
                 let key = CallKey::new(id)
                     .concurrency_key(conc)
                     .do_not_cache(dnc)
+                    .repeat_telemetry(repeat)
                     .ttl_ms(ttl.ms());
                 self.spawn_call(ctx, origin, key, info);
             }
@@ -560,6 +566,7 @@ impl Driver {
                     key: key.clone(),
                     conc: String::new(),
                     dnc: false,
+                    repeat: false,
                     ttl_ms: 0,
                     arbitrary: true,
                     requested: None,
@@ -594,6 +601,7 @@ impl Driver {
                     key: id.call_key(),
                     conc: conc.clone(),
                     dnc,
+                    repeat: false,
                     ttl_ms: 0,
                     arbitrary: false,
                     requested: Some(id.clone()),
@@ -747,7 +755,7 @@ impl Driver {
             CallFacts {
                 session: info.session.map(|s| s.0),
                 key,
-                always: info.dnc,
+                always: info.dnc || info.repeat,
                 retries: !info.arbitrary,
             },
         );

@@ -194,6 +194,8 @@ struct Req {
     call_key: String,
     conc: String,
     dnc: bool,
+    /// S-5: asks for repeated telemetry.
+    repeat: bool,
     arbitrary: bool,
     requested: Option<CallId>,
     requested_ix: Option<usize>,
@@ -853,11 +855,14 @@ impl Driver {
         let explicit = id & EXPLICIT_STORAGE_KEY != 0;
         let ix = usize::from(id & !EXPLICIT_STORAGE_KEY) % self.ids.len();
         let id = self.ids[ix].clone();
+        let repeat = repeats_telemetry(conc);
+        self.stats.repeat_telemetry += usize::from(repeat);
         let conc = CONCURRENCY_KEYS[usize::from(conc) % CONCURRENCY_KEYS.len()].to_string();
         let call_key = IdKeys::get().call_key(ix).to_string();
         let mut req = CallRequest::new(id.clone())
             .concurrency_key(conc.clone())
             .do_not_cache(dnc);
+        req.repeat_telemetry = repeat;
         if explicit {
             self.stats.explicit_storage_keys += 1;
             req.storage_key = Some(call_key.clone());
@@ -925,6 +930,7 @@ impl Driver {
             call_key,
             conc: eff_conc,
             dnc,
+            repeat,
             arbitrary: false,
             requested: Some(id),
             requested_ix: Some(ix),
@@ -944,6 +950,7 @@ impl Driver {
             key,
             conc: String::new(),
             dnc: false,
+            repeat: false,
             arbitrary: true,
             requested: None,
             requested_ix: None,
@@ -1147,7 +1154,7 @@ impl Driver {
             CallFacts {
                 session,
                 key,
-                always: r.dnc || forced,
+                always: r.dnc || r.repeat || forced,
                 retries: !r.arbitrary,
             },
         );

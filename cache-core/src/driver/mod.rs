@@ -175,6 +175,8 @@ pub struct Stats {
     pub spans: usize,
     /// Do-not-cache runs (C-2).
     pub detached: usize,
+    /// Calls that asked for repeated telemetry (S-5).
+    pub repeat_telemetry: usize,
     /// TTL calls (T-2).
     pub ttl_calls: usize,
     /// TTL calls that degraded because the store failed (T-2).
@@ -244,6 +246,7 @@ impl Stats {
             (&mut self.forced_retries, o.forced_retries),
             (&mut self.spans, o.spans),
             (&mut self.detached, o.detached),
+            (&mut self.repeat_telemetry, o.repeat_telemetry),
             (&mut self.ttl_calls, o.ttl_calls),
             (&mut self.ttl_degraded, o.ttl_degraded),
             (&mut self.ttl_writes, o.ttl_writes),
@@ -288,6 +291,7 @@ impl Stats {
             ("forced_retries", self.forced_retries),
             ("spans", self.spans),
             ("detached", self.detached),
+            ("repeat_telemetry", self.repeat_telemetry),
             ("ttl_calls", self.ttl_calls),
             ("ttl_degraded", self.ttl_degraded),
             ("ttl_writes", self.ttl_writes),

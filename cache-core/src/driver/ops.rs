@@ -27,7 +27,9 @@ pub enum Op {
         /// for an odd one; with [`EXPLICIT_STORAGE_KEY`] set, the call
         /// names its storage key itself.
         id: u8,
-        /// Which concurrency key: `""`, `"c1"` or `"c2"` (modulo 3).
+        /// Which concurrency key: `""`, `"c1"` or `"c2"` (modulo 3); above
+        /// that, whether the call asks for repeated telemetry
+        /// ([`repeats_telemetry`]).
         conc: u8,
         /// C-2 do-not-cache.
         dnc: bool,
@@ -201,6 +203,13 @@ pub const EXPLICIT_STORAGE_KEY: u8 = 0x80;
 
 /// The concurrency keys the drivers draw from.
 pub const CONCURRENCY_KEYS: [&str; 3] = ["", "c1", "c2"];
+
+/// Whether a top-level call whose `conc` field is `conc` asks for repeated
+/// telemetry (S-5: it emits a span on every call, hits included): one call
+/// in eight, chosen by the bits above those that pick its concurrency key.
+pub fn repeats_telemetry(conc: u8) -> bool {
+    usize::from(conc) / CONCURRENCY_KEYS.len() % 8 == 7
+}
 
 /// The arbitrary keys the drivers draw from.
 pub const ARBITRARY_KEYS: [&str; 2] = ["x", "y"];
