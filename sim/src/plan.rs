@@ -475,6 +475,12 @@ impl Plan {
             for (client, op) in [a, b].into_iter().zip(pair) {
                 clients[client][0] = Op { gap_ms, kind: op };
             }
+            // `b` now waits as long as `a` first: the horizon must still
+            // cover its pauses, or the faults heal before it is done.
+            let span = clients[b].iter().fold(0u64, |t, op| {
+                t.saturating_add(op.gap_ms + s.resolver.max_duration_ms / 2)
+            });
+            horizon = horizon.max(span);
         }
         let heal_at_ms = horizon.max(1000);
         let mut frng = Rng::new(seed, "faults");
@@ -944,5 +950,38 @@ mod tests {
             plan.check(s.clients, s.key_space).unwrap();
         }
         assert!(drawn > 30, "only {drawn} of 50 plans drew a pair");
+    }
+
+    /// A crossed pair gives its second client the first one's opening
+    /// pause, which may be the longer: the healing time still covers every
+    /// client's pauses (a proptest of `input_ranges` found a plan where it
+    /// did not).
+    #[test]
+    fn the_healing_time_covers_a_crossed_pair_s_pauses() {
+        let mut s = Scenario::named("nested-heavy").unwrap();
+        s.calls.cross = 1.0;
+        s.clients = 2;
+        s.max_gap_ms = 24_000;
+        s.resolver.max_duration_ms = 1;
+        let mut grown = 0;
+        for seed in 0..400 {
+            let plan = Plan::generate(seed, &s);
+            let longest = plan
+                .clients
+                .iter()
+                .map(|ops| ops.iter().map(|o| o.gap_ms).sum::<u64>())
+                .max()
+                .unwrap_or(0);
+            assert!(
+                plan.heal_at_ms >= longest,
+                "seed {seed}: heals at {} before {longest}",
+                plan.heal_at_ms
+            );
+            s.calls.cross = 0.0;
+            grown += usize::from(longest > Plan::generate(seed, &s).heal_at_ms);
+            s.calls.cross = 1.0;
+        }
+        // The case the fix is for occurs here.
+        assert!(grown > 0, "no crossed pair outgrew the plain horizon");
     }
 }
