@@ -410,6 +410,9 @@ impl Plan {
                 failing_hooks: hrng.chance(s.calls.failing_hooks),
             })
             .collect();
+        // How long an operation may keep its client busy: its pause, then
+        // about half the longest resolver run.
+        let busy_ms = |gap_ms: u64| gap_ms + s.resolver.max_duration_ms / 2;
         let mut horizon = 0;
         let mut clients: Vec<Vec<Op>> = (0..s.clients)
             .map(|_| {
@@ -419,7 +422,7 @@ impl Plan {
                         let gap_ms = rng.below(s.max_gap_ms + 1);
                         // Saturating: cannot wrap within the documented
                         // ranges (at most MAX_HEAL_MS), nor outside them.
-                        t = u64::saturating_add(t, gap_ms + s.resolver.max_duration_ms / 2);
+                        t = u64::saturating_add(t, busy_ms(gap_ms));
                         let o = &s.ops;
                         let kind = match rng.weighted(&[
                             o.call,
@@ -477,9 +480,9 @@ impl Plan {
             }
             // `b` now waits as long as `a` first: the horizon must still
             // cover its pauses, or the faults heal before it is done.
-            let span = clients[b].iter().fold(0u64, |t, op| {
-                t.saturating_add(op.gap_ms + s.resolver.max_duration_ms / 2)
-            });
+            let span = clients[b]
+                .iter()
+                .fold(0u64, |t, op| t.saturating_add(busy_ms(op.gap_ms)));
             horizon = horizon.max(span);
         }
         let heal_at_ms = horizon.max(1000);
