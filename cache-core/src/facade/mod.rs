@@ -55,7 +55,8 @@ use crate::bugs::Bugs;
 use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
-    self, Begin, CallCache, CallRequest, Decision, EntryId, LeakReport, Resolved, Violation,
+    self, Begin, CallCache, CallRequest, ConcurrencyKey, Decision, EntryId, LeakReport, Resolved,
+    Violation,
 };
 use crate::metrics::Metrics;
 use crate::ttl::{choose_storage_key, StorageKeyChoice, StoreError, TtlStore};
@@ -67,7 +68,7 @@ pub struct CallKey {
     /// The requested ID; `None` is rejected (C-1).
     pub id: Option<CallId>,
     /// Deduplicates concurrent calls when non-empty (C-3.3).
-    pub concurrency_key: String,
+    pub concurrency_key: ConcurrencyKey,
     /// TTL in milliseconds; 0 means none (T-2).
     pub ttl_ms: u64,
     /// C-2: run directly, store nothing.
@@ -81,7 +82,7 @@ impl CallKey {
     pub fn new(id: CallId) -> Self {
         Self {
             id: Some(id),
-            concurrency_key: String::new(),
+            concurrency_key: ConcurrencyKey::default(),
             ttl_ms: 0,
             do_not_cache: false,
             repeat_telemetry: false,
@@ -95,7 +96,7 @@ impl CallKey {
         }
     }
     /// Sets the concurrency key.
-    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+    pub fn concurrency_key(mut self, key: impl Into<ConcurrencyKey>) -> Self {
         self.concurrency_key = key.into();
         self
     }

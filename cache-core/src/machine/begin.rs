@@ -129,9 +129,9 @@ impl<V: Clone> CallCache<V> {
         let ttl_chosen = req.shared_storage || req.ttl_write.is_some();
         let concurrency_key = match caller.session {
             Some(s) if ttl_chosen && !req.concurrency_key.is_empty() => {
-                format!("{}@{s}", req.concurrency_key)
+                ConcurrencyKey::from(format!("{}@{s}", req.concurrency_key))
             }
-            _ => std::mem::take(&mut req.concurrency_key),
+            _ => req.concurrency_key,
         };
         // C-3.3: join an in-flight call with the same (storage key, concurrency key).
         if !concurrency_key.is_empty() {

@@ -3,7 +3,7 @@
 use std::ops::Deref;
 
 use super::key::IndexKey;
-use super::types::{EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
+use super::types::{ConcurrencyKey, EntryId, RefId, ReleaseHook, RunMode, SessionId, WaiterId};
 use crate::id::CallId;
 use crate::ttl::PreparedWrite;
 
@@ -35,7 +35,7 @@ pub enum Slot {
     /// Completed, under a content key.
     Content(IndexKey),
     /// In flight, under (storage key, concurrency key).
-    Ongoing(IndexKey, String),
+    Ongoing(IndexKey, ConcurrencyKey),
     /// Arbitrary entry in flight.
     ArbitraryOngoing(String),
     /// Arbitrary entry completed.
@@ -119,7 +119,7 @@ pub struct Entry<V> {
     pub call_key: IndexKey,
     /// The storage key the entry is (or will be) stored under.
     pub storage_key: IndexKey,
-    pub concurrency_key: String,
+    pub concurrency_key: ConcurrencyKey,
     /// In-flight entries this entry's resolver waits on, once per waiting call (C-4b).
     pub waits_on: Vec<EntryId>,
     /// The session that started the call (for S-4 flag bookkeeping).
@@ -151,7 +151,7 @@ impl<V> Entry<V> {
             requested,
             call_key,
             storage_key,
-            concurrency_key: String::new(),
+            concurrency_key: ConcurrencyKey::default(),
             waiters: Vec::new(),
             refcount: 0,
             slots: Slots::default(),

@@ -13,7 +13,7 @@ use rustc_hash::FxHasher;
 use super::entry::Slot;
 use super::key::IndexKey;
 use super::touch::TouchLog;
-use super::types::EntryId;
+use super::types::{ConcurrencyKey, EntryId};
 
 /// A map keyed by [`IndexKey`] with rustc's Fx hasher: fixed and unseeded,
 /// so the same keys hash the same in every run and process (DESIGN:
@@ -125,7 +125,7 @@ pub struct Indexes {
     listed_storage: usize,
     listed_content: usize,
     /// In-flight calls by (storage key, concurrency key).
-    pub ongoing: BTreeMap<(IndexKey, String), EntryId>,
+    pub ongoing: BTreeMap<(IndexKey, ConcurrencyKey), EntryId>,
     /// Arbitrary entries in flight.
     pub arbitrary_ongoing: BTreeMap<String, EntryId>,
     /// Arbitrary entries completed.
@@ -152,7 +152,7 @@ pub trait OngoingKey {
     fn parts(&self) -> (&IndexKey, &str);
 }
 
-impl OngoingKey for (IndexKey, String) {
+impl OngoingKey for (IndexKey, ConcurrencyKey) {
     fn parts(&self) -> (&IndexKey, &str) {
         (&self.0, &self.1)
     }
@@ -164,7 +164,7 @@ impl OngoingKey for (&IndexKey, &str) {
     }
 }
 
-impl<'a> std::borrow::Borrow<dyn OngoingKey + 'a> for (IndexKey, String) {
+impl<'a> std::borrow::Borrow<dyn OngoingKey + 'a> for (IndexKey, ConcurrencyKey) {
     fn borrow(&self) -> &(dyn OngoingKey + 'a) {
         self
     }
@@ -293,7 +293,7 @@ impl Indexes {
             Slot::Content(k) => self.remove_listed(true, k, entry),
             Slot::Ongoing(k, c) => {
                 if self.ongoing_call(k, c) == Some(entry) {
-                    self.ongoing.remove(&(k, c.as_str()) as &dyn OngoingKey);
+                    self.ongoing.remove(&(k, &**c) as &dyn OngoingKey);
                 }
             }
             Slot::ArbitraryOngoing(k) => remove_if_same(&mut self.arbitrary_ongoing, k, entry),

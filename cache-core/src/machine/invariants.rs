@@ -440,8 +440,8 @@ impl<V: Clone> CallCache<V> {
         let recorded = e
             .slots
             .iter()
-            .any(|s| matches!(s, Slot::Ongoing(k, c) if k == key && c == conc));
-        if e.storage_key != *key || e.concurrency_key != conc || !recorded {
+            .any(|s| matches!(s, Slot::Ongoing(k, c) if k == key && **c == *conc));
+        if e.storage_key != *key || *e.concurrency_key != *conc || !recorded {
             return fail(
                 "INV-3",
                 format!("ongoing index ({key}, {conc}) holds {id} whose own keys do not match"),

@@ -210,7 +210,7 @@ impl<V: Clone> CallCache<V> {
         e.slots.iter().find_map(|slot| match slot {
             Slot::Ongoing(k, c) => Some(FlightKey::Call {
                 storage_key: k.text().to_string(),
-                concurrency_key: c.clone(),
+                concurrency_key: c.to_string(),
             }),
             Slot::ArbitraryOngoing(k) => Some(FlightKey::Arbitrary { key: k.clone() }),
             _ => None,

@@ -1,6 +1,8 @@
 //! The values that go into and come out of the state machine.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use super::arena::Key;
 use crate::error::CallError;
@@ -197,6 +199,62 @@ pub struct Caller {
     pub inside: Option<(u64, EntryId)>,
 }
 
+/// A concurrency key (C-3.3): calls with the same storage key and the same
+/// non-empty concurrency key are one flight. The text is shared, so a key
+/// cloned for every caller of a flight copies nothing, and the empty key
+/// holds no allocation at all (no count that every thread would update).
+///
+/// ```
+/// use cache_core::machine::ConcurrencyKey;
+///
+/// let key = ConcurrencyKey::from("c");
+/// assert_eq!(&*key, "c");
+/// assert!(ConcurrencyKey::from("").is_empty());
+/// assert_eq!(ConcurrencyKey::from(""), ConcurrencyKey::default());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConcurrencyKey(Option<Arc<str>>);
+
+// The empty key is always `None`, so the derived order and equality are
+// those of the text ("" sorts first, as `None` does).
+impl From<&str> for ConcurrencyKey {
+    fn from(text: &str) -> Self {
+        Self((!text.is_empty()).then(|| Arc::from(text)))
+    }
+}
+
+impl From<String> for ConcurrencyKey {
+    fn from(text: String) -> Self {
+        Self((!text.is_empty()).then(|| Arc::from(text)))
+    }
+}
+
+impl From<Arc<str>> for ConcurrencyKey {
+    fn from(text: Arc<str>) -> Self {
+        Self((!text.is_empty()).then_some(text))
+    }
+}
+
+impl Deref for ConcurrencyKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+impl fmt::Debug for ConcurrencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for ConcurrencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
 /// A call request (`key` in `get_or_init_call`).
 #[derive(Clone, Debug, Default)]
 pub struct CallRequest {
@@ -204,8 +262,10 @@ pub struct CallRequest {
     pub id: Option<CallId>,
     /// The storage key chosen by the TTL rules (T-2); `None` means the call key.
     pub storage_key: Option<String>,
-    /// Calls with the same (storage key, non-empty concurrency key) are deduplicated.
-    pub concurrency_key: String,
+    /// Calls with the same (storage key, non-empty concurrency key) are
+    /// deduplicated. Shared, not owned: every caller of one key holds the
+    /// same text, and a clone of the request is a count update, not a copy.
+    pub concurrency_key: ConcurrencyKey,
     /// C-2: run directly, store nothing.
     pub do_not_cache: bool,
     /// T-3: the write to make if the call succeeds, is stored and is safe to persist.
@@ -228,7 +288,7 @@ impl CallRequest {
         }
     }
     /// Sets the concurrency key.
-    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+    pub fn concurrency_key(mut self, key: impl Into<ConcurrencyKey>) -> Self {
         self.concurrency_key = key.into();
         self
     }
