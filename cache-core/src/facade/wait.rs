@@ -5,9 +5,8 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
 use futures::FutureExt;
 use rustc_hash::FxHasher;
@@ -180,17 +179,20 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
         armed: true,
         value: PhantomData,
     };
-    let received = if first_ctx && !starter {
-        // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter
-        // cannot cancel on its own.
-        Some(Delivery(&mut waiting).await)
-    } else {
-        tokio::select! {
-            biased;
-            r = Delivery(&mut waiting) => Some(r),
-            _ = cancel.cancelled() => None,
-        }
-    };
+    // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter cannot
+    // cancel on its own.
+    let watch_cancel = !first_ctx || starter;
+    // The delivery is looked at first: an outcome already delivered is
+    // taken even if the caller was cancelled in the same instant (its ref
+    // is then the caller's to drop). Polled by hand rather than through
+    // `select!`, whose bookkeeping cost a joiner more than its own poll.
+    let mut cancelled = std::pin::pin!(cancel.cancelled());
+    let received = std::future::poll_fn(|cx| match waiting.poll_delivered(Some(cx.waker())) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending if watch_cancel => cancelled.as_mut().poll(cx).map(|()| None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await;
     match received {
         Some(r) => match r {
             Ok(served) => Ok(CallResult::new(shared.clone(), served)),
@@ -208,18 +210,6 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
             waiting.leave();
             Err(CallError::Cancelled)
         }
-    }
-}
-
-/// Resolves with a waiter's outcome once a completion has put it in the
-/// waiter's slot.
-struct Delivery<'a, V: Clone, S: Borrow<Arc<Shared<V>>>>(&'a mut Waiting<V, S>);
-
-impl<V: Clone, S: Borrow<Arc<Shared<V>>>> Future for Delivery<'_, V, S> {
-    type Output = Outcome<V>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
-        self.0.poll_delivered(Some(cx.waker()))
     }
 }
 
