@@ -266,6 +266,8 @@ impl<V: Clone> CallCache<V> {
         done: &mut Completion<V>,
     ) {
         let waiters = self.take_waiters(entry);
+        // One answer per waiter: sized once, not doubled as 512 joiners arrive.
+        done.served.reserve(waiters.len());
         let (value, id, safe_to_persist) = {
             let h = self.entries.get(held.0).expect("held entry is alive");
             (h.value.clone(), h.result_id.clone(), h.safe_to_persist)
