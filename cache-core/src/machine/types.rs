@@ -211,6 +211,12 @@ pub struct Caller {
 /// assert_eq!(&*key, "c");
 /// assert!(ConcurrencyKey::from("").is_empty());
 /// assert_eq!(ConcurrencyKey::from(""), ConcurrencyKey::default());
+/// // Keys order as their text does: the in-flight index is looked up by a
+/// // borrowed `&str` and must find the owned key where the text sorts.
+/// for (a, b) in [("", "a"), ("a", "b"), ("b", "ab"), ("c", "c@s1")] {
+///     let (ka, kb) = (ConcurrencyKey::from(a), ConcurrencyKey::from(b.to_string()));
+///     assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} against {b:?}");
+/// }
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConcurrencyKey(Option<Arc<str>>);
