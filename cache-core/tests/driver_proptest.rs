@@ -494,9 +494,11 @@ fn long_machine_runs_cover_every_path() {
 fn long_facade_runs_cover_every_path() {
     let mut total = driver::Stats::default();
     for seed in 1..=6u8 {
+        // Two of the six end with the runtime shut down (4k + 3 operations).
+        let len = if seed > 4 { 399 } else { 400 };
         let input = FacadeInput {
             change_cache: seed % 2 == 1,
-            ops: sample(prop::collection::vec(session_op(), 400), seed),
+            ops: sample(prop::collection::vec(session_op(), len), seed),
         };
         let stats = driver::run_facade(&input).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
         total.add(&stats);
@@ -525,6 +527,7 @@ fn long_facade_runs_cover_every_path() {
             "failed_hooks",
             "crossed_cancels",
             "slow_lookups",
+            "shutdowns",
         ],
     );
 }
@@ -783,4 +786,36 @@ fn facade_a_result_under_a_longer_lived_row_is_served_until_the_row_expires() {
     if let Err(f) = driver::run_facade(&input) {
         panic!("{f}");
     }
+}
+
+/// An input of 4k + 3 operations ends with its runtime shut down while two
+/// resolvers run and their callers wait (no concurrency key: two runs),
+/// the cache outliving them: the dropped resolvers' calls settle and
+/// nothing is left (INV-1, INV-11).
+/// With the planted fault (a resolver dropped unfinished leaves its call in
+/// flight) the checks after the shutdown fire.
+#[cfg(feature = "harness-hooks")]
+#[test]
+fn a_runtime_shut_down_mid_call_leaves_nothing_behind() {
+    let call = SessionOp::Call {
+        session: None,
+        id: 0,
+        conc: 0,
+        dnc: false,
+        ttl: Ttl::None,
+        obey_cancel: false,
+    };
+    let input = FacadeInput {
+        change_cache: false,
+        ops: vec![call.clone(), call, SessionOp::Open],
+    };
+    assert!(driver::shuts_down(&input));
+    let stats = driver::run_facade(&input).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!((stats.shutdowns, stats.runs), (1, 2), "{stats:?}");
+    let f = driver::run_facade_planted(&input, cache_core::bugs::Bugs::none(), |c| {
+        c.plant_stranded_resolvers()
+    })
+    .unwrap_err();
+    assert!(matches!(f.invariant, "INV-1" | "INV-11"), "{f}");
+    assert_eq!(f.step, input.ops.len(), "{f}");
 }

@@ -60,7 +60,11 @@ const QUIESCE_ROUNDS: usize = 64;
 /// closed, every resolver finished, every result released; no caller may
 /// still be waiting (INV-11) and INV-1 must hold. The C-15 totals and the O-3
 /// leak report are checked every [`FULL_CHECK_EVERY`] steps, after the last
-/// step and once everything is released.
+/// step and once everything is released. An input that [`shuts_down`] ends
+/// instead by dropping the runtime with its callers and resolvers in
+/// flight, the cache outliving it: nothing may be left in flight (INV-11),
+/// and once the driver lets go of its results and sessions, nothing at all
+/// (INV-1).
 pub fn run_facade(input: &FacadeInput) -> Result<Stats, Failure> {
     run_facade_with(input, Bugs::none())
 }
@@ -68,6 +72,17 @@ pub fn run_facade(input: &FacadeInput) -> Result<Stats, Failure> {
 /// [`run_facade`] on a cache with the bug-zoo switches `bugs` on (inert
 /// without the `bug-zoo` feature).
 pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure> {
+    run_facade_planted(input, bugs, |_| {})
+}
+
+/// [`run_facade_with`] after `plant` has been given the cache, before the
+/// first operation: the harness's self-tests plant faults through it.
+#[doc(hidden)]
+pub fn run_facade_planted(
+    input: &FacadeInput,
+    bugs: Bugs,
+    plant: impl FnOnce(&Cache<u32>),
+) -> Result<Stats, Failure> {
     quiet_expected_panics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -78,8 +93,10 @@ pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure
             step: 0,
             detail: format!("cannot build a runtime: {e}"),
         })?;
-    rt.block_on(async {
+    let shut_down = shuts_down(input);
+    let d = rt.block_on(async {
         let mut d = Driver::new(input.change_cache, bugs);
+        plant(&d.cache);
         for (i, op) in input.ops.iter().enumerate() {
             d.step = i;
             d.op = Some(op.clone());
@@ -94,11 +111,29 @@ pub fn run_facade_with(input: &FacadeInput, bugs: Bugs) -> Result<Stats, Failure
         }
         d.step = input.ops.len();
         d.op = None;
-        d.quiesce().await?;
         d.stats.steps = input.ops.len();
-        d.stats.failed_hooks = d.hooks.failed_runs();
-        Ok(d.stats)
-    })
+        if !shut_down {
+            d.quiesce().await?;
+            d.stats.failed_hooks = d.hooks.failed_runs();
+        }
+        Ok(d)
+    })?;
+    if !shut_down {
+        return Ok(d.stats);
+    }
+    // Every task still on the runtime is dropped with it: callers waiting,
+    // resolvers running, store calls in flight.
+    drop(rt);
+    d.after_shutdown()
+}
+
+/// An input of 4k + 3 operations ends with its runtime shut down instead
+/// of settling, as a service's runtime may stop while the cache outlives
+/// it (kept by another runtime that shares it): one input in four of any
+/// length distribution, with no field of its own, so existing corpora
+/// decode as before.
+pub fn shuts_down(input: &FacadeInput) -> bool {
+    input.ops.len() % 4 == 3
 }
 
 /// A resolution followed at once by a cancel land in the same instant: the
@@ -1467,6 +1502,29 @@ impl Driver {
             "nested refs outlived their parents: {:?}",
             self.nested
         );
+        self.check_quiescent()?;
+        // Every call has settled, so every lookup it made and every write
+        // has been answered and counted (checked only here: a call waiting
+        // out a late answer counts it when the deadline passes).
+        check_store_failures(
+            self.cache.metrics().ttl_store_failures(),
+            self.recorder.lookup_and_write_errors(),
+            self.recorder.answers_later_than(STORE_DEADLINE_MS),
+        )
+        .map_err(|v| self.fail(v.rule, v.detail))?;
+        let spans = self.spans.lock().expect("spans").finish();
+        spans.map_err(|v| self.fail("S-5", v.detail))?;
+        self.stats.spans = self.spans.lock().expect("spans").spans_seen() as usize;
+        self.hooks
+            .check_final()
+            .map_err(|(rule, detail)| self.fail(rule, detail))
+    }
+}
+
+impl Driver {
+    /// INV-1: nothing is left, by every count the cache keeps, and its
+    /// invariants hold.
+    fn check_quiescent(&self) -> Result<(), Failure> {
         let report = self.cache.leak_report();
         ensure!(
             self,
@@ -1483,22 +1541,46 @@ impl Driver {
         );
         self.cache
             .check_invariants()
+            .map_err(|v| self.fail(v.rule, v.detail))
+    }
+
+    /// After the runtime was shut down with callers waiting and resolvers
+    /// running: every call a dropped resolver ran has settled (its waiters
+    /// answered or gone, C-5, INV-11; nothing waits and nothing runs), and
+    /// once the driver lets go of its results and sessions nothing is left
+    /// and every release hook ran once (INV-1, INV-10).
+    fn after_shutdown(mut self) -> Result<Stats, Failure> {
+        self.stats.shutdowns += 1;
+        self.cache
+            .check_invariants()
             .map_err(|v| self.fail(v.rule, v.detail))?;
-        // Every call has settled, so every lookup it made and every write
-        // has been answered and counted (checked only here: a call waiting
-        // out a late answer counts it when the deadline passes).
-        check_store_failures(
-            self.cache.metrics().ttl_store_failures(),
-            self.recorder.lookup_and_write_errors(),
-            self.recorder.answers_later_than(STORE_DEADLINE_MS),
-        )
-        .map_err(|v| self.fail(v.rule, v.detail))?;
-        let spans = self.spans.lock().expect("spans").finish();
-        spans.map_err(|v| self.fail("S-5", v.detail))?;
-        self.stats.spans = self.spans.lock().expect("spans").spans_seen() as usize;
+        let buckets = self.cache.buckets();
+        ensure!(
+            self,
+            buckets.ongoing_calls == 0 && buckets.ongoing_arbitrary == 0,
+            "INV-11",
+            "the runtime is gone but {} calls and {} arbitrary inits are still in flight",
+            buckets.ongoing_calls,
+            buckets.ongoing_arbitrary
+        );
+        // What the driver still holds: results, the answers of callers it
+        // has not collected yet (kept by their tasks' handles), and the
+        // nested results it keeps for its resolvers.
+        self.held.clear();
+        self.callers.clear();
+        self.running.clear();
+        for s in std::mem::take(&mut self.sessions) {
+            if self.is_open(s.id()) {
+                s.close()
+                    .map_err(|e| self.fail("S-1", format!("close {}: {e}", s.id())))?;
+            }
+        }
+        self.check_quiescent()?;
+        self.stats.failed_hooks = self.hooks.failed_runs();
         self.hooks
             .check_final()
-            .map_err(|(rule, detail)| self.fail(rule, detail))
+            .map_err(|(rule, detail)| self.fail(rule, detail))?;
+        Ok(self.stats)
     }
 }
 

@@ -56,7 +56,7 @@ mod ttl;
 
 /// The `arbitrary` crate the inputs derive from, for decoding bytes by hand.
 pub use arbitrary;
-pub use facade::{run_facade, run_facade_with};
+pub use facade::{run_facade, run_facade_planted, run_facade_with, shuts_down};
 
 /// The bug-zoo switches a fuzz target runs with: the comma-separated names
 /// in `CACHE_CORE_BUGS` (none when unset), read once per process —
@@ -209,6 +209,9 @@ pub struct Stats {
     /// Session closes that released at least [`BATCHED_CLOSE_REFS`] refs
     /// and fewer than [`LARGE_CLOSE_REFS`] (S-1).
     pub batched_closes: usize,
+    /// Runs that ended with the runtime shut down while calls were in
+    /// flight, the cache outliving it (C-5, INV-1, INV-11).
+    pub shutdowns: usize,
 }
 
 /// A close of this many refs or more is a large one: the cache removes a
@@ -262,6 +265,7 @@ impl Stats {
             (&mut self.foreign_calls, o.foreign_calls),
             (&mut self.large_closes, o.large_closes),
             (&mut self.batched_closes, o.batched_closes),
+            (&mut self.shutdowns, o.shutdowns),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -307,6 +311,7 @@ impl Stats {
             ("foreign_calls", self.foreign_calls),
             ("large_closes", self.large_closes),
             ("batched_closes", self.batched_closes),
+            ("shutdowns", self.shutdowns),
         ]
     }
 }

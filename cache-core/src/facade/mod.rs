@@ -240,6 +240,8 @@ impl CacheBuilder {
                 telemetry: self.telemetry,
                 metrics: self.metrics,
                 store_deadline_ms: self.store_deadline_ms,
+                #[cfg(feature = "harness-hooks")]
+                strand: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -295,9 +297,22 @@ pub(crate) struct Shared<V> {
     telemetry: Option<Arc<dyn Telemetry>>,
     metrics: Arc<Metrics>,
     store_deadline_ms: u64,
+    /// Harness self-tests only: resolvers dropped unfinished leave their
+    /// calls in flight (see [`Cache::plant_stranded_resolvers`]).
+    #[cfg(feature = "harness-hooks")]
+    strand: std::sync::atomic::AtomicBool,
 }
 
 impl<V> Shared<V> {
+    /// Whether a resolver dropped unfinished must leave its call in flight
+    /// (a planted fault; never without the `harness-hooks` feature).
+    pub(crate) fn strands_resolvers(&self) -> bool {
+        #[cfg(feature = "harness-hooks")]
+        return self.strand.load(Ordering::Relaxed);
+        #[cfg(not(feature = "harness-hooks"))]
+        false
+    }
+
     /// The lock. A panic while holding it cannot leave the machine half
     /// updated in a way we could repair, but poisoning must not turn into
     /// panics in every later caller either: the machine's own invariant
@@ -616,6 +631,16 @@ impl<V: Clone + Send + 'static> Cache<V> {
     #[doc(hidden)]
     pub fn plant_wait_cycle(&self) -> bool {
         self.shared.lock().machine.plant_wait_cycle()
+    }
+
+    /// Harness self-tests only (feature `harness-hooks`): from now on a
+    /// resolver task dropped before it finished (its runtime shut down)
+    /// leaves its call in flight, unanswered, so the checks after a
+    /// shutdown (INV-1, INV-11) must fire.
+    #[cfg(feature = "harness-hooks")]
+    #[doc(hidden)]
+    pub fn plant_stranded_resolvers(&self) {
+        self.shared.strand.store(true, Ordering::Relaxed);
     }
 
     /// The metrics (O-1), with the gauges brought up to date.

@@ -354,7 +354,7 @@ struct Unfinished<V: Clone + Send + 'static> {
 
 impl<V: Clone + Send + 'static> Drop for Unfinished<V> {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !self.shared.strands_resolvers() {
             // A failed outcome is never persisted (T-3): nothing to write.
             let none = finish(&self.shared, self.entry, Err(CallError::Cancelled));
             debug_assert!(none.is_none(), "a failure is never persisted (T-3)");
