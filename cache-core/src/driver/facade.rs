@@ -1519,9 +1519,7 @@ impl Driver {
             .check_final()
             .map_err(|(rule, detail)| self.fail(rule, detail))
     }
-}
 
-impl Driver {
     /// INV-1: nothing is left, by every count the cache keeps, and its
     /// invariants hold.
     fn check_quiescent(&self) -> Result<(), Failure> {
