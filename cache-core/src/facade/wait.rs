@@ -180,17 +180,21 @@ pub(crate) async fn outcome<V: Clone + Send + 'static>(
         value: PhantomData,
     };
     // BUG (first-ctx-cancels-all, breaks C-5): a joined waiter cannot
-    // cancel on its own.
+    // cancel on its own. The switch decides whether there is a
+    // cancellation to watch at all, so with it off no branch of the wait
+    // below depends on it.
     let watch_cancel = !first_ctx || starter;
+    let mut cancelled = std::pin::pin!(watch_cancel.then(|| cancel.cancelled()));
     // The delivery is looked at first: an outcome already delivered is
     // taken even if the caller was cancelled in the same instant (its ref
     // is then the caller's to drop). Polled by hand rather than through
     // `select!`, whose bookkeeping cost a joiner more than its own poll.
-    let mut cancelled = std::pin::pin!(cancel.cancelled());
     let received = std::future::poll_fn(|cx| match waiting.poll_delivered(Some(cx.waker())) {
         Poll::Ready(r) => Poll::Ready(Some(r)),
-        Poll::Pending if watch_cancel => cancelled.as_mut().poll(cx).map(|()| None),
-        Poll::Pending => Poll::Pending,
+        Poll::Pending => match cancelled.as_mut().as_pin_mut() {
+            Some(c) => c.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        },
     })
     .await;
     match received {

@@ -307,13 +307,16 @@ impl<V: Clone> CallCache<V> {
             };
             done.served.push((w.id, Ok(served)));
         }
-        if held != entry && self.bug(Bug::DupCompletionDiscard) {
-            // BUG (dup-completion-discard, breaks C-7): the newcomer is
-            // dropped without its hook; refs it owned are orphaned.
-            self.entries.remove(entry.0);
-        } else if held != entry {
-            // C-7: the newcomer's result goes, hook and nested refs included.
-            self.remove_entry(entry, &mut done.releases);
+        if held != entry {
+            if self.bug(Bug::DupCompletionDiscard) {
+                // BUG (dup-completion-discard, breaks C-7): the newcomer is
+                // dropped without its hook; refs it owned are orphaned.
+                self.entries.remove(entry.0);
+            } else {
+                // C-7: the newcomer's result goes, hook and nested refs
+                // included.
+                self.remove_entry(entry, &mut done.releases);
+            }
         }
         self.collect_if_unheld(held, &mut done.releases);
     }
