@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ops::*;
-use super::shadow::{hook_fails, ref_counts, HookLedger, ShadowIndex};
+use super::shadow::{check_query_answers, hook_fails, ref_counts, HookLedger, ShadowIndex};
 use super::{ensure, Failure, Stats};
 use crate::bugs::Bugs;
 use crate::checks::accounting::{
@@ -20,8 +20,8 @@ use crate::error::CallError;
 use crate::id::CallId;
 use crate::machine::{
     run_releases, Begin, Buckets, CallCache, CallRequest, Caller, ChainLink, Decision, EntryId,
-    Handle, Left, Namespace, PendingRelease, RefId, Resolved, RunMode, SessionId, Touched,
-    Violation, WaiterId,
+    FlightKey, Handle, Left, Namespace, PendingRelease, RefId, Resolved, RunMode, SessionId,
+    Touched, Violation, WaiterId,
 };
 use crate::ttl::{
     choose_storage_key, gc_all, MemoryTtlStore, PreparedWrite, StorageKeyChoice, StoreFaults,
@@ -162,6 +162,25 @@ impl Running {
     }
     fn abandoned(&self) -> bool {
         self.waiters.is_empty()
+    }
+    /// The singleflight key the cache must have this run under while it is
+    /// in flight (C-3.3, K-2): an arbitrary init under its key, a cached
+    /// call with a concurrency key under its storage and concurrency keys;
+    /// nothing when nobody may join it, or once abandoned (C-9), except a
+    /// change-cache init, which counts as in flight until it finishes (K-5).
+    fn flight_key(&self, change: bool) -> Option<FlightKey> {
+        match self.mode {
+            RunMode::Arbitrary if change || !self.abandoned() => Some(FlightKey::Arbitrary {
+                key: self.key.clone(),
+            }),
+            RunMode::Cached if !self.conc.is_empty() && !self.abandoned() => {
+                Some(FlightKey::Call {
+                    storage_key: self.key.clone(),
+                    concurrency_key: self.conc.clone(),
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -545,6 +564,15 @@ impl Driver {
         self.cache
             .check_refcounts(&shadow)
             .map_err(|v| self.fail(v.rule, v.detail))?;
+        check_query_answers(
+            self.running
+                .iter()
+                .map(|(e, r)| (*e, r.flight_key(self.change))),
+            &self.index,
+            |e| self.cache.flight_key(e),
+            |k| self.cache.completed_under(k),
+        )
+        .map_err(|(rule, detail)| self.fail(rule, detail))?;
         self.hooks
             .check(|e| self.cache.contains(e))
             .map_err(|(rule, detail)| self.fail(rule, detail))?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
-use crate::machine::EntryId;
+use crate::machine::{EntryId, FlightKey};
 
 /// Counts the runs of one payload's release hook; a failing hook returns an
 /// error every time it runs (C-12: the error goes to the releaser).
@@ -197,6 +197,46 @@ impl ShadowIndex {
     }
 }
 
+/// The cache's read-only answers agree with the model: every run the
+/// model has in flight is registered under the singleflight key it expects
+/// (`runs`: entry and expected key, `None` for a run nothing may join),
+/// as [`crate::machine::CallCache::flight_key`] tells it, and under every
+/// storage key the model has results indexed, `stored` (the cache's
+/// `completed_under`) names one of them. Oracles judge through these
+/// queries (the simulation classes runs by the first for INV-4 and finds a
+/// TTL row's stored result, T-3, by the second), so a wrong answer would
+/// not fail them but blind them: a missed answer is reported here.
+pub(crate) fn check_query_answers(
+    runs: impl IntoIterator<Item = (EntryId, Option<FlightKey>)>,
+    index: &ShadowIndex,
+    flight: impl Fn(EntryId) -> Option<FlightKey>,
+    stored: impl Fn(&str) -> Option<EntryId>,
+) -> Result<(), (&'static str, String)> {
+    for (entry, want) in runs {
+        let got = flight(entry);
+        if got != want {
+            return Err((
+                "INV-4",
+                format!(
+                    "in-flight {entry} is registered under {got:?}, the model expects {want:?}"
+                ),
+            ));
+        }
+    }
+    for (key, ids) in &index.storage {
+        let got = stored(key);
+        if !got.is_some_and(|e| ids.contains(&e)) {
+            return Err((
+                "C-3.1",
+                format!(
+                    "the cache answers {got:?} for storage key {key}, where {ids:?} are indexed"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refs per entry as the model sees them (INV-2): one per directly held ref,
 /// plus one per nested ref `(on, parent)` while its parent is held. A parent
 /// nobody holds is gone, and its nested refs with it (C-11), so those pairs
@@ -254,15 +294,23 @@ mod tests {
     use crate::machine::{CallCache, CallRequest, Caller, Decision};
 
     fn some_entry() -> EntryId {
+        two_entries().0
+    }
+
+    /// The entries of two first calls (of different IDs) in one cache.
+    fn two_entries() -> (EntryId, EntryId) {
         let mut cache = CallCache::<u32>::new(1);
-        let id = crate::driver::call_ids()[0].clone();
-        match cache
-            .begin_call(&Caller::default(), CallRequest::new(id))
-            .outcome
-        {
-            Ok(Decision::Run(order)) => order.entry,
-            other => panic!("a first call runs: {other:?}"),
-        }
+        let mut run = |i: usize| {
+            let id = crate::driver::call_ids()[i].clone();
+            match cache
+                .begin_call(&Caller::default(), CallRequest::new(id))
+                .outcome
+            {
+                Ok(Decision::Run(order)) => order.entry,
+                other => panic!("a first call runs: {other:?}"),
+            }
+        };
+        (run(0), run(1))
     }
 
     /// The planted violation: a result the model indexed under a storage
@@ -289,5 +337,43 @@ mod tests {
         index.remove(e);
         assert_eq!(index.check_miss("s", Some("c"), |_| true), Ok(()));
         assert_eq!(index.under("r", |_| true), None);
+    }
+
+    /// The planted violations: a cache whose queries answer nothing, or
+    /// another entry, while the model has a run in flight and a result
+    /// stored.
+    #[test]
+    fn inv4_c3_1_query_answers_that_miss_the_model_are_reported() {
+        let mut index = ShadowIndex::default();
+        let (e, other) = two_entries();
+        index.insert(e, ["s"], None);
+        let key = FlightKey::Arbitrary { key: "a".into() };
+        let runs = || [(e, Some(key.clone()))];
+        let right = |_: EntryId| Some(key.clone());
+        let found = |k: &str| (k == "s").then_some(e);
+        assert_eq!(check_query_answers(runs(), &index, right, found), Ok(()));
+        let (rule, detail) = check_query_answers(runs(), &index, |_| None, found).unwrap_err();
+        assert_eq!(rule, "INV-4");
+        assert!(detail.contains(&e.to_string()), "{detail}");
+        let (rule, detail) = check_query_answers(runs(), &index, right, |_| None).unwrap_err();
+        assert_eq!(
+            (rule, detail.contains("storage key s")),
+            ("C-3.1", true),
+            "{detail}"
+        );
+        let wrong = |_: &str| Some(other);
+        assert_eq!(
+            check_query_answers(runs(), &index, right, wrong)
+                .unwrap_err()
+                .0,
+            "C-3.1"
+        );
+        // A run nothing may join is registered nowhere.
+        assert_eq!(
+            check_query_answers([(e, None)], &index, right, found)
+                .unwrap_err()
+                .0,
+            "INV-4"
+        );
     }
 }
