@@ -58,8 +58,9 @@ pub(crate) const FULL_CHECK_EVERY: usize = 16;
 /// refcount every [`FULL_CHECK_EVERY`] steps and at the end; every release
 /// hook ran at most once and exactly when its entry went (INV-10, C-12),
 /// every decision and served value against the model (C-3, C-4, INV-4,
-/// INV-5, INV-6, S-2, S-4, K-5), TTL hits (INV-8, T-3, T-7) and session
-/// closes (S-1, S-1a, INV-9). At the end every session is closed, every
+/// INV-5, INV-6, S-2, S-4, K-5), TTL hits (INV-8, T-3, T-7), session
+/// closes (S-1, S-1a, INV-9) and, at each full check, the read-only
+/// queries oracles judge through (`flight_key`, `completed_under`). At the end every session is closed, every
 /// resolver completed and every handle released, and INV-1 must hold.
 pub fn run_machine(input: &MachineInput) -> Result<Stats, Failure> {
     run_machine_with(input, Bugs::none())
