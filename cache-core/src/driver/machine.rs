@@ -60,8 +60,9 @@ pub(crate) const FULL_CHECK_EVERY: usize = 16;
 /// every decision and served value against the model (C-3, C-4, INV-4,
 /// INV-5, INV-6, S-2, S-4, K-5), TTL hits (INV-8, T-3, T-7), session
 /// closes (S-1, S-1a, INV-9) and, at each full check, the read-only
-/// queries oracles judge through (`flight_key`, `completed_under`). At the end every session is closed, every
-/// resolver completed and every handle released, and INV-1 must hold.
+/// queries oracles judge through (`flight_key`, `completed_under`). At the
+/// end every session is closed, every resolver completed and every handle
+/// released, and INV-1 must hold.
 pub fn run_machine(input: &MachineInput) -> Result<Stats, Failure> {
     run_machine_with(input, Bugs::none())
 }
@@ -617,19 +618,20 @@ impl Driver {
         false
     }
 
-    /// The in-flight call a request would join, if any (C-3.3, K-2).
+    /// The in-flight call a request would join, if any (C-3.3, K-2): a run
+    /// registered under the request's singleflight key, not abandoned (an
+    /// abandoned change-cache init blocks instead, K-5).
     fn joinable(&self, key: &str, conc: &str, arbitrary: bool) -> Option<EntryId> {
+        let wanted = match arbitrary {
+            true => FlightKey::Arbitrary { key: key.into() },
+            false => FlightKey::Call {
+                storage_key: key.into(),
+                concurrency_key: conc.into(),
+            },
+        };
         self.running
             .iter()
-            .find(|(_, r)| {
-                !r.abandoned()
-                    && r.key == key
-                    && if arbitrary {
-                        r.arbitrary()
-                    } else {
-                        r.mode == RunMode::Cached && !conc.is_empty() && r.conc == conc
-                    }
-            })
+            .find(|(_, r)| r.flight_key(false).as_ref() == Some(&wanted))
             .map(|(e, _)| *e)
     }
 
