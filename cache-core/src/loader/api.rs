@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::bus::{EventBus, EventKind};
 use super::counters::{encode_prometheus, Counters};
 use super::error::LoaderError;
+use super::flight_cell::FlightCell;
 use super::keys::{lock_key, parse_stored_key, sort_dedup, FlightKey, Key, KeyCoder};
 use super::machine::{
     Begin, FlightId, LoadOutcome, LoaderMachine, LocalRead, RemoteKept, RemoteRead, RemoteWrite,
@@ -151,74 +152,10 @@ impl<V: Clone> Clone for Outcome<V> {
     }
 }
 
-/// What every caller of one flight shares: its outcome, set once, and one
-/// wake-up for all of them (a burst of callers of a cold key registers on
-/// one [`Notify`] rather than getting a channel each), plus the flight's
-/// cancellation (L-2: set when its last waiter leaves, or at close).
-struct FlightCell<V> {
-    outcome: OnceLock<Outcome<V>>,
-    cancelled: AtomicBool,
-    wake: Notify,
-}
-
-impl<V: Clone> FlightCell<V> {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            outcome: OnceLock::new(),
-            cancelled: AtomicBool::new(false),
-            wake: Notify::new(),
-        })
-    }
-
-    /// Answers every waiter; a second answer (a flight settling after
-    /// close answered it) is dropped.
-    fn answer(&self, outcome: Outcome<V>) {
-        if self.outcome.set(outcome).is_ok() {
-            self.wake.notify_waiters();
-        }
-    }
-
-    /// Cancels the flight: its loader stops at its next poll (L-2).
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.wake.notify_waiters();
-    }
-
-    /// Waits until `ready` gives something. The wake-up is registered
-    /// before the check, so a notification between the two is not lost.
-    async fn until<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(got) = ready(self) {
-                return got;
-            }
-            notified.await;
-        }
-    }
-
-    /// The outcome, once the flight has one (each waiter gets a copy).
-    async fn outcome(&self) -> Outcome<V> {
-        self.until(|c| c.outcome.get().cloned()).await
-    }
-
-    /// Whether the flight has been cancelled.
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Returns once the flight is cancelled.
-    async fn cancelled(&self) {
-        self.until(|c| c.cancelled.load(Ordering::SeqCst).then_some(()))
-            .await
-    }
-}
-
 struct State<V> {
     machine: LoaderMachine<RefreshJob<V>>,
     /// One cell per flight in the air, keyed like the machine's flights.
-    cells: BTreeMap<FlightId, Arc<FlightCell<V>>>,
+    cells: BTreeMap<FlightId, Arc<FlightCell<Outcome<V>>>>,
     rng: SplitMix64,
     ticker: bool,
 }
@@ -393,7 +330,7 @@ where
 /// Leaves the flight if the caller stops waiting before its outcome (L-2).
 struct LeaveGuard<'a, V: Clone> {
     inner: &'a Inner<V>,
-    cell: &'a FlightCell<V>,
+    cell: &'a FlightCell<Outcome<V>>,
     flight: FlightId,
     waiter: WaiterId,
     armed: bool,
@@ -727,7 +664,7 @@ where
         &self,
         state: &mut State<V>,
         begin: Begin,
-    ) -> (Arc<FlightCell<V>>, Option<FlightId>) {
+    ) -> (Arc<FlightCell<Outcome<V>>>, Option<FlightId>) {
         match begin {
             Begin::Lead { flight, .. } => {
                 let cell = FlightCell::new();
@@ -755,7 +692,11 @@ where
     }
 
     /// Waits for a flight's outcome, leaving it on drop or wait timeout (L-2).
-    async fn wait(&self, begin: Begin, cell: &FlightCell<V>) -> Result<Outcome<V>, LoaderError> {
+    async fn wait(
+        &self,
+        begin: Begin,
+        cell: &FlightCell<Outcome<V>>,
+    ) -> Result<Outcome<V>, LoaderError> {
         let Some(waiter) = begin.waiter() else {
             return Err(LoaderError::Cancelled);
         };
@@ -858,7 +799,7 @@ where
         load: LoadFn<V>,
         ttl_ms: Option<i64>,
         refresh: bool,
-        cell: Arc<FlightCell<V>>,
+        cell: Arc<FlightCell<Outcome<V>>>,
     ) {
         let outcome = self
             .single_body(flight, key, &stored, load, ttl_ms, refresh, &cell)
@@ -916,7 +857,7 @@ where
         load: LoadFn<V>,
         ttl_ms: Option<i64>,
         refresh: bool,
-        cell: &FlightCell<V>,
+        cell: &FlightCell<Outcome<V>>,
     ) -> SingleOutcome<V> {
         if let Some(remote) = self.inner.remote.clone() {
             let read_remote = if refresh {
@@ -1403,7 +1344,7 @@ where
         missing: Vec<(Key, String)>,
         loader: BatchFn<V>,
         ttl_ms: Option<i64>,
-        cell: &FlightCell<V>,
+        cell: &FlightCell<Outcome<V>>,
     ) -> BatchOutcome<V> {
         if !self.inner.lock().machine.load_started(flight) {
             return Err(LoaderError::Closed);
@@ -1542,14 +1483,14 @@ enum Start<V, F> {
     /// Answered without a flight (the local tier, or closed).
     Done(Result<Loaded<V>, LoaderError>),
     /// Wait on this flight, led or joined.
-    Flight(Begin, Arc<FlightCell<V>>),
+    Flight(Begin, Arc<FlightCell<Outcome<V>>>),
     /// The key's flight was already cancelled: start again once it settles.
     Again(Again<V, F>),
 }
 
 /// What `once` needs to start again after a cancelled flight settles.
 struct Again<V, F> {
-    cell: Arc<FlightCell<V>>,
+    cell: Arc<FlightCell<Outcome<V>>>,
     key: Key,
     loader: Option<F>,
     load: Option<LoadFn<V>>,
@@ -1573,7 +1514,7 @@ enum Judged<V> {
 /// last waiter left, L-2); a panic in the loader is its error (C-14's
 /// rule, applied to loaders).
 async fn run_loader<T, V: Clone>(
-    cell: &FlightCell<V>,
+    cell: &FlightCell<Outcome<V>>,
     load: impl Future<Output = Result<T, ResolverError>>,
 ) -> Result<Result<T, ResolverError>, LoaderError> {
     let result = tokio::select! {

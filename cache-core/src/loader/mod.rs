@@ -54,6 +54,7 @@ pub mod codec;
 pub mod contract;
 pub mod counters;
 pub mod error;
+mod flight_cell;
 pub mod keys;
 pub mod local;
 pub mod machine;
