@@ -6,7 +6,9 @@
 //! are immutable: each link is rebuilt and hashed once). `encode` writes the
 //! canonical encoding; `decode` parses it and recomputes the ten digests.
 //! The baseline is one SHA-256 pass over the chain's canonical encoding:
-//! the floor of hashing that much data.
+//! the floor of hashing that much data. `sha256_of_each_link_floor` (and
+//! its pair, an info row) hashes ten buffers as long as the links'
+//! preimages, one write each: what the digest's hashing alone costs.
 //!
 //! The report's gated ratios (digest and decode against the floor) are
 //! also measured as pairs once criterion is done ([`paired`]): criterion's
@@ -60,6 +62,20 @@ fn links() -> Vec<CallId> {
     links
 }
 
+/// Buffers as long as the chain's ten recipe preimages (ID-2, as
+/// `id::digest` writes them), for the hashing floor of the digest row: the
+/// `container` link's 91 bytes (domain tag 27, no receiver 1, field 13,
+/// argument count 4, `platform` and its string 28, module 9, view 1, nth 8)
+/// and nine `withExec` links' 138 (domain tag 27, receiver digest 33, field
+/// 12, count 4, `args` and its list of three strings 38, `n` and its
+/// integer 14, module 1, view 1, nth 8). SHA-256 pads each to whole 64-byte
+/// blocks: 2 + 9 × 3 = 29 blocks, where the encoding takes 14.
+fn preimage_sized() -> Vec<Vec<u8>> {
+    let mut sizes = vec![91];
+    sizes.extend([138; DEPTH - 1]);
+    sizes.into_iter().map(|n| vec![0x5a; n]).collect()
+}
+
 fn chain(links: &[CallId]) -> CallId {
     let mut id = links[0].clone();
     for link in &links[1..] {
@@ -81,6 +97,10 @@ fn id_chain(c: &mut Criterion) {
     });
     g.bench_function("sha256_of_encoding_floor", |b| {
         b.iter(|| black_box(Digest::of(black_box(&bytes))))
+    });
+    let preimages = preimage_sized();
+    g.bench_function("sha256_of_each_link_floor", |b| {
+        b.iter(|| link_hashes(black_box(&preimages), 1))
     });
     g.finish();
 }
@@ -115,6 +135,16 @@ fn paired_ratios() {
         floor,
     )
     .report("id_decode");
+    // What hashing alone costs: ten SHA-256 of the links' preimage sizes,
+    // each in one write (the digest writes each in about twenty pieces).
+    let preimages = preimage_sized();
+    paired(
+        rounds,
+        round,
+        |n| timed(|| link_hashes(&preimages, n as usize)),
+        floor,
+    )
+    .report("id_link_hashes");
 }
 
 #[inline(never)]
@@ -128,6 +158,15 @@ fn digests(links: &[CallId], n: usize) {
 fn decodes(bytes: &[u8], n: usize) {
     for _ in 0..n {
         black_box(CallId::decode(black_box(bytes)).expect("the chain decodes"));
+    }
+}
+
+#[inline(never)]
+fn link_hashes(preimages: &[Vec<u8>], n: usize) {
+    for _ in 0..n {
+        for p in preimages {
+            black_box(Digest::of(black_box(p)));
+        }
     }
 }
 
