@@ -243,6 +243,28 @@ mod tests {
         assert_eq!(poll(&mut wait, &waiter_waker), Poll::Ready(5));
     }
 
+    /// The race the read under the lock closes: the answer lands after a
+    /// waiter's first read found nothing and before it takes the lock, so
+    /// the answer's wake-up found an empty list.
+    #[test]
+    fn l1_an_answer_between_the_first_read_and_the_lock_is_not_lost() {
+        let cell = FlightCell::<u32>::new();
+        let reads = AtomicUsize::new(0);
+        let mut wait = Until {
+            cell: &*cell,
+            ready: |c: &FlightCell<u32>| {
+                if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                    c.answer(9); // lands right after this read
+                    return None;
+                }
+                c.outcome.get().copied()
+            },
+            slot: None,
+        };
+        let (_count, waker) = counter();
+        assert_eq!(poll(&mut wait, &waker), Poll::Ready(9));
+    }
+
     #[test]
     fn a_new_waker_replaces_the_old_one_in_its_slot() {
         let cell = FlightCell::<u32>::new();
