@@ -235,12 +235,19 @@ fn async_joins(
 
 /// The same rounds on moka's future cache: `n` callers of `get_with` on
 /// one key, then `invalidate`, so the key is fresh again.
+///
+/// With `in_flight`, the init yields once before returning the value, as
+/// every real init does that waits on anything: it is still in flight when
+/// the other callers are polled, so they wait on moka's waiter map, as ours
+/// join the running call (C-3.3). Without, the init completes within the
+/// first caller's first poll and the others find the value inserted: they
+/// are hits, not joins.
 fn moka_joins(
     rt: &Runtime,
     moka: &MokaFuture,
     keys: &Arc<Vec<Arc<str>>>,
     v: &Value,
-    n: usize,
+    (n, in_flight): (usize, bool),
     iters: u64,
 ) -> Duration {
     let (moka, keys, v) = (moka.clone(), keys.clone(), v.clone());
@@ -250,7 +257,12 @@ fn moka_joins(
             let key = &keys[visit(i, keys.len())];
             let callers = (0..n).map(|_| {
                 let value = v.clone();
-                moka.get_with(key.clone(), async move { value })
+                moka.get_with(key.clone(), async move {
+                    if in_flight {
+                        tokio::task::yield_now().await;
+                    }
+                    value
+                })
             });
             black_box(join_all(callers).await);
             moka.invalidate(key).await;
@@ -283,8 +295,13 @@ fn waiters(c: &mut Criterion) {
 
         let moka_f: MokaFuture = MokaFuture::new(8192);
         g.bench_with_input(BenchmarkId::new("moka_future_get_with", n), &n, |b, &n| {
-            b.iter_custom(|iters| moka_joins(&rt, &moka_f, &keys, &v, n, iters))
+            b.iter_custom(|iters| moka_joins(&rt, &moka_f, &keys, &v, (n, false), iters))
         });
+        g.bench_with_input(
+            BenchmarkId::new("moka_future_get_with_inflight", n),
+            &n,
+            |b, &n| b.iter_custom(|iters| moka_joins(&rt, &moka_f, &keys, &v, (n, true), iters)),
+        );
     }
     g.finish();
 }
@@ -340,13 +357,17 @@ fn paired_ratios() {
     for n in JOINERS {
         let cache: Cache<Value> = Cache::builder().build();
         let moka_f: MokaFuture = MokaFuture::new(8192);
-        paired(
-            rounds,
-            round,
-            |i| async_joins(&rt, &cache, &ids, &v, n, i),
-            |i| moka_joins(&rt, &moka_f, &keys, &v, n, i),
-        )
-        .report(&format!("joins_{n}"));
+        // Against moka's init in flight (the gated rows), then done in its
+        // first poll (its other callers hit: information only).
+        for (in_flight, name) in [(true, "joins_inflight"), (false, "joins")] {
+            paired(
+                rounds,
+                round,
+                |i| async_joins(&rt, &cache, &ids, &v, n, i),
+                |i| moka_joins(&rt, &moka_f, &keys, &v, (n, in_flight), i),
+            )
+            .report(&format!("{name}_{n}"));
+        }
         assert_eq!(cache.live_entries(), 0, "INV-1 after the joins");
     }
 }
