@@ -11,7 +11,9 @@
 //! preimages, one write each: what the digest's hashing alone costs.
 //!
 //! The report's gated ratios (digest and decode against the floor) are
-//! also measured as pairs once criterion is done ([`paired`]): criterion's
+//! also measured as pairs once criterion is done ([`paired`]), and so are
+//! digest and decode against the links' hashing alone (info rows: what
+//! building and parsing the IDs add to the hashing ID-2 requires): criterion's
 //! medians of two benches are taken seconds apart, and a shared machine's
 //! speed drifts in between.
 //!
@@ -138,13 +140,24 @@ fn paired_ratios() {
     // What hashing alone costs: ten SHA-256 of the links' preimage sizes,
     // each in one write (the digest writes each in about twenty pieces).
     let preimages = preimage_sized();
+    let hashing = |n| timed(|| link_hashes(&preimages, n as usize));
+    paired(rounds, round, hashing, floor).report("id_link_hashes");
+    // What building the IDs adds to their hashing: the digest and decode
+    // rows against the links' hashing floor (ID-2 hashes every link).
     paired(
         rounds,
         round,
-        |n| timed(|| link_hashes(&preimages, n as usize)),
-        floor,
+        |n| timed(|| digests(&links, n as usize)),
+        hashing,
     )
-    .report("id_link_hashes");
+    .report("id_digest_over_hashing");
+    paired(
+        rounds,
+        round,
+        |n| timed(|| decodes(&bytes, n as usize)),
+        hashing,
+    )
+    .report("id_decode_over_hashing");
 }
 
 #[inline(never)]
