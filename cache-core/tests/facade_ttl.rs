@@ -6,7 +6,9 @@ mod facade_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::facade::{Cache, CallKey, Inline, ManualClock, ResolverCtx, Session};
+use cache_core::facade::{
+    BlockingExecutor, BlockingJob, Cache, CallKey, Inline, ManualClock, ResolverCtx, Session,
+};
 use cache_core::id::CallId;
 use cache_core::ttl::{MemoryTtlStore, SqliteTtlStore, StoreFaults, TtlStore};
 use facade_common::*;
@@ -579,6 +581,78 @@ async fn t2_slow_store_answer_beyond_the_deadline_degrades() {
     assert_eq!(store.rows().len(), 2);
     s.close().unwrap();
     assert_eq!(hook.count(), 3);
+    assert_quiescent(&cache);
+}
+
+/// A blocking pool that waits its milliseconds (tokio time) before it runs
+/// each job: a store call's own slowness, on top of what the store reports.
+struct SlowPool(u64);
+
+impl BlockingExecutor for SlowPool {
+    fn spawn(&self, job: BlockingJob) {
+        let wait = Duration::from_millis(self.0);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            job();
+        });
+    }
+}
+
+/// T-2: the store deadline bounds the whole lookup. The delay the store
+/// reports is waited out first and counts against the deadline, so a slow
+/// pool gets only what is left of it: 60 ms reported and 60 ms in the pool
+/// is past a 100 ms deadline, 30 and 60 is not.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn t2_reported_delay_and_a_slow_pool_share_one_deadline() {
+    let store = Arc::new(MemoryTtlStore::new());
+    let cache: Cache<V> = Cache::builder()
+        .blocking_executor(Arc::new(SlowPool(60)))
+        .ttl_store(store.clone())
+        .clock(Arc::new(ManualClock::new(T0)))
+        .store_deadline_ms(100)
+        .build();
+    let (runs, keys, hook) = (Counter::new(), Log::new(), Hook::new());
+    let s = cache.open_session();
+
+    store.set_faults(StoreFaults {
+        delay_ms: 60,
+        ..StoreFaults::default()
+    });
+    let started = tokio::time::Instant::now();
+    let r = s
+        .call(
+            ttl_key(&id("late")),
+            keyed(&runs, &keys, "late", &hook, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(100),
+        "the lookup gave up at the deadline, not after its own share of it"
+    );
+    assert_eq!(r.value().map(String::as_str), Some("late"));
+    assert_eq!(cache.metrics().ttl_store_failures(), 1, "degraded (T-2)");
+
+    store.set_faults(StoreFaults {
+        delay_ms: 30,
+        ..StoreFaults::default()
+    });
+    let started = tokio::time::Instant::now();
+    let _ = s
+        .call(
+            ttl_key(&id("in-time")),
+            keyed(&runs, &keys, "ok", &hook, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(90));
+    assert_eq!(cache.metrics().ttl_store_failures(), 1, "not degraded");
+    // The row is written on the slow pool once the caller has its answer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.rows().len(), 1);
+    s.close().unwrap();
+    assert_eq!(hook.count(), 2);
     assert_quiescent(&cache);
 }
 
