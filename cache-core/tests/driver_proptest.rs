@@ -700,6 +700,26 @@ fn s5_forced_retry_silent_is_caught_by_both_drivers() {
     assert_eq!(facade.first().map(|f| f.invariant), Some("S-5"));
 }
 
+/// INV-6 through the machine driver: with `errors-cached-in-session` on (a
+/// session replays its call's last error instead of running it again), a
+/// call's begin answers with a resolver's error although no resolver ran
+/// for it, and the long runs fail with INV-6, not with a rule the fault
+/// does not touch.
+#[test]
+fn inv6_errors_cached_in_session_is_caught_by_the_machine_driver() {
+    use cache_core::bugs::{Bug, Bugs};
+    let machine = machine_failures(Bugs::none().with(Bug::ErrorsCachedInSession), 12, 2_000);
+    let found = machine
+        .first()
+        .expect("12 machine runs catch errors-cached-in-session");
+    assert_eq!(found.invariant, "INV-6", "{}", found.detail);
+    assert!(
+        found.detail.contains("an error served without a run"),
+        "{}",
+        found.detail
+    );
+}
+
 /// The shared serve check (T-7 inside one session) fires on a real fault of
 /// the cache: with `ttl-key-outlives-window` on (a session's fresh TTL key is
 /// the same in every window), the facade driver's long runs fail with T-7.

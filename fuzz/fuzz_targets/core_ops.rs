@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: MachineInput| {
     if let Err(failure) = run_machine_with(&input, bugs_from_env()) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

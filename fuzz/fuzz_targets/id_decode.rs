@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Err(failure) = run_id(data) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     if let Err(failure) = run_loader_codec(bytes) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

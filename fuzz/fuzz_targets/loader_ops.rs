@@ -8,6 +8,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: LoaderInput| {
     if let Err(failure) = run_loader_machine(&input) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

@@ -11,6 +11,6 @@ fuzz_target!(|input: FacadeInput| {
     // driver plans (C-14) must unwind into the facade instead.
     quiet_expected_panics();
     if let Err(failure) = run_facade_with(&input, bugs_from_env()) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

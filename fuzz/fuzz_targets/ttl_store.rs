@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: TtlInput| {
     if let Err(failure) = run_ttl_stores(&input) {
-        panic!("{failure}");
+        failure.crash();
     }
 });

@@ -453,6 +453,25 @@ pub fn report(seed: u64, setup: &Setup, svg: &str) -> Result<bool, String> {
     Ok(passed)
 }
 
+/// `cache-sim zoo --list`: every switch, one per line: its world (`calls`
+/// for the call cache, `loader` for the read-through loader), name, rule and
+/// the invariants it is expected to break, tab-separated.
+pub fn zoo_list() -> String {
+    use cache_core::bugs::{Bug, LoaderBug};
+    let calls = Bug::ALL
+        .iter()
+        .map(|b| ("calls", b.name(), b.rule(), b.invariants()));
+    let loader = LoaderBug::ALL
+        .iter()
+        .map(|b| ("loader", b.name(), b.rule(), b.invariants()));
+    calls
+        .chain(loader)
+        .map(|(world, name, rule, invariants)| {
+            format!("{world}\t{name}\t{rule}\t{}\n", invariants.join(","))
+        })
+        .collect()
+}
+
 /// `cache-sim zoo`: hunts each named switch (all when `names` is empty) over
 /// the default sweep order and prints one Markdown table row per switch;
 /// `Ok(true)` if every switch was caught by an invariant it is expected to

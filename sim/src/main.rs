@@ -129,6 +129,11 @@ enum Cmd {
         /// Seeds per named scenario to try before giving up.
         #[arg(long, default_value_t = 40)]
         seeds: u64,
+        /// Hunt nothing: print every switch, one per line, as
+        /// `calls|loader<TAB>name<TAB>rule<TAB>invariants` (comma-separated
+        /// invariants), for scripts such as `ci/fuzz-report`.
+        #[arg(long, conflicts_with_all = ["bugs", "seeds"])]
+        list: bool,
     },
     /// The real engine: the simulation's engine host on real TCP, the
     /// system clock and a SQLite TTL store, with Prometheus text at
@@ -326,7 +331,11 @@ fn main() -> ExitCode {
         Cmd::Shrink { run, out } => {
             cli::shrink(run.replay_of(), &run.setup(), out.as_deref()).map(code)
         }
-        Cmd::Zoo { bugs, seeds } => cli::zoo(&bugs, seeds, &wall::Timer::start()).map(code),
+        Cmd::Zoo { list: true, .. } => {
+            print!("{}", cli::zoo_list());
+            Ok(0)
+        }
+        Cmd::Zoo { bugs, seeds, .. } => cli::zoo(&bugs, seeds, &wall::Timer::start()).map(code),
         Cmd::Report {
             seed,
             svg,

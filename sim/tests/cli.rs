@@ -298,6 +298,43 @@ fn help_documents_exit_codes_the_spec_and_the_switches() {
     assert!(stderr(&o).contains(Bug::ALL[0].name()), "{}", stderr(&o));
 }
 
+/// `zoo --list` is for scripts (`ci/fuzz-report`): one tab-separated line
+/// per switch, the call cache's then the loader's, each naming the rule and
+/// invariants the zoo's own types give; it hunts nothing and cannot be
+/// combined with a hunt's flags.
+#[test]
+fn zoo_list_prints_every_switch_with_its_rule_and_invariants() {
+    use cache_core::bugs::LoaderBug;
+    let o = cache_sim(&["zoo", "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let calls = Bug::ALL
+        .iter()
+        .map(|b| ("calls", b.name(), b.rule(), b.invariants().join(",")));
+    let loader = LoaderBug::ALL
+        .iter()
+        .map(|b| ("loader", b.name(), b.rule(), b.invariants().join(",")));
+    let expected: Vec<String> = calls
+        .chain(loader)
+        .map(|(world, name, rule, invs)| format!("{world}\t{name}\t{rule}\t{invs}"))
+        .collect();
+    let listed: Vec<&str> = std::str::from_utf8(&o.stdout)
+        .expect("UTF-8 stdout")
+        .lines()
+        .collect();
+    assert_eq!(listed, expected);
+    assert!(
+        expected.iter().all(|l| !l.ends_with('\t')),
+        "a switch without invariants"
+    );
+    for flags in [&["--bug", "key-only-delete"][..], &["--seeds", "3"]] {
+        let mut args = vec!["zoo", "--list"];
+        args.extend_from_slice(flags);
+        let o = cache_sim(&args);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains(flags[0]), "{flags:?}: {}", stderr(&o));
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_prints_the_summary_so_far() {

@@ -1035,6 +1035,11 @@ impl Driver {
                 ensure!(self, closed_session, "S-2", "an open session was refused");
             }
             Err(CallError::Recursive { .. }) => self.stats.recursive += 1,
+            // A resolver's error before any resolver ran for this call: an
+            // earlier run's error served again.
+            Err(e @ (CallError::Resolver(_) | CallError::Panicked(_))) => {
+                return Err(self.fail("INV-6", format!("an error served without a run: {e}")))
+            }
             Err(e) => return Err(self.fail("C-1", format!("unexpected error {e}"))),
             Ok(d) if closed_session => {
                 return Err(self.fail("S-2", format!("a closed session was served {d:?}")))

@@ -119,6 +119,32 @@ impl Failure {
     }
 }
 
+/// The environment variable naming the file [`Failure::crash`] writes the
+/// broken invariant's id to.
+pub const FAILURE_OUT: &str = "CACHE_CORE_FAILURE_OUT";
+
+impl Failure {
+    /// Ends a fuzz target's input on this failure: writes the invariant's id
+    /// and a newline to the file [`FAILURE_OUT`] names, if set, then panics
+    /// with the whole failure. libFuzzer turns the panic into an abort, so a
+    /// script that times how fast a target finds a bug-zoo switch
+    /// (`ci/fuzz-report`) learns which rule broke from that file, never from
+    /// the panic's text.
+    pub fn crash(self) -> ! {
+        let out = std::env::var_os(FAILURE_OUT).map(std::path::PathBuf::from);
+        self.crash_to(out.as_deref())
+    }
+
+    fn crash_to(self, out: Option<&std::path::Path>) -> ! {
+        if let Some(path) = out {
+            if let Err(e) = std::fs::write(path, format!("{}\n", self.invariant)) {
+                eprintln!("{FAILURE_OUT}: cannot write {}: {e}", path.display());
+            }
+        }
+        panic!("{self}")
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -325,3 +351,49 @@ macro_rules! ensure {
     };
 }
 pub(crate) use ensure;
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    fn failure() -> Failure {
+        Failure {
+            invariant: "INV-3",
+            step: 7,
+            detail: "a release removed another call's entry".into(),
+        }
+    }
+
+    /// A fuzz target's crash names its rule in the file, as the id alone,
+    /// and still panics with the whole failure for libFuzzer's log.
+    #[test]
+    fn a_crash_writes_the_invariant_id_then_panics_with_the_failure() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = dir.path().join("failure");
+        let panic =
+            std::panic::catch_unwind(|| failure().crash_to(Some(&out))).expect_err("crash panics");
+        let message = panic
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        assert_eq!(message, &failure().to_string());
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("the file is written"),
+            "INV-3\n"
+        );
+    }
+
+    /// A file that cannot be written does not hide the failure: the panic
+    /// still carries it.
+    #[test]
+    fn an_unwritable_failure_file_still_panics_with_the_failure() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = dir.path().join("missing-dir").join("failure");
+        let panic =
+            std::panic::catch_unwind(|| failure().crash_to(Some(&out))).expect_err("crash panics");
+        let message = panic
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        assert!(message.starts_with("INV-3 violated at step 7"), "{message}");
+        assert!(!out.exists());
+    }
+}
