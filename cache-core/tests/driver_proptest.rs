@@ -700,21 +700,33 @@ fn s5_forced_retry_silent_is_caught_by_both_drivers() {
     assert_eq!(facade.first().map(|f| f.invariant), Some("S-5"));
 }
 
-/// INV-6 through the machine driver: with `errors-cached-in-session` on (a
-/// session replays its call's last error instead of running it again), a
-/// call's begin answers with a resolver's error although no resolver ran
-/// for it, and the long runs fail with INV-6, not with a rule the fault
-/// does not touch.
+/// INV-6 through both drivers: with `errors-cached-in-session` on (a
+/// session replays its call's last error instead of running it again), the
+/// long runs fail with INV-6, not with a rule the fault does not touch. The
+/// machine driver sees a call's begin answer with a resolver's error
+/// although no resolver ran for it; the facade driver sees a failed run's
+/// error reach a call issued after another caller already had it.
 #[test]
-fn inv6_errors_cached_in_session_is_caught_by_the_machine_driver() {
+fn inv6_errors_cached_in_session_is_caught_by_both_drivers() {
     use cache_core::bugs::{Bug, Bugs};
-    let machine = machine_failures(Bugs::none().with(Bug::ErrorsCachedInSession), 12, 2_000);
+    let bugs = Bugs::none().with(Bug::ErrorsCachedInSession);
+    let machine = machine_failures(bugs, 12, 2_000);
     let found = machine
         .first()
         .expect("12 machine runs catch errors-cached-in-session");
     assert_eq!(found.invariant, "INV-6", "{}", found.detail);
     assert!(
         found.detail.contains("an error served without a run"),
+        "{}",
+        found.detail
+    );
+    let facade = facade_failures(bugs, 12, 1_000);
+    let found = facade
+        .first()
+        .expect("12 facade runs catch errors-cached-in-session");
+    assert_eq!(found.invariant, "INV-6", "{}", found.detail);
+    assert!(
+        found.detail.contains("an error served from the cache"),
         "{}",
         found.detail
     );

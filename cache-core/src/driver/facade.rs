@@ -28,7 +28,7 @@ use crate::checks::answers::{self, check_acting_sessions, Answered, Standing};
 use crate::checks::telemetry::{as_call, current_call, Answer, CallFacts, SpanCheck};
 use crate::checks::ttl_rows::{check_gc, RowCheck, RowWrite};
 use crate::checks::ttl_served::{self, ServedCall, TtlResult};
-use crate::error::CallError;
+use crate::error::{CallError, ResolverError};
 use crate::facade::{
     Cache, CallKey, CallResult, Clock, CloseSummary, Ctx, ManualClock, ResolverCtx, Session, Span,
     Telemetry,
@@ -149,6 +149,20 @@ enum Command {
     Finish(Result<Resolved<u32>, CallError>),
     Panic,
 }
+
+/// The error of a run the driver fails, numbered: every caller of that run
+/// gets it, and [`Driver::judge`] asks it (`ResolverError::downcast_ref`)
+/// which run it came from (INV-6).
+#[derive(Debug)]
+struct RunFailed(u64);
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "planned failure of run {}", self.0)
+    }
+}
+
+impl std::error::Error for RunFailed {}
 
 /// What the driver knows about a call when it issues it.
 #[derive(Clone, Debug)]
@@ -356,6 +370,9 @@ struct Driver {
     nested: Vec<(EntryId, EntryId)>,
     /// Keys whose resolver was told to return a cancellation error.
     cancelled_keys: BTreeSet<String>,
+    /// Failed runs by number: the step at which a caller first got the
+    /// run's error (INV-6).
+    failures_delivered: BTreeMap<u64, usize>,
     hooks: HookLedger,
     next_value: u32,
     stats: Stats,
@@ -413,6 +430,7 @@ impl Driver {
             owned: Vec::new(),
             nested: Vec::new(),
             cancelled_keys: BTreeSet::new(),
+            failures_delivered: BTreeMap::new(),
             hooks: HookLedger::default(),
             next_value: 1,
             stats: Stats::default(),
@@ -937,7 +955,12 @@ impl Driver {
                 // The resolver failed: the refs its nested calls gave it go.
                 drop(r.inner);
                 match outcome {
-                    Outcome::Error => Command::Finish(Err(CallError::Resolver("boom".into()))),
+                    Outcome::Error => {
+                        let run = self.stats.errors as u64;
+                        Command::Finish(Err(CallError::Resolver(ResolverError::new(RunFailed(
+                            run,
+                        )))))
+                    }
                     Outcome::Panic => Command::Panic,
                     _ => {
                         self.cancelled_keys.insert(r.info.key.clone());
@@ -1121,6 +1144,25 @@ impl Driver {
         Ok(())
     }
 
+    /// INV-6 (C-9): a failed run's error goes to the callers of that run
+    /// only. Once one caller has it, the failure is settled and the run is
+    /// out of every index, so a call issued at a later step that gets it
+    /// was served it from the cache. (A run whose error nobody got, every
+    /// caller having left, is not judged here.)
+    fn judge_failed_run(&mut self, run: u64, info: &RunInfo) -> Result<(), Failure> {
+        let issued = info.issued.0 as usize;
+        let first = *self.failures_delivered.entry(run).or_insert(self.step);
+        ensure!(
+            self,
+            issued <= first,
+            "INV-6",
+            "an error served from the cache: run {run} failed and a caller had its error at step {first}, \
+             then a call of {} issued at step {issued} got it too",
+            info.key
+        );
+        Ok(())
+    }
+
     /// Judges what one caller got.
     fn judge(
         &mut self,
@@ -1177,7 +1219,12 @@ impl Driver {
                         );
                     }
                     CallError::Recursive { .. } => self.stats.recursive += 1,
-                    CallError::Resolver(_) | CallError::Panicked(_) => {}
+                    CallError::Resolver(error) => {
+                        if let Some(RunFailed(run)) = error.downcast_ref() {
+                            self.judge_failed_run(*run, &c.info)?;
+                        }
+                    }
+                    CallError::Panicked(_) => {}
                     other => {
                         return Err(self.fail("C-1", format!("unexpected error {other}")));
                     }
