@@ -710,25 +710,22 @@ fn s5_forced_retry_silent_is_caught_by_both_drivers() {
 fn inv6_errors_cached_in_session_is_caught_by_both_drivers() {
     use cache_core::bugs::{Bug, Bugs};
     let bugs = Bugs::none().with(Bug::ErrorsCachedInSession);
-    let machine = machine_failures(bugs, 12, 2_000);
-    let found = machine
-        .first()
-        .expect("12 machine runs catch errors-cached-in-session");
-    assert_eq!(found.invariant, "INV-6", "{}", found.detail);
-    assert!(
-        found.detail.contains("an error served without a run"),
-        "{}",
-        found.detail
+    let caught = |failures: Vec<driver::Failure>, driver: &str, says: &str| {
+        let found = failures
+            .first()
+            .unwrap_or_else(|| panic!("12 {driver} runs catch errors-cached-in-session"));
+        assert_eq!(found.invariant, "INV-6", "{driver}: {}", found.detail);
+        assert!(found.detail.contains(says), "{driver}: {}", found.detail);
+    };
+    caught(
+        machine_failures(bugs, 12, 2_000),
+        "machine",
+        "an error served without a run",
     );
-    let facade = facade_failures(bugs, 12, 1_000);
-    let found = facade
-        .first()
-        .expect("12 facade runs catch errors-cached-in-session");
-    assert_eq!(found.invariant, "INV-6", "{}", found.detail);
-    assert!(
-        found.detail.contains("an error served from the cache"),
-        "{}",
-        found.detail
+    caught(
+        facade_failures(bugs, 12, 1_000),
+        "facade",
+        "an error served from the cache",
     );
 }
 
