@@ -59,7 +59,7 @@ const QUIESCE_ROUNDS: usize = 64;
 /// (INV-4, K-5), and session closes (S-1, INV-9). At the end: every session
 /// closed, every resolver finished, every result released; no caller may
 /// still be waiting (INV-11) and INV-1 must hold. The C-15 totals and the O-3
-/// leak report are checked every [`FULL_CHECK_EVERY`] steps, after the last
+/// leak report are checked every 16 steps (`FULL_CHECK_EVERY`), after the last
 /// step and once everything is released. An input that [`shuts_down`] ends
 /// instead by dropping the runtime with its callers and resolvers in
 /// flight, the cache outliving it: nothing may be left in flight (INV-11),
@@ -1145,10 +1145,10 @@ impl Driver {
     }
 
     /// INV-6 (C-9): a failed run's error goes to the callers of that run
-    /// only. Once one caller has it, the failure is settled and the run is
-    /// out of every index, so a call issued at a later step that gets it
-    /// was served it from the cache. (A run whose error nobody got, every
-    /// caller having left, is not judged here.)
+    /// only. Once one caller has it the run has failed, and every later
+    /// call of its key runs the resolver again (C-9), so a call issued at a
+    /// later step that gets it was served it from the cache. (A run whose
+    /// error nobody got, every caller having left, is not judged here.)
     fn judge_failed_run(&mut self, run: u64, info: &RunInfo) -> Result<(), Failure> {
         let issued = info.issued.0 as usize;
         let first = *self.failures_delivered.entry(run).or_insert(self.step);

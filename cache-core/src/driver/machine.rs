@@ -55,7 +55,7 @@ pub(crate) const FULL_CHECK_EVERY: usize = 16;
 /// the cache's invariants (INV-3, INV-10, C-11a, C-4b) and refcounts against
 /// the shadow model (INV-2) for every entry, ref and session the operation
 /// touched (`check_touched`), with the full `check_invariants()` and every
-/// refcount every [`FULL_CHECK_EVERY`] steps and at the end; every release
+/// refcount every 16 steps (`FULL_CHECK_EVERY`) and at the end; every release
 /// hook ran at most once and exactly when its entry went (INV-10, C-12),
 /// every decision and served value against the model (C-3, C-4, INV-4,
 /// INV-5, INV-6, S-2, S-4, K-5), TTL hits (INV-8, T-3, T-7), session

@@ -100,6 +100,10 @@ pub struct Failure {
     pub detail: String,
 }
 
+/// The environment variable naming the file [`Failure::crash`] writes the
+/// broken invariant's id to.
+pub const FAILURE_OUT: &str = "CACHE_CORE_FAILURE_OUT";
+
 impl Failure {
     /// A failure found after `step`, naming the operation being applied
     /// (`None`: the final quiesce) and carrying the cache's leak report.
@@ -117,13 +121,7 @@ impl Failure {
             detail: format!("{detail}\n  op: {op}\n{report}"),
         }
     }
-}
 
-/// The environment variable naming the file [`Failure::crash`] writes the
-/// broken invariant's id to.
-pub const FAILURE_OUT: &str = "CACHE_CORE_FAILURE_OUT";
-
-impl Failure {
     /// Ends a fuzz target's input on this failure: writes the invariant's id
     /// and a newline to the file [`FAILURE_OUT`] names, if set, then panics
     /// with the whole failure. libFuzzer turns the panic into an abort, so a
