@@ -729,6 +729,53 @@ fn inv6_errors_cached_in_session_is_caught_by_both_drivers() {
     );
 }
 
+/// A facade call of ID `id` with no concurrency key, cached, ignoring
+/// cancellation.
+fn plain_call(session: Option<u8>, id: u8, ttl: Ttl) -> SessionOp {
+    SessionOp::Call {
+        session,
+        id,
+        conc: 0,
+        dnc: false,
+        ttl,
+        obey_cancel: false,
+    }
+}
+
+/// INV-6 for a panic's error too: a session's call whose resolver panics
+/// (the driver's first failed run, whose panic carries its typed error),
+/// then the same call again in that session. With
+/// `errors-cached-in-session` on, the second call gets the first one's
+/// error without a run, and the facade driver fails INV-6; with the switch
+/// off the same input passes (the second call runs again, S-4).
+#[test]
+fn inv6_a_panics_error_served_again_is_caught_by_the_facade_driver() {
+    use cache_core::bugs::{Bug, Bugs};
+    driver::quiet_expected_panics();
+    let call = plain_call(Some(0), 1, Ttl::None);
+    let input = FacadeInput {
+        change_cache: false,
+        ops: vec![
+            SessionOp::Open,
+            call.clone(),
+            SessionOp::Resolve {
+                which: 0,
+                outcome: Outcome::Panic,
+                returned_id: None,
+                safe: true,
+            },
+            call,
+        ],
+    };
+    if let Err(f) = driver::run_facade_with(&input, Bugs::none()) {
+        panic!("{f}");
+    }
+    let found = driver::run_facade_with(&input, Bugs::none().with(Bug::ErrorsCachedInSession))
+        .expect_err("the replayed panic is caught");
+    assert_eq!(found.invariant, "INV-6", "{}", found.detail);
+    assert_eq!(found.step, 3, "{}", found.detail);
+}
+
 /// The shared serve check (T-7 inside one session) fires on a real fault of
 /// the cache: with `ttl-key-outlives-window` on (a session's fresh TTL key is
 /// the same in every window), the facade driver's long runs fail with T-7.
@@ -782,14 +829,7 @@ fn t3_ttl_write_ignores_safety_is_caught_by_both_drivers() {
 /// it); the cache is right: what expires is the mapping.
 #[test]
 fn facade_a_result_under_a_longer_lived_row_is_served_until_the_row_expires() {
-    let call = |ttl| SessionOp::Call {
-        session: None,
-        id: 1,
-        conc: 0,
-        dnc: false,
-        ttl,
-        obey_cancel: false,
-    };
+    let call = |ttl| plain_call(None, 1, ttl);
     let resolve = SessionOp::Resolve {
         which: 0,
         outcome: Outcome::Value(0),
@@ -826,14 +866,7 @@ fn facade_a_result_under_a_longer_lived_row_is_served_until_the_row_expires() {
 #[cfg(feature = "harness-hooks")]
 #[test]
 fn a_runtime_shut_down_mid_call_leaves_nothing_behind() {
-    let call = SessionOp::Call {
-        session: None,
-        id: 0,
-        conc: 0,
-        dnc: false,
-        ttl: Ttl::None,
-        obey_cancel: false,
-    };
+    let call = plain_call(None, 0, Ttl::None);
     let input = FacadeInput {
         change_cache: false,
         ops: vec![call.clone(), call, SessionOp::Open],

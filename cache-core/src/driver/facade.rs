@@ -147,7 +147,8 @@ fn answer_meets_cancel(op: &SessionOp, next: Option<&SessionOp>) -> bool {
 /// What a resolver is told to do.
 enum Command {
     Finish(Result<Resolved<u32>, CallError>),
-    Panic,
+    /// Panic, as the given failed run.
+    Panic(u64),
 }
 
 /// The error of a run the driver fails, numbered: every caller of that run
@@ -782,8 +783,15 @@ impl Driver {
                 };
                 match command {
                     Some(Command::Finish(r)) => r,
-                    Some(Command::Panic) => {
+                    Some(Command::Panic(run)) => {
                         expect_panic();
+                        // Every other planned panic carries its run's typed
+                        // error, which the facade keeps (C-14), so INV-6 is
+                        // judged for panics too; the rest carry text, the
+                        // other way C-14 takes.
+                        if run % 2 == 1 {
+                            std::panic::panic_any(ResolverError::new(RunFailed(run)));
+                        }
                         panic!("driver: a planned resolver panic (C-14)");
                     }
                     None => Err(CallError::Cancelled),
@@ -954,14 +962,12 @@ impl Driver {
                 self.stats.errors += 1;
                 // The resolver failed: the refs its nested calls gave it go.
                 drop(r.inner);
+                let run = self.stats.errors as u64;
                 match outcome {
-                    Outcome::Error => {
-                        let run = self.stats.errors as u64;
-                        Command::Finish(Err(CallError::Resolver(ResolverError::new(RunFailed(
-                            run,
-                        )))))
-                    }
-                    Outcome::Panic => Command::Panic,
+                    Outcome::Error => Command::Finish(Err(CallError::Resolver(
+                        ResolverError::new(RunFailed(run)),
+                    ))),
+                    Outcome::Panic => Command::Panic(run),
                     _ => {
                         self.cancelled_keys.insert(r.info.key.clone());
                         Command::Finish(Err(CallError::Cancelled))
@@ -1219,12 +1225,11 @@ impl Driver {
                         );
                     }
                     CallError::Recursive { .. } => self.stats.recursive += 1,
-                    CallError::Resolver(error) => {
+                    CallError::Resolver(error) | CallError::Panicked(error) => {
                         if let Some(RunFailed(run)) = error.downcast_ref() {
                             self.judge_failed_run(*run, &c.info)?;
                         }
                     }
-                    CallError::Panicked(_) => {}
                     other => {
                         return Err(self.fail("C-1", format!("unexpected error {other}")));
                     }
