@@ -154,16 +154,9 @@ enum Command {
 /// The error of a run the driver fails, numbered: every caller of that run
 /// gets it, and [`Driver::judge`] asks it (`ResolverError::downcast_ref`)
 /// which run it came from (INV-6).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("planned failure of run {0}")]
 struct RunFailed(u64);
-
-impl std::fmt::Display for RunFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "planned failure of run {}", self.0)
-    }
-}
-
-impl std::error::Error for RunFailed {}
 
 /// What the driver knows about a call when it issues it.
 #[derive(Clone, Debug)]
